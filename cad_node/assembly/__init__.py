@@ -1,0 +1,1 @@
+"""Assembly: deciding when a series is complete (quiet timer, expected count)."""

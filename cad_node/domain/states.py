@@ -1,0 +1,45 @@
+"""States of the journal's rows; values are what the journal stores."""
+
+from enum import StrEnum
+
+
+class SeriesState(StrEnum):
+    """Where a series is on its way through the node."""
+
+    RECEIVING = "receiving"
+    """Instances are arriving; the quiet timer runs."""
+    COMPLETE = "complete"
+    """No instance for ``quiet_seconds`` (or the expected count arrived); not yet routed."""
+    ROUTED = "routed"
+    """A rule matched and a job was queued."""
+    UNROUTED = "unrouted"
+    """Stored, but no rule matched."""
+
+
+class JobState(StrEnum):
+    """The life of one model run on one series revision."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    """The model refused the input or crashed; the reason is kept."""
+
+
+class ResultKind(StrEnum):
+    """Kinds of DICOM object a job produces."""
+
+    SEG = "seg"
+    SR = "sr"
+
+
+class DeliveryState(StrEnum):
+    """The outcome of sending one result object to one destination."""
+
+    PENDING = "pending"
+    """Waiting for its next attempt (``next_attempt_at``)."""
+    DELIVERED = "delivered"
+    DELIVERED_WITH_WARNING = "delivered_with_warning"
+    """The destination answered 0xB0xx: stored, with a warning."""
+    FAILED = "failed"
+    """A permanent failure status, or retries exhausted; shown to the admin."""

@@ -1,0 +1,1 @@
+"""Routing: typed rules on DICOM attributes, matched without eval."""

@@ -1,0 +1,145 @@
+"""Journal tables, named by DICOM keyword and sized by VR (UI = 64, AE = 16, CS = 16)."""
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+from cad_node.domain.states import DeliveryState, JobState, ResultKind, SeriesState
+
+UI = String(64)
+AE = String(16)
+CS = String(16)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the journal; use UTC-aware datetimes")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UTCDateTime(),
+        dict[str, Any]: JSON,
+        list[str]: JSON,
+    }
+
+
+class Study(Base):
+    __tablename__ = "studies"
+
+    study_instance_uid: Mapped[str] = mapped_column(UI, primary_key=True, comment="(0020,000D) UI")
+    created_at: Mapped[datetime]
+
+
+class Series(Base):
+    __tablename__ = "series"
+
+    series_instance_uid: Mapped[str] = mapped_column(UI, primary_key=True, comment="(0020,000E) UI")
+    study_instance_uid: Mapped[str] = mapped_column(
+        UI, ForeignKey("studies.study_instance_uid"), index=True, comment="(0020,000D) UI"
+    )
+    modality: Mapped[str] = mapped_column(CS, comment="(0008,0060) CS")
+    state: Mapped[SeriesState] = mapped_column(String(16), index=True)
+    revision: Mapped[int] = mapped_column(Integer, default=1)
+    """Raised by an instance arriving after completion; the re-run references the earlier."""
+    instance_count: Mapped[int] = mapped_column(Integer, default=0)
+    expected_count: Mapped[int | None] = mapped_column(
+        Integer, comment="ImagesInAcquisition (0020,1002) or NumberOfFrames"
+    )
+    calling_ae_title: Mapped[str] = mapped_column(
+        AE, comment="the AE title that sent the first instance"
+    )
+    attributes: Mapped[dict[str, Any]] = mapped_column(
+        comment="series-level header keywords used by routing"
+    )
+    first_received_at: Mapped[datetime]
+    last_received_at: Mapped[datetime] = mapped_column(index=True)
+    completed_at: Mapped[datetime | None]
+    rule_name: Mapped[str | None] = mapped_column(String(64))
+    routing_explanation: Mapped[str | None] = mapped_column(Text)
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+
+    sop_instance_uid: Mapped[str] = mapped_column(UI, primary_key=True, comment="(0008,0018) UI")
+    series_instance_uid: Mapped[str] = mapped_column(
+        UI, ForeignKey("series.series_instance_uid"), index=True, comment="(0020,000E) UI"
+    )
+    sop_class_uid: Mapped[str] = mapped_column(UI, comment="(0008,0016) UI")
+    transfer_syntax_uid: Mapped[str] = mapped_column(UI, comment="(0002,0010) UI")
+    instance_number: Mapped[int | None] = mapped_column(Integer, comment="(0020,0013) IS")
+    path: Mapped[str] = mapped_column(Text, comment="relative to storage_dir")
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    calling_ae_title: Mapped[str] = mapped_column(AE)
+    series_revision: Mapped[int] = mapped_column(Integer, default=1)
+    received_at: Mapped[datetime]
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("series_instance_uid", "series_revision", "model_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    series_instance_uid: Mapped[str] = mapped_column(
+        UI, ForeignKey("series.series_instance_uid"), index=True
+    )
+    series_revision: Mapped[int] = mapped_column(Integer)
+    rule_name: Mapped[str] = mapped_column(String(64))
+    model_name: Mapped[str] = mapped_column(String(64))
+    destinations: Mapped[list[str]]
+    state: Mapped[JobState] = mapped_column(String(16), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    lease_expires_at: Mapped[datetime | None]
+    worker_id: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)
+    finding_count: Mapped[int | None] = mapped_column(Integer)
+
+
+class Result(Base):
+    __tablename__ = "results"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(Integer, ForeignKey("jobs.id"), index=True)
+    kind: Mapped[ResultKind] = mapped_column(String(16))
+    sop_class_uid: Mapped[str] = mapped_column(UI, comment="(0008,0016) UI")
+    sop_instance_uid: Mapped[str] = mapped_column(UI, unique=True, comment="(0008,0018) UI")
+    series_instance_uid: Mapped[str] = mapped_column(UI, comment="(0020,000E) UI")
+    path: Mapped[str] = mapped_column(Text, comment="relative to storage_dir")
+    created_at: Mapped[datetime]
+
+
+class Delivery(Base):
+    __tablename__ = "deliveries"
+    __table_args__ = (UniqueConstraint("result_id", "destination"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    result_id: Mapped[int] = mapped_column(Integer, ForeignKey("results.id"), index=True)
+    destination: Mapped[str] = mapped_column(String(64), comment="destination name in config")
+    state: Mapped[DeliveryState] = mapped_column(String(32), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(index=True)
+    last_status: Mapped[int | None] = mapped_column(Integer, comment="C-STORE Status (0000,0900)")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None]
