@@ -1,0 +1,21 @@
+"""Result objects: DICOM SEG and TID 1500 SR of a model's findings, built with highdicom.
+
+The worker's use::
+
+    uids = result_uids(job_key)  # stored with the job: a retry rebuilds the same objects
+    seg = build_seg(sources, volume, result, uids, options, content_datetime=job_created_at)
+    sr = build_sr(sources, volume, result, seg, uids, options, predecessors,
+                  content_datetime=job_created_at)
+
+With no finding, skip the SEG (it needs a segment) and pass ``seg=None``.
+Both raise ``cad_node.errors.ResultBuildError`` on inputs they cannot use.
+A core module: imports highdicom, pydicom and numpy, never a network,
+database or deep-learning library.
+"""
+
+from cad_node.results.options import ResultOptions
+from cad_node.results.seg import build_seg
+from cad_node.results.sr import build_sr
+from cad_node.results.uids import ResultUids, result_uids
+
+__all__ = ["ResultOptions", "ResultUids", "build_seg", "build_sr", "result_uids"]

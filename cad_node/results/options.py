@@ -1,0 +1,74 @@
+"""What an installation sets about its result objects (the config layer builds it)."""
+
+import datetime
+from dataclasses import dataclass, replace
+
+from cad_node import NOT_FOR_CLINICAL_USE, __version__
+
+_LO_MAX = 64
+"""Maximum length of a Long String (LO) value, PS3.5 Table 6.2-1."""
+_IS_MAX = 2**31 - 1
+"""Largest Integer String (IS) value, PS3.5 Table 6.2-1."""
+
+
+def _check_long_string(name: str, value: str) -> None:
+    if len(value) > _LO_MAX or "\\" in value or any(ch in value for ch in "\r\n\f"):
+        raise ValueError(
+            f"{name} must be a DICOM LO value (<= 64 characters, no \\), got {value!r}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ResultOptions:
+    """Series numbers, descriptions and equipment written into every SEG and SR.
+
+    Series descriptions must say "NOT FOR CLINICAL USE": viewers show them in
+    the series list, where the radiologist sees them first.
+    """
+
+    seg_series_number: int = 9001
+    sr_series_number: int = 9002
+    seg_series_description: str = f"cad-node nodule SEG {NOT_FOR_CLINICAL_USE}"
+    sr_series_description: str = f"cad-node nodule SR {NOT_FOR_CLINICAL_USE}"
+    manufacturer: str = "cad-node project"
+    manufacturer_model_name: str = "cad-node"
+    software_versions: str = __version__
+    device_serial_number: str = "cad-node-0"
+    institution_name: str | None = None
+    institutional_department_name: str | None = None
+    content_datetime: datetime.datetime | None = None
+    """Content, series and instance creation date/time of the objects; ``None``: now.
+
+    Set it per job with :meth:`at` (the job's creation time), so a rebuilt
+    object is byte-identical to the first one.
+    """
+
+    def at(self, content_datetime: datetime.datetime) -> "ResultOptions":
+        """These options with the date/time of one job's objects."""
+        return replace(self, content_datetime=content_datetime)
+
+    def __post_init__(self) -> None:
+        for name in ("seg_series_number", "sr_series_number"):
+            number = getattr(self, name)
+            if not 1 <= number <= _IS_MAX:
+                raise ValueError(f"{name} must be within 1..{_IS_MAX}, got {number}")
+        if self.seg_series_number == self.sr_series_number:
+            raise ValueError("seg_series_number and sr_series_number must differ")
+        for name in ("seg_series_description", "sr_series_description"):
+            if NOT_FOR_CLINICAL_USE not in getattr(self, name):
+                raise ValueError(f"{name} must contain {NOT_FOR_CLINICAL_USE!r}")
+        for name in (
+            "seg_series_description",
+            "sr_series_description",
+            "manufacturer",
+            "manufacturer_model_name",
+            "software_versions",
+            "device_serial_number",
+            "institution_name",
+            "institutional_department_name",
+        ):
+            value = getattr(self, name)
+            if value is not None:
+                _check_long_string(name, value)
+        if not self.manufacturer or not self.manufacturer_model_name:
+            raise ValueError("manufacturer and manufacturer_model_name must not be empty")

@@ -1,0 +1,123 @@
+"""Source image headers as highdicom needs them, and the attributes pinned after building.
+
+highdicom builds a SEG or SR from the *headers* of the source images: Pixel
+Data is never read, so the node may hand over datasets read with
+``stop_before_pixels=True``.  Per source image it needs the SOP Common,
+Patient, General Study and General Series attributes, Rows and Columns, and
+for a SEG the Image Plane module (PS3.3 C.7.6.2: ImagePositionPatient,
+ImageOrientationPatient, PixelSpacing, SliceThickness) and the
+FrameOfReferenceUID.
+"""
+
+import datetime
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+from pydicom import Dataset
+from pydicom.tag import BaseTag, Tag
+from pydicom.valuerep import DA, DT, TM
+
+from cad_node.domain import ImageVolume
+
+_TYPE_2_EMPTY_DEFAULTS: tuple[str, ...] = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+)
+"""Type 2 attributes (PS3.3 C.7.1.1, C.7.2.1) that highdicom reads without a default."""
+
+_PIXEL_TAGS: frozenset[BaseTag] = frozenset(
+    Tag(keyword) for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+)
+
+
+@contextmanager
+def patient_names_kept_out_of_logs() -> Iterator[None]:
+    """Silence highdicom's person-name warning while building: it quotes the patient's name.
+
+    ``warnings.catch_warnings`` is process-global, so build one object at a time
+    per process (the worker does).
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*person name", category=UserWarning)
+        yield
+
+
+def header_copy(dataset: Dataset) -> Dataset:
+    """A shallow copy of ``dataset`` without pixel data; the caller's dataset stays as it is."""
+    return Dataset({tag: element for tag, element in dataset.items() if tag not in _PIXEL_TAGS})
+
+
+def fill_type_2(dataset: Dataset, slice_thickness_mm: float) -> Dataset:
+    """Give absent Type 2 attributes an empty value, and SliceThickness a value.
+
+    highdicom raises on a source missing one of them.  SliceThickness is Type 2
+    in the CT Image module but the SEG Pixel Measures need a value (PS3.3
+    C.7.6.16.2.1), so an absent or empty one takes the volume's slice spacing.
+    """
+    for keyword in _TYPE_2_EMPTY_DEFAULTS:
+        if keyword not in dataset:
+            setattr(dataset, keyword, None)
+    if dataset.get("SliceThickness") in (None, ""):
+        dataset.SliceThickness = f"{slice_thickness_mm:.6g}"
+    return dataset
+
+
+def sources_by_slice(source_images: Sequence[Dataset], volume: ImageVolume) -> list[Dataset]:
+    """Prepared header copies of the source images, index ``k`` being volume slice ``k``.
+
+    Source images that are no slice of the volume (a localizer sent in the same
+    series) are left out.
+
+    Raises
+    ------
+    ValueError
+        When a slice of the volume has no source image, or a source image does
+        not belong to the volume's series or size.
+    """
+    if len(set(volume.sop_instance_uids)) != len(volume.sop_instance_uids):
+        raise ValueError("slices of one SOP instance (multi-frame sources) are not supported")
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in source_images}
+    _, rows, columns = volume.shape
+    ordered: list[Dataset] = []
+    for k, sop_instance_uid in enumerate(volume.sop_instance_uids):
+        source = by_uid.get(sop_instance_uid)
+        if source is None:
+            raise ValueError(f"no source image for slice {k} (SOP Instance UID {sop_instance_uid})")
+        if source.SeriesInstanceUID != volume.series_instance_uid:
+            raise ValueError(f"source image of slice {k} belongs to another series")
+        if source.get("FrameOfReferenceUID") != volume.frame_of_reference_uid:
+            raise ValueError(f"source image of slice {k} has another Frame of Reference UID")
+        if (source.Rows, source.Columns) != (rows, columns):
+            raise ValueError(
+                f"source image of slice {k} is {source.Rows}x{source.Columns}, "
+                f"the volume {rows}x{columns}"
+            )
+        ordered.append(fill_type_2(header_copy(source), volume.spacing_mm[0]))
+    return ordered
+
+
+def pin_creation_datetime(dataset: Dataset, when: datetime.datetime) -> None:
+    """Replace the creation times highdicom takes from the clock by ``when``.
+
+    highdicom stamps InstanceCreationDate/Time (PS3.3 C.12.1) and its own
+    Contributing Equipment item with ``datetime.now()``; pinning them to the
+    job's time makes a rebuilt object byte-identical to the first one.
+    """
+    dataset.InstanceCreationDate = DA(when.date())
+    dataset.InstanceCreationTime = TM(when.time())
+    for item in dataset.get("ContributingEquipmentSequence", []):
+        if "ContributionDateTime" in item:
+            item.ContributionDateTime = DT(when)
+
+
+def resolve_content_datetime(content_datetime: datetime.datetime | None) -> datetime.datetime:
+    """The given content date/time, or now (then a rebuild is not byte-identical)."""
+    return content_datetime if content_datetime is not None else datetime.datetime.now()

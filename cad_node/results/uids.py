@@ -1,0 +1,65 @@
+"""Deterministic UIDs per (job, object), so a retried job resends the identical object.
+
+Every UID is ``2.25.<int>`` of a name-based (SHA-1, version 5) UUID of the job
+key and the object's role (PS3.5 Annex B.2, ISO/IEC 9834-8): the same job key
+always gives the same UIDs, different keys or roles never collide in practice.
+pydicom's ``generate_uid(prefix=None, entropy_srcs=...)`` is not used: with no
+prefix it ignores ``entropy_srcs`` and returns a random UUID.
+
+A re-run after a late image must use a new job key, so its objects are new
+instances that reference the earlier ones.
+"""
+
+import json
+import uuid
+from dataclasses import dataclass
+
+_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/cad-node/cad-node/results/v1")
+
+
+def _derived_uid(*parts: str) -> str:
+    # JSON keeps ("a", "bc") and ("ab", "c") apart.
+    return f"2.25.{uuid.uuid5(_NAMESPACE, json.dumps(parts)).int}"
+
+
+@dataclass(frozen=True, slots=True)
+class ResultUids:
+    """The UIDs of the result objects of one job; build with :func:`result_uids`."""
+
+    job_key: str
+    seg_series_instance_uid: str
+    seg_sop_instance_uid: str
+    seg_dimension_organization_uid: str
+    sr_series_instance_uid: str
+    sr_sop_instance_uid: str
+    summary_tracking_uid: str
+    """Tracking UID of the report's summary group when there is no finding."""
+
+    def tracking_uid(self, finding_index: int) -> str:
+        """Tracking Unique Identifier (DCM 112040) of finding ``finding_index``.
+
+        The SEG segment (TrackingUID) and the SR groups of one finding share it.
+        """
+        if finding_index < 0:
+            raise ValueError(f"finding index must not be negative, got {finding_index}")
+        return _derived_uid(self.job_key, "tracking", str(finding_index))
+
+
+def result_uids(job_key: str) -> ResultUids:
+    """The UIDs of the SEG and SR a job produces, always the same for ``job_key``."""
+    if not job_key:
+        raise ValueError("job_key must not be empty")
+    return ResultUids(
+        job_key=job_key,
+        seg_series_instance_uid=_derived_uid(job_key, "seg", "series"),
+        seg_sop_instance_uid=_derived_uid(job_key, "seg", "instance"),
+        seg_dimension_organization_uid=_derived_uid(job_key, "seg", "dimension-organization"),
+        sr_series_instance_uid=_derived_uid(job_key, "sr", "series"),
+        sr_sop_instance_uid=_derived_uid(job_key, "sr", "instance"),
+        summary_tracking_uid=_derived_uid(job_key, "sr", "summary-tracking"),
+    )
+
+
+def device_observer_uid(manufacturer_model_name: str, device_serial_number: str) -> str:
+    """Device Observer UID (DCM 121012, PS3.16 TID 1004) of one cad-node installation."""
+    return _derived_uid("device", manufacturer_model_name, device_serial_number)
