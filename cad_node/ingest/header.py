@@ -1,0 +1,242 @@
+"""Header-only decoding of a received data set, and the journal record made from it.
+
+The C-STORE handler must stay lean (FIELD-NOTES: pynetdicom is CPU-bound), so
+only the elements before Pixel Data are parsed; pixel data is never decoded and
+the bytes are stored exactly as received.
+"""
+
+import struct
+import zlib
+from io import BytesIO
+from pathlib import PurePath
+
+from pydicom import Dataset
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import data_element_generator
+from pydicom.tag import BaseTag
+from pydicom.uid import UID, ExplicitVRLittleEndian
+from pydicom.valuerep import VR
+
+from cad_node.errors import CadNodeError
+from cad_node.ingest.spool import is_safe_uid
+from cad_node.routing.attributes import extract_attributes
+from cad_node.store.instances import InstanceRecord
+
+_FIRST_PIXEL_DATA_TAG = 0x7FE00008
+"""(7FE0,0008) Float Pixel Data: the bulk data elements (7FE0,0008..0010) end the header."""
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+_KNOWN_VRS = frozenset(vr.value for vr in VR)
+PARSE_ERRORS = (
+    ValueError,
+    TypeError,
+    EOFError,
+    KeyError,
+    IndexError,
+    OverflowError,
+    NotImplementedError,
+    UnicodeDecodeError,
+    struct.error,
+    zlib.error,
+    InvalidDicomError,
+)
+"""What pydicom raises on a malformed byte stream."""
+
+
+class UndecodableDatasetError(CadNodeError):
+    """The data set cannot be parsed in its transfer syntax: PS3.4 B.2.3 "Cannot understand"."""
+
+
+class DatasetMismatchError(CadNodeError):
+    """The data set lacks or contradicts its identifying UIDs: PS3.4 B.2.3 "Data Set does not
+    match SOP Class" (Type 1 attributes of every composite IOD, PS3.3 C.12.1, C.7.2.1, C.7.3.1).
+    """
+
+
+def decode_header(stream: bytes, transfer_syntax_uid: str) -> Dataset:
+    """The elements of an encoded data set that come before Pixel Data.
+
+    Parameters
+    ----------
+    stream
+        The data set as received (no File Meta Information), deflated or not.
+    transfer_syntax_uid
+        The transfer syntax of the presentation context it came on.
+
+    Raises
+    ------
+    UndecodableDatasetError
+        If the stream is not a valid encoding in that transfer syntax (PS3.5 7.1):
+        unknown VRs, elements out of tag order or running past the end.
+    """
+    is_implicit_vr, is_little_endian, is_deflated = _encoding_of(UID(transfer_syntax_uid))
+    try:
+        if is_deflated:
+            stream = zlib.decompress(stream, -zlib.MAX_WBITS)
+        elements = _header_elements(stream, is_implicit_vr, is_little_endian)
+    except PARSE_ERRORS as exc:
+        raise UndecodableDatasetError(f"cannot parse the data set: {type(exc).__name__}") from exc
+    return Dataset(elements)
+
+
+def _encoding_of(transfer_syntax: UID) -> tuple[bool, bool, bool]:
+    """(implicit VR, little endian, deflated) of a transfer syntax.
+
+    A transfer syntax pydicom does not know (e.g. a private one) is read as
+    explicit VR little endian, the encoding of every encapsulated syntax (PS3.5 10).
+    """
+    try:
+        return (
+            transfer_syntax.is_implicit_VR,
+            transfer_syntax.is_little_endian,
+            transfer_syntax.is_deflated,
+        )
+    except ValueError:
+        explicit = ExplicitVRLittleEndian
+        return explicit.is_implicit_VR, explicit.is_little_endian, explicit.is_deflated
+
+
+def _header_elements(
+    stream: bytes, is_implicit_vr: bool, is_little_endian: bool
+) -> dict[BaseTag, DataElement | RawDataElement]:
+    elements: dict[BaseTag, DataElement | RawDataElement] = {}
+    previous_tag = -1
+    generator = data_element_generator(
+        BytesIO(stream), is_implicit_vr, is_little_endian, stop_when=_at_pixel_data
+    )
+    for element in generator:
+        _check_element(element, previous_tag, len(stream), is_implicit_vr)
+        elements[BaseTag(element.tag)] = element
+        previous_tag = element.tag
+    return elements
+
+
+def _at_pixel_data(tag: int, _vr: str | None, _length: int) -> bool:
+    return tag >= _FIRST_PIXEL_DATA_TAG
+
+
+def _check_element(
+    element: DataElement | RawDataElement,
+    previous_tag: int,
+    stream_length: int,
+    is_implicit_vr: bool,
+) -> None:
+    """PS3.5 7.1: elements in ascending tag order, known VRs, values inside the stream.
+
+    pydicom reads a truncated value short without complaint, hence the length check.
+    """
+    if element.tag <= previous_tag:
+        raise ValueError("data elements out of order")
+    if not is_implicit_vr and element.VR not in _KNOWN_VRS:
+        raise ValueError("unknown VR")
+    if _runs_past_end(element, stream_length):
+        raise EOFError("data element runs past the end of the data set")
+
+
+def _runs_past_end(element: DataElement | RawDataElement, stream_length: int) -> bool:
+    if not isinstance(element, RawDataElement) or element.length == _UNDEFINED_LENGTH:
+        return False
+    return element.value_tell + element.length > stream_length
+
+
+def instance_record(
+    header: Dataset,
+    *,
+    transfer_syntax_uid: str,
+    calling_ae_title: str,
+    path: PurePath,
+    size_bytes: int,
+) -> InstanceRecord:
+    """The journal record of one received instance, from its header.
+
+    Raises
+    ------
+    DatasetMismatchError
+        If an identifying UID is missing or not a valid UID.
+    UndecodableDatasetError
+        If a routing attribute's value cannot be read in its VR.
+    """
+    identity = identifying_uids(header)
+    try:
+        attributes = extract_attributes(header, calling_ae_title)
+    except PARSE_ERRORS as exc:
+        raise UndecodableDatasetError(f"unreadable attribute: {type(exc).__name__}") from exc
+    return InstanceRecord(
+        sop_instance_uid=identity[0],
+        sop_class_uid=identity[1],
+        series_instance_uid=identity[2],
+        study_instance_uid=identity[3],
+        transfer_syntax_uid=transfer_syntax_uid,
+        instance_number=optional_int(header, "InstanceNumber"),
+        path=path.as_posix(),
+        size_bytes=size_bytes,
+        calling_ae_title=calling_ae_title.strip(),
+        attributes=attributes,
+        expected_count=expected_count(header),
+    )
+
+
+def identifying_uids(header: Dataset) -> tuple[str, str, str, str]:
+    """(SOP Instance, SOP Class, Series Instance, Study Instance) UIDs, all Type 1.
+
+    Raises
+    ------
+    DatasetMismatchError
+        If one is missing, empty or not a valid UID.
+    """
+    keywords = ("SOPInstanceUID", "SOPClassUID", "SeriesInstanceUID", "StudyInstanceUID")
+    uids = tuple(_uid(header, keyword) for keyword in keywords)
+    return uids[0], uids[1], uids[2], uids[3]
+
+
+def _uid(header: Dataset, keyword: str) -> str:
+    try:
+        value = header.get(keyword)
+    except PARSE_ERRORS as exc:
+        raise DatasetMismatchError(f"{keyword} unreadable") from exc
+    uid = str(value).strip().rstrip("\x00") if value is not None else ""
+    if not is_safe_uid(uid):
+        raise DatasetMismatchError(f"{keyword} missing or not a valid UID")
+    return uid
+
+
+def check_matches_request(
+    header: Dataset, affected_sop_class_uid: str, affected_sop_instance_uid: str
+) -> None:
+    """The data set's SOP Class and Instance UIDs equal the request's Affected ones (PS3.7 9.1.1).
+
+    Raises
+    ------
+    DatasetMismatchError
+        If either differs.
+    """
+    sop_instance_uid, sop_class_uid, _, _ = identifying_uids(header)
+    if sop_class_uid != str(affected_sop_class_uid).strip():
+        raise DatasetMismatchError("SOPClassUID differs from the Affected SOP Class UID")
+    if sop_instance_uid != str(affected_sop_instance_uid).strip():
+        raise DatasetMismatchError("SOPInstanceUID differs from the Affected SOP Instance UID")
+
+
+def expected_count(header: Dataset) -> int | None:
+    """How many instances the series is expected to hold, when the header says.
+
+    Images in Acquisition (0020,1002) when given; otherwise a multi-frame
+    instance (Number of Frames (0028,0008) > 1) is taken to carry the whole
+    acquisition, so one instance is expected.
+    """
+    images_in_acquisition = optional_int(header, "ImagesInAcquisition")
+    if images_in_acquisition is not None and images_in_acquisition > 0:
+        return images_in_acquisition
+    number_of_frames = optional_int(header, "NumberOfFrames")
+    if number_of_frames is not None and number_of_frames > 1:
+        return 1
+    return None
+
+
+def optional_int(header: Dataset, keyword: str) -> int | None:
+    """An IS/US value as int, or None when absent, empty or malformed (Type 2/3 elements)."""
+    try:
+        value = header.get(keyword)
+        return None if value is None or value == "" else int(value)
+    except PARSE_ERRORS:
+        return None

@@ -1,0 +1,253 @@
+"""The Storage SCP: C-ECHO and C-STORE over pynetdicom, into the spool and the journal.
+
+An instance is acknowledged (0x0000) only after its bytes are fsync'd in the
+spool and its row is committed in the journal; every other outcome is a
+precise PS3.4 Annex B.2.3 status, never a dropped association.
+"""
+
+import logging
+import traceback
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import cast
+
+from pydicom.dataset import FileMetaDataset
+from pynetdicom import AE, VerificationPresentationContexts, _config, evt
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import encode_file_meta
+from pynetdicom.events import Event, EventHandlerType
+from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from cad_node.errors import StorageError
+from cad_node.ingest.header import (
+    DatasetMismatchError,
+    UndecodableDatasetError,
+    check_matches_request,
+    decode_header,
+    identifying_uids,
+    instance_record,
+)
+from cad_node.ingest.spool import Spool, relative_instance_path
+from cad_node.store.instances import InstanceRecord, RecordOutcome, record_instance
+
+logger = logging.getLogger(__name__)
+
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+"""PS3.4 B.2.3 Refused: Out of Resources (the sender retries)."""
+STATUS_DATASET_MISMATCH = 0xA900
+"""PS3.4 B.2.3 Error: Data Set does not match SOP Class."""
+STATUS_CANNOT_UNDERSTAND = 0xC210
+"""PS3.4 B.2.3 Error: Cannot understand (C000-CFFF): the data set cannot be parsed."""
+STATUS_PROCESSING_FAILURE = 0xC211
+"""Cannot understand, as pynetdicom answers a failing handler: an unexpected error."""
+
+_PREAMBLE = b"\x00" * 128 + b"DICM"
+
+OnInstance = Callable[[RecordOutcome], None]
+
+
+def configure_pynetdicom() -> None:
+    """Process-wide pynetdicom settings the node relies on.
+
+    Identifier logging is off because identifiers carry patient data; the
+    unrestricted storage service accepts storage SOP classes newer than
+    pynetdicom knows (each with the first transfer syntax proposed).
+    """
+    _config.LOG_REQUEST_IDENTIFIERS = False
+    _config.LOG_RESPONSE_IDENTIFIERS = False
+    _config.UNRESTRICTED_STORAGE_SERVICE = True
+
+
+class StorageSCP:
+    """A Storage SCP (PS3.4 Annex B) and Verification SCP (PS3.4 Annex A) on one port.
+
+    Parameters
+    ----------
+    ae_title
+        The node's AE title.
+    bind_address, port
+        Where to listen; port 0 picks a free port (see :attr:`port`).
+    allowed_calling_aets
+        Calling AE titles accepted at association; empty accepts any.
+    spool
+        Where received instances are written.
+    sessionmaker
+        Sessions on the journal.
+    clock
+        The current UTC time (injected so tests need not sleep).
+    on_instance
+        Called after each instance is committed (e.g. to complete a series early
+        when its expected count is reached); its errors are logged, not answered.
+    maximum_associations
+        Concurrent associations accepted; more are rejected (not dropped).
+    """
+
+    def __init__(
+        self,
+        *,
+        ae_title: str,
+        bind_address: str,
+        port: int,
+        allowed_calling_aets: Sequence[str],
+        spool: Spool,
+        sessionmaker: sessionmaker[Session],
+        clock: Callable[[], datetime],
+        on_instance: OnInstance | None = None,
+        maximum_associations: int = 16,
+    ) -> None:
+        configure_pynetdicom()
+        self._bind = (bind_address, port)
+        self._spool = spool
+        self._sessionmaker = sessionmaker
+        self._clock = clock
+        self._on_instance = on_instance
+        self._ae = _make_ae(ae_title, allowed_calling_aets, maximum_associations)
+        self._server: ThreadedAssociationServer | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (the one the OS picked when 0 was asked)."""
+        if self._server is None:
+            raise RuntimeError("the SCP is not started")
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        """Listen in a background thread; returns once the socket is bound."""
+        if self._server is not None:
+            raise RuntimeError("the SCP is already started")
+        handlers: list[EventHandlerType] = [(evt.EVT_C_STORE, self.handle_store)]
+        self._server = self._ae.start_server(self._bind, block=False, evt_handlers=handlers)
+        logger.info(
+            "Storage SCP %s listening on %s:%d", self._ae.ae_title, self._bind[0], self.port
+        )
+
+    def stop(self) -> None:
+        """Stop listening and close the socket; idempotent."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    def handle_store(self, event: Event) -> int:
+        """EVT_C_STORE: store one instance and answer its status (PS3.4 B.2.3).
+
+        The broad ``except`` belongs here only: whatever goes wrong becomes a
+        status, so the peer never sees a dropped association.
+        """
+        try:
+            return self._store(event)
+        except Exception as exc:  # top of the SCP handler: any failure is a status
+            _log_failure(event, exc)
+            return STATUS_PROCESSING_FAILURE
+
+    def _store(self, event: Event) -> int:
+        request = cast(C_STORE, event.request)
+        try:
+            record, data = _received_instance(event)
+        except UndecodableDatasetError as exc:
+            logger.warning(
+                "C-STORE refused (0xC210) for %s: %s", request.AffectedSOPInstanceUID, exc
+            )
+            return STATUS_CANNOT_UNDERSTAND
+        except DatasetMismatchError as exc:
+            logger.warning(
+                "C-STORE refused (0xA900) for %s: %s", request.AffectedSOPInstanceUID, exc
+            )
+            return STATUS_DATASET_MISMATCH
+        try:
+            outcome = self._write_and_record(record, data)
+        except StorageError as exc:
+            logger.error("C-STORE refused (0xA700) for %s: %s", record.sop_instance_uid, exc)
+            return STATUS_OUT_OF_RESOURCES
+        self._notify(outcome)
+        return STATUS_SUCCESS
+
+    def _write_and_record(self, record: InstanceRecord, data: bytes) -> RecordOutcome:
+        """Bytes on disk first, then the row: only both together earn 0x0000."""
+        self._spool.write(
+            record.study_instance_uid, record.series_instance_uid, record.sop_instance_uid, data
+        )
+        return self._record(record)
+
+    def _record(self, record: InstanceRecord) -> RecordOutcome:
+        try:
+            with self._sessionmaker.begin() as session:
+                return record_instance(session, record, self._clock())
+        except SQLAlchemyError as exc:
+            raise StorageError(f"journal write failed: {type(exc).__name__}") from exc
+
+    def _notify(self, outcome: RecordOutcome) -> None:
+        if self._on_instance is None:
+            return
+        try:
+            self._on_instance(outcome)
+        except Exception as exc:  # the instance is stored: the sender still gets 0x0000
+            logger.error(
+                "on_instance failed for series %s: %s",
+                outcome.series_instance_uid,
+                type(exc).__name__,
+            )
+
+
+def _received_instance(event: Event) -> tuple[InstanceRecord, bytes]:
+    """The journal record and the file bytes of a C-STORE request, from its header only.
+
+    Raises
+    ------
+    UndecodableDatasetError
+        PS3.4 B.2.3 "Cannot understand": the data set does not parse.
+    DatasetMismatchError
+        PS3.4 B.2.3 "Data Set does not match SOP Class": identifying UIDs
+        missing, invalid or different from the request's (PS3.7 9.1.1).
+    """
+    request = cast(C_STORE, event.request)
+    calling_ae_title = str(event.assoc.requestor.ae_title).strip()
+    transfer_syntax_uid = str(event.context.transfer_syntax)
+    stream = event.encoded_dataset(include_meta=False)
+    header = decode_header(stream, transfer_syntax_uid)
+    check_matches_request(
+        header, str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID)
+    )
+    sop_instance_uid, _, series_instance_uid, study_instance_uid = identifying_uids(header)
+    data = _file_bytes(event, calling_ae_title, stream)
+    record = instance_record(
+        header,
+        transfer_syntax_uid=transfer_syntax_uid,
+        calling_ae_title=calling_ae_title,
+        path=relative_instance_path(study_instance_uid, series_instance_uid, sop_instance_uid),
+        size_bytes=len(data),
+    )
+    return record, data
+
+
+def _make_ae(ae_title: str, allowed_calling_aets: Sequence[str], maximum_associations: int) -> AE:
+    ae = AE(ae_title=ae_title)
+    ae.supported_contexts = VerificationPresentationContexts
+    ae.require_calling_aet = [title.strip() for title in allowed_calling_aets]
+    ae.maximum_associations = maximum_associations
+    return ae
+
+
+def _file_bytes(event: Event, calling_ae_title: str, stream: bytes) -> bytes:
+    """The DICOM file (PS3.10 7.1): preamble, File Meta Information, the data set as received.
+
+    Source Application Entity Title (0002,0016) records the sender, so a file
+    re-indexed after a crash keeps its calling AE title.
+    """
+    file_meta: FileMetaDataset = event.file_meta
+    if calling_ae_title:
+        file_meta.SourceApplicationEntityTitle = calling_ae_title
+    return b"".join((_PREAMBLE, encode_file_meta(file_meta), stream))
+
+
+def _log_failure(event: Event, exc: Exception) -> None:
+    # Class name and code locations only: an exception message may quote element values.
+    frames = "".join(traceback.format_tb(exc.__traceback__))
+    logger.error(
+        "C-STORE failed (0xC211) for SOP Instance %s: %s\n%s",
+        getattr(event.request, "AffectedSOPInstanceUID", "?"),
+        type(exc).__name__,
+        frames,
+    )

@@ -1,0 +1,199 @@
+"""Recording instances in the journal, on SQLite and PostgreSQL."""
+
+import threading
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from cad_node.domain.states import SeriesState
+from cad_node.store.instances import InstanceRecord, RecordOutcome, record_instance
+from cad_node.store.schema import Instance, Series, Study
+from tests.conftest import Journal
+
+T0 = datetime(2026, 1, 2, 8, 0, tzinfo=UTC)
+STUDY = "1.2.826.0.1.3680043.8.498.10"
+SERIES = "1.2.826.0.1.3680043.8.498.11"
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+
+
+def make_record(number: int, **changes: object) -> InstanceRecord:
+    sop_instance_uid = f"1.2.826.0.1.3680043.8.498.12.{number}"
+    record = InstanceRecord(
+        sop_instance_uid=sop_instance_uid,
+        sop_class_uid=CT_IMAGE_STORAGE,
+        series_instance_uid=SERIES,
+        study_instance_uid=STUDY,
+        transfer_syntax_uid=EXPLICIT_VR_LITTLE_ENDIAN,
+        instance_number=number,
+        path=f"spool/{STUDY}/{SERIES}/{sop_instance_uid}.dcm",
+        size_bytes=1000 + number,
+        calling_ae_title="SCANNER",
+        attributes={"CallingAETitle": "SCANNER", "Modality": "CT", "SliceThickness": 1.25},
+        expected_count=None,
+    )
+    return replace(record, **changes)  # type: ignore[arg-type]  # test helper: typed by the dataclass
+
+
+def record(journal: Journal, instance: InstanceRecord, now: datetime = T0) -> RecordOutcome:
+    with journal.sessionmaker.begin() as session:
+        return record_instance(session, instance, now)
+
+
+def series_row(session: Session) -> Series:
+    return session.execute(select(Series)).scalar_one()
+
+
+def test_the_first_instance_creates_study_series_and_instance(any_journal: Journal) -> None:
+    outcome = record(any_journal, make_record(1, expected_count=3))
+
+    assert outcome.is_new
+    assert (outcome.series_revision, outcome.instance_count, outcome.expected_count) == (1, 1, 3)
+    assert not outcome.revision_raised
+    with any_journal.sessionmaker() as session:
+        series = series_row(session)
+        assert session.get_one(Study, STUDY).created_at == T0
+        instance = session.get_one(Instance, make_record(1).sop_instance_uid)
+    assert series.state == SeriesState.RECEIVING
+    assert series.modality == "CT"
+    assert series.calling_ae_title == "SCANNER"
+    assert series.attributes == {
+        "CallingAETitle": "SCANNER",
+        "Modality": "CT",
+        "SliceThickness": 1.25,
+    }
+    assert (series.first_received_at, series.last_received_at) == (T0, T0)
+    assert (instance.series_revision, instance.size_bytes, instance.instance_number) == (1, 1001, 1)
+
+
+def test_a_resend_counts_once_and_refreshes_the_row(any_journal: Journal) -> None:
+    record(any_journal, make_record(1))
+    later = T0 + timedelta(seconds=5)
+
+    outcome = record(any_journal, make_record(1, size_bytes=4242, calling_ae_title="OTHER"), later)
+
+    assert not outcome.is_new
+    assert outcome.instance_count == 1
+    with any_journal.sessionmaker() as session:
+        assert session.scalar(select(func.count()).select_from(Instance)) == 1
+        instance = session.get_one(Instance, make_record(1).sop_instance_uid)
+        assert (instance.size_bytes, instance.calling_ae_title) == (4242, "OTHER")
+        assert series_row(session).last_received_at == later
+
+
+def test_instances_are_counted_and_the_expected_count_is_kept(any_journal: Journal) -> None:
+    record(any_journal, make_record(1))
+    record(any_journal, make_record(2, expected_count=3), T0 + timedelta(seconds=1))
+    outcome = record(any_journal, make_record(3, expected_count=99), T0 + timedelta(seconds=2))
+
+    assert (outcome.instance_count, outcome.expected_count) == (3, 3)
+    assert outcome.expected_count_reached
+
+
+def test_later_instances_complete_but_never_overwrite_attributes(any_journal: Journal) -> None:
+    record(any_journal, make_record(1))
+    extra = {"CallingAETitle": "X", "Modality": "MR", "BodyPartExamined": "CHEST"}
+    record(any_journal, make_record(2, attributes=extra))
+
+    with any_journal.sessionmaker() as session:
+        attributes = series_row(session).attributes
+    assert attributes["Modality"] == "CT"
+    assert attributes["CallingAETitle"] == "SCANNER"
+    assert attributes["BodyPartExamined"] == "CHEST"
+
+
+def test_last_received_at_never_goes_back(any_journal: Journal) -> None:
+    record(any_journal, make_record(1), T0 + timedelta(seconds=10))
+    record(any_journal, make_record(2), T0)
+
+    with any_journal.sessionmaker() as session:
+        assert series_row(session).last_received_at == T0 + timedelta(seconds=10)
+
+
+@pytest.mark.parametrize("state", [SeriesState.COMPLETE, SeriesState.ROUTED, SeriesState.UNROUTED])
+def test_a_late_instance_raises_the_revision(any_journal: Journal, state: SeriesState) -> None:
+    record(any_journal, make_record(1))
+    with any_journal.sessionmaker.begin() as session:
+        series = series_row(session)
+        series.state = state
+        series.completed_at = T0
+
+    late = record(any_journal, make_record(2), T0 + timedelta(minutes=5))
+    resend = record(any_journal, make_record(1), T0 + timedelta(minutes=6))
+
+    assert (late.is_new, late.revision_raised, late.series_revision) == (True, True, 2)
+    assert (resend.is_new, resend.revision_raised, resend.series_revision) == (False, False, 2)
+    with any_journal.sessionmaker() as session:
+        series = series_row(session)
+        columns = select(Instance.instance_number, Instance.series_revision)
+        revisions = dict(session.execute(columns).all())
+    assert (series.state, series.completed_at, series.instance_count) == (
+        SeriesState.RECEIVING,
+        None,
+        2,
+    )
+    assert revisions == {1: 1, 2: 2}
+
+
+def test_a_resend_after_completion_changes_nothing(any_journal: Journal) -> None:
+    record(any_journal, make_record(1))
+    with any_journal.sessionmaker.begin() as session:
+        series_row(session).state = SeriesState.ROUTED
+
+    outcome = record(any_journal, make_record(1), T0 + timedelta(minutes=1))
+
+    assert (outcome.is_new, outcome.series_revision) == (False, 1)
+    with any_journal.sessionmaker() as session:
+        series = series_row(session)
+    assert (series.state, series.last_received_at) == (SeriesState.ROUTED, T0)
+
+
+def test_concurrent_associations_record_one_new_series(any_journal: Journal) -> None:
+    """Threads racing to create the same study and series: no IntegrityError, no lost count."""
+    count = 12
+    barrier = threading.Barrier(count)
+    errors: list[BaseException] = []
+
+    def send(number: int) -> None:
+        try:
+            barrier.wait(timeout=10)
+            record(any_journal, make_record(number))
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=(n,)) for n in range(1, count + 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert errors == []
+    with any_journal.sessionmaker() as session:
+        assert series_row(session).instance_count == count
+        assert session.scalar(select(func.count()).select_from(Instance)) == count
+        assert session.scalar(select(func.count()).select_from(Study)) == 1
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"sop_instance_uid": ""}, "sop_instance_uid"),
+        ({"series_instance_uid": "1." * 40}, "series_instance_uid"),
+        ({"path": "/abs/file.dcm"}, "relative"),
+        ({"path": "spool/../../etc/passwd"}, "relative"),
+        ({"size_bytes": -1}, "size_bytes"),
+        ({"expected_count": 0}, "expected_count"),
+        ({"calling_ae_title": "A" * 17}, "AE title"),
+    ],
+)
+def test_an_invalid_record_cannot_be_built(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        make_record(1, **changes)
+
+
+def test_modality_comes_from_the_attributes() -> None:
+    assert make_record(1).modality == "CT"
+    assert make_record(1, attributes={"CallingAETitle": "X"}).modality == ""

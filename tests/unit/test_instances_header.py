@@ -1,0 +1,192 @@
+"""Header-only decoding of received data sets, and the InstanceRecord made from a header."""
+
+import struct
+from io import BytesIO
+from pathlib import PurePosixPath
+
+import pytest
+from pydicom import Dataset, dcmread
+from pydicom.filereader import read_file_meta_info
+
+from cad_node.ingest.header import (
+    DatasetMismatchError,
+    UndecodableDatasetError,
+    check_matches_request,
+    decode_header,
+    expected_count,
+    identifying_uids,
+    instance_record,
+)
+from tests.conftest import pydicom_file
+
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
+
+
+def encoded_dataset(name: str) -> tuple[bytes, str]:
+    """The data set bytes of a pydicom test file (after its File Meta Information) and its TS."""
+    path = pydicom_file(name)
+    raw = path.read_bytes()
+    meta = read_file_meta_info(path)
+    meta_end = 132 + 12 + int(meta.FileMetaInformationGroupLength)
+    return raw[meta_end:], str(meta.TransferSyntaxUID)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "CT_small.dcm",
+        "MR_small_implicit.dcm",
+        "MR_small_bigendian.dcm",
+        "image_dfl.dcm",
+        "JPGExtended.dcm",
+        "SC_rgb_jpeg_dcmtk.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+        "MR_small_jp2klossless.dcm",
+        "MR_small_RLE.dcm",
+    ],
+)
+def test_headers_decode_in_every_transfer_syntax(name: str) -> None:
+    stream, transfer_syntax_uid = encoded_dataset(name)
+    reference = dcmread(pydicom_file(name), stop_before_pixels=True)
+
+    header = decode_header(stream, transfer_syntax_uid)
+
+    assert header.SOPInstanceUID == reference.SOPInstanceUID
+    assert header.SeriesInstanceUID == reference.SeriesInstanceUID
+    assert "PixelData" not in header
+
+
+@pytest.mark.parametrize(
+    ("stream", "transfer_syntax_uid"),
+    [
+        (b"\x08\x00\x16\x00UI\xff\x7f1.2", EXPLICIT_VR_LITTLE_ENDIAN),  # value runs past the end
+        (bytes(range(256)) * 4, EXPLICIT_VR_LITTLE_ENDIAN),  # no valid VR
+        (b"not a DICOM data set at all " * 4, IMPLICIT_VR_LITTLE_ENDIAN),
+        (
+            b"\x08\x00\x18\x00\x02\x00\x00\x001.\x08\x00\x16\x00\x02\x00\x00\x001.",
+            IMPLICIT_VR_LITTLE_ENDIAN,
+        ),
+        (b"\x01\x02\x03 not deflate", "1.2.840.10008.1.2.1.99"),
+    ],
+    ids=["truncated", "bad-vr", "text", "out-of-order", "bad-deflate"],
+)
+def test_malformed_streams_cannot_be_understood(stream: bytes, transfer_syntax_uid: str) -> None:
+    with pytest.raises(UndecodableDatasetError):
+        decode_header(stream, transfer_syntax_uid)
+
+
+def test_the_record_carries_the_identifiers_and_routing_attributes() -> None:
+    stream, transfer_syntax_uid = encoded_dataset("CT_small.dcm")
+    header = decode_header(stream, transfer_syntax_uid)
+
+    record = instance_record(
+        header,
+        transfer_syntax_uid=transfer_syntax_uid,
+        calling_ae_title="SCANNER ",
+        path=PurePosixPath("spool/a/b/c.dcm"),
+        size_bytes=123,
+    )
+
+    assert record.sop_instance_uid == header.SOPInstanceUID
+    assert record.study_instance_uid == header.StudyInstanceUID
+    assert record.sop_class_uid == "1.2.840.10008.5.1.4.1.1.2"
+    assert (record.calling_ae_title, record.path, record.size_bytes) == (
+        "SCANNER",
+        "spool/a/b/c.dcm",
+        123,
+    )
+    assert record.modality == "CT"
+    assert record.attributes["CallingAETitle"] == "SCANNER"
+    assert "PatientName" not in record.attributes
+
+
+@pytest.mark.parametrize("missing", ["SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"])
+def test_a_missing_identifier_does_not_match_the_sop_class(missing: str) -> None:
+    header = dcmread(pydicom_file("CT_small.dcm"), stop_before_pixels=True)
+    delattr(header, missing)
+
+    with pytest.raises(DatasetMismatchError, match=missing):
+        instance_record(
+            header,
+            transfer_syntax_uid=EXPLICIT_VR_LITTLE_ENDIAN,
+            calling_ae_title="X",
+            path=PurePosixPath("x.dcm"),
+            size_bytes=1,
+        )
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_a_path_unsafe_uid_does_not_match_the_sop_class() -> None:
+    header = dcmread(pydicom_file("CT_small.dcm"), stop_before_pixels=True)
+    header.SeriesInstanceUID = "../../etc"
+
+    with pytest.raises(DatasetMismatchError, match="SeriesInstanceUID"):
+        identifying_uids(header)
+
+
+def test_the_data_set_must_match_the_request() -> None:
+    header = dcmread(pydicom_file("CT_small.dcm"), stop_before_pixels=True)
+    check_matches_request(header, header.SOPClassUID, header.SOPInstanceUID)
+
+    with pytest.raises(DatasetMismatchError, match="Affected SOP Instance"):
+        check_matches_request(header, header.SOPClassUID, "1.2.3")
+    with pytest.raises(DatasetMismatchError, match="Affected SOP Class"):
+        check_matches_request(header, "1.2.840.10008.5.1.4.1.1.4", header.SOPInstanceUID)
+
+
+@pytest.mark.parametrize(
+    ("elements", "expected"),
+    [
+        ({}, None),
+        ({"ImagesInAcquisition": 120}, 120),
+        ({"ImagesInAcquisition": 0}, None),
+        ({"NumberOfFrames": 40}, 1),
+        ({"NumberOfFrames": 1}, None),
+        ({"ImagesInAcquisition": 4, "NumberOfFrames": 40}, 4),
+    ],
+)
+def test_expected_count(elements: dict[str, int], expected: int | None) -> None:
+    header = Dataset()
+    for keyword, value in elements.items():
+        setattr(header, keyword, value)
+    assert expected_count(header) == expected
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR IS")
+def test_a_malformed_optional_count_is_ignored() -> None:
+    stream = BytesIO()
+    # (0020,1002) IS "abc" in implicit VR: a malformed Type 3 element, not a reason to refuse.
+    stream.write(b"\x20\x00\x02\x10\x04\x00\x00\x00abc ")
+    header = decode_header(stream.getvalue(), IMPLICIT_VR_LITTLE_ENDIAN)
+    assert expected_count(header) is None
+
+
+def implicit_element(group: int, element: int, value: bytes) -> bytes:
+    """One data element in implicit VR little endian (PS3.5 7.1.3)."""
+    return struct.pack("<HHI", group, element, len(value)) + value
+
+
+def test_a_malformed_routing_attribute_is_kept_as_text_not_refused() -> None:
+    """pydicom reads an invalid DS as its text; the instance is stored, routing sees the text."""
+    stream = b"".join(
+        [
+            implicit_element(0x0008, 0x0016, b"1.2.840.10008.5.1.4.1.1.2\x00"),
+            implicit_element(0x0008, 0x0018, b"1.2.3.4\x00"),
+            implicit_element(0x0018, 0x0050, b"abc "),  # SliceThickness, DS
+            implicit_element(0x0020, 0x000D, b"1.2.3.1\x00"),
+            implicit_element(0x0020, 0x000E, b"1.2.3.2\x00"),
+        ]
+    )
+    header = decode_header(stream, IMPLICIT_VR_LITTLE_ENDIAN)
+
+    record = instance_record(
+        header,
+        transfer_syntax_uid=IMPLICIT_VR_LITTLE_ENDIAN,
+        calling_ae_title="X",
+        path=PurePosixPath("x.dcm"),
+        size_bytes=1,
+    )
+
+    assert record.sop_instance_uid == "1.2.3.4"
+    assert record.attributes["SliceThickness"] == "abc"

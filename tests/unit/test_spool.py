@@ -1,0 +1,96 @@
+"""The spool writes atomically, under UID-derived paths, and reports disk trouble with its errno."""
+
+import errno
+from pathlib import Path
+
+import pytest
+
+from cad_node.errors import StorageError
+from cad_node.ingest.spool import Spool, SpoolWriteError, is_safe_uid, relative_instance_path
+
+STUDY = "1.2.826.0.1.3680043.8.498.1"
+SERIES = "1.2.826.0.1.3680043.8.498.2"
+SOP = "1.2.826.0.1.3680043.8.498.3"
+
+
+def test_write_places_the_file_under_its_uids(tmp_storage: Path) -> None:
+    spool = Spool(tmp_storage)
+
+    relative = spool.write(STUDY, SERIES, SOP, b"DICM bytes")
+
+    assert relative == Path("spool", STUDY, SERIES, SOP + ".dcm")
+    assert (tmp_storage / relative).read_bytes() == b"DICM bytes"
+    assert list(spool.temp_files()) == []
+    assert list(spool.instance_files()) == [relative]
+
+
+def test_a_resend_replaces_the_file_by_rename(tmp_storage: Path) -> None:
+    spool = Spool(tmp_storage)
+    first = spool.write(STUDY, SERIES, SOP, b"first version")
+    first_inode = (tmp_storage / first).stat().st_ino
+
+    second = spool.write(STUDY, SERIES, SOP, b"second")
+
+    assert second == first
+    assert (tmp_storage / second).read_bytes() == b"second"
+    # A new inode: the old file was replaced whole, never rewritten in place.
+    assert (tmp_storage / second).stat().st_ino != first_inode
+
+
+@pytest.mark.parametrize(
+    "uid", ["", "..", "../1.2", "1.2/3", "1.2.abc", "1..2", ".1.2", "1.2.", "1" * 65, "1.2 "]
+)
+def test_unsafe_uids_never_become_paths(tmp_storage: Path, uid: str) -> None:
+    assert not is_safe_uid(uid)
+    with pytest.raises(ValueError, match="not a valid UID"):
+        Spool(tmp_storage).write(STUDY, uid, SOP, b"x")
+    assert not (tmp_storage / "spool" / STUDY).exists()
+
+
+def test_a_64_character_uid_is_accepted() -> None:
+    uid = "1." + "2" * 62
+    assert relative_instance_path(STUDY, SERIES, uid).name == uid + ".dcm"
+
+
+def test_a_blocked_path_is_a_storage_error_with_errno(tmp_storage: Path) -> None:
+    spool = Spool(tmp_storage)
+    (tmp_storage / "spool").mkdir()
+    (tmp_storage / "spool" / STUDY).write_bytes(b"a file where a directory belongs")
+
+    with pytest.raises(SpoolWriteError) as caught:
+        spool.write(STUDY, SERIES, SOP, b"data")
+
+    assert isinstance(caught.value, StorageError)
+    assert caught.value.errno == errno.ENOTDIR
+    assert list(spool.temp_files()) == []
+
+
+def test_a_failed_rename_leaves_no_temp_file(tmp_storage: Path) -> None:
+    spool = Spool(tmp_storage)
+    target = tmp_storage / relative_instance_path(STUDY, SERIES, SOP)
+    target.mkdir(parents=True)  # a directory where the file should go: rename fails
+    (target / "keep").write_bytes(b"")
+
+    with pytest.raises(SpoolWriteError) as caught:
+        spool.write(STUDY, SERIES, SOP, b"data")
+
+    assert caught.value.errno in {errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST}
+    assert list(spool.temp_files()) == []
+
+
+def test_a_directory_removed_meanwhile_is_made_again(tmp_storage: Path) -> None:
+    spool = Spool(tmp_storage)
+    first = spool.write(STUDY, SERIES, SOP, b"one")
+    (tmp_storage / first).unlink()
+    (tmp_storage / first).parent.rmdir()  # e.g. a retention sweep
+
+    assert (tmp_storage / spool.write(STUDY, SERIES, SOP, b"two")).read_bytes() == b"two"
+
+
+def test_without_fsync_the_write_is_still_atomic(tmp_storage: Path) -> None:
+    spool = Spool(tmp_storage, fsync=False)
+
+    relative = spool.write(STUDY, SERIES, SOP, b"fast")
+
+    assert (tmp_storage / relative).read_bytes() == b"fast"
+    assert list(spool.temp_files()) == []
