@@ -1,0 +1,190 @@
+"""Deliver the due results: one association per destination batch, every outcome journaled.
+
+``deliver_due`` is what the node's export sweep calls. Each batch is claimed,
+sent and recorded in one transaction; a crash mid-send leaves the rows pending
+and due, so they are sent again (the same objects: their UIDs are fixed) after
+a restart.
+"""
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from cad_node.config import DestinationSettings, ExportSettings, Settings
+from cad_node.domain.states import DeliveryState
+from cad_node.export.policy import DeliveryUpdate, RetryPolicy, decide, failed
+from cad_node.export.scu import send_files
+from cad_node.store.deliveries import DueDelivery, claim_due, due_destinations, record_update
+
+logger = logging.getLogger(__name__)
+
+MAX_BATCHES_PER_DESTINATION = 1000
+"""A bound on batches per call, so one call cannot loop for ever."""
+
+
+@dataclass(frozen=True)
+class DeliveryOutcome:
+    """What one attempt did to one delivery."""
+
+    delivery_id: int
+    destination: str
+    sop_instance_uid: str
+    state: DeliveryState
+    attempts: int
+    status: int | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class DeliveryReport:
+    """The deliveries one ``deliver_due`` call attempted, in the order attempted."""
+
+    outcomes: tuple[DeliveryOutcome, ...] = ()
+
+    def count(self, state: DeliveryState) -> int:
+        return sum(1 for outcome in self.outcomes if outcome.state is state)
+
+    @property
+    def delivered(self) -> int:
+        return self.count(DeliveryState.DELIVERED)
+
+    @property
+    def delivered_with_warning(self) -> int:
+        return self.count(DeliveryState.DELIVERED_WITH_WARNING)
+
+    @property
+    def pending(self) -> int:
+        """Attempts that failed transiently and will be retried."""
+        return self.count(DeliveryState.PENDING)
+
+    @property
+    def failed(self) -> int:
+        return self.count(DeliveryState.FAILED)
+
+
+def deliver_due(
+    sessions: sessionmaker[Session],
+    settings_or_destinations: Settings | Mapping[str, DestinationSettings],
+    storage_dir: Path,
+    calling_ae_title: str,
+    now: datetime,
+    *,
+    export: ExportSettings | None = None,
+) -> DeliveryReport:
+    """Send every pending delivery due at ``now``, grouped by destination, and journal each outcome.
+
+    Parameters
+    ----------
+    sessions
+        The journal's session factory.
+    settings_or_destinations
+        The node settings, or just the destinations by name (then ``export``, or
+        its defaults, gives the retry policy and timeouts).
+    storage_dir
+        The folder result paths are relative to.
+    calling_ae_title
+        The node's AE title, sent as the Calling AE Title (PS3.8 7.1.1.3).
+    now
+        The clock's time: due means ``next_attempt_at <= now``; retries are planned from it.
+    """
+    destinations, export = _destinations_and_export(settings_or_destinations, export)
+    run = _Run(
+        sessions, storage_dir, calling_ae_title, now, export, RetryPolicy.from_settings(export)
+    )
+    with sessions() as session:
+        names = due_destinations(session, now)
+    outcomes: list[DeliveryOutcome] = []
+    for name in names:
+        outcomes += run.deliver_to(name, destinations.get(name))
+    return DeliveryReport(tuple(outcomes))
+
+
+def _destinations_and_export(
+    settings_or_destinations: Settings | Mapping[str, DestinationSettings],
+    export: ExportSettings | None,
+) -> tuple[Mapping[str, DestinationSettings], ExportSettings]:
+    if isinstance(settings_or_destinations, Settings):
+        return settings_or_destinations.destinations, export or settings_or_destinations.export
+    return settings_or_destinations, export or ExportSettings()
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One ``deliver_due`` call: what every batch shares."""
+
+    sessions: sessionmaker[Session]
+    storage_dir: Path
+    calling_ae_title: str
+    now: datetime
+    export: ExportSettings
+    policy: RetryPolicy
+
+    def deliver_to(
+        self, name: str, destination: DestinationSettings | None
+    ) -> list[DeliveryOutcome]:
+        """Batches to one destination until none is due, or until one needs a retry."""
+        outcomes: list[DeliveryOutcome] = []
+        for _ in range(MAX_BATCHES_PER_DESTINATION):
+            with self.sessions.begin() as session:
+                due = claim_due(session, name, self.now, self.export.max_files_per_association)
+                if not due:
+                    break
+                updates = self._attempt(due, name, destination)
+                for item, update in zip(due, updates, strict=True):
+                    record_update(session, item.delivery_id, update)
+            batch = [_outcome(item, update) for item, update in zip(due, updates, strict=True)]
+            _log_batch(name, batch)
+            outcomes += batch
+            if any(outcome.state is DeliveryState.PENDING for outcome in batch):
+                break  # the destination is struggling: leave the rest for the next sweep
+        return outcomes
+
+    def _attempt(
+        self, due: list[DueDelivery], name: str, destination: DestinationSettings | None
+    ) -> list[DeliveryUpdate]:
+        if destination is None:
+            error = f"destination {name!r} is not configured (removed from the config?)"
+            return [failed(error, item.attempts, self.now) for item in due]
+        paths = [self.storage_dir / item.path for item in due]
+        sent = send_files(destination, self.calling_ae_title, paths, self.export.timeouts)
+        return [
+            decide(outcome, item.attempts, self.policy, self.now)
+            for item, outcome in zip(due, sent, strict=True)
+        ]
+
+
+def _outcome(item: DueDelivery, update: DeliveryUpdate) -> DeliveryOutcome:
+    return DeliveryOutcome(
+        delivery_id=item.delivery_id,
+        destination=item.destination,
+        sop_instance_uid=item.sop_instance_uid,
+        state=update.state,
+        attempts=update.attempts,
+        status=update.last_status,
+        error=update.last_error,
+    )
+
+
+def _log_batch(name: str, batch: list[DeliveryOutcome]) -> None:
+    counts = {state: sum(1 for o in batch if o.state is state) for state in DeliveryState}
+    logger.info(
+        "export to %s: %d delivered, %d with warning, %d to retry, %d failed",
+        name,
+        counts[DeliveryState.DELIVERED],
+        counts[DeliveryState.DELIVERED_WITH_WARNING],
+        counts[DeliveryState.PENDING],
+        counts[DeliveryState.FAILED],
+    )
+    for outcome in batch:
+        if outcome.state is DeliveryState.FAILED:
+            logger.warning(
+                "delivery %d of %s to %s failed: %s",
+                outcome.delivery_id,
+                outcome.sop_instance_uid,
+                name,
+                outcome.error,
+            )
