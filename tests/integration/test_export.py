@@ -28,7 +28,8 @@ from cad_node.export.scu import send_files
 from cad_node.export.service import deliver_due
 from cad_node.store.deliveries import counts_by_state
 from cad_node.store.schema import Delivery, Job, Result, Series, Study
-from tests.conftest import DCMTK_ENV, Journal, dataset_bytes, pydicom_file
+from tests.conftest import Journal, dataset_bytes, pydicom_file
+from tests.dcmtk import DCMTK_ENV, program
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 STUDY_UID = "1.2.826.0.1.3680043.8.498.10"
@@ -493,7 +494,7 @@ def storescp(tmp_path: Path, free_port: int) -> Iterator[tuple[int, Path]]:
     out = tmp_path / "storescp"
     out.mkdir()
     process = subprocess.Popen(
-        ["storescp", "-aet", "PACS", "+B", "-od", str(out), str(free_port)],
+        [program("storescp"), "-aet", "PACS", "+B", "-od", str(out), str(free_port)],
         env=DCMTK_ENV,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
