@@ -1,0 +1,1 @@
+"""Model evaluation on synthetic data: FROC, CPM, reports."""

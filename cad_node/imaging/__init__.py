@@ -1,0 +1,1 @@
+"""Series volumes for models: slices sorted, rescaled, spacing-aware."""

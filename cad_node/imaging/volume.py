@@ -1,0 +1,148 @@
+"""Builds an :class:`ImageVolume` from the slices of one series.
+
+Slices are sorted by their position along the normal of the image plane
+(PS3.3 C.7.6.2.1.1), not by InstanceNumber, and rescaled to Hounsfield units
+with RescaleSlope/RescaleIntercept (PS3.3 C.11.1.1.2).  Compressed transfer
+syntaxes are decoded by pydicom's pixel handlers (python-gdcm, pylibjpeg).
+"""
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from cad_node.domain.imaging import ImageVolume
+from cad_node.errors import InvalidSeriesError
+
+_ORIENTATION_TOLERANCE = 1e-3
+_SPACING_TOLERANCE = 0.05  # relative; scanners write positions rounded to 0.01 mm
+
+
+def _read(item: Dataset | Path | str) -> Dataset:
+    if isinstance(item, Dataset):
+        return item
+    try:
+        return pydicom.dcmread(item)
+    except (InvalidDicomError, OSError) as exc:
+        raise InvalidSeriesError(f"cannot read {Path(item).name}: {exc}") from exc
+
+
+def _floats(ds: Dataset, keyword: str, count: int) -> npt.NDArray[np.float64]:
+    value = ds.get(keyword)
+    if value is None or len(value) != count:
+        raise InvalidSeriesError(
+            f"slice {ds.get('SOPInstanceUID', '?')} has no valid {keyword} (needs {count} values)"
+        )
+    return np.array([float(v) for v in value], dtype=np.float64)
+
+
+def _orientation(datasets: Sequence[Dataset]) -> npt.NDArray[np.float64]:
+    first = _floats(datasets[0], "ImageOrientationPatient", 6)
+    for ds in datasets[1:]:
+        if np.abs(_floats(ds, "ImageOrientationPatient", 6) - first).max() > _ORIENTATION_TOLERANCE:
+            raise InvalidSeriesError("the slices have mixed ImageOrientationPatient values")
+    return first
+
+
+def _check_matrix(datasets: Sequence[Dataset]) -> tuple[int, int]:
+    sizes = {(int(ds.Rows), int(ds.Columns)) for ds in datasets}
+    if len(sizes) != 1:
+        raise InvalidSeriesError(f"the slices have different Rows/Columns: {sorted(sizes)}")
+    return sizes.pop()
+
+
+def _pixel_spacing(datasets: Sequence[Dataset]) -> tuple[float, float]:
+    spacings = {tuple(_floats(ds, "PixelSpacing", 2)) for ds in datasets}
+    if len(spacings) != 1:
+        raise InvalidSeriesError(f"the slices have different PixelSpacing: {sorted(spacings)}")
+    row_spacing, column_spacing = spacings.pop()
+    if row_spacing <= 0 or column_spacing <= 0:
+        raise InvalidSeriesError("PixelSpacing must be positive")
+    return float(row_spacing), float(column_spacing)
+
+
+def _slice_spacing(positions: npt.NDArray[np.float64]) -> float:
+    gaps = np.diff(positions)
+    if np.any(gaps < 1e-3):
+        raise InvalidSeriesError("two or more slices share the same position along the normal")
+    spacing = float(np.median(gaps))
+    if np.abs(gaps - spacing).max() > _SPACING_TOLERANCE * spacing:
+        raise InvalidSeriesError(
+            f"inconsistent slice spacing: gaps from {gaps.min():.3f} to {gaps.max():.3f} mm"
+        )
+    return spacing
+
+
+def _pixels_hu(ds: Dataset) -> npt.NDArray[np.float32]:
+    try:
+        pixels = ds.pixel_array
+    except (AttributeError, ValueError, NotImplementedError, RuntimeError) as exc:
+        raise InvalidSeriesError(
+            f"cannot decode the pixels of {ds.get('SOPInstanceUID', '?')}: {exc}"
+        ) from exc
+    slope = float(ds.get("RescaleSlope", 1.0))
+    intercept = float(ds.get("RescaleIntercept", 0.0))
+    out = pixels.astype(np.float32)
+    if slope != 1.0:
+        out *= slope
+    out += intercept
+    return out
+
+
+def _affine(
+    origin: npt.NDArray[np.float64],
+    orientation: npt.NDArray[np.float64],
+    normal: npt.NDArray[np.float64],
+    spacing: tuple[float, float, float],
+) -> npt.NDArray[np.float64]:
+    # PS3.3 C.7.6.2.1.1: column index moves along the row direction cosines
+    affine = np.eye(4)
+    affine[:3, 0] = normal * spacing[0]
+    affine[:3, 1] = orientation[3:] * spacing[1]
+    affine[:3, 2] = orientation[:3] * spacing[2]
+    affine[:3, 3] = origin
+    return affine
+
+
+def load_volume(items: Iterable[Dataset | Path | str]) -> ImageVolume:
+    """Read the slices of one series into a HU volume sorted along the slice normal.
+
+    Raises
+    ------
+    InvalidSeriesError
+        One slice only, several series, mixed orientations, missing PixelSpacing,
+        different Rows/Columns, duplicate positions or inconsistent slice spacing.
+    """
+    datasets = [_read(item) for item in items]
+    if len(datasets) < 2:
+        raise InvalidSeriesError(f"a volume needs at least 2 slices, got {len(datasets)}")
+    series_uids = {str(ds.get("SeriesInstanceUID", "")) for ds in datasets}
+    if len(series_uids) != 1:
+        raise InvalidSeriesError(f"the slices belong to {len(series_uids)} series")
+    orientation = _orientation(datasets)
+    rows, columns = _check_matrix(datasets)
+    row_spacing, column_spacing = _pixel_spacing(datasets)
+    normal = np.cross(orientation[:3], orientation[3:])
+    positions = np.array([_floats(ds, "ImagePositionPatient", 3) @ normal for ds in datasets])
+    order = np.argsort(positions, kind="stable")
+    datasets = [datasets[i] for i in order]
+    slice_spacing = _slice_spacing(positions[order])
+    voxels = np.empty((len(datasets), rows, columns), dtype=np.float32)
+    for k, ds in enumerate(datasets):
+        voxels[k] = _pixels_hu(ds)
+    spacing = (slice_spacing, row_spacing, column_spacing)
+    first = datasets[0]
+    return ImageVolume(
+        voxels=voxels,
+        spacing_mm=spacing,
+        affine=_affine(_floats(first, "ImagePositionPatient", 3), orientation, normal, spacing),
+        sop_instance_uids=tuple(str(ds.SOPInstanceUID) for ds in datasets),
+        series_instance_uid=series_uids.pop(),
+        frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "")),
+        modality=str(first.get("Modality", "CT")),
+        image_orientation_patient=tuple(float(v) for v in orientation),
+    )

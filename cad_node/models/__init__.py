@@ -1,0 +1,1 @@
+"""Model families behind the CadModel protocol, the registry and their CLI."""

@@ -1,0 +1,1 @@
+"""Lung nodule detection on chest CT (lung_nodule_ct)."""

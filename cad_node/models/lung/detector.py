@@ -1,0 +1,155 @@
+"""Lung nodule detection on a chest CT volume: candidates -> 3D CNN -> findings."""
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from cad_node.domain.findings import Finding, FindingType, MaskBox, ModelIdentity, ModelResult
+from cad_node.domain.imaging import ImageVolume
+from cad_node.errors import InvalidSeriesError, ModelError
+from cad_node.models.lung.candidates import find_candidates
+from cad_node.models.lung.network import NoduleNet
+from cad_node.models.lung.patches import (
+    PatchGeometry,
+    candidate_geometry,
+    mask_to_volume,
+    sample_patch,
+)
+from cad_node.models.manifest import Manifest, verified_weights
+
+BATCH = 32
+MIN_SLICES = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """A candidate patch and the network's output for it."""
+
+    geometry: PatchGeometry
+    probability: float
+    mask: npt.NDArray[np.float32]
+
+
+def patch_batch(
+    voxels: npt.NDArray[np.float32], geometries: list[PatchGeometry]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Network inputs for a list of patches: images and log voxel sizes."""
+    images = np.stack([sample_patch(voxels, g) for g in geometries])[:, None]
+    scale = np.array([[math.log(g.voxel_mm)] for g in geometries], dtype=np.float32)
+    return torch.from_numpy(images), torch.from_numpy(scale)
+
+
+def score_patches(
+    net: NoduleNet, voxels: npt.NDArray[np.float32], geometries: list[PatchGeometry], device: str
+) -> list[Scored]:
+    """Run the network on every patch, in batches."""
+    out: list[Scored] = []
+    with torch.inference_mode():
+        for start in range(0, len(geometries), BATCH):
+            chunk = geometries[start : start + BATCH]
+            images, scale = patch_batch(voxels, chunk)
+            logits, masks = net(images.to(device), scale.to(device))
+            probs = torch.sigmoid(logits).cpu().numpy()
+            mask_probs = torch.sigmoid(masks[:, 0]).cpu().numpy()
+            out += [
+                Scored(g, float(p), m) for g, p, m in zip(chunk, probs, mask_probs, strict=True)
+            ]
+    return out
+
+
+def _suppress(scored: list[Scored], threshold: float) -> list[Scored]:
+    """Non-maximum merging: drop a patch whose centre lies near a stronger one's."""
+    kept: list[Scored] = []
+    for item in sorted(scored, key=lambda s: -s.probability):
+        if item.probability < threshold:
+            break
+        centre = np.array(item.geometry.centre_index) * item.geometry.spacing_mm
+        if all(
+            np.linalg.norm(centre - np.array(k.geometry.centre_index) * k.geometry.spacing_mm)
+            > max(k.geometry.voxel_mm * 8.0, 5.0)
+            for k in kept
+        ):
+            kept.append(item)
+    return kept
+
+
+def to_finding(volume: ImageVolume, item: Scored) -> Finding | None:
+    """A Finding from a scored patch: mask on the volume grid, centre, size."""
+    placed = mask_to_volume(item.mask, item.geometry, volume.shape)
+    if placed is None:
+        return None
+    offset, mask = placed
+    voxel_mm3 = float(np.prod(volume.spacing_mm))
+    volume_mm3 = float(mask.sum()) * voxel_mm3
+    centre_local = np.argwhere(mask).mean(axis=0)
+    centre = tuple(float(offset[a] + centre_local[a]) for a in range(3))
+    index = (centre[0], centre[1], centre[2])
+    return Finding(
+        finding_type=FindingType.NODULE,
+        centre_index=index,
+        centre_patient_mm=volume.index_to_patient(index),
+        diameter_mm=float((6.0 * volume_mm3 / math.pi) ** (1.0 / 3.0)),
+        volume_mm3=volume_mm3,
+        probability=min(1.0, max(0.0, item.probability)),
+        mask=MaskBox(offset=offset, mask=mask),
+    )
+
+
+class LungNoduleModel:
+    """The ``lung_nodule_ct`` model: implements :class:`cad_node.models.base.CadModel`."""
+
+    modalities: tuple[str, ...] = ("CT",)
+
+    def __init__(self, folder: Path, manifest: Manifest) -> None:
+        self.folder = folder
+        self.manifest = manifest
+        self.identity: ModelIdentity = manifest.identity()
+        self.threshold = manifest.operating_threshold
+        self._net: NoduleNet | None = None
+        self._device = "cpu"
+
+    def load(self, device: str) -> None:
+        """Check the weights' sha256, build the network and keep it on ``device``."""
+        path = verified_weights(self.folder, self.manifest)
+        net = NoduleNet(width=int(self.manifest.architecture.get("width", 12)))
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            net.load_state_dict(state)
+        except (RuntimeError, OSError, ValueError) as exc:
+            raise ModelError(f"model {self.identity.name}: cannot load {path.name}: {exc}") from exc
+        self._net = net.eval().to(device)
+        self._device = device
+
+    def score(self, volume: ImageVolume) -> list[Scored]:
+        """Every candidate of the volume with its probability (no threshold)."""
+        if self._net is None:
+            raise ModelError(f"model {self.identity.name} is not loaded")
+        if volume.shape[0] < MIN_SLICES:
+            raise InvalidSeriesError(f"the lung model needs at least {MIN_SLICES} slices")
+        candidates = find_candidates(volume.voxels, volume.spacing_mm)
+        geometries = [
+            candidate_geometry(c.centre_index, c.radius_mm, volume.spacing_mm) for c in candidates
+        ]
+        return score_patches(self._net, volume.voxels, geometries, self._device)
+
+    def detect(self, volume: ImageVolume, threshold: float) -> list[Finding]:
+        """Findings at or above ``threshold``, strongest first (for FROC: a low one)."""
+        kept = _suppress(self.score(volume), threshold)
+        findings = [to_finding(volume, item) for item in kept]
+        return [f for f in findings if f is not None]
+
+    def predict(self, volume: ImageVolume) -> ModelResult:
+        """Nodules above the manifest's operating threshold."""
+        started = time.perf_counter()
+        findings = self.detect(volume, self.threshold)
+        return ModelResult(
+            model=self.identity,
+            findings=tuple(findings),
+            series_instance_uid=volume.series_instance_uid,
+            inference_seconds=time.perf_counter() - started,
+        )

@@ -1,0 +1,110 @@
+"""Finds model folders (manifest.json + weights), checks their hash and keeps models warm."""
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cad_node.errors import ModelError
+from cad_node.models.base import CadModel
+from cad_node.models.manifest import MANIFEST_NAME, Manifest
+
+log = logging.getLogger(__name__)
+
+SHIPPED_DIR = Path(__file__).parent / "weights"
+
+
+def _lung_factory(folder: Path, manifest: Manifest) -> CadModel:
+    from cad_node.models.lung.detector import LungNoduleModel
+
+    return LungNoduleModel(folder, manifest)
+
+
+FACTORIES: dict[str, Callable[[Path, Manifest], CadModel]] = {"lung_ct": _lung_factory}
+"""Model family -> constructor; a new family registers itself here."""
+
+
+def default_device() -> str:
+    """ "cuda" when a GPU is usable, else "cpu"."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelEntry:
+    """A model folder found on disk (not loaded)."""
+
+    folder: Path
+    manifest: Manifest
+
+
+def _scan(directory: Path) -> list[ModelEntry]:
+    if not directory.is_dir():
+        return []
+    folders = [directory] if (directory / MANIFEST_NAME).is_file() else []
+    folders += sorted(p.parent for p in directory.glob(f"*/{MANIFEST_NAME}"))
+    return [ModelEntry(folder, Manifest.read(folder)) for folder in folders]
+
+
+class ModelRegistry:
+    """The shipped models plus site folders; ``get`` loads a model once and keeps it.
+
+    A site folder may hold one model (a manifest.json directly in it) or several
+    (one sub-folder each).  A later folder overrides an earlier model of the same name.
+    """
+
+    def __init__(self, extra_dirs: Iterable[Path] = (), device: str | None = None) -> None:
+        self._dirs = [SHIPPED_DIR, *extra_dirs]
+        self._device = device
+        self._loaded: dict[str, CadModel] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def device(self) -> str:
+        if self._device is None:
+            self._device = default_device()
+        return self._device
+
+    def entries(self) -> dict[str, ModelEntry]:
+        """Every model found, by name."""
+        found: dict[str, ModelEntry] = {}
+        for directory in self._dirs:
+            for entry in _scan(directory):
+                found[entry.manifest.name] = entry
+        return found
+
+    def get(self, name: str) -> CadModel:
+        """The named model, loaded (sha256 checked) on first use and kept warm.
+
+        Raises
+        ------
+        ModelError
+            No such model, or no factory for its family.
+        WeightsIntegrityError
+            The weights do not match the manifest's sha256.
+        """
+        with self._lock:
+            if name not in self._loaded:
+                self._loaded[name] = self._load(name)
+            return self._loaded[name]
+
+    def _load(self, name: str) -> CadModel:
+        entries = self.entries()
+        if name not in entries:
+            raise ModelError(f"no model named {name!r}; known: {sorted(entries)}")
+        entry = entries[name]
+        return load_folder(entry.folder, self.device, entry.manifest)
+
+
+def load_folder(folder: Path, device: str, manifest: Manifest | None = None) -> CadModel:
+    """Load the model in ``folder`` (manifest.json + weights) onto ``device``."""
+    manifest = manifest or Manifest.read(folder)
+    factory = FACTORIES.get(manifest.family)
+    if factory is None:
+        raise ModelError(f"model {manifest.name}: unknown family {manifest.family!r}")
+    model = factory(folder, manifest)
+    model.load(device)
+    log.info("loaded model %s %s on %s", manifest.name, manifest.version, device)
+    return model

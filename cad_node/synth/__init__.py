@@ -1,0 +1,1 @@
+"""Synthetic DICOM generators (chest CT phantom) for demos, tests and training."""

@@ -1,0 +1,70 @@
+"""The model registry: manifests, sha256 at load, warm models, refusal of altered weights."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cad_node import NOT_FOR_CLINICAL_USE
+from cad_node.errors import ModelError, WeightsIntegrityError
+from cad_node.models.base import CadModel
+from cad_node.models.manifest import Manifest, sha256_of
+from cad_node.models.registry import SHIPPED_DIR, ModelRegistry
+
+SHIPPED = SHIPPED_DIR / "lung_nodule_ct"
+
+
+def _site_copy(tmp_path: Path) -> Path:
+    site = tmp_path / "site"
+    shutil.copytree(SHIPPED, site / "lung_nodule_ct")
+    return site
+
+
+def test_shipped_manifest_matches_its_weights() -> None:
+    manifest = Manifest.read(SHIPPED)
+    assert manifest.name == "lung_nodule_ct"
+    assert manifest.clinical_use == NOT_FOR_CLINICAL_USE
+    assert NOT_FOR_CLINICAL_USE in manifest.intended_use
+    weights = SHIPPED / manifest.weights_file
+    assert sha256_of(weights) == manifest.sha256
+    assert weights.stat().st_size < 5_000_000
+    assert 0.0 < manifest.operating_threshold < 1.0
+
+
+def test_registry_finds_and_keeps_the_model_warm() -> None:
+    registry = ModelRegistry(device="cpu")
+    assert "lung_nodule_ct" in registry.entries()
+    model = registry.get("lung_nodule_ct")
+    assert isinstance(model, CadModel)
+    assert model.identity.weights_sha256 == Manifest.read(SHIPPED).sha256
+    assert model.modalities == ("CT",)
+    assert registry.get("lung_nodule_ct") is model
+
+
+def test_tampered_weights_are_refused(tmp_path: Path) -> None:
+    site = _site_copy(tmp_path)
+    weights = site / "lung_nodule_ct" / "model.pt"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    registry = ModelRegistry(extra_dirs=[site], device="cpu")
+    assert registry.entries()["lung_nodule_ct"].folder == site / "lung_nodule_ct"
+    with pytest.raises(WeightsIntegrityError, match="refusing to load altered weights"):
+        registry.get("lung_nodule_ct")
+
+
+def test_missing_weights_are_refused(tmp_path: Path) -> None:
+    site = _site_copy(tmp_path)
+    (site / "lung_nodule_ct" / "model.pt").unlink()
+    with pytest.raises(WeightsIntegrityError, match="missing"):
+        ModelRegistry(extra_dirs=[site], device="cpu").get("lung_nodule_ct")
+
+
+def test_unknown_model_and_bad_manifest(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="no model named"):
+        ModelRegistry(device="cpu").get("nope")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "manifest.json").write_text("{not json")
+    with pytest.raises(ModelError, match="cannot read the model manifest"):
+        ModelRegistry(extra_dirs=[bad], device="cpu").entries()

@@ -1,0 +1,135 @@
+"""load_volume: sorting along the slice normal, HU, spacing, affine, and each invalid series."""
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import RLELossless
+
+from cad_node.errors import InvalidSeriesError
+from cad_node.imaging.volume import load_volume
+from tests.synthetic import SyntheticSeries, write_ct_series
+
+
+@pytest.fixture(scope="module")
+def series(tmp_path_factory: pytest.TempPathFactory) -> SyntheticSeries:
+    return write_ct_series(
+        tmp_path_factory.mktemp("ct"),
+        seed=31,
+        rows=64,
+        slices=12,
+        slice_thickness_mm=5.0,
+        nodule_count=1,
+    )
+
+
+def _datasets(series: SyntheticSeries) -> list[Dataset]:
+    return [pydicom.dcmread(p) for p in series.paths]
+
+
+def test_shuffled_slices_sort_along_the_normal(series: SyntheticSeries) -> None:
+    paths = list(series.paths)
+    random.Random(4).shuffle(paths)
+    volume = load_volume(paths)
+    assert volume.voxels.dtype == np.float32
+    assert np.array_equal(volume.voxels, series.hu.astype(np.float32))
+    assert volume.sop_instance_uids == series.sop_instance_uids
+    assert volume.spacing_mm == pytest.approx((5.0, 350 / 64, 350 / 64))
+    assert volume.series_instance_uid == series.series_instance_uid
+    assert volume.frame_of_reference_uid == series.frame_of_reference_uid
+
+
+def test_affine_maps_index_to_image_position(series: SyntheticSeries) -> None:
+    volume = load_volume(series.paths)
+    last = pydicom.dcmread(series.paths[0])  # InstanceNumber 1: the highest slice
+    k = volume.shape[0] - 1
+    assert volume.index_to_patient((k, 0, 0)) == pytest.approx(
+        [float(v) for v in last.ImagePositionPatient], abs=1e-3
+    )
+    x, _, _ = volume.index_to_patient((k, 0, 3))
+    assert x == pytest.approx(float(last.ImagePositionPatient[0]) + 3 * 350 / 64, abs=1e-3)
+    nodule = series.nodules[0]
+    assert volume.index_to_patient(nodule.centre_index) == pytest.approx(
+        nodule.centre_patient_mm, abs=1e-2
+    )
+
+
+def test_reversed_normal_still_sorts(series: SyntheticSeries) -> None:
+    # rows along -y flips the normal: the order must follow it, not z
+    datasets = _datasets(series)
+    for ds in datasets:
+        ds.ImageOrientationPatient = [1, 0, 0, 0, -1, 0]
+    volume = load_volume(datasets)
+    assert volume.sop_instance_uids == tuple(reversed(series.sop_instance_uids))
+    second = pydicom.dcmread(series.paths[1])  # second highest: k = 1 now
+    assert volume.index_to_patient((1, 0, 0)) == pytest.approx(
+        [float(v) for v in second.ImagePositionPatient], abs=1e-3
+    )
+
+
+def test_compressed_slices_decode(series: SyntheticSeries) -> None:
+    datasets = _datasets(series)
+    for ds in datasets:
+        ds.compress(RLELossless)
+    volume = load_volume(datasets)
+    assert np.array_equal(volume.voxels, series.hu.astype(np.float32))
+
+
+def test_one_slice_is_refused(series: SyntheticSeries) -> None:
+    with pytest.raises(InvalidSeriesError, match="at least 2 slices"):
+        load_volume(series.paths[:1])
+
+
+def test_gap_gives_inconsistent_spacing(series: SyntheticSeries) -> None:
+    paths = list(series.paths)
+    del paths[5]
+    with pytest.raises(InvalidSeriesError, match="inconsistent slice spacing"):
+        load_volume(paths)
+
+
+def test_mixed_orientations_are_refused(series: SyntheticSeries) -> None:
+    datasets = _datasets(series)
+    datasets[3].ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+    with pytest.raises(InvalidSeriesError, match="mixed ImageOrientationPatient"):
+        load_volume(datasets)
+
+
+def test_missing_pixel_spacing_is_refused(series: SyntheticSeries) -> None:
+    datasets = _datasets(series)
+    del datasets[2].PixelSpacing
+    with pytest.raises(InvalidSeriesError, match="PixelSpacing"):
+        load_volume(datasets)
+
+
+def test_different_matrix_is_refused(series: SyntheticSeries, tmp_path: Path) -> None:
+    other = write_ct_series(
+        tmp_path, seed=31, rows=32, slices=12, slice_thickness_mm=5.0, nodule_count=1
+    )
+    datasets = _datasets(series)
+    datasets[4] = pydicom.dcmread(other.paths[4])
+    with pytest.raises(InvalidSeriesError, match="Rows/Columns"):
+        load_volume(datasets)
+
+
+def test_duplicate_positions_are_refused(series: SyntheticSeries) -> None:
+    datasets = _datasets(series)
+    datasets[6].ImagePositionPatient = datasets[7].ImagePositionPatient
+    with pytest.raises(InvalidSeriesError, match="same position"):
+        load_volume(datasets)
+
+
+def test_slices_of_two_series_are_refused(series: SyntheticSeries) -> None:
+    datasets = _datasets(series)
+    datasets[0].SeriesInstanceUID = "1.2.3"
+    with pytest.raises(InvalidSeriesError, match="2 series"):
+        load_volume(datasets)
+
+
+def test_unreadable_file_is_an_invalid_series(series: SyntheticSeries, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"not dicom")
+    with pytest.raises(InvalidSeriesError, match="cannot read"):
+        load_volume([*series.paths[:3], junk])
