@@ -1,0 +1,342 @@
+"""Real peers for the benchmarks: DCMTK ``storescp``/``storescu``, Orthanc, ``cad-node serve``.
+
+Every peer gets a free port and its own folder, runs in its own session (so a
+Ctrl-C reaches only the benchmark, whose ``finally`` blocks stop the peers in
+order) and is sent SIGTERM by the kernel if the benchmark itself dies
+(``PR_SET_PDEATHSIG``), so no receiver outlives a run.
+"""
+
+import ctypes
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+"""DCMTK and Orthanc disable Nagle's algorithm only when TCP_NODELAY is set (FIELD-NOTES)."""
+
+_PR_SET_PDEATHSIG = 1
+STOP_TIMEOUT_S = 30.0
+
+
+class PeerError(RuntimeError):
+    """A peer did not start, failed a transfer, or did not store what it acknowledged."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_for(
+    condition: Callable[[], bool], timeout: float, what: str, *, interval: float = 0.05
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(interval)
+    raise PeerError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+"""Loaded in the parent: the child between fork and exec should only make the one call."""
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: ask the kernel to SIGTERM it when we die.
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class Peer:
+    """A child process listening on ``port``, with its stdout and stderr in ``log_path``."""
+
+    name: str
+    process: "subprocess.Popen[bytes]"
+    port: int
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """SIGTERM, then SIGKILL after ``timeout``; idempotent."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=timeout)
+
+
+def spawn(name: str, argv: Sequence[str], port: int, log_path: Path, env: dict[str, str]) -> Peer:
+    """Start ``argv`` in its own session, output to ``log_path``."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 (single-threaded caller; needs prctl in the child)
+        )
+    return Peer(name=name, process=process, port=port, log_path=log_path)
+
+
+@contextmanager
+def running(peer: Peer, ready: Callable[[], bool], timeout: float) -> Iterator[Peer]:
+    """Wait until ``ready()``, yield the peer, stop it on the way out (Ctrl-C included)."""
+
+    def _ready() -> bool:
+        if not peer.alive():
+            raise PeerError(
+                f"{peer.name} exited with {peer.process.returncode}:\n{peer.log_tail()}"
+            )
+        return ready()
+
+    try:
+        wait_for(_ready, timeout, f"{peer.name} to listen on port {peer.port}")
+        yield peer
+    finally:
+        peer.stop()
+
+
+@contextmanager
+def storescp(
+    out_dir: Path,
+    log_path: Path,
+    *,
+    ae_title: str = "STORESCP",
+    fork: bool = True,
+    reception_log: Path | None = None,
+) -> Iterator[Peer]:
+    """DCMTK ``storescp`` writing every received instance to ``out_dir``.
+
+    ``fork`` serves concurrent associations in parallel, as Orthanc and cad-node do;
+    ``reception_log`` gets one line ``<unix time> <file name>`` per stored instance
+    (``--exec-on-reception``, run by storescp through ``/bin/sh -c``).
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    argv = ["storescp", "--aetitle", ae_title, "--output-directory", str(out_dir), "--promiscuous"]
+    if fork:
+        argv.append("--fork")
+    if reception_log is not None:
+        argv += ["--exec-on-reception", f"echo $(date +%s.%N) #f >> {reception_log}"]
+    peer = spawn("storescp", [*argv, str(port)], port, log_path, DCMTK_ENV)
+    with running(peer, lambda: port_open(port), 30) as ready:
+        yield ready
+
+
+@dataclass
+class OrthancPeer(Peer):
+    """Orthanc with its REST API on ``http_port`` (localhost only)."""
+
+    http_port: int = 0
+
+    def get_json(self, path: str) -> object:
+        url = f"http://127.0.0.1:{self.http_port}{path}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return json.loads(response.read())
+
+    def count_instances(self) -> int:
+        """``CountInstances`` from ``GET /statistics``."""
+        statistics = self.get_json("/statistics")
+        if not isinstance(statistics, dict):
+            raise PeerError(f"unexpected /statistics answer: {statistics!r}")
+        return int(statistics["CountInstances"])
+
+    def answers(self) -> bool:
+        try:
+            self.get_json("/system")
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+        return port_open(self.port)
+
+
+def orthanc_config(work_dir: Path, ae_title: str, dicom_port: int, http_port: int) -> Path:
+    """A throw-away Orthanc configuration: own ports, own storage, no plugins, no auth."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    config = {
+        "Name": "cad-node-bench",
+        "StorageDirectory": str(work_dir / "storage"),
+        "IndexDirectory": str(work_dir / "index"),
+        "DicomAet": ae_title,
+        "DicomPort": dicom_port,
+        "HttpPort": http_port,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomCheckCalledAet": False,
+        "DicomAlwaysAllowStore": True,
+        "DicomAlwaysAllowEcho": True,
+        "StorageCompression": False,
+        "Plugins": [],
+        "LuaScripts": [],
+        "SaveJobs": False,
+    }
+    path = work_dir / "orthanc.json"
+    path.write_text(json.dumps(config, indent=2))
+    return path
+
+
+@contextmanager
+def orthanc(work_dir: Path, *, ae_title: str = "ORTHANC") -> Iterator[OrthancPeer]:
+    """Debian's Orthanc on a temporary config, started with ``--logdir``; stopped after."""
+    dicom_port, http_port = free_port(), free_port()
+    config = orthanc_config(work_dir, ae_title, dicom_port, http_port)
+    log_dir = work_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    spawned = spawn(
+        "orthanc",
+        ["Orthanc", f"--logdir={log_dir}", str(config)],
+        dicom_port,
+        work_dir / "orthanc.out",
+        DCMTK_ENV,
+    )
+    peer = OrthancPeer(
+        name=spawned.name,
+        process=spawned.process,
+        port=dicom_port,
+        log_path=spawned.log_path,
+        http_port=http_port,
+    )
+    with running(peer, peer.answers, 60):
+        yield peer
+
+
+NODE_COMMAND_VARIABLE = "CAD_NODE_BENCH_COMMAND"
+"""Replaces ``cad-node serve`` (e.g. another checkout's venv); ``--config FILE`` is appended."""
+
+
+def node_command() -> list[str]:
+    """``$CAD_NODE_BENCH_COMMAND``, else the venv's ``cad-node serve``, else ``python -m``."""
+    if os.environ.get(NODE_COMMAND_VARIABLE):
+        return shlex.split(os.environ[NODE_COMMAND_VARIABLE])
+    script = Path(sys.executable).with_name("cad-node")
+    if script.exists():
+        return [str(script), "serve"]
+    return [sys.executable, "-m", "cad_node", "serve"]
+
+
+@contextmanager
+def cad_node(config_path: Path, port: int, log_path: Path) -> Iterator[Peer]:
+    """``cad-node serve --config config_path``, ready once ``port`` accepts connections."""
+    env = {**DCMTK_ENV, "PYTHONUNBUFFERED": "1"}
+    peer = spawn("cad-node", [*node_command(), "--config", str(config_path)], port, log_path, env)
+    with running(peer, lambda: port_open(port), 180) as ready:
+        yield ready
+
+
+def send(
+    port: int,
+    called_ae: str,
+    groups: Sequence[Sequence[Path]],
+    log_dir: Path,
+    *,
+    calling_ae: str = "BENCHSCU",
+) -> float:
+    """Send each group with its own ``storescu`` (one association each), all at once.
+
+    Returns the wall-clock seconds from the first start to the last exit.
+    ``-R`` proposes only the SOP classes and transfer syntaxes the files need.
+    """
+    log_dir.mkdir(parents=True, exist_ok=True)
+    processes: list[tuple[subprocess.Popen[bytes], Path]] = []
+    start = time.perf_counter()
+    try:
+        for index, files in enumerate(groups):
+            log_path = log_dir / f"storescu-{index}.log"
+            argv = ["storescu", "-aet", calling_ae, "-aec", called_ae, "-R", "127.0.0.1"]
+            processes.append(
+                (_start_sender([*argv, str(port), *map(str, files)], log_path), log_path)
+            )
+        for process, _ in processes:
+            process.wait()
+        elapsed = time.perf_counter() - start
+    finally:
+        for process, _ in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    for process, log_path in processes:
+        if process.returncode != 0:
+            tail = log_path.read_text(errors="replace")[-2000:]
+            raise PeerError(f"storescu exited with {process.returncode}:\n{tail}")
+    return elapsed
+
+
+def _start_sender(argv: Sequence[str], log_path: Path) -> "subprocess.Popen[bytes]":
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=DCMTK_ENV,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 (single-threaded caller; needs prctl in the child)
+        )
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """Peak resident set (``VmHWM``) of ``pid`` plus that of its live children, from /proc."""
+    total = _vm_hwm(pid)
+    for child in _children(pid):
+        total += peak_rss_bytes(child)
+    return total
+
+
+def _vm_hwm(pid: int) -> int:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _children(pid: int) -> list[int]:
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            children += [int(c) for c in task.read_text().split()]
+        except OSError:
+            continue
+    return children
