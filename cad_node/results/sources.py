@@ -63,11 +63,32 @@ def fill_type_2(dataset: Dataset, slice_thickness_mm: float) -> Dataset:
     C.7.6.16.2.1), so an absent or empty one takes the volume's slice spacing.
     """
     for keyword in _TYPE_2_EMPTY_DEFAULTS:
-        if keyword not in dataset:
+        if keyword not in dataset or not _valid_date_or_time(dataset, keyword):
             setattr(dataset, keyword, None)
     if dataset.get("SliceThickness") in (None, ""):
         dataset.SliceThickness = f"{slice_thickness_mm:.6g}"
     return dataset
+
+
+_DATE_TIME_PARSERS = {"DA": DA, "TM": TM}
+
+
+def _valid_date_or_time(dataset: Dataset, keyword: str) -> bool:
+    """False for a DA or TM value that does not parse (a sender wrote '1912-06-23').
+
+    Such a value would be copied into the result and make it invalid; a Type 2
+    attribute may be empty instead.
+    """
+    element = dataset[keyword]
+    parser = _DATE_TIME_PARSERS.get(element.VR)
+    value = element.value
+    if parser is None or value in (None, "") or isinstance(value, DA | TM):
+        return True
+    try:
+        parser(str(value))
+    except ValueError:
+        return False
+    return True
 
 
 def sources_by_slice(source_images: Sequence[Dataset], volume: ImageVolume) -> list[Dataset]:
