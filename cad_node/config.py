@@ -89,12 +89,43 @@ class _Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ServerTlsSettings(_Settings):
+    """DICOM TLS on the node's Storage SCP (PS3.15 Annex B.9); see docs/security.md."""
+
+    certificate: Path
+    """PEM certificate (chain) the node presents."""
+    private_key: Path
+    """PEM private key of ``certificate``, unencrypted (readable by the node's user only)."""
+    ca_certificates: Path | None = None
+    """PEM CA bundle; when set, every peer must present a certificate it signed (mutual TLS)."""
+
+
+class DestinationTlsSettings(_Settings):
+    """DICOM TLS to one destination: its certificate is verified, host name included."""
+
+    ca_certificates: Path | None = None
+    """PEM CA bundle that signed the destination's certificate; ``None``: the system's."""
+    certificate: Path | None = None
+    """PEM client certificate, for a destination that requires mutual TLS."""
+    private_key: Path | None = None
+    server_hostname: str | None = None
+    """The name the destination's certificate must carry; ``None``: ``host``."""
+
+    @model_validator(mode="after")
+    def _certificate_with_key(self) -> "DestinationTlsSettings":
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("certificate and private_key go together")
+        return self
+
+
 class DestinationSettings(_Settings):
     """A DICOM peer that receives results by C-STORE (a PACS, a viewer)."""
 
     host: str = Field(min_length=1)
     port: int = Field(ge=1, le=65535)
     ae_title: AETitle
+    tls: DestinationTlsSettings | None = None
+    """DICOM TLS to this destination; ``None``: plain TCP."""
     results: tuple[ResultKind, ...] = (ResultKind.SEG, ResultKind.SR)
     """The kinds of result object this destination receives."""
 
@@ -160,6 +191,30 @@ class ExportSettings(_Settings):
         return self
 
 
+_SHA256_HEX = r"^[0-9a-f]{64}$"
+
+
+class AdminToken(_Settings):
+    """A bearer token of the admin API, stored as the sha256 of the token (never the token)."""
+
+    name: str = Field(min_length=1, max_length=64)
+    """Who holds it: the actor the audit log records."""
+    sha256: str = Field(pattern=_SHA256_HEX)
+    """Lower-case hex sha256 of the token, e.g. ``printf %s TOKEN | sha256sum``."""
+    role: Literal["read", "admin"] = "read"
+
+
+class AdminSettings(_Settings):
+    """The admin HTTP API and web page."""
+
+    enabled: bool = True
+    bind_address: str = Field(default="127.0.0.1", min_length=1)
+    port: int = Field(default=8080, ge=0, le=65535)
+    """0 picks a free port (tests)."""
+    tokens: tuple[AdminToken, ...] = ()
+    """No token: every request but health is refused (401)."""
+
+
 def _upper(value: object) -> object:
     return value.upper() if isinstance(value, str) else value
 
@@ -173,6 +228,8 @@ class Settings(_Settings):
     bind_address: str = Field(default="0.0.0.0", min_length=1)
     allowed_calling_aets: tuple[AETitle, ...] = ()
     """Calling AE titles accepted at association; empty accepts any."""
+    tls: ServerTlsSettings | None = None
+    """DICOM TLS on the Storage SCP's port; ``None``: plain TCP."""
     storage_dir: Path = Path("./cad-node-data")
     database_url: str | None = None
     """SQLAlchemy URL; ``None``: SQLite file ``journal.sqlite`` inside ``storage_dir``."""
@@ -182,6 +239,11 @@ class Settings(_Settings):
     results: ResultSettings = ResultSettings()
     export: ExportSettings = ExportSettings()
     models_dir: Path | None = None
+    workers: int = Field(default=1, ge=0, le=64)
+    """Worker threads in ``cad-node serve``; 0: jobs are left to ``cad-node worker`` processes."""
+    lease_seconds: float = Field(default=300.0, gt=0)
+    """How long a worker holds a job without a heartbeat before another may reclaim it."""
+    admin: AdminSettings = AdminSettings()
     device: Literal["auto", "cpu", "cuda"] = "auto"
     log_level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(_upper)] = (
         "INFO"

@@ -6,6 +6,7 @@ permanent failure. pynetdicom errors stop here; callers see only outcomes.
 """
 
 import logging
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,9 @@ from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS
 
 from cad_node.config import DestinationSettings, TimeoutSettings
+from cad_node.errors import ConfigError
 from cad_node.export.outcomes import OutcomeKind, StoreOutcome, classify_status
+from cad_node.security.tls import client_context
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +149,8 @@ def _send_over_association(
     except OSError as exc:  # socket.gaierror: the host name does not resolve
         reason = f"no association with {_peer(destination)}: {exc}"
         return _retry_all(metas, reason, destination)
+    except ConfigError as exc:  # a TLS file went missing since start-up
+        return _retry_all(metas, str(exc), destination)
     if not assoc.is_established:
         reason = _association_failure(assoc, connected, destination)
         return _retry_all(metas, reason, destination)
@@ -193,8 +198,17 @@ def _associate(
         contexts=contexts,
         ae_title=destination.ae_title,
         evt_handlers=[(evt.EVT_CONN_OPEN, lambda _event: connected.append(True))],
+        tls_args=_tls_args(destination),
     )
     return assoc, bool(connected)
+
+
+def _tls_args(destination: DestinationSettings) -> tuple[ssl.SSLContext, str] | None:
+    """pynetdicom's ``tls_args``: the context and the name the certificate must carry."""
+    if destination.tls is None:
+        return None
+    hostname = destination.tls.server_hostname or destination.host
+    return client_context(destination.tls), hostname
 
 
 def _association_failure(
@@ -202,7 +216,8 @@ def _association_failure(
 ) -> str:
     peer = _peer(destination)
     if not connected:
-        return f"no association with {peer}: cannot connect (down or unreachable)"
+        tls = " or TLS handshake failed" if destination.tls is not None else ""
+        return f"no association with {peer}: cannot connect (down or unreachable{tls})"
     if assoc.is_rejected:
         return f"association rejected by {peer}"
     if assoc.is_aborted:

@@ -6,6 +6,7 @@ precise PS3.4 Annex B.2.3 status, never a dropped association.
 """
 
 import logging
+import ssl
 import traceback
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -30,6 +31,7 @@ from cad_node.ingest.header import (
     instance_record,
 )
 from cad_node.ingest.spool import Spool, relative_instance_path
+from cad_node.security.tls import handshake_in_association_thread
 from cad_node.store.instances import InstanceRecord, RecordOutcome, record_instance
 
 logger = logging.getLogger(__name__)
@@ -83,6 +85,9 @@ class StorageSCP:
         when its expected count is reached); its errors are logged, not answered.
     maximum_associations
         Concurrent associations accepted; more are rejected (not dropped).
+    ssl_context
+        DICOM TLS (PS3.15 Annex B.9) on the port (see :mod:`cad_node.security.tls`);
+        ``None``: plain TCP.
     """
 
     def __init__(
@@ -97,6 +102,7 @@ class StorageSCP:
         clock: Callable[[], datetime],
         on_instance: OnInstance | None = None,
         maximum_associations: int = 16,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         configure_pynetdicom()
         self._bind = (bind_address, port)
@@ -106,6 +112,7 @@ class StorageSCP:
         self._on_instance = on_instance
         self._ae = _make_ae(ae_title, allowed_calling_aets, maximum_associations)
         self._server: ThreadedAssociationServer | None = None
+        self._ssl_context = ssl_context
 
     @property
     def port(self) -> int:
@@ -118,10 +125,22 @@ class StorageSCP:
         """Listen in a background thread; returns once the socket is bound."""
         if self._server is not None:
             raise RuntimeError("the SCP is already started")
-        handlers: list[EventHandlerType] = [(evt.EVT_C_STORE, self.handle_store)]
-        self._server = self._ae.start_server(self._bind, block=False, evt_handlers=handlers)
+        handlers: list[EventHandlerType] = [
+            (evt.EVT_C_STORE, self.handle_store),
+            (evt.EVT_REJECTED, _log_rejection),
+        ]
+        server = self._ae.start_server(
+            self._bind, block=False, evt_handlers=handlers, ssl_context=self._ssl_context
+        )
+        assert server is not None
+        handshake_in_association_thread(server)
+        self._server = server
         logger.info(
-            "Storage SCP %s listening on %s:%d", self._ae.ae_title, self._bind[0], self.port
+            "Storage SCP %s listening on %s:%d%s",
+            self._ae.ae_title,
+            self._bind[0],
+            self.port,
+            " (TLS)" if self._ssl_context is not None else "",
         )
 
     def stop(self) -> None:
@@ -240,6 +259,17 @@ def _file_bytes(event: Event, calling_ae_title: str, stream: bytes) -> bytes:
     if calling_ae_title:
         file_meta.SourceApplicationEntityTitle = calling_ae_title
     return b"".join((_PREAMBLE, encode_file_meta(file_meta), stream))
+
+
+def _log_rejection(event: Event) -> None:
+    """EVT_REJECTED: who was refused (PS3.8 9.3.4), for the audit; AE titles are no patient data."""
+    requestor = event.assoc.requestor
+    logger.warning(
+        "association from %s (calling AE %s, called AE %s) rejected",
+        requestor.address,
+        str(requestor.ae_title).strip(),
+        str(event.assoc.acceptor.ae_title).strip(),
+    )
 
 
 def _log_failure(event: Event, exc: Exception) -> None:
