@@ -24,6 +24,8 @@ class JobState(StrEnum):
     DONE = "done"
     FAILED = "failed"
     """The model refused the input or crashed; the reason is kept."""
+    CANCELLED = "cancelled"
+    """Cancelled by an admin before it ran; never claimed."""
 
 
 class ResultKind(StrEnum):

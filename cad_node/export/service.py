@@ -19,6 +19,7 @@ from cad_node.domain.states import DeliveryState
 from cad_node.export.policy import DeliveryUpdate, RetryPolicy, decide, failed
 from cad_node.export.scu import send_files
 from cad_node.store.deliveries import DueDelivery, claim_due, due_destinations, record_update
+from cad_node.store.rulesets import record_audit
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +137,7 @@ class _Run:
                 updates = self._attempt(due, name, destination)
                 for item, update in zip(due, updates, strict=True):
                     record_update(session, item.delivery_id, update)
+                    _audit(session, item, update, self.now)
             batch = [_outcome(item, update) for item, update in zip(due, updates, strict=True)]
             _log_batch(name, batch)
             outcomes += batch
@@ -155,6 +157,28 @@ class _Run:
             decide(outcome, item.attempts, self.policy, self.now)
             for item, outcome in zip(due, sent, strict=True)
         ]
+
+
+SENT_STATES = frozenset({DeliveryState.DELIVERED, DeliveryState.DELIVERED_WITH_WARNING})
+
+
+def _audit(session: Session, item: DueDelivery, update: DeliveryUpdate, now: datetime) -> None:
+    """The attempt's "sent" or "failed" audit event, in the transaction of its outcome."""
+    record_audit(
+        session,
+        actor="node",
+        action="delivery.sent" if update.state in SENT_STATES else "delivery.failed",
+        target=f"delivery {item.delivery_id}",
+        now=now,
+        detail={
+            "destination": item.destination,
+            "sop_instance_uid": item.sop_instance_uid,
+            "state": update.state.value,
+            "status": update.last_status,
+            "attempt": update.attempts,
+            "will_retry": update.state is DeliveryState.PENDING,
+        },
+    )
 
 
 def _outcome(item: DueDelivery, update: DeliveryUpdate) -> DeliveryOutcome:

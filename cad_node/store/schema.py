@@ -143,3 +143,53 @@ class Delivery(Base):
     last_status: Mapped[int | None] = mapped_column(Integer, comment="C-STORE Status (0000,0900)")
     last_error: Mapped[str | None] = mapped_column(Text)
     delivered_at: Mapped[datetime | None]
+
+
+class RuleSetVersion(Base):
+    """One version of the routing rules; the highest ``version`` is the one in force."""
+
+    __tablename__ = "rule_set_versions"
+
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    rules: Mapped[list[dict[str, Any]]] = mapped_column(JSON, comment="the rules, as in YAML")
+    author: Mapped[str] = mapped_column(String(64), comment="admin token name, or 'config'")
+    change: Mapped[str] = mapped_column(Text, comment="what changed, in words")
+    created_at: Mapped[datetime]
+
+
+class AuditEvent(Base):
+    """An admin change: who, when, what (UIDs and names only, never patient data)."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(index=True)
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(128), comment="a rule name, job id, delivery id")
+    detail: Mapped[dict[str, Any]]
+
+
+class ModelSetting(Base):
+    """The admin's switch for one model: active, shadow (run, record, send nothing) or off."""
+
+    __tablename__ = "model_settings"
+
+    model_name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    mode: Mapped[str] = mapped_column(CS, comment="active | shadow | off")
+    changed_by: Mapped[str] = mapped_column(String(64))
+    changed_at: Mapped[datetime]
+
+
+class DestinationRow(Base):
+    """A destination, seeded from the config on first start, then changed through the API."""
+
+    __tablename__ = "destinations"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    settings: Mapped[dict[str, Any]] = mapped_column(comment="DestinationSettings, as in YAML")
+    changed_by: Mapped[str] = mapped_column(String(64))
+    changed_at: Mapped[datetime]
+    deleted_at: Mapped[datetime | None] = mapped_column(
+        comment="set when deleted; the row stays so that a deleted seed is not seeded again"
+    )

@@ -1,0 +1,1 @@
+"""Admin HTTP API (FastAPI, OpenAPI at /docs), web page and Prometheus metrics."""

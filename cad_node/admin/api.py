@@ -1,0 +1,37 @@
+"""The admin FastAPI application: API routers, /metrics and the OpenAPI schema (/docs)."""
+
+from fastapi import FastAPI, Response
+
+from cad_node import __version__
+from cad_node.admin import catalog, flow, rules, system, web
+from cad_node.admin.auth import Reader
+from cad_node.admin.context import AdminContext
+from cad_node.admin.metrics import CONTENT_TYPE, metrics_registry, render
+
+
+def create_app(context: AdminContext) -> FastAPI:
+    """The admin application over a node's ``context``."""
+    app = FastAPI(
+        title="cad-node admin API",
+        version=__version__,
+        description=(
+            "Routing rules, series, jobs, deliveries, models, destinations, metrics. "
+            "Bearer token from admin.tokens; read or admin role. NOT FOR CLINICAL USE."
+        ),
+    )
+    app.state.context = context
+    catalog.seed(context)
+    app.include_router(system.router)
+    app.include_router(flow.router)
+    app.include_router(rules.router)
+    app.include_router(catalog.router)
+    app.include_router(web.router)
+    app.mount("/static", web.static_files, name="static")
+    registry = metrics_registry(context.sessions)
+
+    @app.get("/metrics", tags=["node"], response_class=Response)
+    def metrics(_caller: Reader) -> Response:
+        """Prometheus text exposition of the journal's figures (read token)."""
+        return Response(render(registry), media_type=CONTENT_TYPE)
+
+    return app

@@ -1,0 +1,26 @@
+"""What the admin API needs from a running node, and nothing more."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from cad_node.config import Settings
+from cad_node.models.registry import ModelRegistry
+from cad_node.store.rulesets import RuleBook
+
+
+@dataclass(frozen=True)
+class AdminContext:
+    """The parts of a node the admin API reads and changes."""
+
+    settings: Settings
+    sessions: sessionmaker[Session]
+    rule_book: RuleBook
+    registry: ModelRegistry
+    clock: Callable[[], datetime]
+    ready: Callable[[], bool]
+    """Whether the node receives images (its Storage SCP is listening)."""
+    wake_worker: Callable[[], None] = lambda: None
+    """Tell the worker a job was queued (retry), so it does not wait for the next sweep."""

@@ -1,0 +1,116 @@
+"""Prometheus metrics, read from the journal at each scrape.
+
+Counting from the journal, not from in-process counters, keeps the figures
+true across restarts and across several worker processes sharing one journal.
+"""
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
+from prometheus_client.registry import Collector
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from cad_node.domain.states import DeliveryState, JobState, SeriesState
+from cad_node.store.schema import Delivery, Instance, Job, Series
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class JournalCollector(Collector):
+    """Instances received, series per state, queue depth, job durations, deliveries."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+
+    def collect(self) -> Iterator[Metric]:
+        with self._sessions() as session:
+            yield self._instances(session)
+            yield self._series(session)
+            yield self._jobs(session)
+            yield self._queue_depth(session)
+            yield self._job_seconds(session)
+            yield self._deliveries(session)
+
+    def _instances(self, session: Session) -> Metric:
+        count = session.scalar(select(func.count()).select_from(Instance)) or 0
+        metric = CounterMetricFamily(
+            "cad_node_instances_received", "Instances received and stored (C-STORE)"
+        )
+        metric.add_metric([], float(count))
+        return metric
+
+    def _series(self, session: Session) -> Metric:
+        metric = GaugeMetricFamily("cad_node_series", "Series by state", labels=["state"])
+        counts = _counts(session, select(Series.state, func.count()).group_by(Series.state))
+        for state in SeriesState:
+            metric.add_metric([state.value], float(counts.get(state, 0)))
+        return metric
+
+    def _jobs(self, session: Session) -> Metric:
+        metric = GaugeMetricFamily("cad_node_jobs", "Jobs by state", labels=["state"])
+        counts = _counts(session, select(Job.state, func.count()).group_by(Job.state))
+        for state in JobState:
+            metric.add_metric([state.value], float(counts.get(state, 0)))
+        return metric
+
+    def _queue_depth(self, session: Session) -> Metric:
+        depth = session.scalar(select(func.count()).where(Job.state == JobState.QUEUED)) or 0
+        metric = GaugeMetricFamily("cad_node_queue_depth", "Jobs waiting for a worker")
+        metric.add_metric([], float(depth))
+        return metric
+
+    def _job_seconds(self, session: Session) -> Metric:
+        """Run time of finished jobs (claim to done or failed), per model: a summary."""
+        query = select(Job.model_name, Job.started_at, Job.finished_at).where(
+            Job.state.in_([JobState.DONE, JobState.FAILED]),
+            Job.started_at.is_not(None),
+            Job.finished_at.is_not(None),
+        )
+        totals: dict[str, tuple[int, float]] = {}
+        for model_name, started_at, finished_at in session.execute(query).all():
+            if started_at is None or finished_at is None:
+                continue  # excluded by the query; narrows the types
+            count, seconds = totals.get(model_name, (0, 0.0))
+            totals[model_name] = (count + 1, seconds + (finished_at - started_at).total_seconds())
+        metric = _summary("cad_node_job_duration_seconds", "Job run time per model", ["model"])
+        for model_name, (count, seconds) in sorted(totals.items()):
+            metric.add_metric([model_name], count_value=count, sum_value=seconds)
+        return metric
+
+    def _deliveries(self, session: Session) -> Metric:
+        metric = GaugeMetricFamily(
+            "cad_node_deliveries", "Result deliveries by state", labels=["state"]
+        )
+        query = select(Delivery.state, func.count()).group_by(Delivery.state)
+        counts = _counts(session, query)
+        for state in DeliveryState:
+            metric.add_metric([state.value], float(counts.get(state, 0)))
+        return metric
+
+
+def _counts(session: Session, query: Select[Any, int]) -> dict[str, int]:
+    return {str(state): int(count) for state, count in session.execute(query).all()}
+
+
+def _summary(name: str, documentation: str, labels: list[str]) -> SummaryMetricFamily:
+    return SummaryMetricFamily(name, documentation, labels=labels)
+
+
+def metrics_registry(sessions: sessionmaker[Session]) -> CollectorRegistry:
+    """A registry of the journal's metrics only (no process metrics of the test runner)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(JournalCollector(sessions))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """The text exposition format (Prometheus 0.0.4)."""
+    return generate_latest(registry)

@@ -1,0 +1,373 @@
+// cad-node admin page: vanilla JS, no build step. Data comes from the API with the bearer
+// token kept in sessionStorage; every value is written with textContent, never as HTML.
+"use strict";
+
+const TOKEN_KEY = "cad-node-token";
+const $ = (id) => document.getElementById(id);
+let me = null;
+
+function token() { return sessionStorage.getItem(TOKEN_KEY); }
+
+async function api(method, path, body) {
+  const options = { method, headers: { Authorization: `Bearer ${token()}` } };
+  if (body !== undefined) {
+    options.headers["Content-Type"] = "application/json";
+    options.body = JSON.stringify(body);
+  }
+  const response = await fetch(path, options);
+  const text = await response.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch (_) { data = text; }
+  if (!response.ok) {
+    const detail = data && data.detail !== undefined ? data.detail : text;
+    const error = new Error(typeof detail === "string" ? detail : JSON.stringify(detail));
+    error.status = response.status;
+    throw error;
+  }
+  return data;
+}
+
+function say(text, isError) {
+  const message = $("message");
+  message.textContent = text;
+  message.className = isError ? "message error" : "message";
+}
+
+function cell(row, value) {
+  const td = document.createElement("td");
+  if (value instanceof Node) td.appendChild(value); else td.textContent = value ?? "";
+  row.appendChild(td);
+  return td;
+}
+
+function button(label, onClick, enabled = true) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.textContent = label;
+  b.disabled = !enabled;
+  b.addEventListener("click", async () => {
+    try { await onClick(); } catch (e) { say(e.message, true); }
+  });
+  return b;
+}
+
+function table(id, headings, rows, render) {
+  const t = $(id);
+  t.replaceChildren();
+  const head = t.insertRow();
+  for (const h of headings) {
+    const th = document.createElement("th");
+    th.textContent = h;
+    head.appendChild(th);
+  }
+  for (const item of rows) render(t.insertRow(), item);
+  if (!rows.length) {
+    const empty = t.insertRow();
+    const td = cell(empty, "none");
+    td.colSpan = headings.length;
+    td.className = "muted";
+  }
+}
+
+function counts(id, values) {
+  table(id, ["state", "count"], Object.entries(values), (row, [state, count]) => {
+    cell(row, state);
+    cell(row, count);
+  });
+}
+
+const when = (iso) => (iso ? iso.replace("T", " ").slice(0, 19) : "");
+const isAdmin = () => me && me.role === "admin";
+
+function jobRow(row, job, actions) {
+  for (const v of [job.id, job.state, job.rule_name, job.model_name, job.series_instance_uid,
+    when(job.created_at), job.finding_count, job.error]) cell(row, v);
+  if (actions) {
+    const span = document.createElement("span");
+    span.append(
+      button("Retry", async () => { await api("POST", `/api/jobs/${job.id}/retry`); say(`job ${job.id} queued`); await load(); },
+        isAdmin() && ["failed", "cancelled"].includes(job.state)),
+      button("Cancel", async () => { await api("POST", `/api/jobs/${job.id}/cancel`); say(`job ${job.id} cancelled`); await load(); },
+        isAdmin() && job.state === "queued"));
+    cell(row, span);
+  }
+}
+const JOB_HEADINGS = ["id", "state", "rule", "model", "series", "created", "findings", "error"];
+
+function deliveryRow(row, d, actions) {
+  for (const v of [d.id, d.state, d.destination, d.sop_instance_uid, d.attempts,
+    when(d.next_attempt_at), d.last_error]) cell(row, v);
+  if (actions) cell(row, button("Retry now", async () => {
+    await api("POST", `/api/deliveries/${d.id}/retry`); say(`delivery ${d.id} will be sent now`); await load();
+  }, isAdmin() && ["failed", "pending"].includes(d.state)));
+}
+const DELIVERY_HEADINGS = ["id", "state", "destination", "object", "attempts", "next attempt", "error"];
+
+// -- pages -------------------------------------------------------------------------------
+
+const pages = {
+  async dashboard() {
+    const s = await api("GET", "/api/summary");
+    counts("series-counts", s.series);
+    counts("job-counts", s.jobs);
+    counts("delivery-counts", s.deliveries);
+    table("last-jobs", JOB_HEADINGS, s.last_jobs, (r, j) => jobRow(r, j, false));
+    table("failed-jobs", JOB_HEADINGS, s.failed_jobs, (r, j) => jobRow(r, j, false));
+    table("failed-deliveries", DELIVERY_HEADINGS, s.failed_deliveries, (r, d) => deliveryRow(r, d, false));
+  },
+  async jobs() { await listing("jobs", "/api/jobs", [...JOB_HEADINGS, ""], (r, j) => jobRow(r, j, true)); },
+  async deliveries() {
+    await listing("deliveries", "/api/deliveries", [...DELIVERY_HEADINGS, ""], (r, d) => deliveryRow(r, d, true));
+  },
+  async models() {
+    const models = await api("GET", "/api/models");
+    table("models", ["name", "version", "family", "modality", "device", "sha256", "use", "mode"], models, (row, m) => {
+      for (const v of [m.name, m.version, m.family, m.modality, m.device, m.sha256.slice(0, 16) + "…",
+        m.clinical_use]) cell(row, v);
+      const select = document.createElement("select");
+      select.id = `mode-${m.name}`;
+      for (const mode of MODEL_MODES) select.add(new Option(mode, mode, false, mode === m.mode));
+      select.disabled = !isAdmin();
+      select.addEventListener("change", async () => {
+        try {
+          await api("PUT", `/api/models/${encodeURIComponent(m.name)}/mode`, { mode: select.value });
+          say(`model ${m.name} is now ${select.value}`);
+        } catch (e) { say(e.message, true); }
+        await load();
+      });
+      cell(row, select);
+    });
+  },
+  async destinations() {
+    const destinations = await api("GET", "/api/destinations");
+    table("destinations", ["name", "AE title", "host", "port", "results", "C-ECHO", ""], destinations, (row, d) => {
+      for (const v of [d.name, d.ae_title, d.host, d.port, d.results.join(", ")]) cell(row, v);
+      const outcome = cell(row, "");
+      outcome.className = "echo";
+      const span = document.createElement("span");
+      span.append(button("Echo", async () => {
+        outcome.textContent = "…";
+        const e = await api("POST", `/api/destinations/${encodeURIComponent(d.name)}/echo`);
+        outcome.textContent = `${e.ok ? "OK" : "FAILED"}: ${e.detail} (${e.seconds} s)`;
+        outcome.className = e.ok ? "echo ok" : "echo error";
+      }),
+      button("Edit", async () => {
+        const full = await api("GET", `/api/destinations/${encodeURIComponent(d.name)}`);
+        const { name, ...settings } = full;
+        $("destination-name").value = name;
+        $("destination-json").value = JSON.stringify(settings, null, 2);
+      }, isAdmin()),
+      button("Delete", async () => {
+        if (!confirm(`Delete destination ${d.name}?`)) return;
+        await api("DELETE", `/api/destinations/${encodeURIComponent(d.name)}`);
+        say(`destination ${d.name} deleted`);
+        await load();
+      }, isAdmin()));
+      cell(row, span);
+    });
+    wireDestinationEditor();
+  },
+  async audit() {
+    await listing("audit", "/api/audit", ["id", "at", "actor", "action", "target", "detail"], (row, a) => {
+      for (const v of [a.id, when(a.at), a.actor, a.action, a.target, JSON.stringify(a.detail)]) cell(row, v);
+    });
+  },
+  async rules() { await rulesPage(); },
+};
+
+const MODEL_MODES = ["active", "shadow", "off"];
+const AUDIT_ACTIONS = ["series.received", "series.routed", "delivery.sent", "delivery.failed",
+  "model.mode", "destination.create", "destination.update", "destination.delete",
+  "rule.create", "rule.update", "rule.delete", "rules.rollback", "job.retry", "job.cancel",
+  "delivery.retry"];
+const TEMPLATE_DESTINATION = { host: "127.0.0.1", port: 104, ae_title: "PACS", results: ["seg", "sr"] };
+
+function wireDestinationEditor() {
+  const area = $("destination-json");
+  if (area.dataset.wired) return;
+  area.dataset.wired = "yes";
+  area.value = JSON.stringify(TEMPLATE_DESTINATION, null, 2);
+  const save = async (create) => {
+    const name = $("destination-name").value.trim();
+    const path = `/api/destinations/${encodeURIComponent(name)}`;
+    await api(create ? "POST" : "PUT", path, JSON.parse(area.value));
+    say(`destination ${name} ${create ? "added" : "saved"}`);
+    await load();
+  };
+  for (const [id, create] of [["destination-add", true], ["destination-save", false]]) {
+    const b = $(id);
+    b.disabled = !isAdmin();
+    b.addEventListener("click", async () => { try { await save(create); } catch (e) { say(e.message, true); } });
+  }
+}
+
+const paging = { offset: 0, limit: 50 };
+
+async function listing(id, path, headings, render) {
+  const filter = $("state-filter");
+  if (filter.options.length === 1) {
+    const states = id === "jobs" ? ["queued", "running", "done", "failed", "cancelled"]
+      : id === "audit" ? AUDIT_ACTIONS
+      : ["pending", "delivered", "delivered_with_warning", "failed"];
+    for (const s of states) filter.add(new Option(s, s));
+    filter.addEventListener("change", () => { paging.offset = 0; load(); });
+    $("prev").addEventListener("click", () => { paging.offset = Math.max(0, paging.offset - paging.limit); load(); });
+    $("next").addEventListener("click", () => { paging.offset += paging.limit; load(); });
+  }
+  const query = new URLSearchParams({ limit: paging.limit, offset: paging.offset });
+  if (filter.value) query.set(id === "audit" ? "action" : "state", filter.value);
+  const page = await api("GET", `${path}?${query}`);
+  table(id, headings, page.items, render);
+  const last = Math.min(page.offset + page.items.length, page.total);
+  $("page-info").textContent = `${page.total ? page.offset + 1 : 0}-${last} of ${page.total}`;
+  $("prev").disabled = page.offset === 0;
+  $("next").disabled = last >= page.total;
+}
+
+// -- rules -------------------------------------------------------------------------------
+
+let ruleSet = null;
+let editing = null; // the name of the rule in the editor, null for a new rule
+let validateTimer = null;
+
+const TEMPLATE_RULE = {
+  name: "new-rule", description: "", priority: 0, mode: "shadow", model: "lung_nodule_ct",
+  destinations: [], when: { all: [{ keyword: "Modality", equals: "CT" }] },
+};
+
+function edit(rule) {
+  editing = rule ? rule.name : null;
+  $("rule-json").value = JSON.stringify(rule || TEMPLATE_RULE, null, 2);
+  validate();
+}
+
+function draft() { return JSON.parse($("rule-json").value); }
+
+async function validate() {
+  const out = $("validation");
+  try {
+    await api("POST", "/api/rules/validate", draft());
+    out.textContent = "✓ valid";
+    out.className = "validation ok";
+    return true;
+  } catch (e) {
+    out.textContent = `✗ ${e instanceof SyntaxError ? "not JSON: " + e.message : e.message}`;
+    out.className = "validation error";
+    return false;
+  }
+}
+
+function draftRuleSet() {
+  const rule = draft();
+  const others = ruleSet.rules.filter((r) => r.name !== (editing ?? rule.name));
+  return [...others, rule];
+}
+
+async function rulesPage() {
+  ruleSet = await api("GET", "/api/rules");
+  $("rule-version").textContent = ruleSet.version;
+  $("rule-version-by").textContent = `by ${ruleSet.author}, ${when(ruleSet.created_at)}: ${ruleSet.change}`;
+  table("rules", ["name", "priority", "mode", "model", "destinations", ""], ruleSet.rules, (row, rule) => {
+    for (const v of [rule.name, rule.priority, rule.mode, rule.model, (rule.destinations || []).join(", ")]) cell(row, v);
+    const span = document.createElement("span");
+    const next = rule.mode === "off" ? "active" : "off";
+    span.append(
+      button("Edit", async () => edit(rule)),
+      button(rule.mode === "off" ? "Enable" : "Disable", async () => {
+        await api("POST", `/api/rules/${encodeURIComponent(rule.name)}/mode`, { mode: next });
+        say(`rule ${rule.name}: ${next}`); await rulesPage();
+      }, isAdmin()),
+      button("Delete", async () => {
+        if (!confirm(`Delete rule ${rule.name}?`)) return;
+        await api("DELETE", `/api/rules/${encodeURIComponent(rule.name)}`);
+        say(`rule ${rule.name} deleted`); await rulesPage();
+      }, isAdmin()));
+    cell(row, span);
+  });
+  const versions = await api("GET", "/api/rules/versions");
+  table("versions", ["version", "author", "time", "change", "rules", ""], versions, (row, v) => {
+    for (const x of [v.version, v.author, when(v.created_at), v.change, v.rule_count]) cell(row, x);
+    cell(row, button("Roll back to this", async () => {
+      await api("POST", `/api/rules/versions/${v.version}/rollback`);
+      say(`rolled back to version ${v.version}`); await rulesPage();
+    }, isAdmin() && v.version !== ruleSet.version));
+  });
+  const series = await api("GET", "/api/series?limit=50");
+  const select = $("test-series");
+  select.replaceChildren(...series.items.map((s) => new Option(
+    `${when(s.last_received_at)} ${s.modality} ${s.series_instance_uid} (${s.rule_name || s.state})`,
+    s.series_instance_uid)));
+  if (!$("rule-json").value) edit(ruleSet.rules[0] || null);
+}
+
+function wireRulesEditor() {
+  $("rule-json").addEventListener("input", () => {
+    clearTimeout(validateTimer);
+    validateTimer = setTimeout(validate, 300);
+  });
+  $("new-rule").addEventListener("click", () => edit(null));
+  $("save-rule").addEventListener("click", async () => {
+    try {
+      const rule = draft();
+      const saved = editing === null
+        ? await api("POST", "/api/rules", rule)
+        : await api("PUT", `/api/rules/${encodeURIComponent(editing)}`, rule);
+      editing = rule.name;
+      say(`rule ${rule.name} saved: version ${saved.version}, in force for the next series`);
+      await rulesPage();
+    } catch (e) { say(e.message, true); }
+  });
+  $("test-rule").addEventListener("click", async () => {
+    try {
+      const result = await api("POST", "/api/rules/test",
+        { series_instance_uid: $("test-series").value, rule: draft() });
+      $("test-result").textContent = result.text;
+      $("test-result").className = result.matches ? "ok" : "error";
+    } catch (e) { $("test-result").textContent = e.message; $("test-result").className = "error"; }
+  });
+  $("dry-run").addEventListener("click", async () => {
+    try {
+      const result = await api("POST", "/api/rules/dry-run",
+        { rules: draftRuleSet(), days: Number($("dry-days").value) });
+      $("dry-summary").textContent =
+        `${result.series_examined} series examined, ${result.changed.length} routed differently`;
+      table("dry-result", ["series", "modality", "now", "with the draft", "model"], result.changed, (row, c) => {
+        for (const v of [c.series_instance_uid, c.modality, c.current_rule || "none", c.draft_rule || "none",
+          c.draft_model]) cell(row, v);
+      });
+    } catch (e) { $("dry-summary").textContent = e.message; }
+  });
+}
+
+// -- start -------------------------------------------------------------------------------
+
+async function load() {
+  try { await pages[document.body.dataset.page](); } catch (e) { say(e.message, true); }
+}
+
+async function signIn() {
+  try {
+    me = await api("GET", "/api/me");
+  } catch (e) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    $("login").hidden = false;
+    $("login-error").textContent = e.status === 401 ? e.message : "";
+    return;
+  }
+  $("login").hidden = true;
+  $("main").hidden = false;
+  $("logout").hidden = false;
+  $("who").textContent = `${me.name} (${me.role})`;
+  if (document.body.dataset.page === "rules") wireRulesEditor();
+  await load();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("login").addEventListener("submit", (event) => {
+    event.preventDefault();
+    sessionStorage.setItem(TOKEN_KEY, $("token").value);
+    signIn();
+  });
+  $("logout").addEventListener("click", () => { sessionStorage.removeItem(TOKEN_KEY); location.reload(); });
+  if (token()) signIn(); else $("login").hidden = false;
+});
