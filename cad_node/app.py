@@ -1,0 +1,242 @@
+"""Wiring: builds a running node from its settings (the one place that knows every part)."""
+
+import logging
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from cad_node.admin.api import create_app
+from cad_node.admin.context import AdminContext
+from cad_node.admin.server import AdminServer
+from cad_node.clock import Clock, utc_now
+from cad_node.config import Settings
+from cad_node.errors import ModelError
+from cad_node.export.service import deliver_due
+from cad_node.ingest.recovery import reindex_spool
+from cad_node.ingest.scp import StorageSCP
+from cad_node.ingest.spool import Spool
+from cad_node.models.registry import ModelRegistry
+from cad_node.pipeline.assemble import Assembler
+from cad_node.pipeline.work import Worker
+from cad_node.security.tls import client_context, server_context
+from cad_node.store.catalog import DestinationBook
+from cad_node.store.db import create_schema, make_engine, session_factory
+from cad_node.store.jobs import requeue_all_running, requeue_expired
+from cad_node.store.rulesets import RuleBook
+from cad_node.worker import LeasedWorker, make_worker, work_loop
+
+logger = logging.getLogger(__name__)
+
+SWEEP_SECONDS = 1.0
+"""How often quiet series, expired leases and due deliveries are looked for."""
+
+
+@dataclass
+class Node:
+    """A cad-node: Storage SCP, assembly, ``settings.workers`` workers, export, one journal."""
+
+    settings: Settings
+    clock: Clock = utc_now
+    engine: Engine = field(init=False)
+    sessions: sessionmaker[Session] = field(init=False)
+    scp: StorageSCP = field(init=False)
+    registry: ModelRegistry = field(init=False)
+    assembler: Assembler = field(init=False)
+    worker: Worker = field(init=False)
+    """The first worker (``settings.workers`` threads run jobs; 0: none, workers run apart)."""
+    workers: list[LeasedWorker] = field(init=False, default_factory=list)
+    rule_book: RuleBook = field(init=False)
+    destination_book: DestinationBook = field(init=False)
+    """The destinations in force (journal; changed through the admin API without restart)."""
+    admin: AdminServer | None = field(init=False, default=None)
+    _scheduler: BackgroundScheduler = field(init=False)
+    _stopping: threading.Event = field(init=False, default_factory=threading.Event)
+    _work_available: threading.Event = field(init=False, default_factory=threading.Event)
+    _worker_threads: list[threading.Thread] = field(init=False, default_factory=list)
+
+    def __post_init__(self) -> None:
+        storage_dir = self.settings.storage_dir
+        storage_dir.mkdir(parents=True, exist_ok=True)
+        self.engine = make_engine(self.settings.resolved_database_url)
+        create_schema(self.engine)
+        self.sessions = session_factory(self.engine)
+        self.rule_book = RuleBook(self.sessions, self.clock)
+        self.rule_book.seed(self.settings.rules)
+        self.destination_book = DestinationBook(self.sessions, self.clock)
+        self.destination_book.seed(self.settings.destinations)
+        device = None if self.settings.device == "auto" else self.settings.device
+        self.registry = ModelRegistry(self._model_dirs(), device=device)
+        self.scp = StorageSCP(
+            ae_title=self.settings.ae_title,
+            bind_address=self.settings.bind_address,
+            port=self.settings.port,
+            allowed_calling_aets=self.settings.allowed_calling_aets,
+            spool=Spool(storage_dir),
+            sessionmaker=self.sessions,
+            clock=self.clock,
+            ssl_context=self._ssl_context(),
+        )
+        self.assembler = Assembler(
+            sessions=self.sessions,
+            rules=self.rule_book.current,
+            quiet_seconds=self.settings.quiet_seconds,
+            clock=self.clock,
+        )
+        self.workers = [
+            make_worker(self.settings, self.sessions, self.registry, self.clock, index)
+            for index in range(max(self.settings.workers, 1))
+        ]
+        self.worker = self.workers[0]
+        self._check_destination_tls()
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        tls = self.settings.tls
+        return None if tls is None else server_context(tls)
+
+    def _check_destination_tls(self) -> None:
+        """Load every destination's TLS files now: a bad path stops start-up, not an export."""
+        for destination in self.settings.destinations.values():
+            if destination.tls is not None:
+                client_context(destination.tls)
+
+    def _model_dirs(self) -> list[Path]:
+        return [self.settings.models_dir] if self.settings.models_dir else []
+
+    def start(self) -> None:
+        """Recover what a crash left, then start receiving, assembling, working, exporting."""
+        self.recover()
+        self._warm_models()
+        self.scp.start()
+        self._scheduler = BackgroundScheduler(timezone="UTC")
+        self._schedule("assembly-sweep", self._assemble)
+        self._schedule("export-sweep", self._export)
+        self._scheduler.start()
+        self._start_workers()
+        self._start_admin()
+        logger.info(
+            "cad-node %s listening on %s:%d",
+            self.settings.ae_title,
+            self.settings.bind_address,
+            self.scp.port,
+        )
+
+    def _start_workers(self) -> None:
+        for index, worker in enumerate(self.workers[: self.settings.workers]):
+            thread = threading.Thread(
+                target=work_loop,
+                args=(worker, self._stopping, self._work_available),
+                name=f"cad-node-worker-{index}",
+                daemon=True,
+            )
+            thread.start()
+            self._worker_threads.append(thread)
+
+    def _start_admin(self) -> None:
+        if not self.settings.admin.enabled:
+            return
+        context = AdminContext(
+            settings=self.settings,
+            sessions=self.sessions,
+            rule_book=self.rule_book,
+            registry=self.registry,
+            clock=self.clock,
+            ready=self._receiving,
+            wake_worker=self._work_available.set,
+        )
+        self.admin = AdminServer(create_app(context), self.settings.admin)
+        self.admin.start()
+
+    def _receiving(self) -> bool:
+        """Whether the Storage SCP listens (the admin API's readiness)."""
+        try:
+            self.scp.port  # noqa: B018 - raises while the SCP is not started
+        except RuntimeError:
+            return False
+        return not self._stopping.is_set()
+
+    def request_stop(self) -> None:
+        """Ask ``wait()`` to return; safe to call from a signal handler."""
+        self._stopping.set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._work_available.set()
+        if self.admin is not None:
+            self.admin.stop()
+        self.scp.stop()
+        if hasattr(self, "_scheduler") and self._scheduler.running:
+            self._scheduler.shutdown(wait=True)
+        for thread in self._worker_threads:
+            thread.join(timeout=600)
+        self.engine.dispose()
+
+    def wait(self) -> None:
+        """Block until ``stop()`` is called (from a signal handler, say)."""
+        self._stopping.wait()
+
+    def recover(self) -> None:
+        """Re-index spool files the journal lacks and re-queue jobs a crash left running.
+
+        A single node's journal has no other live worker, so every RUNNING job
+        was orphaned by the crash; with PostgreSQL and several workers, expired
+        leases are reclaimed by the sweep instead.
+        """
+        reindexed = reindex_spool(self.settings.storage_dir, self.sessions, self.clock)
+        with self.sessions.begin() as session:
+            requeued = (
+                requeue_all_running(session)
+                if self.engine.dialect.name == "sqlite"
+                else requeue_expired(session, self.clock())
+            )
+        if reindexed or requeued:
+            logger.info("recovered %d spooled instances and %d jobs", reindexed, requeued)
+
+    def _warm_models(self) -> None:
+        """Load every model a rule names, so the first job does not wait for it.
+
+        A model that cannot load does not stop the node: images are still
+        received and stored, and the jobs for that model fail with the reason.
+        With ``workers: 0`` no model runs here, so none is loaded.
+        """
+        if self.settings.workers == 0:
+            return
+        for name in sorted({rule.model for rule in self.rule_book.current()}):
+            try:
+                self.registry.get(name)
+            except ModelError as exc:
+                logger.error("model %s not available: %s", name, exc)
+
+    def _schedule(self, job_id: str, function: Callable[[], None]) -> None:
+        self._scheduler.add_job(
+            function,
+            "interval",
+            seconds=SWEEP_SECONDS,
+            id=job_id,
+            replace_existing=True,
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=30,
+        )
+
+    def _assemble(self) -> None:
+        routed = self.assembler.sweep()
+        with self.sessions.begin() as session:
+            requeue_expired(session, self.clock())
+        if any(outcome.job_id is not None for outcome in routed):
+            self._work_available.set()
+
+    def _export(self) -> None:
+        deliver_due(
+            self.sessions,
+            self.destination_book.current(),
+            export=self.settings.export,
+            storage_dir=self.settings.storage_dir,
+            calling_ae_title=self.settings.ae_title,
+            now=self.clock(),
+        )

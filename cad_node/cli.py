@@ -1,0 +1,150 @@
+"""The ``cad-node`` command line: serve, status, rules test, synth, train, evaluate, models."""
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from cad_node import NOT_FOR_CLINICAL_USE, __version__
+from cad_node.errors import CadNodeError
+from cad_node.security import redaction
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(getattr(args, "log_level", None) or "INFO")
+    try:
+        return int(args.func(args))
+    except CadNodeError as exc:
+        print(f"cad-node: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def configure_logging(level: str) -> None:
+    """The node's own loggers at ``level``; chatty libraries at WARNING (one line per image).
+
+    Values that libraries quote from data sets are withheld (:mod:`cad_node.security.redaction`).
+    """
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
+    redaction.install()
+    for library in ("pynetdicom", "apscheduler"):
+        logging.getLogger(library).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from cad_node.models.cli import add_commands as add_model_commands
+    from cad_node.routing.cli import add_commands as add_rules_commands
+
+    parser = argparse.ArgumentParser(
+        prog="cad-node",
+        description=f"A DICOM node for computer-aided diagnosis. {NOT_FOR_CLINICAL_USE}.",
+    )
+    parser.add_argument("--version", action="version", version=f"cad-node {__version__}")
+    parser.set_defaults(func=lambda _args: _print_help(parser))
+    commands = parser.add_subparsers(title="commands")
+    _add_serve(commands)
+    _add_worker(commands)
+    _add_status(commands)
+    add_rules_commands(commands)
+    add_model_commands(commands)
+    return parser
+
+
+def _print_help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def _config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="node YAML config (default: the embedded defaults, SQLite and ./cad-node-data)",
+    )
+
+
+def _log_level_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-level",
+        default=None,
+        choices=["DEBUG", "INFO", "WARNING"],
+        help="overrides the config's log_level",
+    )
+
+
+def _add_serve(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    serve = commands.add_parser("serve", help="run the node: receive, route, infer, send")
+    _config_argument(serve)
+    _log_level_argument(serve)
+    serve.set_defaults(func=_serve)
+
+
+def _add_worker(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    worker = commands.add_parser(
+        "worker", help="run jobs only, beside `serve` or on another host (shared PostgreSQL)"
+    )
+    _config_argument(worker)
+    _log_level_argument(worker)
+    worker.set_defaults(func=_worker)
+
+
+def _add_status(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    status = commands.add_parser("status", help="series, jobs and deliveries in the journal")
+    _config_argument(status)
+    status.add_argument("--limit", type=int, default=20, help="rows per table (newest first)")
+    status.set_defaults(func=_status)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from cad_node.app import Node
+    from cad_node.config import load_settings
+
+    settings = load_settings(args.config)
+    configure_logging(args.log_level or settings.log_level)
+    node = Node(settings)
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        logging.getLogger("cad_node").info("signal %d: stopping", signum)
+        node.request_stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    node.start()
+    try:
+        node.wait()
+    finally:
+        node.stop()
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from cad_node.config import load_settings
+    from cad_node.worker import WorkerProcess
+
+    settings = load_settings(args.config)
+    configure_logging(args.log_level or settings.log_level)
+    process = WorkerProcess(settings)
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        logging.getLogger("cad_node").info("signal %d: stopping after the current job", signum)
+        process.request_stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    process.run()
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from cad_node.config import load_settings
+    from cad_node.status import render_status
+
+    print(render_status(load_settings(args.config), limit=args.limit))
+    return 0

@@ -1,0 +1,162 @@
+"""Assembly sweep: complete the series that went quiet and route each to a job.
+
+A periodic sweep over the journal, not a timer per series: it costs no
+scheduler call per received image, and a restart resumes it by construction
+(every series still RECEIVING is looked at again).
+"""
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from cad_node.domain.states import SeriesState
+from cad_node.routing.match import explain_all, route
+from cad_node.routing.rules import Rule, RuleMode
+from cad_node.store.catalog import model_mode
+from cad_node.store.jobs import queue_job
+from cad_node.store.rulesets import record_audit
+from cad_node.store.schema import Series
+from cad_node.store.series import mark_complete, mark_routed, series_due
+
+logger = logging.getLogger(__name__)
+
+NODE_ACTOR = "node"
+"""The actor of the data-flow audit events (received, routed, sent)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RoutedSeries:
+    """The routing outcome of one completed series."""
+
+    series_instance_uid: str
+    series_revision: int
+    rule_name: str | None
+    job_id: int | None
+
+
+@dataclass
+class Assembler:
+    """Completes quiet series and queues the job their matching rule names."""
+
+    sessions: sessionmaker[Session]
+    rules: Callable[[], Sequence[Rule]]
+    quiet_seconds: float
+    clock: Callable[[], datetime]
+
+    def sweep(self) -> list[RoutedSeries]:
+        """Complete and route every due series in one transaction; [] when none is due.
+
+        If an instance was recorded while the sweep read (SQLite answers the
+        sweep's write with "database is locked"), nothing is changed and the
+        next sweep looks again.
+        """
+        now = self.clock()
+        try:
+            with self.sessions.begin() as session:
+                due = series_due(session, now, self.quiet_seconds)
+                routed = [self._complete_and_route(session, series, now) for series in due]
+        except OperationalError as exc:
+            logger.debug("assembly sweep deferred: %s", exc.orig)
+            return []
+        for outcome in routed:
+            logger.info(
+                "series %s revision %d complete: %s",
+                outcome.series_instance_uid,
+                outcome.series_revision,
+                f"rule {outcome.rule_name}, job {outcome.job_id}"
+                if outcome.rule_name
+                else "no rule matched",
+            )
+        return routed
+
+    def _complete_and_route(self, session: Session, series: Series, now: datetime) -> RoutedSeries:
+        mark_complete(series, now)
+        rules = self.rules()
+        rule = route(series.attributes, rules).rule
+        explanation = explain_all(series.attributes, rules)
+        mode = RuleMode.ACTIVE if rule is None else model_mode(session, rule.model)
+        job_id = None
+        if rule is None:
+            mark_routed(series, None, explanation)
+        elif mode == RuleMode.OFF:
+            _mark_model_off(series, rule, explanation)
+        else:
+            job_id = _queue(session, series, rule, mode, now)
+            mark_routed(series, rule.name, explanation)
+        self._audit(session, series, now=now, rule=rule, mode=mode, job_id=job_id)
+        return RoutedSeries(
+            series.series_instance_uid, series.revision, rule.name if rule else None, job_id
+        )
+
+    def _audit(
+        self,
+        session: Session,
+        series: Series,
+        *,
+        now: datetime,
+        rule: Rule | None,
+        mode: RuleMode,
+        job_id: int | None,
+    ) -> None:
+        """The series' "received" and "routed" audit events, in the routing transaction."""
+        target = f"series {series.series_instance_uid}"
+        received = {
+            "study_instance_uid": series.study_instance_uid,
+            "series_revision": series.revision,
+            "instance_count": series.instance_count,
+            "calling_ae_title": series.calling_ae_title,
+        }
+        record_audit(
+            session,
+            actor=NODE_ACTOR,
+            action="series.received",
+            target=target,
+            now=now,
+            detail=received,
+        )
+        routed: dict[str, object] = {"series_revision": series.revision, "rule": None}
+        if rule is not None:
+            routed |= {
+                "rule": rule.name,
+                "rule_mode": rule.mode.value,
+                "model": rule.model,
+                "model_mode": mode.value,
+                "job_id": job_id,
+            }
+        record_audit(
+            session,
+            actor=NODE_ACTOR,
+            action="series.routed",
+            target=target,
+            now=now,
+            detail=routed,
+        )
+
+
+def _queue(session: Session, series: Series, rule: Rule, model: RuleMode, now: datetime) -> int:
+    """Queue the rule's job; a shadow rule or a shadow model runs it with no destination."""
+    sends = rule.mode == RuleMode.ACTIVE and model == RuleMode.ACTIVE
+    job = queue_job(
+        session,
+        series_instance_uid=series.series_instance_uid,
+        series_revision=series.revision,
+        rule_name=rule.name,
+        model_name=rule.model,
+        destinations=list(rule.destinations) if sends else [],
+        now=now,
+    )
+    return job.id
+
+
+def _mark_model_off(series: Series, rule: Rule, explanation: str) -> None:
+    """A rule matched but its model is switched off: unrouted, with the rule and the reason."""
+    mark_routed(series, rule.name, explanation)
+    series.state = SeriesState.UNROUTED
+    series.routing_explanation = (
+        f"rule {rule.name} matched, but model {rule.model} is switched off "
+        f"(Models page): no job queued\n{explanation}"
+    )

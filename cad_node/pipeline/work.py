@@ -1,0 +1,218 @@
+"""The worker hop: run a job's model on its series and write the SEG and SR.
+
+Results are written to disk before the job is closed in the journal, and their
+UIDs are derived from (series, revision, model), so a job re-run after a crash
+produces byte-identical objects and a destination never sees two versions.
+"""
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from pydicom import Dataset, dcmread
+from sqlalchemy.orm import Session, sessionmaker
+
+from cad_node.domain import ModelResult
+from cad_node.domain.imaging import ImageVolume
+from cad_node.domain.states import ResultKind
+from cad_node.errors import CadNodeError, InvalidSeriesError, ModelError
+from cad_node.imaging.volume import load_volume
+from cad_node.models.registry import ModelRegistry
+from cad_node.pipeline.files import write_dataset_atomically
+from cad_node.results.options import ResultOptions
+from cad_node.results.seg import build_seg
+from cad_node.results.sr import build_sr
+from cad_node.results.uids import result_uids
+from cad_node.security.redaction import redact
+from cad_node.store.catalog import current_destinations, result_kinds_of
+from cad_node.store.jobs import (
+    StoredResult,
+    claim_next_job,
+    complete_job,
+    earlier_results,
+    fail_job,
+)
+from cad_node.store.schema import Job
+from cad_node.store.series import instance_paths
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class JobInput:
+    """What one job reads from the journal before the model runs."""
+
+    job_id: int
+    series_instance_uid: str
+    series_revision: int
+    model_name: str
+    destinations: tuple[str, ...]
+    created_at: datetime
+    instance_paths: tuple[Path, ...]
+    predecessor_paths: tuple[Path, ...]
+    result_kinds: Mapping[str, Sequence[ResultKind]] | None = None
+    """For each destination, the kinds it receives, as the journal held them at the claim."""
+
+    @property
+    def job_key(self) -> str:
+        return f"{self.series_instance_uid}/{self.series_revision}/{self.model_name}"
+
+
+@dataclass(frozen=True, slots=True)
+class JobTimings:
+    """Seconds per stage of one job (for logs and the benchmarks)."""
+
+    load: float
+    inference: float
+    seg: float
+    sr: float
+    write: float
+
+
+@dataclass
+class Worker:
+    """Claims queued jobs one at a time and runs them to results."""
+
+    sessions: sessionmaker[Session]
+    registry: ModelRegistry
+    storage_dir: Path
+    result_options: ResultOptions
+    result_kinds: Mapping[str, Sequence[ResultKind]]
+    """For each destination name, the kinds of result it receives."""
+    clock: Callable[[], datetime]
+    worker_id: str
+    lease_seconds: float = 900.0
+
+    def run_next(self) -> bool:
+        """Run the oldest queued job; False when there was none."""
+        job_input = self._claim()
+        if job_input is None:
+            return False
+        try:
+            stored, finding_count, timings = self._run(job_input)
+        except (InvalidSeriesError, ModelError) as exc:
+            self._fail(job_input, str(exc))
+            return True
+        except CadNodeError as exc:
+            logger.exception("job %d failed", job_input.job_id)
+            self._fail(job_input, str(exc))
+            return True
+        except Exception as exc:  # a model bug must not stop the worker; the job shows why
+            logger.exception("job %d crashed", job_input.job_id)
+            # A library's exception text may quote a header value, and the reason is
+            # shown on the admin page and by `cad-node status`: withhold quoted values.
+            self._fail(job_input, redact(f"internal error: {type(exc).__name__}: {exc}"))
+            return True
+        with self.sessions.begin() as session:
+            job = session.get_one(Job, job_input.job_id)
+            complete_job(session, job, stored, finding_count, self.clock())
+        logger.info(
+            "job %d done: series %s, %d findings, %d objects; load %.1fs inference %.1fs "
+            "seg %.2fs sr %.2fs write %.2fs",
+            job_input.job_id,
+            job_input.series_instance_uid,
+            finding_count,
+            len(stored),
+            timings.load,
+            timings.inference,
+            timings.seg,
+            timings.sr,
+            timings.write,
+        )
+        return True
+
+    def _claim(self) -> JobInput | None:
+        with self.sessions.begin() as session:
+            job = claim_next_job(session, self.worker_id, self.clock(), self.lease_seconds)
+            if job is None:
+                return None
+            paths = instance_paths(session, job.series_instance_uid)
+            predecessors = earlier_results(
+                session, job.series_instance_uid, job.series_revision, ResultKind.SR
+            )
+            return JobInput(
+                job_id=job.id,
+                series_instance_uid=job.series_instance_uid,
+                series_revision=job.series_revision,
+                model_name=job.model_name,
+                destinations=tuple(job.destinations),
+                created_at=job.created_at,
+                instance_paths=tuple(self.storage_dir / p for p in paths),
+                predecessor_paths=tuple(self.storage_dir / r.path for r in predecessors),
+                result_kinds=self._result_kinds(session),
+            )
+
+    def _result_kinds(self, session: Session) -> Mapping[str, Sequence[ResultKind]]:
+        """The journal's destinations (changed through the admin API), else the configured ones."""
+        return result_kinds_of(current_destinations(session)) or self.result_kinds
+
+    def _fail(self, job_input: JobInput, reason: str) -> None:
+        logger.warning("job %d failed: %s", job_input.job_id, reason)
+        with self.sessions.begin() as session:
+            fail_job(session.get_one(Job, job_input.job_id), reason, self.clock())
+
+    def _run(self, job_input: JobInput) -> tuple[list[StoredResult], int, JobTimings]:
+        started = time.perf_counter()
+        model = self.registry.get(job_input.model_name)
+        datasets = [dcmread(path) for path in job_input.instance_paths]
+        volume = load_volume(datasets)
+        loaded = time.perf_counter()
+        result = model.predict(volume)
+        inferred = time.perf_counter()
+        objects, seg_seconds, sr_seconds = self._build(job_input, datasets, volume, result)
+        built = time.perf_counter()
+        stored = self._write(job_input, objects)
+        timings = JobTimings(
+            load=loaded - started,
+            inference=inferred - loaded,
+            seg=seg_seconds,
+            sr=sr_seconds,
+            write=time.perf_counter() - built,
+        )
+        return stored, len(result.findings), timings
+
+    def _build(
+        self,
+        job_input: JobInput,
+        datasets: Sequence[Dataset],
+        volume: ImageVolume,
+        result: ModelResult,
+    ) -> tuple[dict[ResultKind, Dataset], float, float]:
+        uids = result_uids(job_input.job_key)
+        options = self.result_options.at(job_input.created_at)
+        started = time.perf_counter()
+        seg = build_seg(datasets, volume, result, uids, options) if result.findings else None
+        seg_done = time.perf_counter()
+        predecessors = [dcmread(path) for path in job_input.predecessor_paths if path.exists()]
+        sr = build_sr(datasets, volume, result, seg, uids, options, predecessors)
+        objects: dict[ResultKind, Dataset] = {ResultKind.SR: sr}
+        if seg is not None:
+            objects[ResultKind.SEG] = seg
+        return objects, seg_done - started, time.perf_counter() - seg_done
+
+    def _write(
+        self, job_input: JobInput, objects: Mapping[ResultKind, Dataset]
+    ) -> list[StoredResult]:
+        folder = Path("results") / job_input.series_instance_uid / str(job_input.series_revision)
+        stored = []
+        for kind, dataset in objects.items():
+            relative = folder / f"{job_input.model_name}-{kind.value}.dcm"
+            write_dataset_atomically(dataset, self.storage_dir / relative)
+            stored.append(
+                StoredResult(
+                    kind=kind,
+                    sop_class_uid=str(dataset.SOPClassUID),
+                    sop_instance_uid=str(dataset.SOPInstanceUID),
+                    series_instance_uid=str(dataset.SeriesInstanceUID),
+                    path=relative.as_posix(),
+                    destinations=self._destinations_for(kind, job_input),
+                )
+            )
+        return stored
+
+    def _destinations_for(self, kind: ResultKind, job_input: JobInput) -> tuple[str, ...]:
+        kinds = self.result_kinds if job_input.result_kinds is None else job_input.result_kinds
+        return tuple(name for name in job_input.destinations if kind in kinds.get(name, ()))

@@ -1,0 +1,126 @@
+"""``cad-node status``: what the journal says, for the admin (UIDs and counts, no patient data)."""
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from cad_node.config import Settings
+from cad_node.store.db import make_engine, session_factory
+from cad_node.store.schema import Delivery, Instance, Job, Result, Series
+
+
+def render_status(settings: Settings, limit: int = 20) -> str:
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        with session_factory(engine)() as session:
+            return "\n".join(
+                [
+                    _counts(session),
+                    "",
+                    _series_table(session, limit),
+                    "",
+                    _jobs_table(session, limit),
+                    "",
+                    _deliveries_table(session, limit),
+                ]
+            )
+    finally:
+        engine.dispose()
+
+
+def _counts(session: Session) -> str:
+    instances = session.scalar(select(func.count()).select_from(Instance)) or 0
+    lines = [f"instances: {instances}"]
+    for label, column in (
+        ("series", Series.state),
+        ("jobs", Job.state),
+        ("deliveries", Delivery.state),
+    ):
+        rows = session.execute(select(column, func.count()).group_by(column)).all()
+        summary = ", ".join(f"{state} {count}" for state, count in sorted(rows)) or "none"
+        lines.append(f"{label}: {summary}")
+    return "\n".join(lines)
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else "-"
+
+
+def _table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [list(map(str, header))] + [[str(value) for value in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = [title] + [
+        "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells
+    ]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _series_table(session: Session, limit: int) -> str:
+    series = session.scalars(select(Series).order_by(Series.last_received_at.desc()).limit(limit))
+    rows = [
+        (
+            s.series_instance_uid,
+            s.modality,
+            s.instance_count,
+            s.revision,
+            s.state,
+            s.rule_name or "-",
+            _when(s.last_received_at),
+        )
+        for s in series
+    ]
+    header = ("SeriesInstanceUID", "Modality", "Instances", "Rev", "State", "Rule", "Last received")
+    return _table("Series", header, rows)
+
+
+def _jobs_table(session: Session, limit: int) -> str:
+    jobs = session.scalars(select(Job).order_by(Job.id.desc()).limit(limit))
+    rows = [
+        (
+            j.id,
+            j.series_instance_uid,
+            j.series_revision,
+            j.model_name,
+            j.state,
+            "-" if j.finding_count is None else j.finding_count,
+            j.error or "",
+        )
+        for j in jobs
+    ]
+    header = ("Job", "SeriesInstanceUID", "Rev", "Model", "State", "Findings", "Error")
+    return _table("Jobs", header, rows)
+
+
+def _deliveries_table(session: Session, limit: int) -> str:
+    statement = (
+        select(Delivery, Result)
+        .join(Result, Delivery.result_id == Result.id)
+        .order_by(Delivery.id.desc())
+        .limit(limit)
+    )
+    rows = [
+        (
+            d.id,
+            r.kind,
+            r.sop_instance_uid,
+            d.destination,
+            d.state,
+            d.attempts,
+            "-" if d.last_status is None else f"0x{d.last_status:04X}",
+            d.last_error or "",
+        )
+        for d, r in session.execute(statement).tuples()
+    ]
+    header = (
+        "Delivery",
+        "Kind",
+        "SOPInstanceUID",
+        "Destination",
+        "State",
+        "Tries",
+        "Status",
+        "Error",
+    )
+    return _table("Deliveries", header, rows)

@@ -1,0 +1,185 @@
+"""Workers that hold their job under a renewed lease, and the ``cad-node worker`` process.
+
+Several workers, threads of ``cad-node serve`` or ``cad-node worker`` processes
+on several hosts, share one PostgreSQL journal and one storage folder. Each
+claims a job with ``SELECT ... FOR UPDATE SKIP LOCKED`` (:func:`claim_next_job`)
+and, while the model runs, a heartbeat thread pushes the job's lease forward;
+a worker that dies stops renewing, and the node's sweep puts the job back in
+the queue once the lease has expired (:func:`requeue_expired`).
+"""
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from cad_node.clock import Clock, utc_now
+from cad_node.config import Settings
+from cad_node.domain.states import ResultKind
+from cad_node.errors import ModelError
+from cad_node.models.registry import ModelRegistry
+from cad_node.pipeline.work import JobInput, JobTimings, Worker
+from cad_node.store.db import make_engine, session_factory
+from cad_node.store.jobs import StoredResult, renew_lease
+
+logger = logging.getLogger(__name__)
+
+POLL_SECONDS = 1.0
+"""How long an idle worker waits before looking at the queue again."""
+
+
+def worker_id(index: int = 0) -> str:
+    """``host:pid:index``: who holds a lease, unique across hosts, processes and threads."""
+    return f"{socket.gethostname()}:{os.getpid()}:{index}"
+
+
+class LeaseHeartbeat:
+    """A thread that renews one job's lease every ``interval`` seconds until stopped.
+
+    Parameters
+    ----------
+    renew
+        Pushes the lease forward; False when the job is no longer this worker's.
+    interval
+        Seconds between renewals (a fraction of the lease, so one missed beat is harmless).
+    """
+
+    def __init__(self, renew: Callable[[], bool], interval: float) -> None:
+        self._renew = renew
+        self._interval = interval
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="cad-node-lease", daemon=True)
+
+    def __enter__(self) -> "LeaseHeartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stopped.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._stopped.wait(self._interval):
+            try:
+                if not self._renew():
+                    logger.warning("lease lost: the job was reclaimed by another worker")
+                    return
+            except SQLAlchemyError as exc:  # the journal is away for a moment: try again
+                logger.warning("lease renewal failed: %s", type(exc).__name__)
+
+
+@dataclass
+class LeasedWorker(Worker):
+    """A :class:`Worker` whose job's lease is renewed while it runs."""
+
+    heartbeat_seconds: float | None = None
+    """Seconds between renewals; ``None``: a third of ``lease_seconds``."""
+
+    def _run(self, job_input: JobInput) -> tuple[list[StoredResult], int, JobTimings]:
+        interval = self.heartbeat_seconds or self.lease_seconds / 3
+        with LeaseHeartbeat(lambda: self._renew(job_input.job_id), interval):
+            return super()._run(job_input)
+
+    def _renew(self, job_id: int) -> bool:
+        until = self.clock() + timedelta(seconds=self.lease_seconds)
+        with self.sessions.begin() as session:
+            return renew_lease(session, job_id, self.worker_id, until)
+
+
+def make_worker(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    registry: ModelRegistry,
+    clock: Clock,
+    index: int = 0,
+) -> LeasedWorker:
+    """A leased worker configured from ``settings``."""
+    return LeasedWorker(
+        sessions=sessions,
+        registry=registry,
+        storage_dir=settings.storage_dir,
+        result_options=settings.result_options(),
+        result_kinds={
+            name: [ResultKind(kind) for kind in destination.results]
+            for name, destination in settings.destinations.items()
+        },
+        clock=clock,
+        worker_id=worker_id(index),
+        lease_seconds=settings.lease_seconds,
+    )
+
+
+def work_loop(worker: Worker, stopping: threading.Event, wake: threading.Event) -> None:
+    """Run jobs until ``stopping`` is set; a running job is finished first.
+
+    A journal error (PostgreSQL restarting, a job completed twice after its
+    lease was taken over) is logged and the loop goes on: the job's lease
+    brings it back to a worker if it was not closed.
+    """
+    while not stopping.is_set():
+        try:
+            if worker.run_next():
+                continue
+        except SQLAlchemyError as exc:
+            logger.error("worker %s: journal error: %s", worker.worker_id, type(exc).__name__)
+        wake.wait(timeout=POLL_SECONDS)
+        wake.clear()
+
+
+def model_names(sessions: sessionmaker[Session]) -> set[str]:
+    """The models the journal's rules name (to load them before the first job)."""
+    from cad_node.store.rulesets import RuleBook
+
+    return {rule.model for rule in RuleBook(sessions, utc_now).current()}
+
+
+@dataclass
+class WorkerProcess:
+    """``cad-node worker``: only the worker loop, against the configured journal and storage.
+
+    The journal's schema and rules come from ``cad-node serve``; this process
+    claims, runs and completes jobs, nothing else.
+    """
+
+    settings: Settings
+    clock: Clock = utc_now
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        """Work until :meth:`request_stop`; the job in hand is finished first."""
+        engine = make_engine(self.settings.resolved_database_url)
+        try:
+            sessions = session_factory(engine)
+            registry = ModelRegistry(self._model_dirs(), device=self._device())
+            worker = make_worker(self.settings, sessions, registry, self.clock)
+            _warm(registry, model_names(sessions))
+            logger.info("cad-node worker %s started", worker.worker_id)
+            work_loop(worker, self.stopping, wake=threading.Event())  # nothing wakes it: polls
+            logger.info("cad-node worker %s stopped", worker.worker_id)
+        finally:
+            engine.dispose()
+
+    def request_stop(self) -> None:
+        """Stop after the current job; safe to call from a signal handler."""
+        self.stopping.set()
+
+    def _model_dirs(self) -> list[Path]:
+        return [self.settings.models_dir] if self.settings.models_dir else []
+
+    def _device(self) -> str | None:
+        return None if self.settings.device == "auto" else self.settings.device
+
+
+def _warm(registry: ModelRegistry, names: set[str]) -> None:
+    for name in sorted(names):
+        try:
+            registry.get(name)
+        except ModelError as exc:
+            logger.error("model %s not available: %s", name, exc)

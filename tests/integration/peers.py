@@ -1,0 +1,155 @@
+"""Real peers for the end-to-end tests: cad-node itself, DCMTK storescp and storescu."""
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.dcmtk import DCMTK_ENV, program
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def write_config(folder: Path, **overrides: Any) -> Path:
+    """A node config in ``folder`` with the shipped lung rule; ``overrides`` replace keys."""
+    config = {
+        "ae_title": "CADNODE",
+        "port": free_port(),
+        "bind_address": "127.0.0.1",
+        "storage_dir": str(folder / "storage"),
+        "quiet_seconds": 2,
+        "destinations": {"pacs": {"host": "127.0.0.1", "port": free_port(), "ae_title": "PACS"}},
+        "rules": str(Path(__file__).parents[2] / "config" / "rules.yaml"),
+        "export": {"initial_backoff_seconds": 1, "max_backoff_seconds": 2},
+        "admin": {"enabled": False},
+    }
+    config.update(overrides)
+    path = folder / "node.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+class NodeProcess:
+    """``cad-node serve`` in a child process; ``kill()`` is a real SIGKILL."""
+
+    def __init__(self, config_path: Path, log_path: Path) -> None:
+        self.config = yaml.safe_load(config_path.read_text())
+        self._log = log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "cad_node", "serve", "--config", str(config_path)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self.log_path = log_path
+        wait_for(self._alive_and_listening, 120, "cad-node to listen")
+
+    @property
+    def port(self) -> int:
+        return int(self.config["port"])
+
+    def _alive_and_listening(self) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError(f"cad-node exited: {self.log_path.read_text()[-3000:]}")
+        return port_open(self.port)
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+        self._log.close()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self._log.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@contextmanager
+def running_node(config_path: Path, log_path: Path) -> Iterator[NodeProcess]:
+    node = NodeProcess(config_path, log_path)
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+@contextmanager
+def storescp(port: int, out_dir: Path, ae_title: str = "PACS") -> Iterator[subprocess.Popen[bytes]]:
+    """DCMTK storescp accepting every storage SOP class (SEG and SR included)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(
+        [
+            program("storescp"),
+            "--aetitle",
+            ae_title,
+            "--output-directory",
+            str(out_dir),
+            "--promiscuous",
+            str(port),
+        ],
+        env=DCMTK_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: port_open(port), 30, "storescp to listen")
+        yield process
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def storescu(
+    port: int, files: Sequence[Path], calling_ae: str = "SCANNER", called_ae: str = "CADNODE"
+) -> subprocess.CompletedProcess[str]:
+    """Send ``files`` in one association, proposing only what they need (``-R``)."""
+    return subprocess.run(
+        [
+            program("storescu"),
+            "-aet",
+            calling_ae,
+            "-aec",
+            called_ae,
+            "-R",
+            "127.0.0.1",
+            str(port),
+            *map(str, files),
+        ],
+        env=DCMTK_ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
