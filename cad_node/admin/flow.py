@@ -2,11 +2,11 @@
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, NamedTuple, TypeVar
 
 from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import Select, case, func, select, update
 from sqlalchemy.orm import Session
 
 from cad_node.admin.auth import Principal, Reader, Writer
@@ -113,6 +113,70 @@ def list_series(
     rows, total = _page(session, query, page)
     items = [SeriesOut.model_validate(row) for row in rows]
     return Listing[SeriesOut](items=items, total=total, **page.model_dump())
+
+
+class StudyOut(BaseModel):
+    study_instance_uid: str
+    series_count: int
+    instance_count: int
+    modalities: list[str]
+    first_received_at: datetime
+    last_received_at: datetime
+
+
+@router.get("/studies", response_model=Listing[StudyOut])
+def list_studies(
+    *,
+    session: Journal,
+    _caller: Reader,
+    page: Page,
+    modality: Annotated[str | None, Query(max_length=16)] = None,
+    since: datetime | None = None,
+) -> Listing[StudyOut]:
+    """Studies as their series arrived (one study may come over several associations)."""
+    query = (
+        select(
+            Series.study_instance_uid,
+            func.count(),
+            func.sum(Series.instance_count),
+            func.min(Series.first_received_at),
+            func.max(Series.last_received_at),
+        )
+        .group_by(Series.study_instance_uid)
+        .order_by(func.max(Series.last_received_at).desc())
+    )
+    if modality is not None:
+        query = query.having(func.sum(case((Series.modality == modality, 1), else_=0)) > 0)
+    if since is not None:
+        query = query.having(func.max(Series.last_received_at) >= as_utc(since))
+    rows, total = _page(session, query, page)
+    items = [_study(session, StudyRow(*row)) for row in rows]
+    return Listing[StudyOut](items=items, total=total, **page.model_dump())
+
+
+class StudyRow(NamedTuple):
+    study_instance_uid: str
+    series_count: int
+    instance_count: int | None
+    first_received_at: datetime
+    last_received_at: datetime
+
+
+def _study(session: Session, row: StudyRow) -> StudyOut:
+    modalities = session.scalars(
+        select(Series.modality)
+        .where(Series.study_instance_uid == row.study_instance_uid)
+        .distinct()
+        .order_by(Series.modality)
+    )
+    return StudyOut(
+        study_instance_uid=row.study_instance_uid,
+        series_count=row.series_count,
+        instance_count=int(row.instance_count or 0),
+        modalities=list(modalities),
+        first_received_at=row.first_received_at,
+        last_received_at=row.last_received_at,
+    )
 
 
 @router.get("/series/{series_instance_uid}", response_model=SeriesDetail)

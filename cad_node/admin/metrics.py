@@ -37,6 +37,7 @@ class JournalCollector(Collector):
             yield self._jobs(session)
             yield self._queue_depth(session)
             yield self._job_seconds(session)
+            yield self._stage_seconds(session)
             yield self._deliveries(session)
 
     def _instances(self, session: Session) -> Metric:
@@ -83,6 +84,25 @@ class JournalCollector(Collector):
         metric = _summary("cad_node_job_duration_seconds", "Job run time per model", ["model"])
         for model_name, (count, seconds) in sorted(totals.items()):
             metric.add_metric([model_name], count_value=count, sum_value=seconds)
+        return metric
+
+    def _stage_seconds(self, session: Session) -> Metric:
+        """Time per stage of finished jobs (load, inference, seg, sr, write), per model."""
+        query = select(Job.model_name, Job.stage_seconds).where(
+            Job.state == JobState.DONE, Job.stage_seconds.is_not(None)
+        )
+        totals: dict[tuple[str, str], tuple[int, float]] = {}
+        for model_name, stages in session.execute(query).all():
+            for stage, seconds in (stages or {}).items():
+                count, total = totals.get((model_name, stage), (0, 0.0))
+                totals[(model_name, stage)] = (count + 1, total + float(seconds))
+        metric = _summary(
+            "cad_node_job_stage_seconds",
+            "Time per stage of a job (model inference is stage 'inference'), per model",
+            ["model", "stage"],
+        )
+        for (model_name, stage), (count, seconds) in sorted(totals.items()):
+            metric.add_metric([model_name, stage], count_value=count, sum_value=seconds)
         return metric
 
     def _deliveries(self, session: Session) -> Metric:

@@ -8,7 +8,7 @@ produces byte-identical objects and a destination never sees two versions.
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -108,7 +108,14 @@ class Worker:
             return True
         with self.sessions.begin() as session:
             job = session.get_one(Job, job_input.job_id)
-            complete_job(session, job, stored, finding_count, self.clock())
+            complete_job(
+                session,
+                job,
+                stored,
+                finding_count,
+                self.clock(),
+                stage_seconds=asdict(timings),
+            )
         logger.info(
             "job %d done: series %s, %d findings, %d objects; load %.1fs inference %.1fs "
             "seg %.2fs sr %.2fs write %.2fs",

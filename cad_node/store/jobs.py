@@ -5,7 +5,7 @@ on several hosts never take the same job; SQLite ignores the locking clause and
 relies on its single writer, with the state checked again in the UPDATE.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -116,7 +116,13 @@ def requeue_all_running(session: Session) -> int:
 
 
 def complete_job(
-    session: Session, job: Job, results: Sequence[StoredResult], finding_count: int, now: datetime
+    session: Session,
+    job: Job,
+    results: Sequence[StoredResult],
+    finding_count: int,
+    now: datetime,
+    *,
+    stage_seconds: Mapping[str, float] | None = None,
 ) -> None:
     """Journal the results, one pending delivery per (result, destination), and close the job."""
     for stored in results:
@@ -144,6 +150,7 @@ def complete_job(
     job.state = JobState.DONE
     job.finished_at = now
     job.finding_count = finding_count
+    job.stage_seconds = dict(stage_seconds) if stage_seconds is not None else None
     job.lease_expires_at = None
     job.error = None
 

@@ -115,6 +115,9 @@ class Job(Base):
     worker_id: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)
     finding_count: Mapped[int | None] = mapped_column(Integer)
+    stage_seconds: Mapped[dict[str, Any] | None] = mapped_column(
+        comment="seconds per stage of the run: load, inference, seg, sr, write"
+    )
 
 
 class Result(Base):

@@ -316,6 +316,12 @@ def test_series_and_jobs_listed_filtered_paged_and_retried(node: Node, admin: ht
     assert len(page["items"]) == 1
     assert admin.get("/api/series", params={"state": "unrouted"}).json()["total"] == 0
     assert admin.get("/api/series", params={"limit": 0}).status_code == 422
+    studies = admin.get("/api/studies", params={"modality": "CT"}).json()
+    assert studies["total"] == 1  # both series are copies of one study
+    assert studies["items"][0]["series_count"] == 2
+    assert studies["items"][0]["instance_count"] == 2
+    assert studies["items"][0]["modalities"] == ["CT"]
+    assert admin.get("/api/studies", params={"modality": "MR"}).json()["total"] == 0
 
     def failed_jobs() -> int:
         total: int = admin.get("/api/jobs", params={"state": "failed"}).json()["total"]
@@ -339,6 +345,7 @@ def test_series_and_jobs_listed_filtered_paged_and_retried(node: Node, admin: ht
     assert "cad_node_queue_depth 0.0" in metrics
     assert 'cad_node_job_duration_seconds_count{model="no_such_model"} 2.0' in metrics
     assert 'cad_node_deliveries{state="failed"} 0.0' in metrics
+    assert "# TYPE cad_node_job_stage_seconds summary" in metrics
 
 
 # -- models, destinations --------------------------------------------------------------------
