@@ -1,4 +1,4 @@
-"""The ``cad-node`` command line: serve, status, rules test, synth, train, evaluate, models."""
+"""The ``cad-node`` command line: serve, status, demo, rules, synth, train, evaluate, models."""
 
 import argparse
 import logging
@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(commands)
     _add_worker(commands)
     _add_status(commands)
+    _add_demo(commands)
     add_rules_commands(commands)
     add_model_commands(commands)
     return parser
@@ -100,6 +101,26 @@ def _add_status(commands: "argparse._SubParsersAction[argparse.ArgumentParser]")
     _config_argument(status)
     status.add_argument("--limit", type=int, default=20, help="rows per table (newest first)")
     status.set_defaults(func=_status)
+
+
+def _add_demo(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    demo = commands.add_parser(
+        "demo", help="synthetic chest CT through a local node; PNGs and index.html in --out"
+    )
+    demo.add_argument("--out", type=Path, required=True, help="folder for the PNGs and HTML")
+    demo.add_argument("--rows", type=int, default=384, help="image rows and columns")
+    demo.add_argument("--slices", type=int, default=200, help="slices (1.25 mm apart)")
+    demo.add_argument("--seed", type=int, default=20261125, help="phantom seed")
+    demo.set_defaults(func=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from cad_node.demo import DemoOptions, run_demo
+
+    configure_logging("WARNING")
+    options = DemoOptions(out_dir=args.out, rows=args.rows, slices=args.slices, seed=args.seed)
+    print(f"cad-node demo: {run_demo(options)}  ({NOT_FOR_CLINICAL_USE})")
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -148,6 +148,11 @@ class ResultSettings(_Settings):
     sr_series_description: Annotated[LongString, AfterValidator(_check_not_for_clinical_use)] = (
         f"CAD nodule SR {NOT_FOR_CLINICAL_USE}"
     )
+    overlay_series_number: int = Field(default=9803, ge=1, le=_IS_MAX)
+    overlay_series_description: Annotated[
+        LongString, AfterValidator(_check_not_for_clinical_use)
+    ] = f"CAD nodule marks {NOT_FOR_CLINICAL_USE}"
+    """The burned-in Secondary Capture series (result kind ``overlay``)."""
     manufacturer: LongString = Field(default="cad-node project", min_length=1)
     manufacturer_model_name: LongString = Field(default="cad-node", min_length=1)
     device_serial_number: LongString = "cad-node-0"
@@ -158,6 +163,8 @@ class ResultSettings(_Settings):
     def _distinct_series_numbers(self) -> "ResultSettings":
         if self.seg_series_number == self.sr_series_number:
             raise ValueError("seg_series_number and sr_series_number must differ")
+        if self.overlay_series_number in (self.seg_series_number, self.sr_series_number):
+            raise ValueError("overlay_series_number must differ from the SEG's and the SR's")
         return self
 
 

@@ -33,6 +33,8 @@ class ResultKind(StrEnum):
 
     SEG = "seg"
     SR = "sr"
+    OVERLAY = "overlay"
+    """Secondary Capture images with the findings burned in (only where a destination asks)."""
 
 
 class DeliveryState(StrEnum):

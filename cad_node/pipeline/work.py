@@ -23,6 +23,7 @@ from cad_node.imaging.volume import load_volume
 from cad_node.models.registry import ModelRegistry
 from cad_node.pipeline.files import write_dataset_atomically
 from cad_node.results.options import ResultOptions
+from cad_node.results.overlay import build_overlays
 from cad_node.results.seg import build_seg
 from cad_node.results.sr import build_sr
 from cad_node.results.uids import result_uids
@@ -187,26 +188,35 @@ class Worker:
         datasets: Sequence[Dataset],
         volume: ImageVolume,
         result: ModelResult,
-    ) -> tuple[dict[ResultKind, Dataset], float, float]:
+    ) -> tuple[dict[str, tuple[ResultKind, Dataset]], float, float]:
+        """The job's objects by file name stem, and the seconds for the SEG and the SR.
+
+        The overlay images count into the SEG's seconds: drawn from the same masks.
+        """
         uids = result_uids(job_input.job_key)
         options = self.result_options.at(job_input.created_at)
         started = time.perf_counter()
         seg = build_seg(datasets, volume, result, uids, options) if result.findings else None
+        overlays = []
+        if result.findings and self._wanted(ResultKind.OVERLAY, job_input):
+            overlays = build_overlays(datasets, volume, result, uids, options)
         seg_done = time.perf_counter()
         predecessors = [dcmread(path) for path in job_input.predecessor_paths if path.exists()]
         sr = build_sr(datasets, volume, result, seg, uids, options, predecessors)
-        objects: dict[ResultKind, Dataset] = {ResultKind.SR: sr}
+        objects: dict[str, tuple[ResultKind, Dataset]] = {ResultKind.SR.value: (ResultKind.SR, sr)}
         if seg is not None:
-            objects[ResultKind.SEG] = seg
+            objects[ResultKind.SEG.value] = (ResultKind.SEG, seg)
+        for number, image in enumerate(overlays, start=1):
+            objects[f"{ResultKind.OVERLAY.value}-{number}"] = (ResultKind.OVERLAY, image)
         return objects, seg_done - started, time.perf_counter() - seg_done
 
     def _write(
-        self, job_input: JobInput, objects: Mapping[ResultKind, Dataset]
+        self, job_input: JobInput, objects: Mapping[str, tuple[ResultKind, Dataset]]
     ) -> list[StoredResult]:
         folder = Path("results") / job_input.series_instance_uid / str(job_input.series_revision)
         stored = []
-        for kind, dataset in objects.items():
-            relative = folder / f"{job_input.model_name}-{kind.value}.dcm"
+        for stem, (kind, dataset) in objects.items():
+            relative = folder / f"{job_input.model_name}-{stem}.dcm"
             write_dataset_atomically(dataset, self.storage_dir / relative)
             stored.append(
                 StoredResult(
@@ -220,6 +230,11 @@ class Worker:
             )
         return stored
 
+    def _wanted(self, kind: ResultKind, job_input: JobInput) -> bool:
+        """Whether some destination of the job receives ``kind``."""
+        return bool(self._destinations_for(kind, job_input))
+
     def _destinations_for(self, kind: ResultKind, job_input: JobInput) -> tuple[str, ...]:
         kinds = self.result_kinds if job_input.result_kinds is None else job_input.result_kinds
         return tuple(name for name in job_input.destinations if kind in kinds.get(name, ()))
+

@@ -7,6 +7,8 @@ The worker's use::
     sr = build_sr(sources, volume, result, seg, uids, options, predecessors,
                   content_datetime=job_created_at)
 
+    overlays = build_overlays(sources, volume, result, uids, options)  # if a destination asks
+
 With no finding, skip the SEG (it needs a segment) and pass ``seg=None``.
 Both raise ``cad_node.errors.ResultBuildError`` on inputs they cannot use.
 A core module: imports highdicom, pydicom and numpy, never a network,
@@ -14,8 +16,9 @@ database or deep-learning library.
 """
 
 from cad_node.results.options import ResultOptions
+from cad_node.results.overlay import build_overlays
 from cad_node.results.seg import build_seg
 from cad_node.results.sr import build_sr
 from cad_node.results.uids import ResultUids, result_uids
 
-__all__ = ["ResultOptions", "ResultUids", "build_seg", "build_sr", "result_uids"]
+__all__ = ["ResultOptions", "ResultUids", "build_overlays", "build_seg", "build_sr", "result_uids"]

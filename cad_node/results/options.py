@@ -30,6 +30,9 @@ class ResultOptions:
     sr_series_number: int = 9002
     seg_series_description: str = f"cad-node nodule SEG {NOT_FOR_CLINICAL_USE}"
     sr_series_description: str = f"cad-node nodule SR {NOT_FOR_CLINICAL_USE}"
+    overlay_series_number: int = 9003
+    overlay_series_description: str = f"cad-node marks {NOT_FOR_CLINICAL_USE}"
+    """Of the burned-in Secondary Capture series, for viewers that show no SEG or SR."""
     manufacturer: str = "cad-node project"
     manufacturer_model_name: str = "cad-node"
     software_versions: str = __version__
@@ -48,18 +51,25 @@ class ResultOptions:
         return replace(self, content_datetime=content_datetime)
 
     def __post_init__(self) -> None:
-        for name in ("seg_series_number", "sr_series_number"):
+        for name in ("seg_series_number", "sr_series_number", "overlay_series_number"):
             number = getattr(self, name)
             if not 1 <= number <= _IS_MAX:
                 raise ValueError(f"{name} must be within 1..{_IS_MAX}, got {number}")
         if self.seg_series_number == self.sr_series_number:
             raise ValueError("seg_series_number and sr_series_number must differ")
-        for name in ("seg_series_description", "sr_series_description"):
+        if self.overlay_series_number in (self.seg_series_number, self.sr_series_number):
+            raise ValueError("overlay_series_number must differ from the SEG's and the SR's")
+        for name in (
+            "seg_series_description",
+            "sr_series_description",
+            "overlay_series_description",
+        ):
             if NOT_FOR_CLINICAL_USE not in getattr(self, name):
                 raise ValueError(f"{name} must contain {NOT_FOR_CLINICAL_USE!r}")
         for name in (
             "seg_series_description",
             "sr_series_description",
+            "overlay_series_description",
             "manufacturer",
             "manufacturer_model_name",
             "software_versions",

@@ -44,6 +44,17 @@ class ResultUids:
             raise ValueError(f"finding index must not be negative, got {finding_index}")
         return _derived_uid(self.job_key, "tracking", str(finding_index))
 
+    @property
+    def overlay_series_instance_uid(self) -> str:
+        """Series Instance UID of the job's burned-in Secondary Capture images."""
+        return _derived_uid(self.job_key, "overlay", "series")
+
+    def overlay_sop_instance_uid(self, slice_index: int) -> str:
+        """SOP Instance UID of the burned-in image of volume slice ``slice_index``."""
+        if slice_index < 0:
+            raise ValueError(f"slice index must not be negative, got {slice_index}")
+        return _derived_uid(self.job_key, "overlay", "instance", str(slice_index))
+
 
 def result_uids(job_key: str) -> ResultUids:
     """The UIDs of the SEG and SR a job produces, always the same for ``job_key``."""

@@ -1,0 +1,102 @@
+"""Burned-in overlay images end to end: storescu -> cad-node serve -> two DCMTK storescp.
+
+One destination asks for ``[seg, sr, overlay]`` and gets the Secondary Capture
+images too; the other keeps the default ``[seg, sr]`` and gets none.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom import Dataset, dcmread
+from pydicom.uid import SecondaryCaptureImageStorage
+from sqlalchemy import select
+
+from cad_node.domain.states import DeliveryState
+from cad_node.results.overlay import CONTOUR_COLOURS
+from cad_node.store.schema import Delivery
+from tests.dicom_validation import assert_valid_dicom
+from tests.integration.peers import (
+    free_port,
+    running_node,
+    storescp,
+    storescu,
+    wait_for,
+    write_config,
+)
+from tests.integration.test_spine import query
+from tests.synthetic import SyntheticSeries, write_ct_series
+
+pytestmark = pytest.mark.slow
+
+SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+RULES = Path(__file__).parents[2] / "config" / "rules.yaml"
+
+
+@pytest.fixture(scope="module")
+def chest_ct(tmp_path_factory: pytest.TempPathFactory) -> SyntheticSeries:
+    return write_ct_series(
+        tmp_path_factory.mktemp("chest-ct"),
+        seed=424242,
+        rows=256,
+        slices=120,
+        slice_thickness_mm=1.25,
+        nodule_count=3,
+        diameter_range_mm=(8.0, 20.0),
+    )
+
+
+def _received(folder: Path) -> list[Dataset]:
+    return [dcmread(path) for path in sorted(folder.glob("*")) if path.is_file()]
+
+
+def _all_delivered(config: dict[str, object]) -> bool:
+    states = query(config, select(Delivery.state))
+    return len(states) >= 4 and set(states) == {DeliveryState.DELIVERED}
+
+
+def _rules_to_both(folder: Path) -> Path:
+    text = RULES.read_text()
+    assert "destinations: [pacs]" in text
+    path = folder / "rules.yaml"
+    path.write_text(text.replace("destinations: [pacs]", "destinations: [pacs, plain]"))
+    return path
+
+
+def test_overlay_goes_only_where_asked(tmp_path: Path, chest_ct: SyntheticSeries) -> None:
+    pacs_port, plain_port = free_port(), free_port()
+    destinations = {
+        "pacs": {
+            "host": "127.0.0.1",
+            "port": pacs_port,
+            "ae_title": "PACS",
+            "results": ["seg", "sr", "overlay"],
+        },
+        "plain": {"host": "127.0.0.1", "port": plain_port, "ae_title": "PLAIN"},
+    }
+    config_path = write_config(
+        tmp_path, destinations=destinations, rules=str(_rules_to_both(tmp_path))
+    )
+    pacs_dir, plain_dir = tmp_path / "pacs", tmp_path / "plain"
+    with (
+        running_node(config_path, tmp_path / "node.log") as node,
+        storescp(pacs_port, pacs_dir),
+        storescp(plain_port, plain_dir, ae_title="PLAIN"),
+    ):
+        assert storescu(node.port, chest_ct.paths).returncode == 0
+        wait_for(lambda: _all_delivered(node.config), 240, "every delivery")
+        assert "Traceback" not in node.log()
+
+    plain = _received(plain_dir)
+    assert SecondaryCaptureImageStorage not in {ds.SOPClassUID for ds in plain}
+    pacs = _received(pacs_dir)
+    overlays = [ds for ds in pacs if ds.SOPClassUID == SecondaryCaptureImageStorage]
+    (seg,) = [ds for ds in pacs if ds.SOPClassUID == SEG_SOP_CLASS]
+    assert 1 <= len(overlays) <= len(seg.SegmentSequence)
+    for ds in overlays:
+        assert_valid_dicom(ds.filename)
+        assert ds.StudyInstanceUID == chest_ct.study_instance_uid
+        assert "NOT FOR CLINICAL USE" in ds.SeriesDescription
+        assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID in chest_ct.sop_instance_uids
+        colours = {tuple(c) for c in np.unique(ds.pixel_array.reshape(-1, 3), axis=0)}
+        assert colours & set(CONTOUR_COLOURS)
