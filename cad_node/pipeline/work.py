@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cad_node.domain import ModelResult
 from cad_node.domain.imaging import ImageVolume
-from cad_node.domain.states import ResultKind
+from cad_node.domain.states import JobState, ResultKind
 from cad_node.errors import CadNodeError, InvalidSeriesError, ModelError
 from cad_node.imaging.volume import load_volume
 from cad_node.models.registry import ModelRegistry
@@ -108,7 +108,9 @@ class Worker:
             self._fail(job_input, redact(f"internal error: {type(exc).__name__}: {exc}"))
             return True
         with self.sessions.begin() as session:
-            job = session.get_one(Job, job_input.job_id)
+            job = self._held_job(session, job_input.job_id)
+            if job is None:
+                return True
             complete_job(
                 session,
                 job,
@@ -160,7 +162,24 @@ class Worker:
     def _fail(self, job_input: JobInput, reason: str) -> None:
         logger.warning("job %d failed: %s", job_input.job_id, reason)
         with self.sessions.begin() as session:
-            fail_job(session.get_one(Job, job_input.job_id), reason, self.clock())
+            job = self._held_job(session, job_input.job_id)
+            if job is not None:
+                fail_job(job, reason, self.clock())
+
+    def _held_job(self, session: Session, job_id: int) -> Job | None:
+        """The job, locked, if this worker still holds it; None if it was reclaimed.
+
+        A worker that stalled past its lease may find its job re-run by another
+        worker (and maybe finished): its own outcome is dropped, since the other
+        run writes the same objects under the same UIDs.
+        """
+        job = session.get(Job, job_id, with_for_update=True)
+        if job is None or job.state != JobState.RUNNING or job.worker_id != self.worker_id:
+            logger.warning(
+                "job %d is no longer held by %s: outcome dropped", job_id, self.worker_id
+            )
+            return None
+        return job
 
     def _run(self, job_input: JobInput) -> tuple[list[StoredResult], int, JobTimings]:
         started = time.perf_counter()
