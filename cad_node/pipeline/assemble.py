@@ -14,7 +14,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cad_node.domain.states import SeriesState
-from cad_node.routing.match import explain_all, route
+from cad_node.routing.match import route
 from cad_node.routing.rules import Rule, RuleMode
 from cad_node.store.catalog import model_mode
 from cad_node.store.jobs import queue_job
@@ -76,8 +76,9 @@ class Assembler:
     def _complete_and_route(self, session: Session, series: Series, now: datetime) -> RoutedSeries:
         mark_complete(series, now)
         rules = self.rules()
-        rule = route(series.attributes, rules).rule
-        explanation = explain_all(series.attributes, rules)
+        decision = route(series.attributes, rules)
+        rule = decision.rule
+        explanation = decision.text()
         mode = RuleMode.ACTIVE if rule is None else model_mode(session, rule.model)
         job_id = None
         if rule is None:

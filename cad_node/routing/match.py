@@ -140,11 +140,6 @@ def route(attributes: Attributes, rules: Iterable[Rule]) -> RouteDecision:
     return RouteDecision(rule=rule, explanations=explanations)
 
 
-def explain_all(attributes: Attributes, rules: Iterable[Rule]) -> str:
-    """The routing decision and every rule's explanation as text (stored with the series)."""
-    return route(attributes, rules).text()
-
-
 def _rule_named(rules: Iterable[Rule], name: str) -> Rule:
     return next(rule for rule in rules if rule.name == name)
 

@@ -8,7 +8,7 @@ from pydicom import dcmread
 
 from cad_node.config import load_rules
 from cad_node.routing.attributes import extract_attributes
-from cad_node.routing.match import evaluate, explain, explain_all, image_plane, route
+from cad_node.routing.match import evaluate, explain, image_plane, route
 from cad_node.routing.rules import Rule, RuleMode
 from tests.conftest import pydicom_file
 
@@ -307,8 +307,8 @@ def test_shipped_rule_does_not_route_mr() -> None:
     assert "✗ Modality equals CT (was MR)" in decision.text()
 
 
-def test_explain_all_is_the_decision_text() -> None:
+def test_the_decision_text_names_the_rule_and_each_condition() -> None:
     rules = [make_rule("ct", {"keyword": "Modality", "equals": "CT"})]
-    text = explain_all(CT, rules)
+    text = route(CT, rules).text()
     assert text.splitlines()[0] == "routed by rule ct (active): model model-ct -> pacs"
     assert "  ✓ Modality equals CT (was CT)" in text
