@@ -3,10 +3,12 @@
 import time
 from dataclasses import dataclass
 
-from pynetdicom import AE, evt
+from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated names
 
 from cad_node.config import DestinationSettings, TimeoutSettings
+from cad_node.errors import ConfigError
+from cad_node.export.scu import associate, association_failure
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,21 +27,14 @@ def echo(
 ) -> EchoOutcome:
     """One association with ``destination`` carrying one C-ECHO, released afterwards."""
     started = time.monotonic()
-    ae = AE(ae_title=calling_ae_title)
-    ae.add_requested_context(Verification)
-    ae.connection_timeout = timeouts.connect_seconds
-    ae.acse_timeout = timeouts.acse_seconds
-    ae.dimse_timeout = timeouts.dimse_seconds
-    ae.network_timeout = timeouts.network_seconds
-    connected: list[bool] = []
-    assoc = ae.associate(
-        destination.host,
-        destination.port,
-        ae_title=destination.ae_title,
-        evt_handlers=[(evt.EVT_CONN_OPEN, lambda _event: connected.append(True))],
-    )
+    contexts = [build_context(Verification)]
+    try:
+        assoc, connected = associate(destination, calling_ae_title, contexts, timeouts)
+    except (OSError, ConfigError) as exc:  # an unresolvable host name, a missing TLS file
+        return EchoOutcome(False, None, str(exc), _since(started))
     if not assoc.is_established:
-        return EchoOutcome(False, None, _refusal(assoc, bool(connected)), _since(started))
+        reason = association_failure(assoc, connected, tls=destination.tls is not None)
+        return EchoOutcome(False, None, reason, _since(started))
     try:
         response = assoc.send_c_echo()
     finally:
@@ -48,16 +43,6 @@ def echo(
     ok = status == 0x0000
     detail = "success" if ok else ("no response" if status is None else f"status 0x{status:04X}")
     return EchoOutcome(ok, status, detail, _since(started))
-
-
-def _refusal(assoc: object, connected: bool) -> str:
-    if not connected:
-        return "cannot connect (down or unreachable)"
-    if getattr(assoc, "is_rejected", False):
-        return "association rejected"
-    if getattr(assoc, "is_aborted", False):
-        return "association aborted"
-    return "no answer within the ACSE timeout"
 
 
 def _since(started: float) -> float:

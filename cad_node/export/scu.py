@@ -145,15 +145,15 @@ def _send_over_association(
 ) -> list[StoreOutcome]:
     contexts = presentation_contexts(metas)
     try:
-        assoc, connected = _associate(destination, calling_ae_title, contexts, timeouts)
+        assoc, connected = associate(destination, calling_ae_title, contexts, timeouts)
     except OSError as exc:  # socket.gaierror: the host name does not resolve
         reason = f"no association with {_peer(destination)}: {exc}"
         return _retry_all(metas, reason, destination)
     except ConfigError as exc:  # a TLS file went missing since start-up
         return _retry_all(metas, str(exc), destination)
     if not assoc.is_established:
-        reason = _association_failure(assoc, connected, destination)
-        return _retry_all(metas, reason, destination)
+        reason = association_failure(assoc, connected, tls=destination.tls is not None)
+        return _retry_all(metas, f"no association with {_peer(destination)}: {reason}", destination)
     try:
         return [
             _send_one(assoc, meta, message_id) for message_id, meta in enumerate(metas, start=1)
@@ -179,13 +179,17 @@ def _retry_all(
     ]
 
 
-def _associate(
+def associate(
     destination: DestinationSettings,
     calling_ae_title: str,
     contexts: list[PresentationContext],
     timeouts: TimeoutSettings,
 ) -> tuple[Association, bool]:
-    """The association (established or not) and whether the TCP connection was made."""
+    """The association (established or not) and whether the TCP connection was made.
+
+    Timeouts and TLS come from the destination's settings; C-STORE and the
+    admin page's C-ECHO both associate through here.
+    """
     ae = AE(ae_title=calling_ae_title)
     ae.connection_timeout = timeouts.connect_seconds
     ae.acse_timeout = timeouts.acse_seconds
@@ -211,18 +215,15 @@ def _tls_args(destination: DestinationSettings) -> tuple[ssl.SSLContext, str] | 
     return client_context(destination.tls), hostname
 
 
-def _association_failure(
-    assoc: Association, connected: bool, destination: DestinationSettings
-) -> str:
-    peer = _peer(destination)
+def association_failure(assoc: Association, connected: bool, *, tls: bool) -> str:
+    """Why no association was established, for the journal and the admin page."""
     if not connected:
-        tls = " or TLS handshake failed" if destination.tls is not None else ""
-        return f"no association with {peer}: cannot connect (down or unreachable{tls})"
+        return f"cannot connect (down or unreachable{' or TLS handshake failed' if tls else ''})"
     if assoc.is_rejected:
-        return f"association rejected by {peer}"
+        return "association rejected"
     if assoc.is_aborted:
-        return f"association aborted by {peer}"
-    return f"no association with {peer}: no answer within the ACSE timeout"
+        return "association aborted"
+    return "no answer within the ACSE timeout"
 
 
 def _send_one(assoc: Association, meta: _FileMeta, message_id: int) -> StoreOutcome:
