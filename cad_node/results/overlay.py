@@ -22,10 +22,10 @@ from pydicom.valuerep import DA, TM
 
 from cad_node import NOT_FOR_CLINICAL_USE
 from cad_node.domain import Finding, ImageVolume, ModelResult
-from cad_node.errors import ResultBuildError
 from cad_node.results.options import ResultOptions
 from cad_node.results.seg import segment_label
 from cad_node.results.sources import (
+    build_errors_translated,
     patient_names_kept_out_of_logs,
     pin_creation_datetime,
     resolve_content_datetime,
@@ -297,7 +297,7 @@ def build_overlays(
     ResultBuildError
         When the inputs cannot make valid images.
     """
-    try:
+    with build_errors_translated("overlay", uids.job_key):
         sources = sources_by_slice(source_images, volume)
         images = render_overlays(volume, result.findings)
         return [
@@ -311,5 +311,3 @@ def build_overlays(
             )
             for number, image in enumerate(images, start=1)
         ]
-    except (ValueError, TypeError, AttributeError, KeyError) as exc:
-        raise ResultBuildError(f"cannot build the overlay of job {uids.job_key}: {exc}") from exc

@@ -13,10 +13,10 @@ from pydicom import Dataset
 
 from cad_node import NOT_FOR_CLINICAL_USE
 from cad_node.domain import Finding, ImageVolume, ModelIdentity, ModelResult
-from cad_node.errors import ResultBuildError
 from cad_node.results import codes
 from cad_node.results.options import ResultOptions
 from cad_node.results.sources import (
+    build_errors_translated,
     patient_names_kept_out_of_logs,
     pin_creation_datetime,
     resolve_content_datetime,
@@ -138,7 +138,7 @@ def build_seg(
     ResultBuildError
         When the inputs cannot make a valid SEG.
     """
-    try:
+    with build_errors_translated("SEG", uids.job_key):
         return _build_seg(
             source_images=source_images,
             volume=volume,
@@ -146,8 +146,6 @@ def build_seg(
             uids=uids,
             options=options,
         )
-    except (ValueError, TypeError, AttributeError, KeyError) as exc:
-        raise ResultBuildError(f"cannot build the SEG of job {uids.job_key}: {exc}") from exc
 
 
 def _build_seg(

@@ -19,6 +19,7 @@ from pydicom.tag import BaseTag, Tag
 from pydicom.valuerep import DA, DT, TM
 
 from cad_node.domain import ImageVolume
+from cad_node.errors import ResultBuildError
 
 _TYPE_2_EMPTY_DEFAULTS: tuple[str, ...] = (
     "PatientName",
@@ -48,6 +49,15 @@ def patient_names_kept_out_of_logs() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*person name", category=UserWarning)
         yield
+
+
+@contextmanager
+def build_errors_translated(what: str, job_key: str) -> Iterator[None]:
+    """Turn what highdicom and pydicom raise on bad inputs into ResultBuildError."""
+    try:
+        yield
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        raise ResultBuildError(f"cannot build the {what} of job {job_key}: {exc}") from exc
 
 
 def header_copy(dataset: Dataset) -> Dataset:

@@ -18,11 +18,11 @@ import numpy.typing as npt
 from pydicom import Dataset
 
 from cad_node.domain import Finding, ImageVolume, ModelIdentity, ModelResult
-from cad_node.errors import ResultBuildError
 from cad_node.results import codes
 from cad_node.results.options import ResultOptions
 from cad_node.results.seg import segment_label
 from cad_node.results.sources import (
+    build_errors_translated,
     header_copy,
     patient_names_kept_out_of_logs,
     pin_creation_datetime,
@@ -274,7 +274,7 @@ def build_sr(  # noqa: PLR0917  # positional order agreed with the worker's call
     ResultBuildError
         When the inputs cannot make a valid SR.
     """
-    try:
+    with build_errors_translated("SR", uids.job_key):
         return _build_sr(
             source_images=source_images,
             volume=volume,
@@ -284,8 +284,6 @@ def build_sr(  # noqa: PLR0917  # positional order agreed with the worker's call
             options=options,
             predecessors=predecessors,
         )
-    except (ValueError, TypeError, AttributeError, KeyError) as exc:
-        raise ResultBuildError(f"cannot build the SR of job {uids.job_key}: {exc}") from exc
 
 
 def _build_sr(
