@@ -4,7 +4,7 @@ import argparse
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -131,12 +131,7 @@ def _serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_level or settings.log_level)
     node = Node(settings)
 
-    def _stop(signum: int, _frame: FrameType | None) -> None:
-        logging.getLogger("cad_node").info("signal %d: stopping", signum)
-        node.request_stop()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    _stop_on_signals(node.request_stop, "stopping")
     node.start()
     try:
         node.wait()
@@ -153,12 +148,7 @@ def _worker(args: argparse.Namespace) -> int:
     configure_logging(args.log_level or settings.log_level)
     process = WorkerProcess(settings)
 
-    def _stop(signum: int, _frame: FrameType | None) -> None:
-        logging.getLogger("cad_node").info("signal %d: stopping after the current job", signum)
-        process.request_stop()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    _stop_on_signals(process.request_stop, "stopping after the current job")
     process.run()
     return 0
 
@@ -169,3 +159,14 @@ def _status(args: argparse.Namespace) -> int:
 
     print(render_status(load_settings(args.config), limit=args.limit))
     return 0
+
+
+def _stop_on_signals(request_stop: Callable[[], None], what: str) -> None:
+    """SIGTERM and SIGINT ask for a clean stop (safe: ``request_stop`` only sets an event)."""
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        logging.getLogger("cad_node").info("signal %d: %s", signum, what)
+        request_stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
