@@ -206,6 +206,23 @@ def _markers(key: str) -> tuple[str, str]:
     return f"<!-- BEGIN bench:{key} -->", f"<!-- END bench:{key} -->"
 
 
+def conditions(environment: Mapping[str, Any], nice: int, comparison: str) -> list[str]:
+    """The lines every benchmark section ends with: machine, versions, load, notes, comparison."""
+    lines = [
+        "Machine:",
+        "",
+        key_values(environment["machine"]),
+        "Versions:",
+        "",
+        key_values(environment["versions"]),
+        f"Load average: {environment['load_before']} before, {environment['load_after']} after; "
+        f"all processes at niceness {nice}.",
+    ]
+    for note in environment["notes"]:
+        lines += ["", note]
+    return [*lines, "", "### Compared with the last recorded run", "", comparison]
+
+
 def replace_section(document: str, key: str, body: str) -> str:
     """``document`` with the section ``key`` set to ``body`` (appended when it is not there)."""
     begin, end = _markers(key)

@@ -473,22 +473,7 @@ def section(
         "Receivers:",
         "",
         _report.key_values(receivers),
-        "Machine:",
-        "",
-        _report.key_values(environment["machine"]),
-        "Versions:",
-        "",
-        _report.key_values(environment["versions"]),
-        f"Load average: {environment['load_before']} before, {environment['load_after']} after; "
-        f"all processes at niceness {args.nice}.",
-    ]
-    for note in environment["notes"]:
-        lines += ["", note]
-    lines += [
-        "",
-        "### Compared with the last recorded run",
-        "",
-        comparison,
+        *_report.conditions(environment, args.nice, comparison),
     ]
     return "\n".join(lines)
 

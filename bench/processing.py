@@ -441,22 +441,7 @@ def section(
         "lung_nodule_ct_detection bundle's RetinaNet takes about 4-7 min per chest CT on a "
         "2-core CPU of this kind, and about 7.5 s (fp32) on an A100.",
         "",
-        "Machine:",
-        "",
-        _report.key_values(environment["machine"]),
-        "Versions:",
-        "",
-        _report.key_values(environment["versions"]),
-        f"Load average: {environment['load_before']} before, {environment['load_after']} after; "
-        f"all processes at niceness {args.nice}.",
-    ]
-    for note in environment["notes"]:
-        lines += ["", note]
-    lines += [
-        "",
-        "### Compared with the last recorded run",
-        "",
-        comparison,
+        *_report.conditions(environment, args.nice, comparison),
     ]
     return "\n".join(lines)
 
