@@ -86,6 +86,7 @@ class Node:
             sessions=self.sessions,
             rules=self.rule_book.current,
             quiet_seconds=self.settings.quiet_seconds,
+            study_groups=self.settings.study_groups,
             clock=self.clock,
         )
         self.workers = [

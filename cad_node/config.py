@@ -33,6 +33,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from cad_node import NOT_FOR_CLINICAL_USE
+from cad_node.assembly.completion import StudyGrouping
 from cad_node.domain.states import ResultKind
 from cad_node.errors import ConfigError
 from cad_node.results.options import ResultOptions
@@ -226,6 +227,13 @@ def _upper(value: object) -> object:
     return value.upper() if isinstance(value, str) else value
 
 
+DEFAULT_STUDY_GROUPS: Mapping[str, StudyGrouping] = {
+    "MG": StudyGrouping.FOUR_VIEWS,
+    "OP": StudyGrouping.QUIET,
+}
+"""Mammography (four views) and ophthalmic photography (both eyes) are read per study."""
+
+
 class Settings(_Settings):
     """The node's configuration: the admin's contract (config/node.yaml documents each key)."""
 
@@ -241,6 +249,10 @@ class Settings(_Settings):
     database_url: str | None = None
     """SQLAlchemy URL; ``None``: SQLite file ``journal.sqlite`` inside ``storage_dir``."""
     quiet_seconds: float = Field(default=10.0, gt=0)
+    study_groups: dict[Annotated[str, BeforeValidator(_upper)], StudyGrouping] = Field(
+        default_factory=lambda: dict(DEFAULT_STUDY_GROUPS)
+    )
+    """Modalities whose series are read per study (four mammography views, both eyes)."""
     destinations: dict[str, DestinationSettings] = Field(default_factory=dict)
     rules: tuple[Rule, ...] = ()
     results: ResultSettings = ResultSettings()

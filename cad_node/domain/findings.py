@@ -14,6 +14,12 @@ class FindingType(StrEnum):
     """Kinds of finding; results/codes.py maps each to its SNOMED CT / DCM code."""
 
     NODULE = "nodule"
+    MASS = "mass"
+    CALCIFICATION_CLUSTER = "calcification_cluster"
+    MICROANEURYSM = "microaneurysm"
+    HAEMORRHAGE = "haemorrhage"
+    HARD_EXUDATE = "hard_exudate"
+    SOFT_EXUDATE = "soft_exudate"
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,11 @@ class ResultKind(StrEnum):
     SR = "sr"
     OVERLAY = "overlay"
     """Secondary Capture images with the findings burned in (only where a destination asks)."""
+    EXPLANATION = "explanation"
+    """Secondary Capture images of a classifier's activation map (Grad-CAM).
+
+    The SR references them, so they go wherever the SR goes (and where a destination asks).
+    """
 
 
 class DeliveryState(StrEnum):

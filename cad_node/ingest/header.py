@@ -173,6 +173,9 @@ def instance_record(
         calling_ae_title=calling_ae_title.strip(),
         attributes=attributes,
         expected_count=expected_count(header),
+        image_laterality=optional_code_string(header, "ImageLaterality")
+        or optional_code_string(header, "Laterality"),
+        view_position=optional_code_string(header, "ViewPosition"),
     )
 
 
@@ -231,6 +234,18 @@ def expected_count(header: Dataset) -> int | None:
     if number_of_frames is not None and number_of_frames > 1:
         return 1
     return None
+
+
+def optional_code_string(header: Dataset, keyword: str) -> str | None:
+    """A CS value, stripped and upper-cased (16 characters at most), or None when absent/empty."""
+    try:
+        value = header.get(keyword)
+    except PARSE_ERRORS:
+        return None
+    if not isinstance(value, str):
+        return None
+    text = value.strip().upper()[:16]
+    return text or None
 
 
 def optional_int(header: Dataset, keyword: str) -> int | None:

@@ -6,13 +6,14 @@ scheduler call per received image, and a restart resumes it by construction
 """
 
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from cad_node.assembly.completion import StudyGrouping
 from cad_node.domain.states import SeriesState
 from cad_node.routing.match import route
 from cad_node.routing.rules import Rule, RuleMode
@@ -20,7 +21,13 @@ from cad_node.store.catalog import model_mode
 from cad_node.store.jobs import queue_job
 from cad_node.store.rulesets import record_audit
 from cad_node.store.schema import Series
-from cad_node.store.series import mark_complete, mark_routed, series_due
+from cad_node.store.series import (
+    StudyGroup,
+    mark_complete,
+    mark_routed,
+    series_due,
+    study_groups_due,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +53,8 @@ class Assembler:
     rules: Callable[[], Sequence[Rule]]
     quiet_seconds: float
     clock: Callable[[], datetime]
+    study_groups: Mapping[str, StudyGrouping] = field(default_factory=dict)
+    """Modalities read per study (mammography, fundus): their series complete together."""
 
     def sweep(self) -> list[RoutedSeries]:
         """Complete and route every due series in one transaction; [] when none is due.
@@ -57,8 +66,10 @@ class Assembler:
         now = self.clock()
         try:
             with self.sessions.begin() as session:
-                due = series_due(session, now, self.quiet_seconds)
+                due = series_due(session, now, self.quiet_seconds, self.study_groups)
                 routed = [self._complete_and_route(session, series, now) for series in due]
+                groups = study_groups_due(session, now, self.quiet_seconds, self.study_groups)
+                routed += [self._complete_and_route_group(session, group, now) for group in groups]
         except OperationalError as exc:
             logger.debug("assembly sweep deferred: %s", exc.orig)
             return []
@@ -73,7 +84,10 @@ class Assembler:
             )
         return routed
 
-    def _complete_and_route(self, session: Session, series: Series, now: datetime) -> RoutedSeries:
+    def _complete_and_route(
+        self, session: Session, series: Series, now: datetime, group: StudyGroup | None = None
+    ) -> RoutedSeries:
+        """Complete ``series`` and queue its rule's job (reading ``group`` when given)."""
         mark_complete(series, now)
         rules = self.rules()
         decision = route(series.attributes, rules)
@@ -86,12 +100,36 @@ class Assembler:
         elif mode == RuleMode.OFF:
             _mark_model_off(series, rule, explanation)
         else:
-            job_id = _queue(session, series, rule, mode, now)
+            members = group.member_uids if group is not None else None
+            job_id = _queue(session, series, rule, mode, now, series_group=members)
             mark_routed(series, rule.name, explanation)
         self._audit(session, series, now=now, rule=rule, mode=mode, job_id=job_id)
         return RoutedSeries(
             series.series_instance_uid, series.revision, rule.name if rule else None, job_id
         )
+
+    def _complete_and_route_group(
+        self, session: Session, group: StudyGroup, now: datetime
+    ) -> RoutedSeries:
+        """Route a study group by its first receiving series; the others ride along.
+
+        One job reads every series of the group, so the four views or both eyes
+        are assessed together; the other members record which series carries it.
+        """
+        anchor, *others = group.receiving
+        outcome = self._complete_and_route(session, anchor, now, group)
+        rule = next((r for r in self.rules() if r.name == outcome.rule_name), None)
+        mode = RuleMode.ACTIVE if rule is None else model_mode(session, rule.model)
+        for series in others:
+            mark_complete(series, now)
+            series.state = anchor.state
+            series.rule_name = anchor.rule_name
+            series.routing_explanation = (
+                f"read with series {anchor.series_instance_uid} as one {group.modality} "
+                f"study group (job {outcome.job_id})\n{anchor.routing_explanation}"
+            )
+            self._audit(session, series, now=now, rule=rule, mode=mode, job_id=outcome.job_id)
+        return outcome
 
     def _audit(
         self,
@@ -138,7 +176,15 @@ class Assembler:
         )
 
 
-def _queue(session: Session, series: Series, rule: Rule, model: RuleMode, now: datetime) -> int:
+def _queue(
+    session: Session,
+    series: Series,
+    rule: Rule,
+    model: RuleMode,
+    now: datetime,
+    *,
+    series_group: Sequence[str] | None,
+) -> int:
     """Queue the rule's job; a shadow rule or a shadow model runs it with no destination."""
     sends = rule.mode == RuleMode.ACTIVE and model == RuleMode.ACTIVE
     job = queue_job(
@@ -149,6 +195,7 @@ def _queue(session: Session, series: Series, rule: Rule, model: RuleMode, now: d
         model_name=rule.model,
         destinations=list(rule.destinations) if sends else [],
         now=now,
+        series_group=series_group,
     )
     return job.id
 

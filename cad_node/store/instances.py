@@ -48,6 +48,10 @@ class InstanceRecord:
     """Series-level routing attributes (``extract_attributes``)."""
     expected_count: int | None
     """Instances expected in the series, from ImagesInAcquisition (0020,1002) or NumberOfFrames."""
+    image_laterality: str | None = None
+    """ImageLaterality (0020,0062), else Laterality (0020,0060): "L", "R", "B" or "U"."""
+    view_position: str | None = None
+    """ViewPosition (0018,5101), e.g. "CC" or "MLO"."""
 
     def __post_init__(self) -> None:
         for name in ("sop_instance_uid", "sop_class_uid", "series_instance_uid"):
@@ -162,6 +166,8 @@ def _instance_row(record: InstanceRecord, series_revision: int, now: datetime) -
         "calling_ae_title": record.calling_ae_title,
         "series_revision": series_revision,
         "received_at": now,
+        "image_laterality": record.image_laterality,
+        "view_position": record.view_position,
     }
 
 
@@ -224,5 +230,7 @@ def _refresh_resent_instance(
     instance.transfer_syntax_uid = record.transfer_syntax_uid
     instance.calling_ae_title = record.calling_ae_title
     instance.received_at = now
+    instance.image_laterality = record.image_laterality
+    instance.view_position = record.view_position
     if series.state == SeriesState.RECEIVING:
         series.last_received_at = max(series.last_received_at, now)

@@ -38,7 +38,9 @@ def queue_job(
     model_name: str,
     destinations: Sequence[str],
     now: datetime,
+    series_group: Sequence[str] | None = None,
 ) -> Job:
+    """Queue a job on a series; ``series_group``: every series it reads (a study group)."""
     job = Job(
         series_instance_uid=series_instance_uid,
         series_revision=series_revision,
@@ -48,6 +50,7 @@ def queue_job(
         state=JobState.QUEUED,
         attempts=0,
         created_at=now,
+        series_group=list(series_group) if series_group else None,
     )
     session.add(job)
     session.flush()

@@ -92,6 +92,10 @@ class Instance(Base):
     calling_ae_title: Mapped[str] = mapped_column(AE)
     series_revision: Mapped[int] = mapped_column(Integer, default=1)
     received_at: Mapped[datetime]
+    image_laterality: Mapped[str | None] = mapped_column(
+        CS, comment="ImageLaterality (0020,0062), else Laterality (0020,0060)"
+    )
+    view_position: Mapped[str | None] = mapped_column(CS, comment="(0018,5101) CS")
 
 
 class Job(Base):
@@ -115,6 +119,9 @@ class Job(Base):
     worker_id: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)
     finding_count: Mapped[int | None] = mapped_column(Integer)
+    series_group: Mapped[list[str] | None] = mapped_column(
+        comment="every series the job reads (a mammography or fundus study); null: its own"
+    )
     stage_seconds: Mapped[dict[str, Any] | None] = mapped_column(
         comment="seconds per stage of the run: load, inference, seg, sr, write"
     )

@@ -71,12 +71,11 @@ def test_shipped_config_routes_to_the_pacs_destination() -> None:
     assert settings.destinations["pacs"] == DestinationSettings(
         host="127.0.0.1", port=11113, ae_title="PACS", results=(ResultKind.SEG, ResultKind.SR)
     )
-    (rule,) = settings.rules
-    assert (rule.model, rule.destinations, rule.mode) == (
-        "lung_nodule_ct",
-        ("pacs",),
-        RuleMode.ACTIVE,
-    )
+    assert [(rule.model, rule.destinations, rule.mode) for rule in settings.rules] == [
+        ("lung_nodule_ct", ("pacs",), RuleMode.ACTIVE),
+        ("mammo_screening", ("pacs",), RuleMode.ACTIVE),
+        ("fundus_dr", ("pacs",), RuleMode.ACTIVE),
+    ]
 
 
 def test_embedded_defaults_equal_the_shipped_config() -> None:
@@ -192,10 +191,16 @@ def test_settings_are_frozen() -> None:
 def test_destination_results_default_to_both_and_accept_one() -> None:
     destination = DestinationSettings.model_validate({**PACS, "results": ["sr"]})
     assert destination.results == (ResultKind.SR,)
-    with pytest.raises(ValidationError, match="Input should be 'seg', 'sr' or 'overlay'"):
+    with pytest.raises(
+        ValidationError, match="Input should be 'seg', 'sr', 'overlay' or 'explanation'"
+    ):
         DestinationSettings.model_validate({**PACS, "results": ["pdf"]})
 
 
 def test_shipped_rules_file_loads_alone() -> None:
-    (rule,) = load_rules(RULES_YAML)
-    assert rule.name == "chest-ct-lung-nodules"
+    names = [rule.name for rule in load_rules(RULES_YAML)]
+    assert names == [
+        "chest-ct-lung-nodules",
+        "screening-mammography",
+        "fundus-diabetic-retinopathy",
+    ]

@@ -89,7 +89,7 @@ def test_rules_test_on_a_folder_without_dicom(
 def test_rules_check_lists_the_rules(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["rules", "check", "--config", str(NODE_YAML)]) == 0
     out = capsys.readouterr().out
-    assert "1 rule(s) valid" in out
+    assert "3 rule(s) valid" in out
     assert "chest-ct-lung-nodules: lung_nodule_ct -> pacs" in out
 
 

@@ -12,6 +12,7 @@ import torch
 from cad_node.domain.findings import Finding, FindingType, MaskBox, ModelIdentity, ModelResult
 from cad_node.domain.imaging import ImageVolume
 from cad_node.errors import InvalidSeriesError, ModelError
+from cad_node.models.base import InputKind
 from cad_node.models.lung.candidates import find_candidates
 from cad_node.models.lung.network import NoduleNet
 from cad_node.models.lung.patches import (
@@ -101,9 +102,10 @@ def to_finding(volume: ImageVolume, item: Scored) -> Finding | None:
 
 
 class LungNoduleModel:
-    """The ``lung_nodule_ct`` model: implements :class:`cad_node.models.base.CadModel`."""
+    """The ``lung_nodule_ct`` model: a :class:`cad_node.models.base.VolumeModel`."""
 
     modalities: tuple[str, ...] = ("CT",)
+    input_kind = InputKind.VOLUME
 
     def __init__(self, folder: Path, manifest: Manifest) -> None:
         self.folder = folder
