@@ -9,7 +9,6 @@ from typing import Protocol
 
 import numpy as np
 
-from cad_node import NOT_FOR_CLINICAL_USE
 from cad_node.domain.findings import Finding, ModelIdentity
 from cad_node.domain.imaging import ImageVolume
 from cad_node.evaluation.froc import (
@@ -21,6 +20,7 @@ from cad_node.evaluation.froc import (
     match_scan,
 )
 from cad_node.evaluation.plot import froc_svg
+from cad_node.evaluation.report import Cell, Report
 from cad_node.imaging.volume import load_volume
 from cad_node.models.lung.train import series_folders
 from cad_node.synth.ct import GroundTruth, NoduleTruth, load_ground_truth
@@ -118,7 +118,7 @@ def _outcomes(
 
 
 def evaluate_lung(model: DetectingModel, data_dir: Path, report_dir: Path) -> LungEvaluation:
-    """Run the model on every series under ``data_dir``; write report.md and froc.svg."""
+    """Run the model on every series under ``data_dir``; write the report (:func:`write_report`)."""
     folders = series_folders(data_dir)
     matches: list[ScanMatches] = []
     outcomes: list[NoduleOutcome] = []
@@ -150,67 +150,64 @@ def evaluate_lung(model: DetectingModel, data_dir: Path, report_dir: Path) -> Lu
     return result
 
 
-def _size_rows(result: LungEvaluation) -> list[str]:
-    rows = []
+def _size_rows(result: LungEvaluation) -> list[list[Cell]]:
+    rows: list[list[Cell]] = []
     for lo, hi in ((4, 6), (6, 10), (10, 20), (20, 31)):
         group = [n for n in result.nodules if lo <= n.truth.diameter_mm < hi]
         if group:
             found = sum(n.found for n in group)
-            rows.append(f"| {lo}-{hi} mm | {len(group)} | {found} | {found / len(group):.2f} |")
+            rows.append([f"{lo}-{hi} mm", len(group), found, f"{found / len(group):.2f}"])
     return rows
 
 
-def _type_rows(result: LungEvaluation) -> list[str]:
-    rows = []
+def _type_rows(result: LungEvaluation) -> list[list[Cell]]:
+    rows: list[list[Cell]] = []
     for kind in sorted({n.truth.nodule_type.value for n in result.nodules}):
         group = [n for n in result.nodules if n.truth.nodule_type.value == kind]
         found = sum(n.found for n in group)
-        rows.append(f"| {kind} | {len(group)} | {found} | {found / len(group):.2f} |")
+        rows.append([kind, len(group), found, f"{found / len(group):.2f}"])
     return rows
 
 
-def write_report(result: LungEvaluation, data_dir: Path, report_dir: Path) -> Path:
-    """Markdown report (report.md) and FROC plot (froc.svg)."""
-    report_dir.mkdir(parents=True, exist_ok=True)
-    (report_dir / "froc.svg").write_text(froc_svg(result.froc))
+def _diameter_text(result: LungEvaluation) -> str:
     errors = result.diameter_errors()
     abs_err = np.abs(errors) if errors else np.array([math.nan])
-    f = result.froc
-    lines = [
-        f"# Lung nodule model evaluation: {result.model.name} {result.model.version}",
-        "",
-        f"**{NOT_FOR_CLINICAL_USE}.** Synthetic data only.",
-        "",
-        f"- Data: `{data_dir}`: {result.scans} scans, {f.nodules} nodules",
-        f"- Weights sha256: `{result.model.weights_sha256}`",
-        f"- Mean inference time per scan (this machine): {result.seconds_per_scan:.1f} s",
-        "",
-        "## FROC (LUNA16 hit rule: detection centre within the nodule's radius)",
-        "",
-        "| FP/scan | " + " | ".join(f"{r:g}" for r in f.fp_rates) + " | CPM |",
-        "|---" * (len(f.fp_rates) + 2) + "|",
-        "| sensitivity | " + " | ".join(f"{s:.3f}" for s in f.sensitivities) + f" | {f.cpm:.3f} |",
-        "",
-        "![FROC](froc.svg)",
-        "",
-        f"## At the operating threshold ({result.operating_threshold:.3f})",
-        "",
-        f"- Sensitivity: {result.sensitivity_at_threshold:.3f}",
-        f"- False positives per scan: {result.fp_per_scan_at_threshold:.2f}",
+    return (
         f"- Diameter error (found minus ground-truth equal-volume diameter): "
         f"mean {np.mean(errors) if errors else math.nan:+.2f} mm, "
         f"median |error| {np.median(abs_err):.2f} mm, 90th percentile |error| "
-        f"{np.percentile(abs_err, 90):.2f} mm",
-        "",
-        "| Size | Nodules | Found | Sensitivity |",
-        "|---|---|---|---|",
-        *_size_rows(result),
-        "",
-        "| Type | Nodules | Found | Sensitivity |",
-        "|---|---|---|---|",
-        *_type_rows(result),
-        "",
-    ]
-    path = report_dir / "report.md"
-    path.write_text("\n".join(lines))
+        f"{np.percentile(abs_err, 90):.2f} mm"
+    )
+
+
+def build_report(result: LungEvaluation, data_dir: Path) -> Report:
+    """The lung evaluation as a :class:`Report`: FROC, operating point, per size and type."""
+    report = Report(f"Lung nodule model evaluation: {result.model.name} {result.model.version}")
+    report.add_text(
+        "Synthetic data only.\n\n"
+        f"- Data: `{data_dir}`: {result.scans} scans, {result.froc.nodules} nodules\n"
+        f"- Weights sha256: `{result.model.weights_sha256}`\n"
+        f"- Mean inference time per scan (this machine): {result.seconds_per_scan:.1f} s"
+    )
+    report.add_froc("FROC", result.froc)
+    report.add_text("LUNA16 hit rule: a detection hits a nodule whose radius holds its centre.")
+    report.add_heading(f"At the operating threshold ({result.operating_threshold:.3f})")
+    report.add_text(
+        f"- Sensitivity: {result.sensitivity_at_threshold:.3f}\n"
+        f"- False positives per scan: {result.fp_per_scan_at_threshold:.2f}\n"
+        + _diameter_text(result)
+    )
+    columns = ["Nodules", "Found", "Sensitivity"]
+    report.add_table("Sensitivity by size", ["Size", *columns], _size_rows(result))
+    report.add_table("Sensitivity by type", ["Type", *columns], _type_rows(result))
+    return report
+
+
+def write_report(result: LungEvaluation, data_dir: Path, report_dir: Path) -> Path:
+    """Write report.md, index.html, froc.png and froc.svg (vector, for the model card).
+
+    Returns the path of report.md.
+    """
+    path = build_report(result, data_dir).write(report_dir)
+    (report_dir / "froc.svg").write_text(froc_svg(result.froc), encoding="utf-8")
     return path

@@ -22,6 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from cad_node import NOT_FOR_CLINICAL_USE, __version__
+from cad_node.evaluation.metrics import roc_auc
 from cad_node.imaging.volume import load_volume
 from cad_node.models.lung.candidates import find_candidates
 from cad_node.models.lung.network import PATCH, NoduleNet
@@ -218,12 +219,11 @@ def _predict(net: NoduleNet, patches: PatchSet) -> tuple[npt.NDArray[np.float32]
 
 
 def auc(labels: npt.NDArray[np.float32], scores: npt.NDArray[np.float32]) -> float:
-    """Area under the ROC curve (Mann-Whitney U)."""
-    pos, neg = scores[labels > 0.5], scores[labels <= 0.5]
-    if len(pos) == 0 or len(neg) == 0:
+    """Area under the ROC curve (ties count half); NaN when it is undefined (one class only)."""
+    try:
+        return roc_auc(labels > 0.5, scores)
+    except ValueError:
         return float("nan")
-    ranks = np.argsort(np.argsort(np.concatenate([pos, neg]))) + 1
-    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
 def operating_threshold(val: PatchSet, probs: npt.NDArray[np.float32], scans: int) -> float:
