@@ -144,16 +144,22 @@ class ResultSettings(_Settings):
     seg_series_number: int = Field(default=9801, ge=1, le=_IS_MAX)
     sr_series_number: int = Field(default=9802, ge=1, le=_IS_MAX)
     seg_series_description: Annotated[LongString, AfterValidator(_check_not_for_clinical_use)] = (
-        f"CAD nodule SEG {NOT_FOR_CLINICAL_USE}"
+        f"CAD {{model}} SEG {NOT_FOR_CLINICAL_USE}"
     )
+    """``{model}`` is replaced by the name of the model that made the object."""
     sr_series_description: Annotated[LongString, AfterValidator(_check_not_for_clinical_use)] = (
-        f"CAD nodule SR {NOT_FOR_CLINICAL_USE}"
+        f"CAD {{model}} SR {NOT_FOR_CLINICAL_USE}"
     )
     overlay_series_number: int = Field(default=9803, ge=1, le=_IS_MAX)
     overlay_series_description: Annotated[
         LongString, AfterValidator(_check_not_for_clinical_use)
-    ] = f"CAD nodule marks {NOT_FOR_CLINICAL_USE}"
+    ] = f"CAD {{model}} marks {NOT_FOR_CLINICAL_USE}"
     """The burned-in Secondary Capture series (result kind ``overlay``)."""
+    explanation_series_number: int = Field(default=9804, ge=1, le=_IS_MAX)
+    explanation_series_description: Annotated[
+        LongString, AfterValidator(_check_not_for_clinical_use)
+    ] = f"CAD {{model}} Grad-CAM {NOT_FOR_CLINICAL_USE}"
+    """The Secondary Capture series of explanation maps (result kind ``explanation``)."""
     manufacturer: LongString = Field(default="cad-node project", min_length=1)
     manufacturer_model_name: LongString = Field(default="cad-node", min_length=1)
     device_serial_number: LongString = "cad-node-0"
@@ -164,8 +170,16 @@ class ResultSettings(_Settings):
     def _distinct_series_numbers(self) -> "ResultSettings":
         if self.seg_series_number == self.sr_series_number:
             raise ValueError("seg_series_number and sr_series_number must differ")
-        if self.overlay_series_number in (self.seg_series_number, self.sr_series_number):
-            raise ValueError("overlay_series_number must differ from the SEG's and the SR's")
+        numbers = (
+            self.seg_series_number,
+            self.sr_series_number,
+            self.overlay_series_number,
+            self.explanation_series_number,
+        )
+        if len(set(numbers)) != len(numbers):
+            raise ValueError(
+                f"seg, sr, overlay and explanation series numbers must all differ, got {numbers}"
+            )
         return self
 
 

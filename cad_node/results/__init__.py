@@ -9,6 +9,13 @@ The worker's use::
 
     overlays = build_overlays(sources, volume, result, uids, options)  # if a destination asks
 
+Mammography and fundus results (a :class:`~cad_node.domain.planar.PlanarResult`
+over an image set) go through one call that returns the SEGs, the SR, the
+overlays and the explanation images::
+
+    objects = build_planar_objects(sources, image_set, result, uids, options, predecessors,
+                                   overlay=True)
+
 With no finding, skip the SEG (it needs a segment) and pass ``seg=None``.
 Both raise ``cad_node.errors.ResultBuildError`` on inputs they cannot use.
 A core module: imports highdicom, pydicom and numpy, never a network,
@@ -17,8 +24,18 @@ database or deep-learning library.
 
 from cad_node.results.options import ResultOptions
 from cad_node.results.overlay import build_overlays
+from cad_node.results.planar import PlanarObjects, build_planar_objects
 from cad_node.results.seg import build_seg
 from cad_node.results.sr import build_sr
 from cad_node.results.uids import ResultUids, result_uids
 
-__all__ = ["ResultOptions", "ResultUids", "build_overlays", "build_seg", "build_sr", "result_uids"]
+__all__ = [
+    "PlanarObjects",
+    "ResultOptions",
+    "ResultUids",
+    "build_overlays",
+    "build_planar_objects",
+    "build_seg",
+    "build_sr",
+    "result_uids",
+]

@@ -18,6 +18,17 @@ def _check_long_string(name: str, value: str) -> None:
         )
 
 
+MODEL_PLACEHOLDER = "{model}"
+"""In a series description: replaced by the model's name (:meth:`ResultOptions.for_model`)."""
+
+_DESCRIPTIONS = (
+    "seg_series_description",
+    "sr_series_description",
+    "overlay_series_description",
+    "explanation_series_description",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class ResultOptions:
     """Series numbers, descriptions and equipment written into every SEG and SR.
@@ -28,11 +39,14 @@ class ResultOptions:
 
     seg_series_number: int = 9001
     sr_series_number: int = 9002
-    seg_series_description: str = f"cad-node nodule SEG {NOT_FOR_CLINICAL_USE}"
-    sr_series_description: str = f"cad-node nodule SR {NOT_FOR_CLINICAL_USE}"
+    seg_series_description: str = f"cad-node {MODEL_PLACEHOLDER} SEG {NOT_FOR_CLINICAL_USE}"
+    sr_series_description: str = f"cad-node {MODEL_PLACEHOLDER} SR {NOT_FOR_CLINICAL_USE}"
     overlay_series_number: int = 9003
     overlay_series_description: str = f"cad-node marks {NOT_FOR_CLINICAL_USE}"
     """Of the burned-in Secondary Capture series, for viewers that show no SEG or SR."""
+    explanation_series_number: int = 9004
+    explanation_series_description: str = f"cad-node explanation maps {NOT_FOR_CLINICAL_USE}"
+    """Of the Secondary Capture series of explanation maps (Grad-CAM heatmaps), planar models."""
     manufacturer: str = "cad-node project"
     manufacturer_model_name: str = "cad-node"
     software_versions: str = __version__
@@ -50,8 +64,32 @@ class ResultOptions:
         """These options with the date/time of one job's objects."""
         return replace(self, content_datetime=content_datetime)
 
+    def for_model(self, model_name: str) -> "ResultOptions":
+        """These options with ``{model}`` in the series descriptions replaced by ``model_name``.
+
+        Viewers list series by description: the model's name there tells a lung
+        nodule SEG from a mammography one.
+
+        Raises
+        ------
+        ValueError
+            A description grows past 64 characters (VR LO).
+        """
+        return replace(
+            self,
+            **{
+                name: getattr(self, name).replace(MODEL_PLACEHOLDER, model_name)
+                for name in _DESCRIPTIONS
+            },
+        )
+
     def __post_init__(self) -> None:
-        for name in ("seg_series_number", "sr_series_number", "overlay_series_number"):
+        for name in (
+            "seg_series_number",
+            "sr_series_number",
+            "overlay_series_number",
+            "explanation_series_number",
+        ):
             number = getattr(self, name)
             if not 1 <= number <= _IS_MAX:
                 raise ValueError(f"{name} must be within 1..{_IS_MAX}, got {number}")
@@ -59,17 +97,17 @@ class ResultOptions:
             raise ValueError("seg_series_number and sr_series_number must differ")
         if self.overlay_series_number in (self.seg_series_number, self.sr_series_number):
             raise ValueError("overlay_series_number must differ from the SEG's and the SR's")
-        for name in (
-            "seg_series_description",
-            "sr_series_description",
-            "overlay_series_description",
+        if self.explanation_series_number in (
+            self.seg_series_number,
+            self.sr_series_number,
+            self.overlay_series_number,
         ):
+            raise ValueError("explanation_series_number must differ from the other series'")
+        for name in _DESCRIPTIONS:
             if NOT_FOR_CLINICAL_USE not in getattr(self, name):
                 raise ValueError(f"{name} must contain {NOT_FOR_CLINICAL_USE!r}")
         for name in (
-            "seg_series_description",
-            "sr_series_description",
-            "overlay_series_description",
+            *_DESCRIPTIONS,
             "manufacturer",
             "manufacturer_model_name",
             "software_versions",

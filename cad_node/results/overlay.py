@@ -127,11 +127,29 @@ def _banner_height(rows: int) -> int:
     return max(10, rows // 20)
 
 
-def _draw_banner(draw: ImageDraw.ImageDraw, columns: int, rows: int) -> None:
+def draw_banner(draw: ImageDraw.ImageDraw, columns: int, rows: int) -> None:
+    """The "NOT FOR CLINICAL USE" banner across the top of an image of ``rows`` x ``columns``."""
     height = _banner_height(rows)
     draw.rectangle((0, 0, columns - 1, height - 1), fill=BANNER_COLOUR)
-    font = ImageFont.load_default(size=max(8, height * 3 // 4))
+    font = fitted_font(draw, BANNER_TEXT, columns - 4, max(8, height * 3 // 4))
     draw.text((columns / 2, height / 2), BANNER_TEXT, fill=(255, 255, 255), font=font, anchor="mm")
+
+
+_SMALLEST_FONT = 6
+
+
+def fitted_font(
+    draw: ImageDraw.ImageDraw, text: str, width: int, size: int
+) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """Pillow's default font at ``size``, smaller where ``text`` would be wider than ``width``.
+
+    On a narrow image the banner must still read "NOT FOR CLINICAL USE" in full.
+    """
+    while True:
+        font = ImageFont.load_default(size=size)
+        if size <= _SMALLEST_FONT or draw.textlength(text, font=font) <= width:
+            return font
+        size -= 1
 
 
 def _label_span(mask: npt.NDArray[np.bool_], finding: Finding) -> tuple[float, float, float]:
@@ -142,7 +160,7 @@ def _label_span(mask: npt.NDArray[np.bool_], finding: Finding) -> tuple[float, f
     return float(columns.min()), float(columns.max()), finding.centre_index[1]
 
 
-def _draw_label(
+def draw_label(
     draw: ImageDraw.ImageDraw,
     text: str,
     span: tuple[float, float, float],
@@ -174,18 +192,19 @@ def render_slice(
     masks = {i: mask_on_slice(findings[i], slice_index, shape) for i in indexes}
     for i in indexes:
         span = _label_span(masks[i], findings[i])
-        _draw_label(draw, finding_text(findings[i], i), span, _colour(i), shape)
+        draw_label(draw, finding_text(findings[i], i), span, contour_colour(i), shape)
     rgb = np.asarray(image, dtype=np.uint8).copy()
     # Contours go over the labels: on a small image a label may not fit beside its finding.
     thickness = max(1, shape[0] // 256)
     for i in indexes:
-        rgb[contour(masks[i], thickness)] = _colour(i)
+        rgb[contour(masks[i], thickness)] = contour_colour(i)
     image = Image.fromarray(rgb, mode="RGB")
-    _draw_banner(ImageDraw.Draw(image), shape[1], shape[0])
+    draw_banner(ImageDraw.Draw(image), shape[1], shape[0])
     return np.asarray(image, dtype=np.uint8).copy()
 
 
-def _colour(finding_index: int) -> tuple[int, int, int]:
+def contour_colour(finding_index: int) -> tuple[int, int, int]:
+    """The contour and label colour of finding ``finding_index``."""
     return CONTOUR_COLOURS[finding_index % len(CONTOUR_COLOURS)]
 
 
@@ -215,6 +234,81 @@ def _source_reference(source: Dataset) -> Dataset:
     return item
 
 
+@dataclass(frozen=True, slots=True)
+class CaptureSeries:
+    """The series a burned-in Secondary Capture image goes into."""
+
+    series_instance_uid: str
+    series_number: int
+    series_description: str
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureDescription:
+    """What a burned-in image says about itself (PS3.3 C.7.6.1, C.8.6.1)."""
+
+    derivation_description: str
+    image_comments: str
+    patient_orientation: tuple[str, ...]
+    """PatientOrientation (0020,0020) of the pixels; empty when the source gives none."""
+    laterality: str = ""
+    """Laterality (0020,0060) of a paired body part (R or L); empty otherwise."""
+
+
+_PLACEHOLDER_ORIENTATION = ("L", "P")
+"""Given to highdicom when the real orientation is none of its one-letter values (e.g. "FR")."""
+
+
+def _highdicom_orientation(orientation: Sequence[str]) -> tuple[str, str]:
+    letters = set("LRAPHF")
+    if len(orientation) == 2 and all(len(v) == 1 and v in letters for v in orientation):
+        return (orientation[0], orientation[1])
+    return _PLACEHOLDER_ORIENTATION
+
+
+def secondary_capture(
+    pixels: npt.NDArray[np.uint8],
+    *,
+    source: Dataset,
+    sop_instance_uid: str,
+    instance_number: int,
+    series: CaptureSeries,
+    description: CaptureDescription,
+    options: ResultOptions,
+) -> hd.sc.SCImage:
+    """An RGB Secondary Capture image (PS3.3 A.8.1) of ``pixels`` in the study of ``source``.
+
+    Burned In Annotation is YES, the Source Image Sequence references
+    ``source``, and every date and time is the options' content date/time, so a
+    rebuilt image is byte-identical.
+    """
+    when = resolve_content_datetime(options.content_datetime)
+    with patient_names_kept_out_of_logs():
+        sc = hd.sc.SCImage.from_ref_dataset(
+            ref_dataset=source,
+            pixel_array=pixels,
+            photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+            bits_allocated=8,
+            coordinate_system=hd.CoordinateSystemNames.PATIENT,
+            series_instance_uid=series.series_instance_uid,
+            series_number=series.series_number,
+            sop_instance_uid=sop_instance_uid,
+            instance_number=instance_number,
+            manufacturer=options.manufacturer,
+            patient_orientation=_highdicom_orientation(description.patient_orientation),
+            transfer_syntax_uid=hd.UID("1.2.840.10008.1.2.1"),
+            series_description=series.series_description,
+            manufacturer_model_name=options.manufacturer_model_name,
+            software_versions=options.software_versions,
+            device_serial_number=options.device_serial_number,
+            institution_name=options.institution_name,
+            institutional_department_name=options.institutional_department_name,
+        )
+    _describe(sc, description, source, when)
+    pin_creation_datetime(sc, when)
+    return sc
+
+
 def _sc_image(
     image: OverlayImage,
     *,
@@ -224,48 +318,44 @@ def _sc_image(
     uids: ResultUids,
     options: ResultOptions,
 ) -> hd.sc.SCImage:
-    when = resolve_content_datetime(options.content_datetime)
     orientation = volume.image_orientation_patient
-    with patient_names_kept_out_of_logs():
-        sc = hd.sc.SCImage.from_ref_dataset(
-            ref_dataset=source,
-            pixel_array=image.pixels,
-            photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
-            bits_allocated=8,
-            coordinate_system=hd.CoordinateSystemNames.PATIENT,
-            series_instance_uid=uids.overlay_series_instance_uid,
-            series_number=options.overlay_series_number,
-            sop_instance_uid=uids.overlay_sop_instance_uid(image.slice_index),
-            instance_number=instance_number,
-            manufacturer=options.manufacturer,
+    return secondary_capture(
+        image.pixels,
+        source=source,
+        sop_instance_uid=uids.overlay_sop_instance_uid(image.slice_index),
+        instance_number=instance_number,
+        series=CaptureSeries(
+            uids.overlay_series_instance_uid,
+            options.overlay_series_number,
+            options.overlay_series_description,
+        ),
+        description=CaptureDescription(
+            derivation_description=f"Model findings burned in, {NOT_FOR_CLINICAL_USE}",
+            image_comments=f"{NOT_FOR_CLINICAL_USE}; findings {list(image.finding_indexes)}",
             patient_orientation=(_orientation(orientation[:3]), _orientation(orientation[3:])),
-            transfer_syntax_uid=hd.UID("1.2.840.10008.1.2.1"),
-            series_description=options.overlay_series_description,
-            manufacturer_model_name=options.manufacturer_model_name,
-            software_versions=options.software_versions,
-            device_serial_number=options.device_serial_number,
-            institution_name=options.institution_name,
-            institutional_department_name=options.institutional_department_name,
-        )
-    _describe(sc, image, source, when)
-    pin_creation_datetime(sc, when)
-    return sc
+        ),
+        options=options,
+    )
 
 
-def _describe(sc: Dataset, image: OverlayImage, source: Dataset, when: datetime.datetime) -> None:
+def _describe(
+    sc: Dataset, description: CaptureDescription, source: Dataset, when: datetime.datetime
+) -> None:
     """Attributes highdicom leaves out: what the image shows and where it came from."""
     sc.BurnedInAnnotation = "YES"
-    if "Laterality" not in sc:
+    # PatientOrientation may hold letters highdicom refuses ("FR") or be empty (Type 2C).
+    sc.PatientOrientation = list(description.patient_orientation) or ""
+    if description.laterality or "Laterality" not in sc:
         # Type 2C (PS3.3 C.7.3.1) and dciodvfy asks for it; a whole chest has no laterality.
-        sc.Laterality = ""
+        sc.Laterality = description.laterality
     sc.ImageType = ["DERIVED", "SECONDARY"]
     sc.ContentDate = DA(when.date())
     sc.ContentTime = TM(when.time())
     # highdicom stamps the capture with the clock (PS3.3 C.8.6.1); a rebuild must not differ.
     sc.DateOfSecondaryCapture = DA(when.date())
     sc.TimeOfSecondaryCapture = TM(when.time())
-    sc.DerivationDescription = f"Model findings burned in, {NOT_FOR_CLINICAL_USE}"
-    sc.ImageComments = f"{NOT_FOR_CLINICAL_USE}; findings {list(image.finding_indexes)}"
+    sc.DerivationDescription = description.derivation_description
+    sc.ImageComments = description.image_comments
     sc.SourceImageSequence = [_source_reference(source)]
 
 

@@ -50,7 +50,7 @@ def algorithm_identification(model: ModelIdentity) -> hd.sr.AlgorithmIdentificat
     )
 
 
-def _observation_context(options: ResultOptions) -> hd.sr.ObservationContext:
+def observation_context(options: ResultOptions) -> hd.sr.ObservationContext:
     """PS3.16 TID 1002 with a device observer (TID 1004) naming cad-node."""
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=device_observer_uid(options.manufacturer_model_name, options.device_serial_number),
@@ -301,7 +301,7 @@ def _build_sr(
         _no_finding_group(result, uids)
     ]
     report = hd.sr.MeasurementReport(
-        observation_context=_observation_context(options),
+        observation_context=observation_context(options),
         procedure_reported=codes.PROCEDURE_CT_CHEST,
         imaging_measurements=groups,
         referenced_images=[sources[k] for k in _image_library_slices(result, volume)],

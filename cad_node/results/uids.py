@@ -55,6 +55,50 @@ class ResultUids:
             raise ValueError(f"slice index must not be negative, got {slice_index}")
         return _derived_uid(self.job_key, "overlay", "instance", str(slice_index))
 
+    # Planar image sets (mammography, fundus): one SEG per source image with findings.
+
+    def planar_seg_sop_instance_uid(self, seg_index: int) -> str:
+        """SOP Instance UID of SEG ``seg_index`` of a planar image set (one per source image).
+
+        The SEGs share ``seg_series_instance_uid``; a source image without a
+        Frame of Reference makes a SEG of its own (highdicom needs one frame).
+        """
+        return _derived_uid(self.job_key, "planar-seg", "instance", _index(seg_index))
+
+    def planar_seg_dimension_organization_uid(self, seg_index: int) -> str:
+        """Dimension Organization UID (PS3.3 C.7.6.17) of SEG ``seg_index``."""
+        return _derived_uid(self.job_key, "planar-seg", "dimension-organization", _index(seg_index))
+
+    def assessment_tracking_uid(self, assessment_index: int) -> str:
+        """Tracking UID of the SR group of a per-breast or per-eye assessment."""
+        return _derived_uid(self.job_key, "assessment-tracking", _index(assessment_index))
+
+    def explanation_tracking_uid(self, explanation_index: int) -> str:
+        """Tracking UID of the SR group of an explanation map that no other group holds."""
+        return _derived_uid(self.job_key, "explanation-tracking", _index(explanation_index))
+
+    def planar_overlay_sop_instance_uid(self, image_index: int) -> str:
+        """SOP Instance UID of the burned-in image of image ``image_index`` of the image set.
+
+        The images go into ``overlay_series_instance_uid``.
+        """
+        return _derived_uid(self.job_key, "planar-overlay", "instance", _index(image_index))
+
+    @property
+    def explanation_series_instance_uid(self) -> str:
+        """Series Instance UID of the job's explanation images (heatmaps over the image)."""
+        return _derived_uid(self.job_key, "explanation", "series")
+
+    def explanation_sop_instance_uid(self, explanation_index: int) -> str:
+        """SOP Instance UID of the Secondary Capture of explanation map ``explanation_index``."""
+        return _derived_uid(self.job_key, "explanation", "instance", _index(explanation_index))
+
+
+def _index(index: int) -> str:
+    if index < 0:
+        raise ValueError(f"index must not be negative, got {index}")
+    return str(index)
+
 
 def result_uids(job_key: str) -> ResultUids:
     """The UIDs of the SEG and SR a job produces, always the same for ``job_key``."""

@@ -113,3 +113,12 @@ def test_dciodvfy_helper_reports_a_missing_type_1_attribute(tmp_path: Path) -> N
 def _saved(dataset: pydicom.Dataset, path: Path) -> Path:
     dataset.save_as(path)
     return path
+
+
+def test_series_descriptions_name_the_model() -> None:
+    options = ResultOptions(seg_series_description="CAD {model} SEG NOT FOR CLINICAL USE")
+    named = options.for_model("mammo_screening")
+    assert named.seg_series_description == "CAD mammo_screening SEG NOT FOR CLINICAL USE"
+    assert named.sr_series_description == "cad-node mammo_screening SR NOT FOR CLINICAL USE"
+    with pytest.raises(ValueError, match="LO value"):
+        options.for_model("m" * 40)

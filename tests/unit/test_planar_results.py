@@ -1,0 +1,875 @@
+"""SEG, SR, burned-in and explanation images of planar results: written, read back, validated.
+
+Two synthetic studies: a four-view screening mammogram (MG, 12-bit grayscale,
+no Frame of Reference) with a mass and a calcification cluster on the right
+breast, and a fundus exam (OP, RGB) with haemorrhage, microaneurysm and hard
+exudate findings on the left eye.  Every object is written, read back and
+checked with dciodvfy; the geometry checks tie SEG frames and SR outlines to
+the finding masks on the right source images.
+"""
+
+import datetime
+import io
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import numpy.typing as npt
+import pydicom
+import pytest
+from pydicom import Dataset
+from pydicom.uid import SecondaryCaptureImageStorage, SegmentationStorage
+
+from cad_node import NOT_FOR_CLINICAL_USE
+from cad_node.domain.findings import FindingType, ModelIdentity
+from cad_node.domain.planar import (
+    Assessment,
+    AssessmentKind,
+    ExplanationMap,
+    ImageSet,
+    Laterality,
+    PlanarFinding,
+    PlanarMask,
+    PlanarResult,
+)
+from cad_node.errors import ResultBuildError
+from cad_node.imaging.planar import load_image_set
+from cad_node.results.options import ResultOptions
+from cad_node.results.overlay import BANNER_COLOUR, CONTOUR_COLOURS
+from cad_node.results.planar import PlanarObjects, build_planar_objects
+from cad_node.results.planar_overlay import jet
+from cad_node.results.uids import ResultUids, result_uids
+from cad_node.synth.dicom_planar import StudyInfo, fundus_dataset, mammogram_dataset
+from tests.dicom_validation import assert_valid_dicom
+
+WHEN = datetime.datetime(2026, 11, 25, 19, 30, 5, 250000)
+OPTIONS = ResultOptions().at(WHEN)
+MAMMO_MODEL = ModelIdentity("mammo-test", "0.0.1", "cd" * 32, family="mammography")
+FUNDUS_MODEL = ModelIdentity("fundus-test", "0.0.1", "ef" * 32, family="fundus")
+MG_SHAPE = (96, 72)
+MG_SPACING_MM = 0.2
+OP_SHAPE = (80, 88)
+OP_SPACING_MM = 0.012
+VIEWS = (("R", "CC"), ("R", "MLO"), ("L", "CC"), ("L", "MLO"))
+
+
+# --- inputs ------------------------------------------------------------------------------------
+
+
+def _disk(
+    shape: tuple[int, int], centre: tuple[float, float], radius: float
+) -> npt.NDArray[np.bool_]:
+    rows, columns = np.indices(shape)
+    return np.asarray((rows - centre[0]) ** 2 + (columns - centre[1]) ** 2 <= radius**2)
+
+
+def _spots(shape: tuple[int, int], centres: Sequence[tuple[int, int]]) -> npt.NDArray[np.bool_]:
+    full = np.zeros(shape, dtype=np.bool_)
+    for r, c in centres:
+        full[r : r + 2, c : c + 2] = True
+    return full
+
+
+def _mammogram_pixels(index: int) -> npt.NDArray[np.uint16]:
+    rows, columns = np.indices(MG_SHAPE)
+    return (600 + 20 * rows + 10 * columns + 50 * index).astype(np.uint16)
+
+
+def _fundus_pixels(index: int) -> npt.NDArray[np.uint8]:
+    rows, columns = np.indices(OP_SHAPE)
+    rgb = np.stack([120 + rows, 40 + columns // 2, np.full(OP_SHAPE, 20 + 10 * index)], axis=2)
+    return rgb.astype(np.uint8)
+
+
+def _mammo_datasets() -> list[Dataset]:
+    study = StudyInfo.from_seed(5, "mammo")
+    return [
+        mammogram_dataset(
+            _mammogram_pixels(i),
+            study=study,
+            laterality=side,
+            view=view,
+            series_number=1,
+            instance_number=i + 1,
+            pixel_spacing_mm=MG_SPACING_MM,
+        )
+        for i, (side, view) in enumerate(VIEWS)
+    ]
+
+
+def _fundus_datasets() -> list[Dataset]:
+    study = StudyInfo.from_seed(5, "fundus")
+    return [
+        fundus_dataset(
+            _fundus_pixels(i),
+            study=study,
+            laterality=side,
+            series_number=i + 1,  # one series per eye: the image set spans two series
+            instance_number=1,
+            pixel_spacing_mm=OP_SPACING_MM,
+        )
+        for i, side in enumerate("RL")
+    ]
+
+
+def _finding(
+    finding_type: FindingType,
+    image_uid: str,
+    laterality: Laterality,
+    full: npt.NDArray[np.bool_],
+    *,
+    probability: float,
+    spacing_mm: float,
+    diameter: bool,
+) -> PlanarFinding:
+    mask = PlanarMask.from_full(full)
+    area = mask.pixel_count * spacing_mm**2
+    return PlanarFinding(
+        finding_type=finding_type,
+        sop_instance_uid=image_uid,
+        laterality=laterality,
+        mask=mask,
+        probability=probability,
+        area_mm2=area,
+        diameter_mm=max(mask.mask.shape) * spacing_mm if diameter else None,
+    )
+
+
+def _heatmap(shape: tuple[int, int], centre: tuple[float, float]) -> npt.NDArray[np.float32]:
+    rows, columns = np.indices(shape)
+    distance2 = (rows - centre[0]) ** 2 + (columns - centre[1]) ** 2
+    return np.exp(-distance2 / (2 * 8.0**2)).astype(np.float32)
+
+
+def _mammo_result(image_set: ImageSet) -> PlanarResult:
+    r_cc, r_mlo, l_cc, l_mlo = (image.sop_instance_uid for image in image_set.images)
+    right = Laterality.RIGHT
+    mass = _disk(MG_SHAPE, (40.0, 50.0), 7.5)
+    cluster = _spots(MG_SHAPE, [(60, 20), (63, 25), (58, 27), (66, 22)])
+    findings = (
+        _finding(
+            FindingType.MASS,
+            r_cc,
+            right,
+            mass,
+            probability=0.87,
+            spacing_mm=MG_SPACING_MM,
+            diameter=True,
+        ),
+        _finding(
+            FindingType.CALCIFICATION_CLUSTER,
+            r_mlo,
+            right,
+            cluster,
+            probability=0.64,
+            spacing_mm=MG_SPACING_MM,
+            diameter=True,
+        ),
+    )
+    assessments = (
+        Assessment(AssessmentKind.BREAST_SUSPICION, right, 0.82, (r_cc, r_mlo), threshold=0.5),
+        Assessment(
+            AssessmentKind.BREAST_SUSPICION, Laterality.LEFT, 0.07, (l_cc, l_mlo), threshold=0.5
+        ),
+    )
+    explanation = ExplanationMap(
+        r_cc, _heatmap(MG_SHAPE, (40.0, 50.0)), "Grad-CAM", "breast suspicion"
+    )
+    return PlanarResult(
+        model=MAMMO_MODEL,
+        study_instance_uid=image_set.study_instance_uid,
+        findings=findings,
+        assessments=assessments,
+        explanations=(explanation,),
+    )
+
+
+def _fundus_result(image_set: ImageSet) -> PlanarResult:
+    od, os_ = (image.sop_instance_uid for image in image_set.images)
+    left = Laterality.LEFT
+    findings = (
+        _finding(
+            FindingType.HAEMORRHAGE,
+            os_,
+            left,
+            _disk(OP_SHAPE, (30.0, 60.0), 5.0),
+            probability=0.91,
+            spacing_mm=OP_SPACING_MM,
+            diameter=False,
+        ),
+        _finding(
+            FindingType.MICROANEURYSM,
+            os_,
+            left,
+            _spots(OP_SHAPE, [(50, 20), (55, 40), (20, 30), (62, 70)]),
+            probability=0.58,
+            spacing_mm=OP_SPACING_MM,
+            diameter=False,
+        ),
+        _finding(
+            FindingType.HARD_EXUDATE,
+            os_,
+            left,
+            _disk(OP_SHAPE, (45.0, 45.0), 3.0),
+            probability=0.66,
+            spacing_mm=OP_SPACING_MM,
+            diameter=False,
+        ),
+    )
+    assessments = (
+        Assessment(
+            AssessmentKind.DIABETIC_RETINOPATHY,
+            Laterality.RIGHT,
+            0.2,
+            (od,),
+            grade=0,
+            class_probabilities=(0.85, 0.1, 0.03, 0.01, 0.01),
+        ),
+        Assessment(
+            AssessmentKind.DIABETIC_RETINOPATHY,
+            left,
+            2.9,
+            (os_,),
+            grade=3,
+            class_probabilities=(0.01, 0.04, 0.15, 0.7, 0.1),
+        ),
+    )
+    explanations = (
+        ExplanationMap(od, _heatmap(OP_SHAPE, (40.0, 44.0)), "Grad-CAM", "ICDR grade 0"),
+        ExplanationMap(os_, _heatmap(OP_SHAPE, (30.0, 60.0)), "Grad-CAM", "ICDR grade 3"),
+    )
+    return PlanarResult(
+        model=FUNDUS_MODEL,
+        study_instance_uid=image_set.study_instance_uid,
+        findings=findings,
+        assessments=assessments,
+        explanations=explanations,
+    )
+
+
+def encode(dataset: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def headers_only(datasets: Sequence[Dataset]) -> list[Dataset]:
+    """The source instances as the worker holds them: read back without Pixel Data."""
+    return [pydicom.dcmread(io.BytesIO(encode(ds)), stop_before_pixels=True) for ds in datasets]
+
+
+@dataclass(frozen=True)
+class Case:
+    datasets: list[Dataset]
+    image_set: ImageSet
+    result: PlanarResult
+    uids: ResultUids
+    objects: PlanarObjects
+    read: dict[str, Dataset]
+    """Every object written, validated and read back, by SOP Instance UID."""
+
+
+def _written(objects: PlanarObjects, folder: Path) -> dict[str, Dataset]:
+    read: dict[str, Dataset] = {}
+    everything = [*objects.seg, objects.sr, *objects.overlays, *objects.explanations]
+    for number, dataset in enumerate(everything):
+        path = folder / f"object{number}.dcm"
+        dataset.save_as(path, enforce_file_format=True)
+        assert_valid_dicom(path)
+        read[str(dataset.SOPInstanceUID)] = pydicom.dcmread(path)
+    return read
+
+
+def _case(
+    datasets: list[Dataset],
+    make_result: Callable[[ImageSet], PlanarResult],
+    job_key: str,
+    folder: Path,
+) -> Case:
+    image_set = load_image_set(datasets)
+    result = make_result(image_set)
+    uids = result_uids(job_key)
+    objects = build_planar_objects(
+        headers_only(datasets), image_set, result, uids, OPTIONS, overlay=True
+    )
+    return Case(datasets, image_set, result, uids, objects, _written(objects, folder))
+
+
+@pytest.fixture(scope="module")
+def mammo(tmp_path_factory: pytest.TempPathFactory) -> Case:
+    return _case(_mammo_datasets(), _mammo_result, "mammo-job", tmp_path_factory.mktemp("mg"))
+
+
+@pytest.fixture(scope="module")
+def fundus(tmp_path_factory: pytest.TempPathFactory) -> Case:
+    return _case(_fundus_datasets(), _fundus_result, "fundus-job", tmp_path_factory.mktemp("op"))
+
+
+@pytest.fixture(params=["mammo", "fundus"])
+def case(request: pytest.FixtureRequest) -> Case:
+    value: Case = request.getfixturevalue(request.param)
+    return value
+
+
+# --- SR helpers --------------------------------------------------------------------------------
+
+
+def _code(item: Dataset) -> str:
+    return str(item.ConceptNameCodeSequence[0].CodeValue)
+
+
+def _groups(sr: Dataset) -> list[Dataset]:
+    (container,) = [item for item in sr.ContentSequence if _code(item) == "126010"]
+    return list(container.ContentSequence)
+
+
+def _items(group: Dataset, code_value: str) -> list[Dataset]:
+    return [item for item in group.ContentSequence if _code(item) == code_value]
+
+
+def _item(group: Dataset, code_value: str) -> Dataset:
+    items = _items(group, code_value)
+    assert len(items) == 1, f"{len(items)} items named {code_value}"
+    return items[0]
+
+
+def _tracking_uid(group: Dataset) -> str:
+    return str(_item(group, "112040").UID)
+
+
+def _numbers(group: Dataset) -> dict[str, float]:
+    return {
+        _code(item): float(item.MeasuredValueSequence[0].NumericValue)
+        for item in group.ContentSequence
+        if item.ValueType == "NUM"
+    }
+
+
+def _coded(group: Dataset) -> dict[str, str]:
+    return {
+        _code(item): str(item.ConceptCodeSequence[0].CodeValue)
+        for item in group.ContentSequence
+        if item.ValueType == "CODE"
+    }
+
+
+def _site(group: Dataset) -> tuple[str, str]:
+    site = _item(group, "363698007")
+    (laterality,) = site.ContentSequence
+    return str(site.ConceptCodeSequence[0].CodeValue), str(
+        laterality.ConceptCodeSequence[0].CodeValue
+    )
+
+
+def _region_groups(sr: Dataset) -> list[Dataset]:
+    return [g for g in _groups(sr) if _items(g, "111030")]
+
+
+def _segment_groups(sr: Dataset) -> list[Dataset]:
+    return [g for g in _groups(sr) if _items(g, "121214")]
+
+
+def _sr(case: Case) -> Dataset:
+    return case.read[case.uids.sr_sop_instance_uid]
+
+
+# --- every object --------------------------------------------------------------------------------
+
+
+def test_objects_are_valid_and_belong_to_the_source_study(case: Case) -> None:
+    objects = case.objects
+    assert len(case.read) == len(objects.seg) + 1 + len(objects.overlays) + len(
+        objects.explanations
+    )
+    for dataset in case.read.values():
+        assert dataset.StudyInstanceUID == case.image_set.study_instance_uid
+        assert NOT_FOR_CLINICAL_USE in dataset.SeriesDescription
+        assert (str(dataset.ContentDate), str(dataset.ContentTime)) == ("20261125", "193005.250000")
+    assert len(objects.explanations) == len(case.result.explanations)
+    assert (
+        len(objects.seg)
+        == len(objects.overlays)
+        == len({f.sop_instance_uid for f in case.result.findings})
+    )
+
+
+def test_objects_are_byte_identical_when_rebuilt(case: Case) -> None:
+    again = build_planar_objects(
+        headers_only(case.datasets), case.image_set, case.result, case.uids, OPTIONS, overlay=True
+    )
+    first = [*case.objects.seg, case.objects.sr, *case.objects.overlays, *case.objects.explanations]
+    second = [*again.seg, again.sr, *again.overlays, *again.explanations]
+    assert [encode(ds) for ds in second] == [encode(ds) for ds in first]
+
+
+# --- SEG -----------------------------------------------------------------------------------------
+
+
+def _segs(case: Case) -> list[Dataset]:
+    return [case.read[str(seg.SOPInstanceUID)] for seg in case.objects.seg]
+
+
+def test_seg_per_source_image_holds_its_findings_masks(case: Case) -> None:
+    for number, seg in enumerate(_segs(case), start=1):
+        assert seg.SOPClassUID == SegmentationStorage
+        assert seg.SeriesInstanceUID == case.uids.seg_series_instance_uid
+        assert seg.InstanceNumber == number
+        (series,) = seg.ReferencedSeriesSequence
+        (instance,) = series.ReferencedInstanceSequence
+        source_uid = str(instance.ReferencedSOPInstanceUID)
+        image = case.image_set.image(source_uid)
+        assert series.SeriesInstanceUID == image.series_instance_uid
+        on_image = [
+            (i, f) for i, f in enumerate(case.result.findings) if f.sop_instance_uid == source_uid
+        ]
+        assert seg.NumberOfFrames == len(on_image) == len(seg.SegmentSequence)
+        pixels = seg.pixel_array.reshape(len(on_image), *image.shape)
+        for frame, item in enumerate(seg.PerFrameFunctionalGroupsSequence):
+            derived = item.DerivationImageSequence[0].SourceImageSequence[0]
+            assert derived.ReferencedSOPInstanceUID == source_uid
+            identification = item.get("SegmentIdentificationSequence") or (
+                seg.SharedFunctionalGroupsSequence[0].SegmentIdentificationSequence
+            )
+            segment = int(identification[0].ReferencedSegmentNumber)
+            index, finding = on_image[segment - 1]
+            np.testing.assert_array_equal(
+                pixels[frame].astype(bool), finding.mask.paste(image.shape)
+            )
+            assert seg.SegmentSequence[segment - 1].TrackingUID == case.uids.tracking_uid(index)
+
+
+def test_seg_reads_back_with_highdicom(case: Case) -> None:
+    seg = hd.seg.Segmentation.from_dataset(_segs(case)[0])
+    source_uid = str(
+        seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID
+    )
+    first = next(f for f in case.result.findings if f.sop_instance_uid == source_uid)
+    pixels = seg.get_pixels_by_source_instance([source_uid], segment_numbers=[1])
+    np.testing.assert_array_equal(
+        pixels[0, :, :, 0].astype(bool), first.mask.paste(case.image_set.image(source_uid).shape)
+    )
+
+
+def test_mammo_segments_say_type_site_algorithm_and_not_for_clinical_use(mammo: Case) -> None:
+    items = [item for seg in _segs(mammo) for item in seg.SegmentSequence]
+    assert [str(i.SegmentLabel) for i in items] == ["Mass 1", "Calcification Cluster 2"]
+    assert [str(i.SegmentedPropertyTypeCodeSequence[0].CodeValue) for i in items] == [
+        "4147007",
+        "111105",
+    ]
+    for item in items:
+        assert item.AnatomicRegionSequence[0].CodeValue == "76752008"
+        assert NOT_FOR_CLINICAL_USE in item.SegmentDescription
+        algorithm = item.SegmentationAlgorithmIdentificationSequence[0]
+        assert algorithm.AlgorithmName == MAMMO_MODEL.name
+        assert MAMMO_MODEL.weights_sha256 in algorithm.AlgorithmParameters
+    for seg in _segs(mammo):
+        assert "FrameOfReferenceUID" not in seg  # mammograms have none
+        source_uid = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0]
+        (source,) = [
+            ds for ds in mammo.datasets if ds.SOPInstanceUID == source_uid.ReferencedSOPInstanceUID
+        ]
+        assert list(seg.PatientOrientation) == list(source.PatientOrientation)
+
+
+def test_fundus_segments_use_colour_sources_and_the_private_scheme(fundus: Case) -> None:
+    (seg,) = _segs(fundus)
+    source = fundus.image_set.image(
+        str(seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID)
+    )
+    assert source.is_colour
+    types = [
+        (str(c.CodingSchemeDesignator), str(c.CodeValue))
+        for c in (i.SegmentedPropertyTypeCodeSequence[0] for i in seg.SegmentSequence)
+    ]
+    assert types == [
+        ("SCT", "50960005"),
+        ("99CADNODE", "MICROANEURYSM"),
+        ("99CADNODE", "HARDEXUDATE"),
+    ]
+    (scheme,) = seg.CodingSchemeIdentificationSequence
+    assert scheme.CodingSchemeDesignator == "99CADNODE"
+    assert all(i.AnatomicRegionSequence[0].CodeValue == "5665001" for i in seg.SegmentSequence)
+
+
+# --- SR ------------------------------------------------------------------------------------------
+
+
+def _outline_on_mask(points: npt.NDArray[np.float64], full: npt.NDArray[np.bool_]) -> bool:
+    """Whether every (column, row) point lies on the border or inside of a mask pixel.
+
+    Pixel (r, c) covers image coordinates [c, c + 1] x [r, r + 1] (PS3.3 C.10.5.1.2).
+    """
+    for x, y in points:
+        rows = {int(np.floor(y)), int(np.ceil(y)) - 1}
+        columns = {int(np.floor(x)), int(np.ceil(x)) - 1}
+        if not any(
+            0 <= r < full.shape[0] and 0 <= c < full.shape[1] and full[r, c]
+            for r in rows
+            for c in columns
+        ):
+            return False
+    return True
+
+
+def test_sr_is_a_tid_1500_report_over_the_whole_image_set(case: Case) -> None:
+    sr = _sr(case)
+    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"
+    assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+    assert sr.SeriesInstanceUID == case.uids.sr_series_instance_uid
+    (library,) = _item(sr, "111028").ContentSequence
+    in_library = [
+        str(i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID) for i in library.ContentSequence
+    ]
+    assert in_library == [image.sop_instance_uid for image in case.image_set.images]
+    evidence = {
+        str(item.ReferencedSOPInstanceUID)
+        for series in sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
+        for item in series.ReferencedSOPSequence
+    }
+    expected = {image.sop_instance_uid for image in case.image_set.images} | {
+        str(ds.SOPInstanceUID) for ds in (*case.objects.seg, *case.objects.explanations)
+    }
+    assert evidence == expected
+    assert "99CADNODE" in {i.CodingSchemeDesignator for i in sr.CodingSchemeIdentificationSequence}
+    content = hd.sr.srread(io.BytesIO(encode(sr))).content
+    assert isinstance(content, hd.sr.MeasurementReport)
+    assert len(content.get_planar_roi_measurement_groups()) == 2 * len(case.result.findings)
+
+
+def test_sr_outlines_lie_on_the_masks_of_the_right_images(case: Case) -> None:
+    regions = _region_groups(_sr(case))
+    assert len(regions) == len(case.result.findings)
+    for index, (group, finding) in enumerate(zip(regions, case.result.findings, strict=True)):
+        assert _tracking_uid(group) == case.uids.tracking_uid(index)
+        scoord = _item(group, "111030")
+        assert scoord.GraphicType == "POLYLINE"
+        reference = scoord.ContentSequence[0].ReferencedSOPSequence[0]
+        assert reference.ReferencedSOPInstanceUID == finding.sop_instance_uid
+        points = np.asarray(scoord.GraphicData, dtype=np.float64).reshape(-1, 2)
+        np.testing.assert_array_equal(points[0], points[-1])  # closed
+        assert len(points) >= 4
+        full = finding.mask.paste(case.image_set.image(finding.sop_instance_uid).shape)
+        assert _outline_on_mask(points, full)
+
+
+def test_sr_outline_of_a_solid_lesion_encloses_its_area(mammo: Case) -> None:
+    mass = mammo.result.findings[0]
+    scoord = _item(_region_groups(_sr(mammo))[0], "111030")
+    x, y = np.asarray(scoord.GraphicData, dtype=np.float64).reshape(-1, 2).T
+    shoelace = 0.5 * abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))
+    assert 0.85 * mass.mask.pixel_count < shoelace < 1.05 * mass.mask.pixel_count
+    centre_row, centre_column = mass.centre_rc
+    assert x.min() < centre_column + 0.5 < x.max()
+    assert y.min() < centre_row + 0.5 < y.max()
+
+
+def test_sr_finding_groups_carry_type_site_and_measurements(mammo: Case) -> None:
+    for group, finding in zip(_region_groups(_sr(mammo)), mammo.result.findings, strict=True):
+        assert _site(group) == ("76752008", "24028007")  # breast, right
+        numbers = _numbers(group)
+        assert numbers["42798000"] == pytest.approx(finding.area_mm2, abs=1e-3)
+        assert numbers["81827009"] == pytest.approx(finding.diameter_mm, abs=0.01)
+        assert numbers["111012"] == pytest.approx(100 * finding.probability)
+        algorithm = {
+            _code(i): str(i.TextValue) for i in group.ContentSequence if i.ValueType == "TEXT"
+        }
+        assert algorithm["111001"] == MAMMO_MODEL.name
+        assert NOT_FOR_CLINICAL_USE in algorithm["111002"]
+    types = [_coded(g)["121071"] for g in _region_groups(_sr(mammo))]
+    assert types == ["4147007", "111105"]
+
+
+def test_sr_segment_groups_reference_the_segment_frames(case: Case) -> None:
+    segs = {str(seg.SOPInstanceUID): seg for seg in case.objects.seg}
+    groups = _segment_groups(_sr(case))
+    assert len(groups) == len(case.result.findings)
+    for index, group in enumerate(groups):
+        assert _tracking_uid(group) == case.uids.tracking_uid(index)
+        reference = _item(group, "121214").ReferencedSOPSequence[0]
+        seg = segs[str(reference.ReferencedSOPInstanceUID)]
+        assert "ReferencedSegmentNumber" not in reference  # the frame says which segment
+        per_frame = seg.PerFrameFunctionalGroupsSequence[int(reference.ReferencedFrameNumber) - 1]
+        identification = per_frame.get("SegmentIdentificationSequence") or (
+            seg.SharedFunctionalGroupsSequence[0].SegmentIdentificationSequence
+        )
+        segment = int(identification[0].ReferencedSegmentNumber)
+        assert seg.SegmentSequence[segment - 1].TrackingUID == case.uids.tracking_uid(index)
+
+
+def _assessment_groups(case: Case) -> list[Dataset]:
+    return [
+        g
+        for g in _groups(_sr(case))
+        if _tracking_uid(g) in {case.uids.assessment_tracking_uid(i) for i in range(2)}
+    ]
+
+
+def test_sr_breast_assessments_give_probability_threshold_and_verdict(mammo: Case) -> None:
+    right, left = _assessment_groups(mammo)
+    assert _site(right) == ("76752008", "24028007")
+    assert _site(left) == ("76752008", "7771000")
+    assert _numbers(right) == {"111047": 82.0, "122411": 50.0}
+    assert _numbers(left) == {"111047": 7.0, "122411": 50.0}
+    assert _coded(right)["SUSPICION"] == "SUSPICIOUS"
+    assert _coded(left)["SUSPICION"] == "NOTSUSPICIOUS"
+    read = [
+        str(i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID) for i in _items(right, "121112")
+    ]
+    assert read == list(mammo.result.assessments[0].sop_instance_uids)
+
+
+def test_sr_dr_assessments_give_grade_referral_and_grade_probabilities(fundus: Case) -> None:
+    right, left = _assessment_groups(fundus)
+    assert _site(right) == ("5665001", "24028007")
+    assert _site(left) == ("5665001", "7771000")
+    assert (_coded(right)["ICDRGRADE"], _coded(right)["REFERABLEDR"]) == ("ICDR0", "373067005")
+    assert (_coded(left)["ICDRGRADE"], _coded(left)["REFERABLEDR"]) == ("ICDR3", "373066001")
+    grade = next(i for i in left.ContentSequence if _code(i) == "ICDRGRADE")
+    assert grade.ConceptCodeSequence[0].CodeMeaning == "Severe non-proliferative DR"
+    assert _numbers(left) == {
+        f"ICDRP{g}": pytest.approx(100 * p)
+        for g, p in enumerate(fundus.result.assessments[1].class_probabilities)
+    }
+
+
+def test_sr_references_each_explanation_image_from_its_assessment(case: Case) -> None:
+    groups = _assessment_groups(case)
+    for explanation, image in zip(case.result.explanations, case.objects.explanations, strict=True):
+        (holder,) = [
+            g
+            for g, a in zip(groups, case.result.assessments, strict=True)
+            if explanation.sop_instance_uid in a.sop_instance_uids
+        ]
+        references = [
+            str(i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+            for i in _items(holder, "130401")
+        ]
+        assert str(image.SOPInstanceUID) in references
+        texts = [str(i.TextValue) for i in _items(holder, "121106")]
+        assert f"Grad-CAM activation map: {explanation.target}" in texts
+
+
+def test_fundus_sr_codes_lesions_on_the_left_retina(fundus: Case) -> None:
+    regions = _region_groups(_sr(fundus))
+    assert [_coded(g)["121071"] for g in regions] == ["50960005", "MICROANEURYSM", "HARDEXUDATE"]
+    assert all(_site(g) == ("5665001", "7771000") for g in regions)
+    assert all("81827009" not in _numbers(g) for g in regions)  # no diameter given
+
+
+# --- burned-in and explanation images ------------------------------------------------------------
+
+
+def _source_of(case: Case, capture: Dataset) -> Dataset:
+    uid = str(capture.SourceImageSequence[0].ReferencedSOPInstanceUID)
+    (source,) = [ds for ds in case.datasets if ds.SOPInstanceUID == uid]
+    return source
+
+
+def test_overlays_show_contours_banner_and_reference_their_image(case: Case) -> None:
+    for capture in (case.read[str(ds.SOPInstanceUID)] for ds in case.objects.overlays):
+        assert capture.SOPClassUID == SecondaryCaptureImageStorage
+        assert capture.SeriesInstanceUID == case.uids.overlay_series_instance_uid
+        assert capture.BurnedInAnnotation == "YES"
+        source = _source_of(case, capture)
+        assert capture.Laterality == source.ImageLaterality
+        assert list(capture.PatientOrientation or []) == list(source.PatientOrientation or [])
+        pixels = capture.pixel_array
+        assert pixels.shape == (*case.image_set.image(source.SOPInstanceUID).shape, 3)
+        banner = pixels[: max(10, pixels.shape[0] // 20) - 1]
+        assert np.all(banner == BANNER_COLOUR, axis=2).mean() > 0.5
+        for index, finding in enumerate(case.result.findings):
+            if finding.sop_instance_uid != source.SOPInstanceUID:
+                continue
+            coloured = np.all(pixels == CONTOUR_COLOURS[index % len(CONTOUR_COLOURS)], axis=2)
+            full = finding.mask.paste(coloured.shape)
+            assert coloured[full].sum() >= 4  # the contour runs on the mask's border pixels
+
+
+def test_mammo_overlay_keeps_the_mlo_orientation_and_the_window(mammo: Case) -> None:
+    mlo = next(
+        mammo.read[str(ds.SOPInstanceUID)]
+        for ds in mammo.objects.overlays
+        if _source_of(mammo, mammo.read[str(ds.SOPInstanceUID)]).ViewPosition == "MLO"
+    )
+    assert list(mlo.PatientOrientation) == ["P", "FL"]
+    grey = mlo.pixel_array[MG_SHAPE[0] - 10, MG_SHAPE[1] // 2]
+    assert grey[0] == grey[1] == grey[2]
+    assert 100 < int(grey[0]) <= 255  # bright end of the synthetic gradient, windowed
+
+
+def test_explanations_blend_the_heatmap_and_say_what_they_explain(case: Case) -> None:
+    for explanation, built in zip(case.result.explanations, case.objects.explanations, strict=True):
+        capture = case.read[str(built.SOPInstanceUID)]
+        assert capture.SeriesInstanceUID == case.uids.explanation_series_instance_uid
+        assert capture.SeriesNumber == OPTIONS.explanation_series_number
+        assert (
+            capture.SourceImageSequence[0].ReferencedSOPInstanceUID == explanation.sop_instance_uid
+        )
+        assert explanation.target in capture.ImageComments
+        pixels = capture.pixel_array.astype(np.int64)
+        hot = np.unravel_index(np.argmax(explanation.heatmap), explanation.heatmap.shape)
+        red, _, blue = pixels[hot]
+        assert red > blue  # jet: red where the map peaks
+        caption = pixels[-max(10, pixels.shape[0] // 20) :]
+        assert (caption.sum(axis=2) == 0).mean() > 0.5
+        assert (caption > 128).any()
+
+
+def test_jet_runs_from_blue_through_green_to_red() -> None:
+    low, middle, high = jet(np.array([0.0, 0.5, 1.0], dtype=np.float32))
+    assert low.argmax() == 2
+    assert middle.argmax() == 1
+    assert high.argmax() == 0
+
+
+# --- other inputs --------------------------------------------------------------------------------
+
+
+def test_without_findings_and_overlays_only_the_sr_and_explanations_are_built(
+    mammo: Case, tmp_path: Path
+) -> None:
+    result = PlanarResult(
+        model=MAMMO_MODEL,
+        study_instance_uid=mammo.image_set.study_instance_uid,
+        findings=(),
+        assessments=mammo.result.assessments,
+        explanations=mammo.result.explanations,
+    )
+    objects = build_planar_objects(
+        headers_only(mammo.datasets),
+        mammo.image_set,
+        result,
+        result_uids("empty"),
+        OPTIONS,
+        overlay=False,
+    )
+    assert objects.seg == []
+    assert objects.overlays == []
+    read = _written(objects, tmp_path)
+    assert len(_assessment_groups_of(read[str(objects.sr.SOPInstanceUID)])) == 2
+
+
+def _assessment_groups_of(sr: Dataset) -> list[Dataset]:
+    uids = result_uids("empty")
+    return [
+        g
+        for g in _groups(sr)
+        if _tracking_uid(g) in {uids.assessment_tracking_uid(i) for i in range(2)}
+    ]
+
+
+def test_nothing_to_say_still_makes_a_valid_report(fundus: Case, tmp_path: Path) -> None:
+    result = PlanarResult(
+        model=FUNDUS_MODEL,
+        study_instance_uid=fundus.image_set.study_instance_uid,
+        findings=(),
+        assessments=(),
+    )
+    uids = result_uids("nothing")
+    objects = build_planar_objects(
+        headers_only(fundus.datasets), fundus.image_set, result, uids, OPTIONS, overlay=True
+    )
+    (group,) = _groups(_written(objects, tmp_path)[uids.sr_sop_instance_uid])
+    assert _tracking_uid(group) == uids.summary_tracking_uid
+    assert _coded(group)["121071"] == "272519000"  # Finding: Absent
+
+
+def test_rerun_lists_its_predecessor(mammo: Case, tmp_path: Path) -> None:
+    earlier = pydicom.dcmread(io.BytesIO(encode(mammo.objects.sr)))
+    uids = result_uids("mammo-job-rerun")
+    objects = build_planar_objects(
+        headers_only(mammo.datasets),
+        mammo.image_set,
+        mammo.result,
+        uids,
+        OPTIONS,
+        [earlier],
+        overlay=False,
+    )
+    read = _written(objects, tmp_path)[uids.sr_sop_instance_uid]
+    (study,) = read.PredecessorDocumentsSequence
+    (series,) = study.ReferencedSeriesSequence
+    assert [i.ReferencedSOPInstanceUID for i in series.ReferencedSOPSequence] == [
+        earlier.SOPInstanceUID
+    ]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("finding_elsewhere", "outside the image set"),
+        ("heatmap_size", "heatmap is"),
+        ("missing_dataset", "no source dataset"),
+        ("other_study", "another study"),
+    ],
+)
+def test_unusable_inputs_are_refused(mammo: Case, change: str, message: str) -> None:
+    result, datasets = mammo.result, headers_only(mammo.datasets)
+    if change == "finding_elsewhere":
+        stray = PlanarFinding(
+            FindingType.MASS, "2.25.1", Laterality.RIGHT, mammo.result.findings[0].mask, 0.5
+        )
+        result = PlanarResult(MAMMO_MODEL, result.study_instance_uid, (stray,), ())
+    elif change == "heatmap_size":
+        small = ExplanationMap(
+            mammo.image_set.images[0].sop_instance_uid,
+            np.zeros((4, 4), np.float32),
+            "Grad-CAM",
+            "x",
+        )
+        result = PlanarResult(MAMMO_MODEL, result.study_instance_uid, (), (), (small,))
+    elif change == "missing_dataset":
+        datasets = datasets[1:]
+    else:
+        result = PlanarResult(MAMMO_MODEL, "2.25.2", (), ())
+    with pytest.raises(ResultBuildError, match=message):
+        build_planar_objects(datasets, mammo.image_set, result, mammo.uids, OPTIONS, overlay=True)
+
+
+def test_fundus_without_pixel_spacing_reports_no_mm(tmp_path: Path) -> None:
+    study = StudyInfo.from_seed(9, "fundus")
+    datasets = [
+        fundus_dataset(
+            _fundus_pixels(0),
+            study=study,
+            laterality="R",
+            series_number=1,
+            instance_number=1,
+            pixel_spacing_mm=None,
+        )
+    ]
+    image_set = load_image_set(datasets)
+    (image,) = image_set.images
+    assert image.pixel_spacing_mm is None
+    finding = PlanarFinding(
+        FindingType.SOFT_EXUDATE,
+        image.sop_instance_uid,
+        Laterality.RIGHT,
+        PlanarMask.from_full(_disk(OP_SHAPE, (20.0, 20.0), 4.0)),
+        0.7,
+    )
+    result = PlanarResult(FUNDUS_MODEL, image_set.study_instance_uid, (finding,), ())
+    uids = result_uids("no-spacing")
+    objects = build_planar_objects(
+        headers_only(datasets), image_set, result, uids, OPTIONS, overlay=True
+    )
+    read = _written(objects, tmp_path)
+    (region,) = _region_groups(read[uids.sr_sop_instance_uid])
+    assert _numbers(region) == {"111012": 70.0}  # certainty only: no area, no diameter
+    assert _coded(region)["121071"] == "SOFTEXUDATE"
+
+
+def test_building_keeps_the_patient_name_out_of_warnings(mammo: Case) -> None:
+    sources = headers_only(mammo.datasets)
+    for ds in sources:
+        ds.PatientName = "Zyxwvut"  # one component: highdicom warns, quoting it
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        build_planar_objects(
+            sources, mammo.image_set, mammo.result, mammo.uids, OPTIONS, overlay=True
+        )
+    assert not [w for w in caught if "Zyxwvut" in str(w.message)]
