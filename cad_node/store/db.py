@@ -6,7 +6,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from cad_node.store.schema import Base
+from cad_node.store.migrations import upgrade_journal
 
 
 def sqlite_url(path: Path) -> str:
@@ -39,7 +39,15 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def create_schema(engine: Engine) -> None:
-    Base.metadata.create_all(engine)
+    """Bring the journal on ``engine`` to the schema of this code (Alembic's head revision).
+
+    An empty database gets every revision; a journal made by cad-node 0.1.0
+    (tables made by ``create_all``, no ``alembic_version``) is stamped ``0001``,
+    then upgraded; a journal at head is left as it is.  Safe when ``serve`` and
+    workers start at once: the change runs under a PostgreSQL advisory lock, or
+    SQLite's write lock (see :mod:`cad_node.store.migrations.runner`).
+    """
+    upgrade_journal(engine)
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
