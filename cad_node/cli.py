@@ -33,7 +33,7 @@ def configure_logging(level: str) -> None:
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
     redaction.install()
-    for library in ("pynetdicom", "apscheduler"):
+    for library in ("pynetdicom", "apscheduler", "alembic"):
         logging.getLogger(library).setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 

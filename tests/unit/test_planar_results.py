@@ -43,6 +43,7 @@ from cad_node.results.planar import PlanarObjects, build_planar_objects
 from cad_node.results.planar_overlay import jet
 from cad_node.results.uids import ResultUids, result_uids
 from cad_node.synth.dicom_planar import StudyInfo, fundus_dataset, mammogram_dataset
+from tests import sr_content as content
 from tests.dicom_validation import assert_valid_dicom
 
 WHEN = datetime.datetime(2026, 11, 25, 19, 30, 5, 250000)
@@ -317,59 +318,12 @@ def case(request: pytest.FixtureRequest) -> Case:
 # --- SR helpers --------------------------------------------------------------------------------
 
 
-def _code(item: Dataset) -> str:
-    return str(item.ConceptNameCodeSequence[0].CodeValue)
-
-
-def _groups(sr: Dataset) -> list[Dataset]:
-    (container,) = [item for item in sr.ContentSequence if _code(item) == "126010"]
-    return list(container.ContentSequence)
-
-
-def _items(group: Dataset, code_value: str) -> list[Dataset]:
-    return [item for item in group.ContentSequence if _code(item) == code_value]
-
-
-def _item(group: Dataset, code_value: str) -> Dataset:
-    items = _items(group, code_value)
-    assert len(items) == 1, f"{len(items)} items named {code_value}"
-    return items[0]
-
-
-def _tracking_uid(group: Dataset) -> str:
-    return str(_item(group, "112040").UID)
-
-
-def _numbers(group: Dataset) -> dict[str, float]:
-    return {
-        _code(item): float(item.MeasuredValueSequence[0].NumericValue)
-        for item in group.ContentSequence
-        if item.ValueType == "NUM"
-    }
-
-
-def _coded(group: Dataset) -> dict[str, str]:
-    return {
-        _code(item): str(item.ConceptCodeSequence[0].CodeValue)
-        for item in group.ContentSequence
-        if item.ValueType == "CODE"
-    }
-
-
-def _site(group: Dataset) -> tuple[str, str]:
-    site = _item(group, "363698007")
-    (laterality,) = site.ContentSequence
-    return str(site.ConceptCodeSequence[0].CodeValue), str(
-        laterality.ConceptCodeSequence[0].CodeValue
-    )
-
-
 def _region_groups(sr: Dataset) -> list[Dataset]:
-    return [g for g in _groups(sr) if _items(g, "111030")]
+    return [g for g in content.groups(sr) if content.items(g, "111030")]
 
 
 def _segment_groups(sr: Dataset) -> list[Dataset]:
-    return [g for g in _groups(sr) if _items(g, "121214")]
+    return [g for g in content.groups(sr) if content.items(g, "121214")]
 
 
 def _sr(case: Case) -> Dataset:
@@ -520,7 +474,7 @@ def test_sr_is_a_tid_1500_report_over_the_whole_image_set(case: Case) -> None:
     assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"
     assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
     assert sr.SeriesInstanceUID == case.uids.sr_series_instance_uid
-    (library,) = _item(sr, "111028").ContentSequence
+    (library,) = content.item(sr, "111028").ContentSequence
     in_library = [
         str(i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID) for i in library.ContentSequence
     ]
@@ -535,17 +489,17 @@ def test_sr_is_a_tid_1500_report_over_the_whole_image_set(case: Case) -> None:
     }
     assert evidence == expected
     assert "99CADNODE" in {i.CodingSchemeDesignator for i in sr.CodingSchemeIdentificationSequence}
-    content = hd.sr.srread(io.BytesIO(encode(sr))).content
-    assert isinstance(content, hd.sr.MeasurementReport)
-    assert len(content.get_planar_roi_measurement_groups()) == 2 * len(case.result.findings)
+    report = hd.sr.srread(io.BytesIO(encode(sr))).content
+    assert isinstance(report, hd.sr.MeasurementReport)
+    assert len(report.get_planar_roi_measurement_groups()) == 2 * len(case.result.findings)
 
 
 def test_sr_outlines_lie_on_the_masks_of_the_right_images(case: Case) -> None:
     regions = _region_groups(_sr(case))
     assert len(regions) == len(case.result.findings)
     for index, (group, finding) in enumerate(zip(regions, case.result.findings, strict=True)):
-        assert _tracking_uid(group) == case.uids.tracking_uid(index)
-        scoord = _item(group, "111030")
+        assert content.tracking_uid(group) == case.uids.tracking_uid(index)
+        scoord = content.item(group, "111030")
         assert scoord.GraphicType == "POLYLINE"
         reference = scoord.ContentSequence[0].ReferencedSOPSequence[0]
         assert reference.ReferencedSOPInstanceUID == finding.sop_instance_uid
@@ -558,7 +512,7 @@ def test_sr_outlines_lie_on_the_masks_of_the_right_images(case: Case) -> None:
 
 def test_sr_outline_of_a_solid_lesion_encloses_its_area(mammo: Case) -> None:
     mass = mammo.result.findings[0]
-    scoord = _item(_region_groups(_sr(mammo))[0], "111030")
+    scoord = content.item(_region_groups(_sr(mammo))[0], "111030")
     x, y = np.asarray(scoord.GraphicData, dtype=np.float64).reshape(-1, 2).T
     shoelace = 0.5 * abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))
     assert 0.85 * mass.mask.pixel_count < shoelace < 1.05 * mass.mask.pixel_count
@@ -569,17 +523,19 @@ def test_sr_outline_of_a_solid_lesion_encloses_its_area(mammo: Case) -> None:
 
 def test_sr_finding_groups_carry_type_site_and_measurements(mammo: Case) -> None:
     for group, finding in zip(_region_groups(_sr(mammo)), mammo.result.findings, strict=True):
-        assert _site(group) == ("76752008", "24028007")  # breast, right
-        numbers = _numbers(group)
+        assert content.site(group) == ("76752008", "24028007")  # breast, right
+        numbers = content.numbers(group)
         assert numbers["42798000"] == pytest.approx(finding.area_mm2, abs=1e-3)
         assert numbers["81827009"] == pytest.approx(finding.diameter_mm, abs=0.01)
         assert numbers["111012"] == pytest.approx(100 * finding.probability)
         algorithm = {
-            _code(i): str(i.TextValue) for i in group.ContentSequence if i.ValueType == "TEXT"
+            content.code(i): str(i.TextValue)
+            for i in group.ContentSequence
+            if i.ValueType == "TEXT"
         }
         assert algorithm["111001"] == MAMMO_MODEL.name
         assert NOT_FOR_CLINICAL_USE in algorithm["111002"]
-    types = [_coded(g)["121071"] for g in _region_groups(_sr(mammo))]
+    types = [content.coded(g)["121071"] for g in _region_groups(_sr(mammo))]
     assert types == ["4147007", "111105"]
 
 
@@ -588,8 +544,8 @@ def test_sr_segment_groups_reference_the_segment_frames(case: Case) -> None:
     groups = _segment_groups(_sr(case))
     assert len(groups) == len(case.result.findings)
     for index, group in enumerate(groups):
-        assert _tracking_uid(group) == case.uids.tracking_uid(index)
-        reference = _item(group, "121214").ReferencedSOPSequence[0]
+        assert content.tracking_uid(group) == case.uids.tracking_uid(index)
+        reference = content.item(group, "121214").ReferencedSOPSequence[0]
         seg = segs[str(reference.ReferencedSOPInstanceUID)]
         assert "ReferencedSegmentNumber" not in reference  # the frame says which segment
         per_frame = seg.PerFrameFunctionalGroupsSequence[int(reference.ReferencedFrameNumber) - 1]
@@ -603,34 +559,41 @@ def test_sr_segment_groups_reference_the_segment_frames(case: Case) -> None:
 def _assessment_groups(case: Case) -> list[Dataset]:
     return [
         g
-        for g in _groups(_sr(case))
-        if _tracking_uid(g) in {case.uids.assessment_tracking_uid(i) for i in range(2)}
+        for g in content.groups(_sr(case))
+        if content.tracking_uid(g) in {case.uids.assessment_tracking_uid(i) for i in range(2)}
     ]
 
 
 def test_sr_breast_assessments_give_probability_threshold_and_verdict(mammo: Case) -> None:
     right, left = _assessment_groups(mammo)
-    assert _site(right) == ("76752008", "24028007")
-    assert _site(left) == ("76752008", "7771000")
-    assert _numbers(right) == {"111047": 82.0, "122411": 50.0}
-    assert _numbers(left) == {"111047": 7.0, "122411": 50.0}
-    assert _coded(right)["SUSPICION"] == "SUSPICIOUS"
-    assert _coded(left)["SUSPICION"] == "NOTSUSPICIOUS"
+    assert content.site(right) == ("76752008", "24028007")
+    assert content.site(left) == ("76752008", "7771000")
+    assert content.numbers(right) == {"111047": 82.0, "122411": 50.0}
+    assert content.numbers(left) == {"111047": 7.0, "122411": 50.0}
+    assert content.coded(right)["SUSPICION"] == "SUSPICIOUS"
+    assert content.coded(left)["SUSPICION"] == "NOTSUSPICIOUS"
     read = [
-        str(i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID) for i in _items(right, "121112")
+        str(i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+        for i in content.items(right, "121112")
     ]
     assert read == list(mammo.result.assessments[0].sop_instance_uids)
 
 
 def test_sr_dr_assessments_give_grade_referral_and_grade_probabilities(fundus: Case) -> None:
     right, left = _assessment_groups(fundus)
-    assert _site(right) == ("5665001", "24028007")
-    assert _site(left) == ("5665001", "7771000")
-    assert (_coded(right)["ICDRGRADE"], _coded(right)["REFERABLEDR"]) == ("ICDR0", "373067005")
-    assert (_coded(left)["ICDRGRADE"], _coded(left)["REFERABLEDR"]) == ("ICDR3", "373066001")
-    grade = next(i for i in left.ContentSequence if _code(i) == "ICDRGRADE")
+    assert content.site(right) == ("5665001", "24028007")
+    assert content.site(left) == ("5665001", "7771000")
+    assert (content.coded(right)["ICDRGRADE"], content.coded(right)["REFERABLEDR"]) == (
+        "ICDR0",
+        "373067005",
+    )
+    assert (content.coded(left)["ICDRGRADE"], content.coded(left)["REFERABLEDR"]) == (
+        "ICDR3",
+        "373066001",
+    )
+    grade = next(i for i in left.ContentSequence if content.code(i) == "ICDRGRADE")
     assert grade.ConceptCodeSequence[0].CodeMeaning == "Severe non-proliferative DR"
-    assert _numbers(left) == {
+    assert content.numbers(left) == {
         f"ICDRP{g}": pytest.approx(100 * p)
         for g, p in enumerate(fundus.result.assessments[1].class_probabilities)
     }
@@ -646,18 +609,22 @@ def test_sr_references_each_explanation_image_from_its_assessment(case: Case) ->
         ]
         references = [
             str(i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
-            for i in _items(holder, "130401")
+            for i in content.items(holder, "130401")
         ]
         assert str(image.SOPInstanceUID) in references
-        texts = [str(i.TextValue) for i in _items(holder, "121106")]
+        texts = [str(i.TextValue) for i in content.items(holder, "121106")]
         assert f"Grad-CAM activation map: {explanation.target}" in texts
 
 
 def test_fundus_sr_codes_lesions_on_the_left_retina(fundus: Case) -> None:
     regions = _region_groups(_sr(fundus))
-    assert [_coded(g)["121071"] for g in regions] == ["50960005", "MICROANEURYSM", "HARDEXUDATE"]
-    assert all(_site(g) == ("5665001", "7771000") for g in regions)
-    assert all("81827009" not in _numbers(g) for g in regions)  # no diameter given
+    assert [content.coded(g)["121071"] for g in regions] == [
+        "50960005",
+        "MICROANEURYSM",
+        "HARDEXUDATE",
+    ]
+    assert all(content.site(g) == ("5665001", "7771000") for g in regions)
+    assert all("81827009" not in content.numbers(g) for g in regions)  # no diameter given
 
 
 # --- burned-in and explanation images ------------------------------------------------------------
@@ -757,8 +724,8 @@ def _assessment_groups_of(sr: Dataset) -> list[Dataset]:
     uids = result_uids("empty")
     return [
         g
-        for g in _groups(sr)
-        if _tracking_uid(g) in {uids.assessment_tracking_uid(i) for i in range(2)}
+        for g in content.groups(sr)
+        if content.tracking_uid(g) in {uids.assessment_tracking_uid(i) for i in range(2)}
     ]
 
 
@@ -773,9 +740,9 @@ def test_nothing_to_say_still_makes_a_valid_report(fundus: Case, tmp_path: Path)
     objects = build_planar_objects(
         headers_only(fundus.datasets), fundus.image_set, result, uids, OPTIONS, overlay=True
     )
-    (group,) = _groups(_written(objects, tmp_path)[uids.sr_sop_instance_uid])
-    assert _tracking_uid(group) == uids.summary_tracking_uid
-    assert _coded(group)["121071"] == "272519000"  # Finding: Absent
+    (group,) = content.groups(_written(objects, tmp_path)[uids.sr_sop_instance_uid])
+    assert content.tracking_uid(group) == uids.summary_tracking_uid
+    assert content.coded(group)["121071"] == "272519000"  # Finding: Absent
 
 
 def test_rerun_lists_its_predecessor(mammo: Case, tmp_path: Path) -> None:
@@ -859,8 +826,8 @@ def test_fundus_without_pixel_spacing_reports_no_mm(tmp_path: Path) -> None:
     )
     read = _written(objects, tmp_path)
     (region,) = _region_groups(read[uids.sr_sop_instance_uid])
-    assert _numbers(region) == {"111012": 70.0}  # certainty only: no area, no diameter
-    assert _coded(region)["121071"] == "SOFTEXUDATE"
+    assert content.numbers(region) == {"111012": 70.0}  # certainty only: no area, no diameter
+    assert content.coded(region)["121071"] == "SOFTEXUDATE"
 
 
 def test_building_keeps_the_patient_name_out_of_warnings(mammo: Case) -> None:
