@@ -1,11 +1,69 @@
-"""Subcommands of ``cad-node`` for the models: synth ct, train lung, evaluate lung, models."""
+"""Subcommands of ``cad-node`` for the models: synth, train, evaluate, models.
+
+``synth ct|mammo|fundus`` writes synthetic studies with ground truth; ``train
+lung|mammo|fundus`` trains a family's network on them; ``evaluate MODEL`` runs
+the evaluator of the model's family (its manifest's ``family``) on held-out
+studies and writes a report; ``models`` lists what the registry holds and
+whether each model's weights still match their sha256.
+
+Family modules are imported only when their command runs.
+"""
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any, TypeAlias
 
-from cad_node.errors import CadNodeError
+from cad_node import NOT_FOR_CLINICAL_USE
+from cad_node.errors import CadNodeError, ModelError, WeightsIntegrityError
+from cad_node.models.base import CadModel
+from cad_node.models.manifest import Manifest, verified_weights
+
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+PLANAR_FAMILIES = {"mammo": "mammography", "fundus": "fundus"}
+"""Command word -> manifest ``family`` for the planar families."""
+
+FAMILY_ALIASES = {"lung": "lung_ct", **PLANAR_FAMILIES}
+"""``evaluate lung`` (and mammo, fundus): the shipped model of that family."""
+
+SHORT_SHA = 12
+"""Hex digits of the sha256 that ``models`` prints (enough to tell weights apart)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluator:
+    """Where a family's evaluation lives and the line that sums its result up."""
+
+    module: str
+    function: str
+    headline: Callable[[Any], str]
+
+
+EVALUATORS: dict[str, Evaluator] = {
+    "lung_ct": Evaluator(
+        "cad_node.evaluation.lung",
+        "evaluate_lung",
+        lambda r: f"CPM {r.froc.cpm:.3f} on {r.scans} scans",
+    ),
+    "mammography": Evaluator(
+        "cad_node.evaluation.mammo",
+        "evaluate_mammo",
+        lambda r: f"breast AUC {r.roc.auc:.3f} on {r.studies} studies",
+    ),
+    "fundus": Evaluator(
+        "cad_node.evaluation.fundus",
+        "evaluate_fundus",
+        lambda r: f"quadratic kappa {r.kappa:.3f} on {len(r.eyes)} eyes",
+    ),
+}
+"""Manifest ``family`` -> its evaluator ``(model, data_dir, report_dir) -> result``."""
+
+
+# --- synth -------------------------------------------------------------------------------
 
 
 def _synth_ct(args: argparse.Namespace) -> int:
@@ -22,6 +80,17 @@ def _synth_ct(args: argparse.Namespace) -> int:
     )
     print(f"wrote {len(folders)} synthetic CT series under {args.out}")
     return 0
+
+
+def _synth_planar(args: argparse.Namespace) -> int:
+    """``synth mammo|fundus``: ``cad_node.synth.<kind>.write_dataset(out, count, seed)``."""
+    module = importlib.import_module(f"cad_node.synth.{args.synth_kind}")
+    folders: list[Path] = module.write_dataset(args.out, args.count, args.seed)
+    print(f"wrote {len(folders)} synthetic {args.synth_kind} studies under {args.out}")
+    return 0
+
+
+# --- train -------------------------------------------------------------------------------
 
 
 def _train_lung(args: argparse.Namespace) -> int:
@@ -43,7 +112,42 @@ def _train_lung(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_model(name_or_dir: str, device: str | None) -> object:
+TRAIN_OPTIONS = ("epochs", "patience", "max_minutes", "seed", "threads", "batch_size")
+"""TrainConfig fields every planar family has; an option left out keeps the family default."""
+
+OPTIONAL_TRAIN_OPTIONS = ("samples_per_epoch",)
+"""TrainConfig fields some families have; asking one of the others for it is an error."""
+
+
+def _train_config(config_class: type[Any], args: argparse.Namespace) -> Any:
+    """The family's TrainConfig from the options given on the command line."""
+    given = {
+        name: getattr(args, name)
+        for name in TRAIN_OPTIONS + OPTIONAL_TRAIN_OPTIONS
+        if getattr(args, name) is not None
+    }
+    known = {f.name for f in fields(config_class)}
+    for name in given.keys() - known:
+        option = "--" + name.replace("_", "-")
+        raise CadNodeError(f"`train {args.train_kind}` has no {option} option")
+    return config_class(**given)
+
+
+def _train_planar(args: argparse.Namespace) -> int:
+    """``train mammo|fundus``: ``cad_node.models.<kind>.train.train(data, out, TrainConfig)``."""
+    module = importlib.import_module(f"cad_node.models.{args.train_kind}.train")
+    config = _train_config(module.TrainConfig, args)
+    manifest = module.train(args.data, args.out, config)
+    print(f"wrote {args.out}/{manifest.weights_file} sha256={manifest.sha256}")
+    print(f"operating threshold {manifest.operating_threshold}")
+    return 0
+
+
+# --- evaluate ----------------------------------------------------------------------------
+
+
+def _load_model(name_or_dir: str, device: str | None) -> CadModel:
+    """A model folder (when ``name_or_dir`` is a directory) or a registry model, loaded."""
     from cad_node.models.registry import ModelRegistry, default_device, load_folder
 
     path = Path(name_or_dir)
@@ -52,30 +156,74 @@ def _load_model(name_or_dir: str, device: str | None) -> object:
     return ModelRegistry(device=device).get(name_or_dir)
 
 
-def _evaluate_lung(args: argparse.Namespace) -> int:
-    from cad_node.evaluation.lung import DetectingModel, evaluate_lung
+def _shipped_model_of(family: str) -> str:
+    """The name of the one shipped model of ``family`` (``evaluate lung`` and its kin)."""
+    from cad_node.models.registry import ModelRegistry
 
-    model = _load_model(args.model, args.device)
-    if not hasattr(model, "detect"):
-        print(f"model {args.model} cannot be evaluated as a lung detector")
-        return 2
-    detector: DetectingModel = model  # type: ignore[assignment]  # checked with hasattr above
-    result = evaluate_lung(detector, args.data, args.report)
-    print(f"CPM {result.froc.cpm:.3f} on {result.scans} scans; report in {args.report}/report.md")
+    names = [n for n, e in ModelRegistry().entries().items() if e.manifest.family == family]
+    if len(names) != 1:
+        raise ModelError(f"{len(names)} shipped models of family {family!r}: name one with --model")
+    return names[0]
+
+
+def _model_to_evaluate(args: argparse.Namespace) -> str:
+    family = FAMILY_ALIASES.get(args.target)
+    if family is None:
+        if args.model is not None:
+            raise ModelError("--model goes with `evaluate lung|mammo|fundus`; name the model once")
+        return str(args.target)
+    return str(args.model) if args.model is not None else _shipped_model_of(family)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    """Load the model, pick its family's evaluator, write the report."""
+    model = _load_model(_model_to_evaluate(args), args.device)
+    family = model.identity.family
+    expected = FAMILY_ALIASES.get(args.target)
+    if expected is not None and family != expected:
+        raise ModelError(f"model {model.identity.name} is a {family} model, not {expected}")
+    evaluator = EVALUATORS.get(family)
+    if evaluator is None:
+        raise ModelError(f"model {model.identity.name}: no evaluator for family {family!r}")
+    evaluate = getattr(importlib.import_module(evaluator.module), evaluator.function)
+    try:
+        result = evaluate(model, args.data, args.report)
+    except ValueError as exc:  # the evaluators' word for data they cannot use
+        raise CadNodeError(f"cannot evaluate on {args.data}: {exc}") from exc
+    print(f"{model.identity.name}: {evaluator.headline(result)}; report in {args.report}")
     return 0
+
+
+# --- models ------------------------------------------------------------------------------
+
+
+def _weights_state(folder: Path, manifest: Manifest) -> str:
+    """OK when the weights match the manifest's sha256, else TAMPERED or MISSING."""
+    try:
+        verified_weights(folder, manifest)
+    except WeightsIntegrityError:
+        return "MISSING" if not (folder / manifest.weights_file).is_file() else "TAMPERED"
+    return "OK"
 
 
 def _models(args: argparse.Namespace) -> int:
+    """One line per model; exit status 1 when any model's weights fail their sha256."""
     from cad_node.models.registry import ModelRegistry
 
     registry = ModelRegistry(extra_dirs=args.model_dir, device=args.device)
+    refused = 0
     for name, entry in sorted(registry.entries().items()):
         m = entry.manifest
+        state = _weights_state(entry.folder, m)
+        refused += state != "OK"
         print(
-            f"{name}\tversion={m.version}\tsha256={m.sha256}\tdevice={registry.device}"
-            f"\tcard={m.model_card}\t{m.clinical_use}"
+            f"{name}\tversion={m.version}\tfamily={m.family}\tmodality={m.modality}"
+            f"\tformat={m.format}\tsha256={m.sha256[:SHORT_SHA]}\tdevice={registry.device}"
+            f"\tweights={state}\tcard={m.model_card or '-'}\t{m.clinical_use}"
         )
-    return 0
+    if refused:
+        print(f"error: {refused} model(s) would be refused: weights fail sha256", file=sys.stderr)
+    return 1 if refused else 0
 
 
 def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -91,7 +239,10 @@ def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Na
     return run
 
 
-def _add_synth(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+# --- parsers -----------------------------------------------------------------------------
+
+
+def _add_synth(subparsers: Subparsers) -> None:
     synth = subparsers.add_parser("synth", help="write synthetic DICOM data")
     kinds = synth.add_subparsers(dest="synth_kind", required=True)
     ct = kinds.add_parser("ct", help="synthetic chest CT series with nodule ground truth")
@@ -103,11 +254,15 @@ def _add_synth(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
     ct.add_argument("--slice-thickness", type=float, default=None, help="mm")
     ct.add_argument("--images-in-acquisition", action="store_true")
     ct.set_defaults(func=_guarded(_synth_ct))
+    for kind, what in (("mammo", "4-view mammography studies"), ("fundus", "OD/OS fundus exams")):
+        planar = kinds.add_parser(kind, help=f"synthetic {what} with truth.json")
+        planar.add_argument("--out", type=Path, required=True)
+        planar.add_argument("--count", type=int, default=1)
+        planar.add_argument("--seed", type=int, default=0)
+        planar.set_defaults(func=_guarded(_synth_planar))
 
 
-def _add_train(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    train = subparsers.add_parser("train", help="train a model on synthetic data")
-    kinds = train.add_subparsers(dest="train_kind", required=True)
+def _add_train_lung(kinds: Subparsers) -> None:
     lung = kinds.add_parser("lung", help="train lung_nodule_ct")
     lung.add_argument("--data", type=Path, required=True)
     lung.add_argument("--out", type=Path, required=True)
@@ -122,26 +277,67 @@ def _add_train(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
     lung.set_defaults(func=_guarded(_train_lung))
 
 
-def _add_evaluate(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    evaluate = subparsers.add_parser("evaluate", help="measure a model on synthetic data")
-    kinds = evaluate.add_subparsers(dest="evaluate_kind", required=True)
-    lung = kinds.add_parser("lung", help="FROC / CPM of the lung nodule model")
-    lung.add_argument("--data", type=Path, required=True)
-    lung.add_argument("--report", type=Path, required=True)
-    lung.add_argument("--model", default="lung_nodule_ct", help="model name or folder")
-    lung.add_argument("--device", default=None)
-    lung.set_defaults(func=_guarded(_evaluate_lung))
+def _add_train_planar(kinds: Subparsers, kind: str) -> None:
+    planar = kinds.add_parser(kind, help=f"train the {PLANAR_FAMILIES[kind]} model")
+    planar.add_argument("--data", type=Path, required=True, help=f"studies from `synth {kind}`")
+    planar.add_argument("--out", type=Path, required=True, help="writes model.pt + manifest.json")
+    planar.add_argument("--epochs", type=int, default=None)
+    planar.add_argument("--patience", type=int, default=None, help="epochs without improvement")
+    planar.add_argument("--max-minutes", type=float, default=None, help="time cap")
+    planar.add_argument("--seed", type=int, default=None)
+    planar.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    planar.add_argument("--batch-size", type=int, default=None)
+    planar.add_argument(
+        "--samples-per-epoch", type=int, default=None, help="where the family has it"
+    )
+    planar.set_defaults(func=_guarded(_train_planar))
 
 
-def add_commands(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    """Add ``synth ct``, ``train lung``, ``evaluate lung`` and ``models``."""
-    _add_synth(subparsers)
-    _add_train(subparsers)
-    _add_evaluate(subparsers)
-    models = subparsers.add_parser("models", help="list the installed models")
+def _add_train(subparsers: Subparsers) -> None:
+    train = subparsers.add_parser("train", help="train a model on synthetic data")
+    kinds = train.add_subparsers(dest="train_kind", required=True)
+    _add_train_lung(kinds)
+    for kind in PLANAR_FAMILIES:
+        _add_train_planar(kinds, kind)
+
+
+def _add_evaluate(subparsers: Subparsers) -> None:
+    evaluate = subparsers.add_parser(
+        "evaluate",
+        help="measure a model on synthetic data and write a report",
+        description="MODEL is a model name or folder; its manifest's family picks the "
+        "evaluator.  `evaluate lung|mammo|fundus` is the shipped model of that family "
+        "(or --model).",
+    )
+    evaluate.add_argument(
+        "target", metavar="MODEL", help="model name or folder, or lung|mammo|fundus"
+    )
+    evaluate.add_argument("--data", type=Path, required=True, help="held-out synthetic studies")
+    evaluate.add_argument("--report", type=Path, required=True, help="report folder")
+    evaluate.add_argument(
+        "--model", default=None, metavar="NAME_OR_DIR", help="with lung|mammo|fundus"
+    )
+    evaluate.add_argument("--device", default=None, help="cpu, cuda (default: cuda when present)")
+    evaluate.set_defaults(func=_guarded(_evaluate))
+
+
+def _add_models(subparsers: Subparsers) -> None:
+    models = subparsers.add_parser(
+        "models",
+        help="list the installed models and check their weights",
+        description=f"Every model with its weights' sha256 check. {NOT_FOR_CLINICAL_USE}.",
+    )
     models.add_argument("--model-dir", type=Path, action="append", default=[])
     models.add_argument("--device", default=None)
     models.set_defaults(func=_guarded(_models))
 
 
-__all__ = ["add_commands"]
+def add_commands(subparsers: Subparsers) -> None:
+    """Add ``synth``, ``train``, ``evaluate`` and ``models``."""
+    _add_synth(subparsers)
+    _add_train(subparsers)
+    _add_evaluate(subparsers)
+    _add_models(subparsers)
+
+
+__all__ = ["EVALUATORS", "add_commands"]

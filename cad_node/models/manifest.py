@@ -3,6 +3,7 @@
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,20 @@ from cad_node.domain.findings import ModelIdentity
 from cad_node.errors import ModelError, WeightsIntegrityError
 
 MANIFEST_NAME = "manifest.json"
+
+
+class WeightsFormat(StrEnum):
+    """How a model folder stores its network (``format`` in ``manifest.json``).
+
+    Re-exported by :mod:`cad_node.models.formats`, which loads each of them.
+    """
+
+    NATIVE = "native"
+    """The project's own: a ``state_dict`` saved with ``torch.save``; the family builds the net."""
+    TORCHSCRIPT = "torchscript"
+    """A TorchScript archive (``torch.jit.save``): the network travels with its weights."""
+    MONAI_BUNDLE = "monai_bundle"
+    """An unzipped MONAI bundle: ``configs/`` + ``models/model.pt`` or ``models/model.ts``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +45,20 @@ class Manifest:
     training: dict[str, Any] = field(default_factory=dict)
     model_card: str = ""
     clinical_use: str = NOT_FOR_CLINICAL_USE
+    format: WeightsFormat = WeightsFormat.NATIVE
+    """How ``weights_file`` is stored; manifests written before formats existed are native."""
+    bundle_config: str = "configs/inference.json"
+    """MONAI bundle only: the config, relative to the model folder, that defines the network."""
+    bundle_network_id: str = "network_def"
+    """MONAI bundle only: the id of the network in ``bundle_config``."""
+
+    def __post_init__(self) -> None:
+        try:
+            fmt = WeightsFormat(self.format)
+        except ValueError:
+            known = ", ".join(f.value for f in WeightsFormat)
+            raise ValueError(f"unknown weights format {self.format!r} (known: {known})") from None
+        object.__setattr__(self, "format", fmt)  # frozen: normalise the JSON string once
 
     def identity(self) -> ModelIdentity:
         return ModelIdentity(

@@ -21,15 +21,38 @@ def _lung_factory(folder: Path, manifest: Manifest) -> CadModel:
     return LungNoduleModel(folder, manifest)
 
 
-FACTORIES: dict[str, Callable[[Path, Manifest], CadModel]] = {"lung_ct": _lung_factory}
-"""Model family -> constructor; a new family registers itself here."""
+def _mammography_factory(folder: Path, manifest: Manifest) -> CadModel:
+    from cad_node.models.mammo.model import MammoModel
+
+    return MammoModel(folder, manifest)
+
+
+def _fundus_factory(folder: Path, manifest: Manifest) -> CadModel:
+    from cad_node.models.fundus.model import FundusModel
+
+    return FundusModel(folder, manifest)
+
+
+FACTORIES: dict[str, Callable[[Path, Manifest], CadModel]] = {
+    "lung_ct": _lung_factory,
+    "mammography": _mammography_factory,
+    "fundus": _fundus_factory,
+}
+"""Model family (manifest ``family``) -> constructor; a new family registers itself here.
+
+Imports are lazy: listing models needs no torch, and one family's import trouble
+does not stop the others.
+"""
 
 
 def default_device() -> str:
-    """ "cuda" when a GPU is usable, else "cpu"."""
-    import torch
+    """ "cuda" when a GPU is usable, else "cpu" (:func:`cad_node.models.runtime.default_device`).
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    Kept here for the registry's callers; torch is imported only when it is asked.
+    """
+    from cad_node.models.runtime import default_device as runtime_default_device
+
+    return runtime_default_device()
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,7 @@
 """The model registry: manifests, sha256 at load, warm models, refusal of altered weights."""
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,8 @@ from cad_node import NOT_FOR_CLINICAL_USE
 from cad_node.errors import ModelError, WeightsIntegrityError
 from cad_node.models.base import CadModel
 from cad_node.models.manifest import Manifest, sha256_of
-from cad_node.models.registry import SHIPPED_DIR, ModelRegistry
+from cad_node.models.registry import FACTORIES, SHIPPED_DIR, ModelRegistry, default_device
+from cad_node.models.runtime import default_device as runtime_default_device
 
 SHIPPED = SHIPPED_DIR / "lung_nodule_ct"
 
@@ -68,3 +70,54 @@ def test_unknown_model_and_bad_manifest(tmp_path: Path) -> None:
     (bad / "manifest.json").write_text("{not json")
     with pytest.raises(ModelError, match="cannot read the model manifest"):
         ModelRegistry(extra_dirs=[bad], device="cpu").entries()
+
+
+def _renamed_copy(site: Path, name: str) -> Path:
+    folder = site / name
+    shutil.copytree(SHIPPED, folder)
+    manifest = replace(Manifest.read(folder), name=name)
+    (folder / "manifest.json").write_text(manifest.to_json())
+    return folder
+
+
+def test_a_refused_model_does_not_stop_the_others(tmp_path: Path) -> None:
+    tampered = _renamed_copy(tmp_path, "lung_tampered") / "model.pt"
+    data = tampered.read_bytes()
+    tampered.write_bytes(data[:-1] + bytes([data[-1] ^ 0x01]))
+    _renamed_copy(tmp_path, "lung_site")
+    registry = ModelRegistry(extra_dirs=[tmp_path], device="cpu")
+
+    with pytest.raises(WeightsIntegrityError, match=r"model lung_tampered: weights file model.pt"):
+        registry.get("lung_tampered")
+    assert registry.get("lung_site").identity.name == "lung_site"
+    assert registry.get("lung_nodule_ct").identity.name == "lung_nodule_ct"
+    with pytest.raises(WeightsIntegrityError):  # still refused: never kept as loaded
+        registry.get("lung_tampered")
+
+
+@pytest.mark.parametrize(
+    ("family", "class_path"),
+    [
+        ("lung_ct", "cad_node.models.lung.detector.LungNoduleModel"),
+        ("mammography", "cad_node.models.mammo.model.MammoModel"),
+        ("fundus", "cad_node.models.fundus.model.FundusModel"),
+    ],
+)
+def test_each_family_has_a_factory(family: str, class_path: str) -> None:
+    manifest = replace(Manifest.read(SHIPPED), family=family)
+    model = FACTORIES[family](SHIPPED, manifest)
+    assert f"{type(model).__module__}.{type(model).__qualname__}" == class_path
+    assert model.identity.family == family
+
+
+def test_an_unknown_family_is_refused(tmp_path: Path) -> None:
+    folder = _renamed_copy(tmp_path, "lung_other")
+    manifest = replace(Manifest.read(folder), family="dermatology")
+    (folder / "manifest.json").write_text(manifest.to_json())
+    with pytest.raises(ModelError, match="unknown family 'dermatology'"):
+        ModelRegistry(extra_dirs=[tmp_path], device="cpu").get("lung_other")
+
+
+def test_default_device_is_the_runtime_one() -> None:
+    assert default_device() == runtime_default_device()
+    assert default_device() in {"cpu", "cuda"}

@@ -8,11 +8,13 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import torch
+from torch import nn
 
 from cad_node.domain.findings import Finding, FindingType, MaskBox, ModelIdentity, ModelResult
 from cad_node.domain.imaging import ImageVolume
 from cad_node.errors import InvalidSeriesError, ModelError
 from cad_node.models.base import InputKind
+from cad_node.models.formats import load_network
 from cad_node.models.lung.candidates import find_candidates
 from cad_node.models.lung.network import NoduleNet
 from cad_node.models.lung.patches import (
@@ -21,7 +23,8 @@ from cad_node.models.lung.patches import (
     mask_to_volume,
     sample_patch,
 )
-from cad_node.models.manifest import Manifest, verified_weights
+from cad_node.models.manifest import Manifest
+from cad_node.models.runtime import inference
 
 BATCH = 32
 MIN_SLICES = 8
@@ -46,17 +49,17 @@ def patch_batch(
 
 
 def score_patches(
-    net: NoduleNet, voxels: npt.NDArray[np.float32], geometries: list[PatchGeometry], device: str
+    net: nn.Module, voxels: npt.NDArray[np.float32], geometries: list[PatchGeometry], device: str
 ) -> list[Scored]:
-    """Run the network on every patch, in batches."""
+    """Run the network (a NoduleNet, or its TorchScript) on every patch, in batches."""
     out: list[Scored] = []
-    with torch.inference_mode():
+    with inference(device):
         for start in range(0, len(geometries), BATCH):
             chunk = geometries[start : start + BATCH]
             images, scale = patch_batch(voxels, chunk)
             logits, masks = net(images.to(device), scale.to(device))
-            probs = torch.sigmoid(logits).cpu().numpy()
-            mask_probs = torch.sigmoid(masks[:, 0]).cpu().numpy()
+            probs = torch.sigmoid(logits.float()).cpu().numpy()
+            mask_probs = torch.sigmoid(masks[:, 0].float()).cpu().numpy()
             out += [
                 Scored(g, float(p), m) for g, p, m in zip(chunk, probs, mask_probs, strict=True)
             ]
@@ -112,19 +115,15 @@ class LungNoduleModel:
         self.manifest = manifest
         self.identity: ModelIdentity = manifest.identity()
         self.threshold = manifest.operating_threshold
-        self._net: NoduleNet | None = None
+        self._net: nn.Module | None = None
         self._device = "cpu"
 
     def load(self, device: str) -> None:
-        """Check the weights' sha256, build the network and keep it on ``device``."""
-        path = verified_weights(self.folder, self.manifest)
-        net = NoduleNet(width=int(self.manifest.architecture.get("width", 12)))
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            net.load_state_dict(state)
-        except (RuntimeError, OSError, ValueError) as exc:
-            raise ModelError(f"model {self.identity.name}: cannot load {path.name}: {exc}") from exc
-        self._net = net.eval().to(device)
+        """Check the weights' sha256, load the network (any format) and keep it on ``device``."""
+        width = int(self.manifest.architecture.get("width", 12))
+        self._net = load_network(
+            self.folder, self.manifest, device, build=lambda: NoduleNet(width=width)
+        )
         self._device = device
 
     def score(self, volume: ImageVolume) -> list[Scored]:
