@@ -25,7 +25,9 @@ from cad_node.ingest.spool import Spool
 from cad_node.store.db import create_schema, make_engine, session_factory, sqlite_url
 from cad_node.store.instances import RecordOutcome
 from cad_node.store.schema import Instance, Series
+from cad_node.synth import fundus, mammo
 from tests.dcmtk import DCMTK_ENV, program
+from tests.synthetic import SyntheticSeries, write_ct_series
 
 POSTGRESQL_URL = os.environ.get(
     "CAD_NODE_TEST_POSTGRESQL_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -270,3 +272,42 @@ def make_node(tmp_storage: Path, journal: Journal) -> Iterator[NodeFactory]:
     yield factory
     for scp in started:
         scp.stop()
+
+
+# -- synthetic exams shared by the end-to-end tests (made once per session, read only) --------
+
+MAMMO_SEED = 970_009
+"""A screening mammogram whose right breast holds a spiculated mass; the left is normal."""
+FUNDUS_SEED = 980_001
+FUNDUS_GRADES = (3, 0)
+"""(OD, OS): severe NPDR in the right eye, none in the left."""
+
+
+@pytest.fixture(scope="session")
+def chest_ct(tmp_path_factory: pytest.TempPathFactory) -> SyntheticSeries:
+    """A 120-slice chest CT with three nodules of 8-20 mm."""
+    return write_ct_series(
+        tmp_path_factory.mktemp("chest-ct"),
+        seed=424242,
+        rows=256,
+        slices=120,
+        slice_thickness_mm=1.25,
+        nodule_count=3,
+        diameter_range_mm=(8.0, 20.0),
+    )
+
+
+@pytest.fixture(scope="session")
+def mammogram(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, mammo.MammoTruth]:
+    """The four views of MAMMO_SEED (one series) and their ground truth."""
+    folder = tmp_path_factory.mktemp("mammogram")
+    return folder, mammo.write_study(mammo.MammoSpec(seed=MAMMO_SEED), folder)
+
+
+@pytest.fixture(scope="session")
+def fundus_exam(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, fundus.FundusTruth]:
+    """An OD/OS pair graded FUNDUS_GRADES and its ground truth."""
+    folder = tmp_path_factory.mktemp("fundus")
+    spec = fundus.FundusSpec(seed=FUNDUS_SEED, grades=FUNDUS_GRADES)
+    fundus.write_study(fundus.generate_fundus(spec), folder)
+    return folder, fundus.load_truth(folder)

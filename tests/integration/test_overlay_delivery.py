@@ -25,25 +25,12 @@ from tests.integration.peers import (
     write_config,
 )
 from tests.integration.test_spine import query
-from tests.synthetic import SyntheticSeries, write_ct_series
+from tests.synthetic import SyntheticSeries
 
 pytestmark = pytest.mark.slow
 
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 RULES = Path(__file__).parents[2] / "config" / "rules.yaml"
-
-
-@pytest.fixture(scope="module")
-def chest_ct(tmp_path_factory: pytest.TempPathFactory) -> SyntheticSeries:
-    return write_ct_series(
-        tmp_path_factory.mktemp("chest-ct"),
-        seed=424242,
-        rows=256,
-        slices=120,
-        slice_thickness_mm=1.25,
-        nodule_count=3,
-        diameter_range_mm=(8.0, 20.0),
-    )
 
 
 def _received(folder: Path) -> list[Dataset]:

@@ -30,7 +30,7 @@ from tests.integration.peers import (
     wait_for,
     write_config,
 )
-from tests.synthetic import SyntheticSeries, write_ct_series
+from tests.synthetic import SyntheticSeries
 
 pytestmark = pytest.mark.slow
 
@@ -39,20 +39,6 @@ COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 MIN_HITS = 2
 """Of the 3 nodules of the test series: the model's stated sensitivity allows a miss."""
 MAX_FALSE_POSITIVES = 3
-
-
-@pytest.fixture(scope="module")
-def chest_ct(tmp_path_factory: pytest.TempPathFactory) -> SyntheticSeries:
-    folder = tmp_path_factory.mktemp("chest-ct")
-    return write_ct_series(
-        folder,
-        seed=424242,
-        rows=256,
-        slices=120,
-        slice_thickness_mm=1.25,
-        nodule_count=3,
-        diameter_range_mm=(8.0, 20.0),
-    )
 
 
 def received(folder: Path, sop_class_uid: str | None = None) -> list[Dataset]:

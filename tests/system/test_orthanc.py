@@ -22,6 +22,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from cad_node.store.schema import Series
+from cad_node.synth import fundus, mammo
 from tests.dicom_validation import assert_valid_dicom
 from tests.integration.peers import (
     free_port,
@@ -32,7 +33,7 @@ from tests.integration.peers import (
     write_config,
 )
 from tests.integration.test_spine import query
-from tests.synthetic import SyntheticSeries, write_ct_series
+from tests.synthetic import SyntheticSeries
 from tests.system.orthanc_peer import (
     CAD_NODE_AET,
     ORTHANC_AET,
@@ -123,19 +124,6 @@ def test_plugin_gives_up_after_max_attempts(tmp_path: Path) -> None:
     assert [job["State"] for job in jobs] == ["Failure", "Failure"]
 
 
-@pytest.fixture(scope="module")
-def chest_ct(tmp_path_factory: pytest.TempPathFactory) -> SyntheticSeries:
-    return write_ct_series(
-        tmp_path_factory.mktemp("chest-ct"),
-        seed=424242,
-        rows=256,
-        slices=120,
-        slice_thickness_mm=1.25,
-        nodule_count=3,
-        diameter_range_mm=(8.0, 20.0),
-    )
-
-
 def series_in_study(orthanc: OrthancProcess, study_instance_uid: str) -> list[dict[str, Any]]:
     """Orthanc's series resources of the study with this Study Instance UID."""
     studies = orthanc.get("/studies?expand")
@@ -213,3 +201,60 @@ def download_instances(
             path.write_bytes(orthanc.get_bytes(f"/instances/{instance_id}/file"))
             paths.append(path)
     return paths
+
+
+def test_mammogram_and_fundus_exam_through_orthanc_come_back_in_their_studies(
+    tmp_path: Path,
+    mammogram: tuple[Path, mammo.MammoTruth],
+    fundus_exam: tuple[Path, fundus.FundusTruth],
+) -> None:
+    """The plugin forwards MG and OP series too; each exam's SEG and SR land in its study."""
+    orthanc_port = free_port()
+    config_path = write_config(
+        tmp_path,
+        ae_title=CAD_NODE_AET,
+        destinations={"pacs": {"host": "127.0.0.1", "port": orthanc_port, "ae_title": ORTHANC_AET}},
+    )
+    plugin = {"Modality": "cad-node", "Filter": {"Modality": ["CT", "MG", "OP"]}}
+    exams = {
+        mammogram[1].study_instance_uid: sorted(mammogram[0].glob("*.dcm")),
+        fundus_exam[1].study_instance_uid: sorted(fundus_exam[0].glob("*.dcm")),
+    }
+    with (
+        running_node(config_path, tmp_path / "node.log") as node,
+        running_orthanc(
+            tmp_path / "orthanc",
+            cad_node_port=node.port,
+            dicom_port=orthanc_port,
+            plugin_settings=plugin,
+        ) as orthanc,
+    ):
+        for paths in exams.values():
+            sent = storescu(orthanc.dicom_port, paths, called_ae=ORTHANC_AET)
+            assert sent.returncode == 0, sent.stderr
+        try:
+            wait_for(
+                lambda: all({"SEG", "SR"} <= set(result_series(orthanc, study)) for study in exams),
+                300,
+                "each exam's SEG and SR in Orthanc",
+            )
+        except AssertionError as exc:
+            exc.add_note(f"--- cad-node log ---\n{node.log()[-5000:]}")
+            raise
+        files = {
+            study: download_instances(
+                orthanc, result_series(orthanc, study), tmp_path / f"downloaded-{index}"
+            )
+            for index, study in enumerate(exams)
+        }
+        assert "Traceback" not in node.log()
+        assert "Traceback" not in orthanc.log()
+
+    for study, paths in files.items():
+        assert {dcmread(path).SOPClassUID for path in paths} >= {
+            SEG_SOP_CLASS,
+            COMPREHENSIVE_3D_SR,
+        }
+        for path in paths:
+            assert dcmread(path).StudyInstanceUID == study
+            assert_valid_dicom(path)
