@@ -17,13 +17,17 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cad_node.domain import ModelResult
 from cad_node.domain.imaging import ImageVolume
+from cad_node.domain.planar import ImageSet, PlanarResult
 from cad_node.domain.states import JobState, ResultKind
 from cad_node.errors import CadNodeError, InvalidSeriesError, ModelError
+from cad_node.imaging.planar import load_image_set
 from cad_node.imaging.volume import load_volume
+from cad_node.models.base import CadModel, reads_image_sets, reads_volumes
 from cad_node.models.registry import ModelRegistry
 from cad_node.pipeline.files import write_dataset_atomically
 from cad_node.results.options import ResultOptions
 from cad_node.results.overlay import build_overlays
+from cad_node.results.planar import build_planar_objects
 from cad_node.results.seg import build_seg
 from cad_node.results.sr import build_sr
 from cad_node.results.uids import result_uids
@@ -139,7 +143,7 @@ class Worker:
             job = claim_next_job(session, self.worker_id, self.clock(), self.lease_seconds)
             if job is None:
                 return None
-            paths = instance_paths(session, job.series_instance_uid)
+            paths = instance_paths(session, *(job.series_group or [job.series_instance_uid]))
             predecessors = earlier_results(
                 session, job.series_instance_uid, job.series_revision, ResultKind.SR
             )
@@ -185,12 +189,26 @@ class Worker:
         started = time.perf_counter()
         model = self.registry.get(job_input.model_name)
         datasets = [dcmread(path) for path in job_input.instance_paths]
-        volume = load_volume(datasets)
-        _drop_pixel_data(datasets)
-        loaded = time.perf_counter()
-        result = model.predict(volume)
-        inferred = time.perf_counter()
-        objects, seg_seconds, sr_seconds = self._build(job_input, datasets, volume, result)
+        if reads_image_sets(model):
+            image_set = load_image_set(datasets)
+            _drop_pixel_data(datasets)
+            loaded = time.perf_counter()
+            planar = model.predict(image_set)
+            inferred = time.perf_counter()
+            objects, seg_seconds, sr_seconds = self._build_planar(
+                job_input, datasets, image_set, planar
+            )
+            finding_count = len(planar.findings)
+        elif reads_volumes(model):
+            volume = load_volume(datasets)
+            _drop_pixel_data(datasets)
+            loaded = time.perf_counter()
+            result = model.predict(volume)
+            inferred = time.perf_counter()
+            objects, seg_seconds, sr_seconds = self._build(job_input, datasets, volume, result)
+            finding_count = len(result.findings)
+        else:
+            raise _unknown_input_kind(model)
         built = time.perf_counter()
         stored = self._write(job_input, objects)
         timings = JobTimings(
@@ -200,7 +218,7 @@ class Worker:
             sr=sr_seconds,
             write=time.perf_counter() - built,
         )
-        return stored, len(result.findings), timings
+        return stored, finding_count, timings
 
     def _build(
         self,
@@ -214,7 +232,7 @@ class Worker:
         The overlay images count into the SEG's seconds: drawn from the same masks.
         """
         uids = result_uids(job_input.job_key)
-        options = self.result_options.at(job_input.created_at)
+        options = self.result_options.at(job_input.created_at).for_model(job_input.model_name)
         started = time.perf_counter()
         seg = build_seg(datasets, volume, result, uids, options) if result.findings else None
         overlays = []
@@ -229,6 +247,38 @@ class Worker:
         for number, image in enumerate(overlays, start=1):
             objects[f"{ResultKind.OVERLAY.value}-{number}"] = (ResultKind.OVERLAY, image)
         return objects, seg_done - started, time.perf_counter() - seg_done
+
+    def _build_planar(
+        self,
+        job_input: JobInput,
+        datasets: Sequence[Dataset],
+        image_set: ImageSet,
+        result: PlanarResult,
+    ) -> tuple[dict[str, tuple[ResultKind, Dataset]], float, float]:
+        """A study model's objects by file name stem, and the seconds it took (all as SEG)."""
+        started = time.perf_counter()
+        predecessors = [dcmread(path) for path in job_input.predecessor_paths if path.exists()]
+        built = build_planar_objects(
+            datasets,
+            image_set,
+            result,
+            result_uids(job_input.job_key),
+            self.result_options.at(job_input.created_at).for_model(job_input.model_name),
+            predecessors,
+            overlay=self._wanted(ResultKind.OVERLAY, job_input),
+        )
+        objects: dict[str, tuple[ResultKind, Dataset]] = {
+            ResultKind.SR.value: (ResultKind.SR, built.sr)
+        }
+        numbered = (
+            (ResultKind.SEG, built.seg),
+            (ResultKind.OVERLAY, built.overlays),
+            (ResultKind.EXPLANATION, built.explanations),
+        )
+        for kind, datasets_of_kind in numbered:
+            for number, dataset in enumerate(datasets_of_kind, start=1):
+                objects[f"{kind.value}-{number}"] = (kind, dataset)
+        return objects, time.perf_counter() - started, 0.0
 
     def _write(
         self, job_input: JobInput, objects: Mapping[str, tuple[ResultKind, Dataset]]
@@ -256,7 +306,12 @@ class Worker:
 
     def _destinations_for(self, kind: ResultKind, job_input: JobInput) -> tuple[str, ...]:
         kinds = self.result_kinds if job_input.result_kinds is None else job_input.result_kinds
-        return tuple(name for name in job_input.destinations if kind in kinds.get(name, ()))
+        wanted = {kind, ResultKind.SR} if kind is ResultKind.EXPLANATION else {kind}
+        return tuple(name for name in job_input.destinations if wanted & set(kinds.get(name, ())))
+
+
+def _unknown_input_kind(model: CadModel) -> ModelError:
+    return ModelError(f"model {model.identity.name}: unknown input kind {model.input_kind!r}")
 
 
 def _drop_pixel_data(datasets: Sequence[Dataset]) -> None:
