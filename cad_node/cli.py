@@ -105,20 +105,43 @@ def _add_status(commands: "argparse._SubParsersAction[argparse.ArgumentParser]")
 
 def _add_demo(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     demo = commands.add_parser(
-        "demo", help="synthetic chest CT through a local node; PNGs and index.html in --out"
+        "demo",
+        help="synthetic chest CT, mammogram and fundus pair through a local node; "
+        "PNGs and index.html in --out",
     )
     demo.add_argument("--out", type=Path, required=True, help="folder for the PNGs and HTML")
-    demo.add_argument("--rows", type=int, default=384, help="image rows and columns")
-    demo.add_argument("--slices", type=int, default=200, help="slices (1.25 mm apart)")
-    demo.add_argument("--seed", type=int, default=20261125, help="phantom seed")
+    demo.add_argument(
+        "--only",
+        type=_demo_exams,
+        default=None,
+        help="comma-separated exams to send: ct, mammo, fundus (default: all three)",
+    )
+    demo.add_argument("--rows", type=int, default=384, help="CT image rows and columns")
+    demo.add_argument("--slices", type=int, default=200, help="CT slices (1.25 mm apart)")
+    demo.add_argument("--seed", type=int, default=20261125, help="CT phantom seed")
     demo.set_defaults(func=_demo)
 
 
+def _demo_exams(text: str) -> tuple[str, ...]:
+    from cad_node.demo import EXAMS
+
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = sorted(set(names) - set(EXAMS))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"choose from {', '.join(EXAMS)}; got {text!r}")
+    return names
+
+
 def _demo(args: argparse.Namespace) -> int:
-    from cad_node.demo import DemoOptions, run_demo
+    from cad_node.demo import EXAMS, DemoOptions, run_demo
+    from cad_node.demo.ct import CtSpec
 
     configure_logging("WARNING")
-    options = DemoOptions(out_dir=args.out, rows=args.rows, slices=args.slices, seed=args.seed)
+    options = DemoOptions(
+        out_dir=args.out,
+        ct=CtSpec(rows=args.rows, slices=args.slices, seed=args.seed),
+        exams=args.only or EXAMS,
+    )
     print(f"cad-node demo: {run_demo(options)}  ({NOT_FOR_CLINICAL_USE})")
     return 0
 
