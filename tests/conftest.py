@@ -276,8 +276,9 @@ def make_node(tmp_storage: Path, journal: Journal) -> Iterator[NodeFactory]:
 
 # -- synthetic exams shared by the end-to-end tests (made once per session, read only) --------
 
-MAMMO_SEED = 970_009
-"""A screening mammogram whose right breast holds a spiculated mass; the left is normal."""
+MAMMO_SEED = 970_013
+"""A screening mammogram whose left breast holds a spiculated mass (and a benign cyst); the right
+breast is clean. The demo picks the same study."""
 FUNDUS_SEED = 980_001
 FUNDUS_GRADES = (3, 0)
 """(OD, OS): severe NPDR in the right eye, none in the left."""

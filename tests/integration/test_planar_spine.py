@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydicom import Dataset, dcmread
-from pydicom.uid import SecondaryCaptureImageStorage, SegmentationStorage
+from pydicom.uid import SecondaryCaptureImageStorage, SegmentationStorage, generate_uid
 from sqlalchemy import select
 
-from cad_node.domain.planar import Laterality
+from cad_node.domain.findings import FindingType
 from cad_node.domain.states import DeliveryState, JobState
 from cad_node.store.schema import Delivery, Job
 from cad_node.synth import fundus, mammo
@@ -52,7 +52,9 @@ def _split_into_two_series(folder: Path, out: Path) -> list[Path]:
     for path in sorted(folder.glob("*.dcm")):
         dataset = dcmread(path)
         if dataset.ViewPosition == "MLO":
-            dataset.SeriesInstanceUID = f"{dataset.SeriesInstanceUID}.2"
+            dataset.SeriesInstanceUID = generate_uid(
+                entropy_srcs=[dataset.SeriesInstanceUID, "MLO"]
+            )
             dataset.SeriesNumber = int(dataset.SeriesNumber) + 1
         dataset.save_as(out / path.name)
         paths.append(out / path.name)
@@ -110,10 +112,9 @@ def test_four_view_mammogram_in_two_series_gives_one_study_result(
     tmp_path: Path, mammogram: tuple[Path, mammo.MammoTruth]
 ) -> None:
     folder, truth = mammogram
-    right, left = truth.breast(Laterality.RIGHT), truth.breast(Laterality.LEFT)
-    assert right.malignant  # the case this test reads
-    assert right.lesions
-    assert not left.malignant
+    (malignant,) = [b for b in truth.breasts if b.malignant]  # the case this test reads
+    (normal,) = [b for b in truth.breasts if not b.malignant]
+    assert any(lesion.finding_type is FindingType.MASS for lesion in malignant.lesions)
     paths = _split_into_two_series(folder, tmp_path / "sent")
 
     received = _exchange(tmp_path, paths)
@@ -127,7 +128,10 @@ def test_four_view_mammogram_in_two_series_gives_one_study_result(
         for g in groups
         if SUSPICION in content.coded(g)
     }
-    assert verdicts == {SIDE["R"]: "SUSPICIOUS", SIDE["L"]: "NOTSUSPICIOUS"}
+    assert verdicts == {
+        SIDE[malignant.laterality.value]: "SUSPICIOUS",
+        SIDE[normal.laterality.value]: "NOTSUSPICIOUS",
+    }
 
     views = {v.sop_instance_uid: v for v in truth.views}
     spacing = truth.pixel_spacing_mm[0]
@@ -137,7 +141,7 @@ def test_four_view_mammogram_in_two_series_gives_one_study_result(
     for group in marks:
         image_uid, (row, column) = _outline_centre(group)
         view = views[image_uid]
-        for lesion in truth.breast(view.laterality).lesions:
+        for lesion in truth.breast(view.laterality).lesions:  # malignant lesions only
             r, c = lesion.views[view.view_position].centre_rc
             if (
                 math.dist((r, c), (row, column)) * spacing
