@@ -37,10 +37,10 @@ PLANAR_SEG_CONTENT_LABEL = "CADLESIONS"
 """Content Label (CS, PS3.3 C.10.9) of every planar SEG."""
 
 _FINDING_SITES: Mapping[str, hd.sr.CodedConcept] = {
-    "MG": hd.sr.CodedConcept.from_code(codes.BREAST),
-    "OP": hd.sr.CodedConcept.from_code(codes.RETINA),
+    "mammography": hd.sr.CodedConcept.from_code(codes.BREAST),
+    "fundus": hd.sr.CodedConcept.from_code(codes.RETINA),
 }
-"""Anatomic region of the findings per Modality of the image set."""
+"""Anatomic region of the findings per model family (the images may be MG; OP, XC or OT)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,18 +59,21 @@ def finding_label(finding: PlanarFinding, finding_index: int) -> str:
     return f"{codes.finding_type_code(finding.finding_type).meaning} {finding_index + 1}"
 
 
-def anatomic_region(modality: str) -> hd.sr.CodedConcept:
-    """Breast (MG) or retina (OP), the region of every finding of the image set.
+def anatomic_region(family: str) -> hd.sr.CodedConcept:
+    """Breast (mammography) or retina (fundus), the region of every finding of a model family.
+
+    A fundus camera may send Ophthalmic Photography (OP), VL Photographic (XC) or
+    Secondary Capture images: the model's family, not the Modality, says what was read.
 
     Raises
     ------
     ValueError
-        For a modality no planar model reads.
+        For a family that reads no planar images.
     """
     try:
-        return _FINDING_SITES[modality]
+        return _FINDING_SITES[family]
     except KeyError:
-        raise ValueError(f"no planar finding site for modality {modality!r}") from None
+        raise ValueError(f"no planar finding site for model family {family!r}") from None
 
 
 def findings_by_image(image_set: ImageSet, result: PlanarResult) -> list[ImageFindings]:
@@ -236,7 +239,7 @@ def build_image_seg(
 ) -> hd.seg.Segmentation:
     """The BINARY SEG of the findings on one source image (see the module docstring)."""
     findings = [result.findings[i] for i in entry.finding_indexes]
-    region = anatomic_region(image_set.modality)
+    region = anatomic_region(result.model.family)
     when = resolve_content_datetime(options.content_datetime)
     with patient_names_kept_out_of_logs():
         seg = hd.seg.Segmentation(

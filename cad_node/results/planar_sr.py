@@ -59,9 +59,10 @@ _Group = (
 )
 
 _PROCEDURES: Mapping[str, Code] = {
-    "MG": codes.PROCEDURE_MAMMOGRAPHY,
-    "OP": codes.PROCEDURE_FUNDUS_PHOTOGRAPHY,
+    "mammography": codes.PROCEDURE_MAMMOGRAPHY,
+    "fundus": codes.PROCEDURE_FUNDUS_PHOTOGRAPHY,
 }
+"""Procedure Reported per model family."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,8 +109,8 @@ def _largest_region(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
     return region
 
 
-def _finding_site(modality: str, laterality: Laterality | None) -> hd.sr.FindingSite:
-    return hd.sr.FindingSite(anatomic_region(modality), laterality=laterality_code(laterality))
+def _finding_site(family: str, laterality: Laterality | None) -> hd.sr.FindingSite:
+    return hd.sr.FindingSite(anatomic_region(family), laterality=laterality_code(laterality))
 
 
 def _finding_measurements(finding: PlanarFinding) -> list[hd.sr.Measurement]:
@@ -162,6 +163,8 @@ class _Context:
     headers: Mapping[str, Dataset]
     algorithm: hd.sr.AlgorithmIdentification
     uids: ResultUids
+    family: str
+    """The model family: what was read (breast or retina)."""
 
 
 def _region_group(
@@ -183,7 +186,7 @@ def _region_group(
         finding_type=codes.finding_type_code(finding.finding_type),
         finding_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
         algorithm_id=context.algorithm,
-        finding_sites=[_finding_site(context.image_set.modality, finding.laterality)],
+        finding_sites=[_finding_site(context.family, finding.laterality)],
         measurements=_finding_measurements(finding),
     )
 
@@ -217,7 +220,7 @@ def _segment_group(
         finding_type=codes.finding_type_code(finding.finding_type),
         finding_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
         algorithm_id=context.algorithm,
-        finding_sites=[_finding_site(context.image_set.modality, finding.laterality)],
+        finding_sites=[_finding_site(context.family, finding.laterality)],
     )
 
 
@@ -305,7 +308,7 @@ def _assessment_group(
             identifier=assessment_label(assessment),
         ),
         algorithm_id=context.algorithm,
-        finding_sites=[_finding_site(context.image_set.modality, assessment.laterality)],
+        finding_sites=[_finding_site(context.family, assessment.laterality)],
         measurements=measurements,
         qualitative_evaluations=evaluations,
         source_images=[_group_source(uid, context) for uid in assessment.sop_instance_uids],
@@ -400,7 +403,7 @@ def _no_finding_group(
             uid=uids.summary_tracking_uid, identifier=NO_FINDING_TRACKING_IDENTIFIER
         ),
         algorithm_id=context.algorithm,
-        finding_sites=[hd.sr.FindingSite(anatomic_region(context.image_set.modality))],
+        finding_sites=[hd.sr.FindingSite(anatomic_region(context.family))],
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.FINDING, codes.ABSENT)],
     )
 
@@ -420,12 +423,12 @@ def _report_groups(
     return groups or [_no_finding_group(context, context.uids)]
 
 
-def procedure_code(modality: str) -> Code:
-    """The Procedure Reported (PS3.16 TID 1500 row 4) of an image set's Modality."""
+def procedure_code(family: str) -> Code:
+    """The Procedure Reported (PS3.16 TID 1500 row 4) of a model family's reports."""
     try:
-        return _PROCEDURES[modality]
+        return _PROCEDURES[family]
     except KeyError:
-        raise ValueError(f"no planar report for modality {modality!r}") from None
+        raise ValueError(f"no planar report for model family {family!r}") from None
 
 
 def build_planar_sr(
@@ -464,8 +467,9 @@ def build_planar_sr(
         headers=headers,
         algorithm=algorithm_identification(result.model),
         uids=uids,
+        family=result.model.family,
     )
-    procedure = procedure_code(image_set.modality)
+    procedure = procedure_code(result.model.family)
     report = hd.sr.MeasurementReport(
         observation_context=observation_context(options),
         procedure_reported=procedure,
