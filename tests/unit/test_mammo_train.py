@@ -12,14 +12,9 @@ from cad_node.domain.planar import AssessmentKind, Laterality
 from cad_node.imaging.planar import load_image_set
 from cad_node.models.mammo.model import MammoModel
 from cad_node.models.mammo.scoring import FAMILY, MODEL_NAME, breast_scores
-from cad_node.models.mammo.train import (
-    TrainConfig,
-    augment,
-    loss_terms,
-    sample_weights,
-    train,
-)
+from cad_node.models.mammo.train import POSITIVE_FRACTION, TrainConfig, augment, loss_terms, train
 from cad_node.models.manifest import Manifest, WeightsFormat, sha256_of
+from cad_node.models.training import balanced_sample_weights
 from cad_node.synth.mammo import write_dataset
 
 
@@ -63,7 +58,7 @@ def test_a_tiny_run_writes_a_loadable_model(tmp_path: Path) -> None:
 
 def test_sampling_gives_half_of_the_views_from_malignant_breasts() -> None:
     labels = np.array([1, 0, 0, 0, 0, 0, 0, 1], dtype=np.float32)
-    weights = sample_weights(labels)
+    weights = balanced_sample_weights(labels, POSITIVE_FRACTION)
     assert weights.sum() == pytest.approx(1.0)
     assert weights[labels > 0].sum() == pytest.approx(0.5)
 

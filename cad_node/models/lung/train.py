@@ -22,7 +22,6 @@ from torch import nn
 from tqdm import tqdm
 
 from cad_node import NOT_FOR_CLINICAL_USE, __version__
-from cad_node.evaluation.metrics import roc_auc
 from cad_node.imaging.volume import load_volume
 from cad_node.models.lung.candidates import find_candidates
 from cad_node.models.lung.network import PATCH, NoduleNet
@@ -33,6 +32,7 @@ from cad_node.models.lung.patches import (
     sample_patch,
 )
 from cad_node.models.manifest import Manifest, sha256_of
+from cad_node.models.training import balanced_sample_weights, validation_auc
 from cad_node.synth.ct import GROUND_TRUTH_NAME, GroundTruth, load_ground_truth
 
 log = logging.getLogger(__name__)
@@ -196,15 +196,6 @@ def _tensors(
     return images, masks, scales, labels
 
 
-def _sample_weights(labels: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-    positives = max(1.0, float(labels.sum()))
-    negatives = max(1.0, float(len(labels) - labels.sum()))
-    weights = np.where(
-        labels > 0.5, POSITIVE_FRACTION / positives, (1 - POSITIVE_FRACTION) / negatives
-    )
-    return np.asarray(weights / weights.sum(), dtype=np.float64)
-
-
 def _predict(net: NoduleNet, patches: PatchSet) -> tuple[npt.NDArray[np.float32], float]:
     net.eval()
     probs, total = [], 0.0
@@ -216,14 +207,6 @@ def _predict(net: NoduleNet, patches: PatchSet) -> tuple[npt.NDArray[np.float32]
             total += float(_loss(logits, mask_logits, labels, masks)) * len(idx)
             probs.append(torch.sigmoid(logits).numpy())
     return np.concatenate(probs), total / max(1, len(patches))
-
-
-def auc(labels: npt.NDArray[np.float32], scores: npt.NDArray[np.float32]) -> float:
-    """Area under the ROC curve (ties count half); NaN when it is undefined (one class only)."""
-    try:
-        return roc_auc(labels > 0.5, scores)
-    except ValueError:
-        return float("nan")
 
 
 def operating_threshold(val: PatchSet, probs: npt.NDArray[np.float32], scans: int) -> float:
@@ -263,7 +246,9 @@ def _train_epoch(
 ) -> None:
     net.train()
     order = rng.choice(
-        len(train_set), size=config.samples_per_epoch, p=_sample_weights(train_set.labels)
+        len(train_set),
+        size=config.samples_per_epoch,
+        p=balanced_sample_weights(train_set.labels, POSITIVE_FRACTION),
     )
     bar = tqdm(range(0, len(order), config.batch_size), desc=f"epoch {epoch}", unit="batch")
     for start in bar:
@@ -298,7 +283,7 @@ def fit(net: NoduleNet, split: Split, config: TrainConfig, rng: np.random.Genera
         _train_epoch(net, optimiser, split.train, config=config, rng=rng, epoch=epoch)
         schedule.step()
         probs, val_loss = _predict(net, split.validation)
-        val_auc = auc(split.validation.labels, probs)
+        val_auc = validation_auc(split.validation.labels, probs)
         history.append({"epoch": epoch, "val_loss": val_loss, "val_auc": val_auc})
         tqdm.write(f"epoch {epoch}: validation loss {val_loss:.4f}, AUC {val_auc:.4f}")
         if val_loss < best_loss:

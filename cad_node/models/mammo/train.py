@@ -34,7 +34,7 @@ from tqdm import tqdm
 from cad_node import NOT_FOR_CLINICAL_USE, __version__
 from cad_node.domain.findings import FindingType
 from cad_node.domain.planar import Laterality
-from cad_node.evaluation.metrics import roc_auc, sensitivity_at_specificity
+from cad_node.evaluation.metrics import sensitivity_at_specificity
 from cad_node.imaging.planar import load_image_set
 from cad_node.models.mammo.network import SEGMENTATION_CLASSES, MammoNet
 from cad_node.models.mammo.preprocess import INPUT_SHAPE, standardise
@@ -50,6 +50,7 @@ from cad_node.models.mammo.scoring import (
     regions,
 )
 from cad_node.models.manifest import Manifest, sha256_of
+from cad_node.models.training import balanced_sample_weights, validation_auc
 from cad_node.synth.mammo import MammoTruth, load_truth, study_folders
 
 log = logging.getLogger(__name__)
@@ -197,16 +198,6 @@ def _tensors(views: ViewSet, idx: npt.NDArray[np.intp]) -> tuple[torch.Tensor, .
     return images, masks, labels, is_cc
 
 
-def sample_weights(labels: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-    """Sampling probabilities giving :data:`POSITIVE_FRACTION` positive views per epoch."""
-    positives = max(1.0, float(labels.sum()))
-    negatives = max(1.0, float(len(labels) - labels.sum()))
-    weights = np.where(
-        labels > 0.5, POSITIVE_FRACTION / positives, (1 - POSITIVE_FRACTION) / negatives
-    )
-    return np.asarray(weights / weights.sum(), dtype=np.float64)
-
-
 def predict_views(net: MammoNet, views: ViewSet) -> tuple[npt.NDArray[np.float32], float]:
     """Suspicion probability of every view, and the mean loss."""
     net.eval()
@@ -255,13 +246,6 @@ def validation_marks(net: MammoNet, views: ViewSet) -> tuple[list[float], list[f
     return hits, false
 
 
-def _auc(labels: npt.NDArray[np.float32], scores: npt.NDArray[np.float32]) -> float:
-    try:
-        return roc_auc(labels > 0.5, scores)
-    except ValueError:  # one class only in a tiny validation set
-        return math.nan
-
-
 def operating_threshold(labels: npt.NDArray[np.float32], scores: npt.NDArray[np.float32]) -> float:
     """The per-breast score giving :data:`TARGET_SPECIFICITY` on validation."""
     try:
@@ -300,7 +284,9 @@ def _train_epoch(
 ) -> None:
     net.train()
     order = rng.choice(
-        len(train_set), size=config.samples_per_epoch, p=sample_weights(train_set.labels)
+        len(train_set),
+        size=config.samples_per_epoch,
+        p=balanced_sample_weights(train_set.labels, POSITIVE_FRACTION),
     )
     bar = tqdm(range(0, len(order), config.batch_size), desc=f"epoch {epoch}", unit="batch")
     for start in bar:
@@ -334,7 +320,7 @@ def fit(net: MammoNet, split: Split, config: TrainConfig, rng: np.random.Generat
         _train_epoch(net, optimiser, split.train, config=config, rng=rng, epoch=epoch)
         schedule.step()
         probs, val_loss = predict_views(net, split.validation)
-        val_auc = _auc(*breast_level(split.validation, probs))
+        val_auc = validation_auc(*breast_level(split.validation, probs))
         minutes = (time.monotonic() - started) / 60
         history.append(
             {
