@@ -239,11 +239,6 @@ def test_mammo_grad_cam_images_are_there(demo_out: Path) -> None:
         assert np.all(_rgb(path)[:8] == BANNER_COLOUR, axis=2).mean() > 0.5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mammo_screening's Grad-CAM map comes out constant (all 0) on this case; "
-    "remove this mark when cad_node/models/mammo explains the suspicion again",
-)
 def test_mammo_grad_cam_highlights_something(demo_out: Path) -> None:
     for path in sorted(demo_out.glob("mammo-gradcam-*.png")):
         pixels = _rgb(path).astype(np.int16)[64:-64]  # below the banner, above the caption
