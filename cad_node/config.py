@@ -160,6 +160,11 @@ class ResultSettings(_Settings):
         LongString, AfterValidator(_check_not_for_clinical_use)
     ] = f"CAD {{model}} Grad-CAM {NOT_FOR_CLINICAL_USE}"
     """The Secondary Capture series of explanation maps (result kind ``explanation``)."""
+    gsps_series_number: int = Field(default=9805, ge=1, le=_IS_MAX)
+    gsps_series_description: Annotated[LongString, AfterValidator(_check_not_for_clinical_use)] = (
+        f"CAD {{model}} marks PR {NOT_FOR_CLINICAL_USE}"
+    )
+    """The Softcopy Presentation State series (result kind ``gsps``)."""
     manufacturer: LongString = Field(default="cad-node project", min_length=1)
     manufacturer_model_name: LongString = Field(default="cad-node", min_length=1)
     device_serial_number: LongString = "cad-node-0"
@@ -175,10 +180,12 @@ class ResultSettings(_Settings):
             self.sr_series_number,
             self.overlay_series_number,
             self.explanation_series_number,
+            self.gsps_series_number,
         )
         if len(set(numbers)) != len(numbers):
             raise ValueError(
-                f"seg, sr, overlay and explanation series numbers must all differ, got {numbers}"
+                "seg, sr, overlay, explanation and gsps series numbers must all differ, "
+                f"got {numbers}"
             )
         return self
 

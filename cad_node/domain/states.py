@@ -40,6 +40,8 @@ class ResultKind(StrEnum):
 
     The SR references them, so they go wherever the SR goes (and where a destination asks).
     """
+    GSPS = "gsps"
+    """Softcopy Presentation States drawing the findings over the source images (where asked)."""
 
 
 class DeliveryState(StrEnum):

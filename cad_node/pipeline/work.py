@@ -25,6 +25,7 @@ from cad_node.imaging.volume import load_volume
 from cad_node.models.base import CadModel, reads_image_sets, reads_volumes
 from cad_node.models.registry import ModelRegistry
 from cad_node.pipeline.files import write_dataset_atomically
+from cad_node.results.gsps import build_gsps, build_planar_gsps
 from cad_node.results.options import ResultOptions
 from cad_node.results.overlay import build_overlays
 from cad_node.results.planar import build_planar_objects
@@ -229,7 +230,8 @@ class Worker:
     ) -> tuple[dict[str, tuple[ResultKind, Dataset]], float, float]:
         """The job's objects by file name stem, and the seconds for the SEG and the SR.
 
-        The overlay images count into the SEG's seconds: drawn from the same masks.
+        The overlay images and presentation states count into the SEG's seconds: drawn
+        from the same masks.
         """
         uids = result_uids(job_input.job_key)
         options = self.result_options.at(job_input.created_at).for_model(job_input.model_name)
@@ -238,6 +240,9 @@ class Worker:
         overlays = []
         if result.findings and self._wanted(ResultKind.OVERLAY, job_input):
             overlays = build_overlays(datasets, volume, result, uids, options)
+        states: list[Dataset] = []
+        if result.findings and self._wanted(ResultKind.GSPS, job_input):
+            states = build_gsps(datasets, volume, result, uids, options)
         seg_done = time.perf_counter()
         predecessors = [dcmread(path) for path in job_input.predecessor_paths if path.exists()]
         sr = build_sr(datasets, volume, result, seg, uids, options, predecessors)
@@ -246,6 +251,8 @@ class Worker:
             objects[ResultKind.SEG.value] = (ResultKind.SEG, seg)
         for number, image in enumerate(overlays, start=1):
             objects[f"{ResultKind.OVERLAY.value}-{number}"] = (ResultKind.OVERLAY, image)
+        for number, state in enumerate(states, start=1):
+            objects[f"{ResultKind.GSPS.value}-{number}"] = (ResultKind.GSPS, state)
         return objects, seg_done - started, time.perf_counter() - seg_done
 
     def _build_planar(
@@ -258,15 +265,20 @@ class Worker:
         """A study model's objects by file name stem, and the seconds it took (all as SEG)."""
         started = time.perf_counter()
         predecessors = [dcmread(path) for path in job_input.predecessor_paths if path.exists()]
+        uids = result_uids(job_input.job_key)
+        options = self.result_options.at(job_input.created_at).for_model(job_input.model_name)
         built = build_planar_objects(
             datasets,
             image_set,
             result,
-            result_uids(job_input.job_key),
-            self.result_options.at(job_input.created_at).for_model(job_input.model_name),
+            uids,
+            options,
             predecessors,
             overlay=self._wanted(ResultKind.OVERLAY, job_input),
         )
+        states: list[Dataset] = []
+        if result.findings and self._wanted(ResultKind.GSPS, job_input):
+            states = build_planar_gsps(datasets, image_set, result, uids, options)
         objects: dict[str, tuple[ResultKind, Dataset]] = {
             ResultKind.SR.value: (ResultKind.SR, built.sr)
         }
@@ -274,6 +286,7 @@ class Worker:
             (ResultKind.SEG, built.seg),
             (ResultKind.OVERLAY, built.overlays),
             (ResultKind.EXPLANATION, built.explanations),
+            (ResultKind.GSPS, states),
         )
         for kind, datasets_of_kind in numbered:
             for number, dataset in enumerate(datasets_of_kind, start=1):

@@ -8,6 +8,7 @@ The worker's use::
                   content_datetime=job_created_at)
 
     overlays = build_overlays(sources, volume, result, uids, options)  # if a destination asks
+    states = build_gsps(sources, volume, result, uids, options)  # presentation states, likewise
 
 Mammography and fundus results (a :class:`~cad_node.domain.planar.PlanarResult`
 over an image set) go through one call that returns the SEGs, the SR, the
@@ -16,12 +17,16 @@ overlays and the explanation images::
     objects = build_planar_objects(sources, image_set, result, uids, options, predecessors,
                                    overlay=True)
 
+Their presentation states come from ``build_planar_gsps(sources, image_set, result, uids,
+options)``.
+
 With no finding, skip the SEG (it needs a segment) and pass ``seg=None``.
 Both raise ``cad_node.errors.ResultBuildError`` on inputs they cannot use.
 A core module: imports highdicom, pydicom and numpy, never a network,
 database or deep-learning library.
 """
 
+from cad_node.results.gsps import build_gsps, build_planar_gsps
 from cad_node.results.options import ResultOptions
 from cad_node.results.overlay import build_overlays
 from cad_node.results.planar import PlanarObjects, build_planar_objects
@@ -33,7 +38,9 @@ __all__ = [
     "PlanarObjects",
     "ResultOptions",
     "ResultUids",
+    "build_gsps",
     "build_overlays",
+    "build_planar_gsps",
     "build_planar_objects",
     "build_seg",
     "build_sr",

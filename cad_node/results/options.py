@@ -26,6 +26,7 @@ _DESCRIPTIONS = (
     "sr_series_description",
     "overlay_series_description",
     "explanation_series_description",
+    "gsps_series_description",
 )
 
 
@@ -47,6 +48,9 @@ class ResultOptions:
     explanation_series_number: int = 9004
     explanation_series_description: str = f"cad-node explanation maps {NOT_FOR_CLINICAL_USE}"
     """Of the Secondary Capture series of explanation maps (Grad-CAM heatmaps), planar models."""
+    gsps_series_number: int = 9005
+    gsps_series_description: str = f"cad-node {MODEL_PLACEHOLDER} marks PR {NOT_FOR_CLINICAL_USE}"
+    """Of the Softcopy Presentation State series (graphic annotations on the source images)."""
     manufacturer: str = "cad-node project"
     manufacturer_model_name: str = "cad-node"
     software_versions: str = __version__
@@ -89,6 +93,7 @@ class ResultOptions:
             "sr_series_number",
             "overlay_series_number",
             "explanation_series_number",
+            "gsps_series_number",
         ):
             number = getattr(self, name)
             if not 1 <= number <= _IS_MAX:
@@ -103,6 +108,13 @@ class ResultOptions:
             self.overlay_series_number,
         ):
             raise ValueError("explanation_series_number must differ from the other series'")
+        if self.gsps_series_number in (
+            self.seg_series_number,
+            self.sr_series_number,
+            self.overlay_series_number,
+            self.explanation_series_number,
+        ):
+            raise ValueError("gsps_series_number must differ from the other series'")
         for name in _DESCRIPTIONS:
             if NOT_FOR_CLINICAL_USE not in getattr(self, name):
                 raise ValueError(f"{name} must contain {NOT_FOR_CLINICAL_USE!r}")

@@ -93,6 +93,17 @@ class ResultUids:
         """SOP Instance UID of the Secondary Capture of explanation map ``explanation_index``."""
         return _derived_uid(self.job_key, "explanation", "instance", _index(explanation_index))
 
+    # Presentation states (result kind ``gsps``): one per group of source images.
+
+    @property
+    def gsps_series_instance_uid(self) -> str:
+        """Series Instance UID of the job's Softcopy Presentation States."""
+        return _derived_uid(self.job_key, "gsps", "series")
+
+    def gsps_sop_instance_uid(self, state_index: int) -> str:
+        """SOP Instance UID of presentation state ``state_index`` (one per source image group)."""
+        return _derived_uid(self.job_key, "gsps", "instance", _index(state_index))
+
 
 def _index(index: int) -> str:
     if index < 0:
