@@ -52,7 +52,8 @@ class Up(nn.Module):
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = functional.interpolate(x, size=skip.shape[2:], mode="bilinear", align_corners=False)
-        return self.block(torch.cat([x, skip], dim=1))  # type: ignore[no-any-return]  # nn.Sequential is untyped
+        out: torch.Tensor = self.block(torch.cat([x, skip], dim=1))
+        return out
 
 
 class FundusNet(nn.Module):
