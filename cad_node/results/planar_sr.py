@@ -44,11 +44,8 @@ from cad_node.results.options import ResultOptions
 from cad_node.results.planar_seg import anatomic_region, finding_label
 from cad_node.results.sources import (
     header_copy,
-    patient_names_kept_out_of_logs,
-    pin_creation_datetime,
-    resolve_content_datetime,
 )
-from cad_node.results.sr import algorithm_identification, observation_context
+from cad_node.results.sr import algorithm_identification, comprehensive_3d_sr, observation_context
 from cad_node.results.uids import ResultUids
 
 NO_FINDING_TRACKING_IDENTIFIER = "No finding"
@@ -481,30 +478,6 @@ def build_planar_sr(
         *(header_copy(seg) for seg in segs),
         *(header_copy(e.image) for e in explanations),
     ]
-    when = resolve_content_datetime(options.content_datetime)
-    with patient_names_kept_out_of_logs():
-        sr = hd.sr.Comprehensive3DSR(
-            evidence=evidence,
-            content=report,
-            series_instance_uid=uids.sr_series_instance_uid,
-            series_number=options.sr_series_number,
-            sop_instance_uid=uids.sr_sop_instance_uid,
-            instance_number=1,
-            manufacturer=options.manufacturer,
-            is_complete=True,
-            institution_name=options.institution_name,
-            institutional_department_name=options.institutional_department_name,
-            performed_procedure_codes=[procedure],
-            previous_versions=[header_copy(p) for p in predecessors] or None,
-            series_description=options.sr_series_description,
-            manufacturer_model_name=options.manufacturer_model_name,
-            software_versions=options.software_versions,
-            device_serial_number=options.device_serial_number,
-            content_date=when.date(),
-            content_time=when.time(),
-            series_date=when.date(),
-            series_time=when.time(),
-        )
+    sr = comprehensive_3d_sr(report, evidence, procedure, uids, options, predecessors)
     codes.declare_private_coding_scheme(sr)
-    pin_creation_datetime(sr, when)
     return sr

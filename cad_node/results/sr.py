@@ -16,6 +16,7 @@ import highdicom as hd
 import numpy as np
 import numpy.typing as npt
 from pydicom import Dataset
+from pydicom.sr.coding import Code
 
 from cad_node.domain import Finding, ImageVolume, ModelIdentity, ModelResult
 from cad_node.results import codes
@@ -307,6 +308,24 @@ def _build_sr(
         referenced_images=[sources[k] for k in _image_library_slices(result, volume)],
     )
     evidence = [*sources, *([header_copy(seg)] if seg is not None else [])]
+    return comprehensive_3d_sr(
+        report, evidence, codes.PROCEDURE_CT_CHEST, uids, options, predecessors
+    )
+
+
+def comprehensive_3d_sr(  # noqa: PLR0917  # the parts of one report, in reading order
+    report: hd.sr.MeasurementReport,
+    evidence: Sequence[Dataset],
+    procedure: Code,
+    uids: ResultUids,
+    options: ResultOptions,
+    predecessors: Sequence[Dataset],
+) -> hd.sr.Comprehensive3DSR:
+    """The Comprehensive 3D SR holding ``report``, with the job's UIDs, equipment and date.
+
+    Shared by the CT and the planar (mammography, fundus) reports; the caller adds
+    what only it needs (e.g. a private coding scheme declaration).
+    """
     when = resolve_content_datetime(options.content_datetime)
     with patient_names_kept_out_of_logs():
         sr = hd.sr.Comprehensive3DSR(
@@ -320,7 +339,7 @@ def _build_sr(
             is_complete=True,
             institution_name=options.institution_name,
             institutional_department_name=options.institutional_department_name,
-            performed_procedure_codes=[codes.PROCEDURE_CT_CHEST],
+            performed_procedure_codes=[procedure],
             previous_versions=[header_copy(p) for p in predecessors] or None,
             series_description=options.sr_series_description,
             manufacturer_model_name=options.manufacturer_model_name,
