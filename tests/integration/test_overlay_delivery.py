@@ -1,7 +1,8 @@
-"""Burned-in overlay images end to end: storescu -> cad-node serve -> two DCMTK storescp.
+"""Viewer-proof fallbacks end to end: storescu -> cad-node serve -> two DCMTK storescp.
 
-One destination asks for ``[seg, sr, overlay]`` and gets the Secondary Capture
-images too; the other keeps the default ``[seg, sr]`` and gets none.
+One destination asks for burned-in overlay images (``[seg, sr, overlay]``) or for
+presentation states (``[sr, gsps]``) and gets them; the other keeps the default
+``[seg, sr]`` and gets neither.
 """
 
 from pathlib import Path
@@ -9,10 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydicom import Dataset, dcmread
-from pydicom.uid import SecondaryCaptureImageStorage
+from pydicom.uid import (
+    Comprehensive3DSRStorage,
+    GrayscaleSoftcopyPresentationStateStorage,
+    SecondaryCaptureImageStorage,
+    SegmentationStorage,
+)
 from sqlalchemy import select
 
+from cad_node import NOT_FOR_CLINICAL_USE
 from cad_node.domain.states import DeliveryState
+from cad_node.results.gsps import MARKS_LAYER
 from cad_node.results.overlay import CONTOUR_COLOURS
 from cad_node.store.schema import Delivery
 from tests.dicom_validation import assert_valid_dicom
@@ -50,14 +58,20 @@ def _rules_to_both(folder: Path) -> Path:
     return path
 
 
-def test_overlay_goes_only_where_asked(tmp_path: Path, chest_ct: SyntheticSeries) -> None:
+def _deliver_to_pacs_and_plain(
+    tmp_path: Path, chest_ct: SyntheticSeries, pacs_results: list[str]
+) -> tuple[list[Dataset], list[Dataset]]:
+    """Send the CT to a node whose rule names "pacs" (``pacs_results``) and "plain" (default).
+
+    Returns what each destination received once every delivery is done.
+    """
     pacs_port, plain_port = free_port(), free_port()
     destinations = {
         "pacs": {
             "host": "127.0.0.1",
             "port": pacs_port,
             "ae_title": "PACS",
-            "results": ["seg", "sr", "overlay"],
+            "results": pacs_results,
         },
         "plain": {"host": "127.0.0.1", "port": plain_port, "ae_title": "PLAIN"},
     }
@@ -73,10 +87,12 @@ def test_overlay_goes_only_where_asked(tmp_path: Path, chest_ct: SyntheticSeries
         assert storescu(node.port, chest_ct.paths).returncode == 0
         wait_for(lambda: _all_delivered(node.config), 240, "every delivery")
         assert "Traceback" not in node.log()
+    return _received(pacs_dir), _received(plain_dir)
 
-    plain = _received(plain_dir)
+
+def test_overlay_goes_only_where_asked(tmp_path: Path, chest_ct: SyntheticSeries) -> None:
+    pacs, plain = _deliver_to_pacs_and_plain(tmp_path, chest_ct, ["seg", "sr", "overlay"])
     assert SecondaryCaptureImageStorage not in {ds.SOPClassUID for ds in plain}
-    pacs = _received(pacs_dir)
     overlays = [ds for ds in pacs if ds.SOPClassUID == SecondaryCaptureImageStorage]
     (seg,) = [ds for ds in pacs if ds.SOPClassUID == SEG_SOP_CLASS]
     assert 1 <= len(overlays) <= len(seg.SegmentSequence)
@@ -87,3 +103,27 @@ def test_overlay_goes_only_where_asked(tmp_path: Path, chest_ct: SyntheticSeries
         assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID in chest_ct.sop_instance_uids
         colours = {tuple(c) for c in np.unique(ds.pixel_array.reshape(-1, 3), axis=0)}
         assert colours & set(CONTOUR_COLOURS)
+
+
+def test_gsps_goes_only_where_asked(tmp_path: Path, chest_ct: SyntheticSeries) -> None:
+    pacs, plain = _deliver_to_pacs_and_plain(tmp_path, chest_ct, ["sr", "gsps"])
+    assert {ds.SOPClassUID for ds in plain} == {SegmentationStorage, Comprehensive3DSRStorage}
+    assert {ds.SOPClassUID for ds in pacs} == {
+        Comprehensive3DSRStorage,
+        GrayscaleSoftcopyPresentationStateStorage,
+    }
+    states = [ds for ds in pacs if ds.SOPClassUID == GrayscaleSoftcopyPresentationStateStorage]
+    assert len(states) == 1  # one CT series
+    (state,) = states
+    assert_valid_dicom(state.filename)
+    assert state.StudyInstanceUID == chest_ct.study_instance_uid
+    assert NOT_FOR_CLINICAL_USE in state.SeriesDescription
+    referenced = {
+        image.ReferencedSOPInstanceUID
+        for series in state.ReferencedSeriesSequence
+        for image in series.ReferencedImageSequence
+    }
+    assert referenced
+    assert referenced <= set(chest_ct.sop_instance_uids)
+    marks = [a for a in state.GraphicAnnotationSequence if a.GraphicLayer == MARKS_LAYER]
+    assert sum(len(a.GraphicObjectSequence) for a in marks) >= 1
