@@ -5,7 +5,6 @@ import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine
@@ -29,7 +28,7 @@ from cad_node.store.catalog import DestinationBook
 from cad_node.store.db import create_schema, make_engine, session_factory
 from cad_node.store.jobs import requeue_all_running, requeue_expired
 from cad_node.store.rulesets import RuleBook
-from cad_node.worker import LeasedWorker, make_worker, work_loop
+from cad_node.worker import LeasedWorker, make_worker, model_registry, work_loop
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +69,7 @@ class Node:
         self.rule_book.seed(self.settings.rules)
         self.destination_book = DestinationBook(self.sessions, self.clock)
         self.destination_book.seed(self.settings.destinations)
-        device = None if self.settings.device == "auto" else self.settings.device
-        self.registry = ModelRegistry(self._model_dirs(), device=device)
+        self.registry = model_registry(self.settings)
         self.scp = StorageSCP(
             ae_title=self.settings.ae_title,
             bind_address=self.settings.bind_address,
@@ -105,9 +103,6 @@ class Node:
         for destination in self.settings.destinations.values():
             if destination.tls is not None:
                 client_context(destination.tls)
-
-    def _model_dirs(self) -> list[Path]:
-        return [self.settings.models_dir] if self.settings.models_dir else []
 
     def start(self) -> None:
         """Recover what a crash left, then start receiving, assembling, working, exporting."""

@@ -285,6 +285,8 @@ class Settings(_Settings):
     """How long a worker holds a job without a heartbeat before another may reclaim it."""
     admin: AdminSettings = AdminSettings()
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    torch_threads: int | None = Field(default=None, ge=1, le=256)
+    """CPU threads per torch operator; ``None``: torch's default (one per core)."""
     log_level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(_upper)] = (
         "INFO"
     )

@@ -15,7 +15,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -93,6 +92,15 @@ class LeasedWorker(Worker):
             return renew_lease(session, job_id, self.worker_id, until)
 
 
+def model_registry(settings: Settings) -> ModelRegistry:
+    """The shipped models and ``models_dir``, on the configured device and CPU threads."""
+    return ModelRegistry(
+        [settings.models_dir] if settings.models_dir else [],
+        device=None if settings.device == "auto" else settings.device,
+        threads=settings.torch_threads,
+    )
+
+
 def make_worker(
     settings: Settings,
     sessions: sessionmaker[Session],
@@ -157,7 +165,7 @@ class WorkerProcess:
         engine = make_engine(self.settings.resolved_database_url)
         try:
             sessions = session_factory(engine)
-            registry = ModelRegistry(self._model_dirs(), device=self._device())
+            registry = model_registry(self.settings)
             worker = make_worker(self.settings, sessions, registry, self.clock)
             _warm(registry, model_names(sessions))
             logger.info("cad-node worker %s started", worker.worker_id)
@@ -169,12 +177,6 @@ class WorkerProcess:
     def request_stop(self) -> None:
         """Stop after the current job; safe to call from a signal handler."""
         self.stopping.set()
-
-    def _model_dirs(self) -> list[Path]:
-        return [self.settings.models_dir] if self.settings.models_dir else []
-
-    def _device(self) -> str | None:
-        return None if self.settings.device == "auto" else self.settings.device
 
 
 def _warm(registry: ModelRegistry, names: set[str]) -> None:

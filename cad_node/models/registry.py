@@ -78,9 +78,16 @@ class ModelRegistry:
     (one sub-folder each).  A later folder overrides an earlier model of the same name.
     """
 
-    def __init__(self, extra_dirs: Iterable[Path] = (), device: str | None = None) -> None:
+    def __init__(
+        self,
+        extra_dirs: Iterable[Path] = (),
+        device: str | None = None,
+        threads: int | None = None,
+    ) -> None:
+        """``device`` None: a GPU when usable; ``threads`` None: torch's default (one per core)."""
         self._dirs = [SHIPPED_DIR, *extra_dirs]
         self._device = device
+        self._threads = threads
         self._loaded: dict[str, CadModel] = {}
         self._lock = threading.Lock()
 
@@ -114,6 +121,10 @@ class ModelRegistry:
             return self._loaded[name]
 
     def _load(self, name: str) -> CadModel:
+        if self._threads is not None:
+            from cad_node.models.runtime import set_cpu_threads
+
+            set_cpu_threads(self._threads)
         entries = self.entries()
         if name not in entries:
             raise ModelError(f"no model named {name!r}; known: {sorted(entries)}")

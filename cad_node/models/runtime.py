@@ -32,6 +32,18 @@ def is_cuda(device: str) -> bool:
     return torch.device(device).type == "cuda"
 
 
+def set_cpu_threads(threads: int) -> None:
+    """Threads torch uses for one CPU operator, in this process (config ``torch_threads``).
+
+    On a CPU shared with other work (several workers, ingest), fewer threads than
+    cores avoid oversubscription, which slows torch far more than it speeds it up.
+    """
+    if threads < 1:
+        raise ValueError(f"threads must be positive, got {threads}")
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 @contextmanager
 def inference(device: str) -> Iterator[None]:
     """No autograd (``torch.inference_mode``), plus float16 autocast on CUDA.
@@ -47,4 +59,4 @@ def inference(device: str) -> Iterator[None]:
         yield
 
 
-__all__ = ["AUTOCAST_DTYPE", "default_device", "inference", "is_cuda"]
+__all__ = ["AUTOCAST_DTYPE", "default_device", "inference", "is_cuda", "set_cpu_threads"]

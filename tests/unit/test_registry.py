@@ -121,3 +121,14 @@ def test_an_unknown_family_is_refused(tmp_path: Path) -> None:
 def test_default_device_is_the_runtime_one() -> None:
     assert default_device() == runtime_default_device()
     assert default_device() in {"cpu", "cuda"}
+
+
+def test_the_registry_sets_torch_threads_when_it_loads_a_model() -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        ModelRegistry(device="cpu", threads=1).get("lung_nodule_ct")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
