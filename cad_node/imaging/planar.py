@@ -37,6 +37,7 @@ from pydicom.uid import (
 
 from cad_node.domain.planar import ImageSet, Laterality, PlanarImage
 from cad_node.errors import InvalidSeriesError
+from cad_node.imaging.volume import read_or_refuse
 
 logger = logging.getLogger(__name__)
 
@@ -216,8 +217,13 @@ def load_image_set(items: Iterable[Dataset | Path | str]) -> ImageSet:
     ------
     InvalidSeriesError
         An unreadable file or undecodable pixels, no image instance left, images of
-        several studies or modalities, an unsupported PhotometricInterpretation.
+        several studies or modalities, an unsupported PhotometricInterpretation, a
+        malformed file (see :data:`cad_node.imaging.volume.MALFORMED_DATASET_ERRORS`).
     """
+    return read_or_refuse(lambda: _load_image_set(items))
+
+
+def _load_image_set(items: Iterable[Dataset | Path | str]) -> ImageSet:
     datasets = [_read(item) for item in items]
     images = _deduplicate([ds for ds in datasets if is_image(ds)])
     if not images:

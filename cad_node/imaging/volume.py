@@ -6,17 +6,41 @@ with RescaleSlope/RescaleIntercept (PS3.3 C.11.1.1.2).  Compressed transfer
 syntaxes are decoded by pydicom's pixel handlers (python-gdcm, pylibjpeg).
 """
 
-from collections.abc import Iterable, Sequence
+import struct
+import zlib
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 
 from cad_node.domain.imaging import ImageVolume
 from cad_node.errors import InvalidSeriesError
+
+MALFORMED_DATASET_ERRORS = (
+    AttributeError,
+    EOFError,
+    IndexError,
+    KeyError,
+    NotImplementedError,
+    OverflowError,
+    RecursionError,
+    TypeError,
+    ValueError,
+    struct.error,
+    zlib.error,
+    InvalidDicomError,
+    BytesLengthException,
+)
+"""What pydicom raises, reading or converting a value, on a malformed file: a missing Type 1
+attribute, a truncated element, a value its VR cannot hold or a length it cannot have, a charset
+that does not exist, sequences nested deeper than the interpreter's recursion limit."""
+
+_T = TypeVar("_T")
 
 _ORIENTATION_TOLERANCE = 1e-3
 _SPACING_TOLERANCE = 0.05  # relative; scanners write positions rounded to 0.01 mm
@@ -93,6 +117,21 @@ def _pixels_hu(ds: Dataset) -> npt.NDArray[np.float32]:
     return out
 
 
+def _stack_slices(datasets: Sequence[Dataset]) -> npt.NDArray[np.float32]:
+    """The HU pixels of the sorted slices as one array.
+
+    The first slice is decoded before the volume is allocated: pydicom checks its
+    Rows x Columns against the bytes of its Pixel Data, so forged Rows/Columns
+    cannot make the allocation ask for gigabytes.
+    """
+    first = _pixels_hu(datasets[0])
+    voxels = np.empty((len(datasets), *first.shape), dtype=np.float32)
+    voxels[0] = first
+    for k, ds in enumerate(datasets[1:], start=1):
+        voxels[k] = _pixels_hu(ds)
+    return voxels
+
+
 def _affine(
     origin: npt.NDArray[np.float64],
     orientation: npt.NDArray[np.float64],
@@ -108,6 +147,19 @@ def _affine(
     return affine
 
 
+def read_or_refuse(read: Callable[[], _T]) -> _T:
+    """``read()``, with pydicom's errors on a malformed file turned into InvalidSeriesError.
+
+    Values are converted lazily, so a file ``dcmread`` accepted may still fail
+    where an attribute is first used; the reason names the error class only
+    (a message may quote element values, which may be patient data).
+    """
+    try:
+        return read()
+    except MALFORMED_DATASET_ERRORS as exc:
+        raise InvalidSeriesError(f"malformed data set ({type(exc).__name__})") from exc
+
+
 def load_volume(items: Iterable[Dataset | Path | str]) -> ImageVolume:
     """Read the slices of one series into a HU volume sorted along the slice normal.
 
@@ -115,8 +167,13 @@ def load_volume(items: Iterable[Dataset | Path | str]) -> ImageVolume:
     ------
     InvalidSeriesError
         One slice only, several series, mixed orientations, missing PixelSpacing,
-        different Rows/Columns, duplicate positions or inconsistent slice spacing.
+        different Rows/Columns, duplicate positions or inconsistent slice spacing;
+        a malformed file (see :data:`MALFORMED_DATASET_ERRORS`).
     """
+    return read_or_refuse(lambda: _load_volume(items))
+
+
+def _load_volume(items: Iterable[Dataset | Path | str]) -> ImageVolume:
     datasets = [_read(item) for item in items]
     if len(datasets) < 2:
         raise InvalidSeriesError(f"a volume needs at least 2 slices, got {len(datasets)}")
@@ -124,16 +181,14 @@ def load_volume(items: Iterable[Dataset | Path | str]) -> ImageVolume:
     if len(series_uids) != 1:
         raise InvalidSeriesError(f"the slices belong to {len(series_uids)} series")
     orientation = _orientation(datasets)
-    rows, columns = _check_matrix(datasets)
+    _check_matrix(datasets)
     row_spacing, column_spacing = _pixel_spacing(datasets)
     normal = np.cross(orientation[:3], orientation[3:])
     positions = np.array([_floats(ds, "ImagePositionPatient", 3) @ normal for ds in datasets])
     order = np.argsort(positions, kind="stable")
     datasets = [datasets[i] for i in order]
     slice_spacing = _slice_spacing(positions[order])
-    voxels = np.empty((len(datasets), rows, columns), dtype=np.float32)
-    for k, ds in enumerate(datasets):
-        voxels[k] = _pixels_hu(ds)
+    voxels = _stack_slices(datasets)
     spacing = (slice_spacing, row_spacing, column_spacing)
     first = datasets[0]
     return ImageVolume(

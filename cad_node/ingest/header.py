@@ -12,11 +12,11 @@ from pathlib import PurePath
 
 from pydicom import Dataset
 from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.filereader import data_element_generator
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, ExplicitVRLittleEndian
-from pydicom.valuerep import VR
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 
 from cad_node.errors import CadNodeError
 from cad_node.ingest.spool import is_safe_uid
@@ -35,12 +35,16 @@ PARSE_ERRORS = (
     IndexError,
     OverflowError,
     NotImplementedError,
+    RecursionError,
     UnicodeDecodeError,
     struct.error,
     zlib.error,
     InvalidDicomError,
+    BytesLengthException,
 )
-"""What pydicom raises on a malformed byte stream."""
+"""What pydicom raises on a malformed byte stream (RecursionError: sequences nested deeper than
+the interpreter's recursion limit, read recursively; BytesLengthException: a value of a length
+its VR cannot have)."""
 
 
 class UndecodableDatasetError(CadNodeError):
@@ -101,18 +105,38 @@ def _header_elements(
 ) -> dict[BaseTag, DataElement | RawDataElement]:
     elements: dict[BaseTag, DataElement | RawDataElement] = {}
     previous_tag = -1
+    bulk_data: list[tuple[str | None, int]] = []
+    fp = BytesIO(stream)
+
+    def at_pixel_data(tag: int, vr: str | None, length: int) -> bool:
+        if tag >= _FIRST_PIXEL_DATA_TAG:
+            bulk_data.append((vr, length))
+        return tag >= _FIRST_PIXEL_DATA_TAG
+
     generator = data_element_generator(
-        BytesIO(stream), is_implicit_vr, is_little_endian, stop_when=_at_pixel_data
+        fp, is_implicit_vr, is_little_endian, stop_when=at_pixel_data
     )
     for element in generator:
         _check_element(element, previous_tag, len(stream), is_implicit_vr)
         elements[BaseTag(element.tag)] = element
         previous_tag = element.tag
+    if bulk_data:  # pydicom left ``fp`` at the start of the bulk data element
+        _check_bulk_data_length(*bulk_data[0], fp.tell(), len(stream), is_implicit_vr)
     return elements
 
 
-def _at_pixel_data(tag: int, _vr: str | None, _length: int) -> bool:
-    return tag >= _FIRST_PIXEL_DATA_TAG
+def _check_bulk_data_length(
+    vr: str | None, length: int, element_start: int, stream_length: int, is_implicit_vr: bool
+) -> None:
+    """A defined-length Pixel Data value ends inside the stream (PS3.5 7.1.1): a data set cut
+    short in its pixels must not earn Success, or the sender deletes its only whole copy.
+    """
+    if length == _UNDEFINED_LENGTH:
+        return
+    long_form = not is_implicit_vr and vr in EXPLICIT_VR_LENGTH_32
+    header_length = 12 if long_form else 8
+    if element_start + header_length + length > stream_length:
+        raise EOFError("Pixel Data runs past the end of the data set")
 
 
 def _check_element(
