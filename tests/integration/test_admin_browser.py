@@ -120,8 +120,10 @@ def test_admin_edits_tests_and_saves_a_rule_that_routes_the_next_series(
         wait_text(browser, "rules", "mr-rule")
 
         set_editor(browser, {**CT_RULE, "when": {"keyword": "Modallity", "equals": "CT"}})
-        wait_text(browser, "validation", "✗")
-        assert "Modallity" in browser.find_element(By.ID, "validation").text
+        # The page validates on every keystroke: wait for the verdict on the whole rule,
+        # not the "not JSON" of a half-typed one.
+        wait_text(browser, "validation", "Modallity")
+        assert "✗" in browser.find_element(By.ID, "validation").text
         shoot(browser, screenshots / "rules-invalid.png", "Modallity")
 
         browser.find_element(By.ID, "new-rule").click()
