@@ -14,6 +14,7 @@ runs in one transaction that holds the migration lock first:
 """
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +23,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, Engine, inspect, text
+from sqlalchemy.exc import OperationalError
 
 from cad_node.errors import StorageError
 
@@ -84,14 +86,39 @@ def upgrade_journal(engine: Engine) -> None:
         If the database holds only some of the 0.1.0 tables and no revision:
         not a journal this code can tell the revision of.
     """
+    for attempt in range(1, SQLITE_BUSY_ATTEMPTS + 1):
+        try:
+            before, after = _upgrade(engine)
+            break
+        except OperationalError as exc:
+            if not _sqlite_busy(engine, exc) or attempt == SQLITE_BUSY_ATTEMPTS:
+                raise
+            _log.info("journal busy at start-up (another process migrates it): retrying")
+            time.sleep(0.2 * attempt)
+    _log.info("journal schema revision: %s before, %s after", before or "none", after)
+
+
+SQLITE_BUSY_ATTEMPTS = 5
+"""Start-up tries when SQLite answers "database is locked" past its busy timeout.
+
+Processes starting at once on a new SQLite journal race to switch it to WAL
+mode, and SQLite may refuse that switch at once, without waiting.
+"""
+
+
+def _sqlite_busy(engine: Engine, exc: OperationalError) -> bool:
+    return engine.dialect.name == "sqlite" and "database is locked" in str(exc.orig)
+
+
+def _upgrade(engine: Engine) -> tuple[str | None, str | None]:
+    """One attempt: (revision before, revision after), in one migration transaction."""
     with migration_transaction(engine) as connection:
         before = current_revision(connection)
         config = alembic_config(connection)
         if before is None and _is_release_journal(connection):
             command.stamp(config, RELEASE_REVISION)
         command.upgrade(config, "head")
-        after = current_revision(connection)
-    _log.info("journal schema revision: %s before, %s after", before or "none", after)
+        return before, current_revision(connection)
 
 
 def downgrade_journal(engine: Engine, revision: str) -> None:
