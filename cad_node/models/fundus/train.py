@@ -24,7 +24,6 @@ per lesion channel (best Dice) are chosen and written to the manifest.
 
 import logging
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from cad_node import NOT_FOR_CLINICAL_USE, __version__
 from cad_node.domain.planar import REFERABLE_ICDR_GRADE, Laterality
 from cad_node.evaluation import metrics
 from cad_node.imaging.planar import load_image_set
+from cad_node.models import training
 from cad_node.models.fundus.network import GRADES, FundusNet, parameter_count
 from cad_node.models.fundus.preprocess import (
     INPUT_CHANNELS,
@@ -46,6 +46,7 @@ from cad_node.models.fundus.preprocess import (
     prepare_mask,
 )
 from cad_node.models.manifest import Manifest, sha256_of
+from cad_node.models.training import EpochRecord, Fitted, Schedule, Validation, finite_or_none
 from cad_node.synth.fundus import ALL_MASKS, load_truth, study_folders
 
 log = logging.getLogger(__name__)
@@ -343,38 +344,21 @@ def _train_epoch(
         bar.set_postfix(loss=f"{loss.item():.3f}")
 
 
-@dataclass(frozen=True, slots=True, eq=False)
-class Fitted:
-    """The best state (lowest validation loss) and the per-epoch history."""
-
-    state: dict[str, torch.Tensor]
-    best_epoch: int
-    history: list[dict[str, float | None]]
-
-
-def _finite(value: float) -> float | None:
-    """Rounded, or None for NaN (JSON has no NaN)."""
-    return None if math.isnan(value) else round(value, 4)
-
-
-def _record(epoch: int, predictions: Predictions, validation: EyeSet) -> dict[str, float | None]:
+def _record(predictions: Predictions, validation: EyeSet) -> EpochRecord:
     predicted = predictions.grade_probs.argmax(axis=1)
     dice = channel_dice(predictions.lesion_probs, validation.masks, 0.5)[:4]
     kappa = metrics.quadratic_weighted_kappa(validation.grades, predicted, GRADES)
+    mean_dice = float(np.nanmean(dice)) if not np.isnan(dice).all() else math.nan
     return {
-        "epoch": epoch,
         "val_loss": round(predictions.loss, 5),
-        "val_kappa": _finite(kappa),
-        "val_referable_auc": _finite(referable_auc(validation.grades, predictions.grade_probs)),
-        "val_lesion_dice": _finite(
-            float(np.nanmean(dice)) if not np.isnan(dice).all() else math.nan
-        ),
+        "val_kappa": _rounded(kappa),
+        "val_referable_auc": _rounded(referable_auc(validation.grades, predictions.grade_probs)),
+        "val_lesion_dice": _rounded(mean_dice),
     }
 
 
-def _state(net: FundusNet) -> dict[str, torch.Tensor]:
-    """A contiguous copy of the weights (the saved file does not depend on memory format)."""
-    return {k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}
+def _rounded(value: float) -> float | None:
+    return finite_or_none(round(value, 4))
 
 
 def fit(net: FundusNet, train_set: EyeSet, validation: EyeSet, config: TrainConfig) -> Fitted:
@@ -382,12 +366,8 @@ def fit(net: FundusNet, train_set: EyeSet, validation: EyeSet, config: TrainConf
     rng = np.random.default_rng(config.seed)
     class_weights = grade_weights(train_set.grades)
     net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit memory_format
-    optimiser = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.epochs)
-    best_loss, best_epoch, history = math.inf, 0, []
-    best_state = _state(net)
-    started = time.monotonic()
-    for epoch in range(1, config.epochs + 1):
+
+    def train_epoch(optimiser: torch.optim.Optimizer, epoch: int) -> None:
         _train_epoch(
             net,
             optimiser,
@@ -397,20 +377,13 @@ def fit(net: FundusNet, train_set: EyeSet, validation: EyeSet, config: TrainConf
             rng=rng,
             epoch=epoch,
         )
-        schedule.step()
+
+    def validate() -> Validation:
         predictions = predict(net, validation, class_weights, config.lesion_loss_weight)
-        history.append(_record(epoch, predictions, validation))
-        tqdm.write(f"epoch {epoch}: {history[-1]}")
-        if predictions.loss < best_loss:
-            best_loss, best_epoch = predictions.loss, epoch
-            best_state = _state(net)
-        elif epoch - best_epoch >= config.patience:
-            tqdm.write(f"early stop: no improvement for {config.patience} epochs")
-            break
-        if (time.monotonic() - started) / 60 > config.max_minutes:
-            tqdm.write(f"stop: time budget of {config.max_minutes} min reached")
-            break
-    return Fitted(best_state, best_epoch, history)
+        return Validation(predictions.loss, _record(predictions, validation))
+
+    schedule = Schedule(config.epochs, config.patience, config.max_minutes, config.learning_rate)
+    return training.fit(net, schedule, train_epoch, validate)
 
 
 def split_by_study(eyes: EyeSet, config: TrainConfig) -> tuple[EyeSet, EyeSet]:

@@ -11,7 +11,6 @@ in the axial plane, intensity scale/shift jitter and Gaussian noise.
 import logging
 import math
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from tqdm import tqdm
 
 from cad_node import NOT_FOR_CLINICAL_USE, __version__
 from cad_node.imaging.volume import load_volume
+from cad_node.models import training
 from cad_node.models.lung.candidates import find_candidates
 from cad_node.models.lung.network import PATCH, NoduleNet
 from cad_node.models.lung.patches import (
@@ -32,7 +32,14 @@ from cad_node.models.lung.patches import (
     sample_patch,
 )
 from cad_node.models.manifest import Manifest, sha256_of
-from cad_node.models.training import balanced_sample_weights, validation_auc
+from cad_node.models.training import (
+    Fitted,
+    Schedule,
+    Validation,
+    balanced_sample_weights,
+    finite_or_none,
+    validation_auc,
+)
 from cad_node.synth.ct import GROUND_TRUTH_NAME, GroundTruth, load_ground_truth
 
 log = logging.getLogger(__name__)
@@ -263,39 +270,19 @@ def _train_epoch(
         bar.set_postfix(loss=f"{loss.item():.3f}")
 
 
-@dataclass(frozen=True, slots=True, eq=False)
-class Fitted:
-    """The best state (lowest validation loss) and the per-epoch history."""
-
-    state: dict[str, torch.Tensor]
-    best_epoch: int
-    history: list[dict[str, float]]
-
-
 def fit(net: NoduleNet, split: Split, config: TrainConfig, rng: np.random.Generator) -> Fitted:
     """Epochs with validation, early stopping on the validation loss and a time budget."""
-    optimiser = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.epochs)
-    best_loss, best_epoch, history = math.inf, 0, []
-    best_state = {k: v.clone() for k, v in net.state_dict().items()}
-    started = time.monotonic()
-    for epoch in range(1, config.epochs + 1):
+
+    def train_epoch(optimiser: torch.optim.Optimizer, epoch: int) -> None:
         _train_epoch(net, optimiser, split.train, config=config, rng=rng, epoch=epoch)
-        schedule.step()
-        probs, val_loss = _predict(net, split.validation)
-        val_auc = validation_auc(split.validation.labels, probs)
-        history.append({"epoch": epoch, "val_loss": val_loss, "val_auc": val_auc})
-        tqdm.write(f"epoch {epoch}: validation loss {val_loss:.4f}, AUC {val_auc:.4f}")
-        if val_loss < best_loss:
-            best_loss, best_epoch = val_loss, epoch
-            best_state = {k: v.clone() for k, v in net.state_dict().items()}
-        elif epoch - best_epoch >= config.patience:
-            tqdm.write(f"early stop: no improvement for {config.patience} epochs")
-            break
-        if (time.monotonic() - started) / 60 > config.max_minutes:
-            tqdm.write(f"stop: time budget of {config.max_minutes} min reached")
-            break
-    return Fitted(best_state, best_epoch, history)
+
+    def validate() -> Validation:
+        probs, loss = _predict(net, split.validation)
+        auc = validation_auc(split.validation.labels, probs)
+        return Validation(loss, {"val_loss": round(loss, 5), "val_auc": finite_or_none(auc)})
+
+    schedule = Schedule(config.epochs, config.patience, config.max_minutes, config.learning_rate)
+    return training.fit(net, schedule, train_epoch, validate)
 
 
 def _manifest(

@@ -21,7 +21,6 @@ calcification cluster).  A view's suspicion label is its breast's label
 
 import logging
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from cad_node.domain.findings import FindingType
 from cad_node.domain.planar import Laterality
 from cad_node.evaluation.metrics import sensitivity_at_specificity
 from cad_node.imaging.planar import load_image_set
+from cad_node.models import training
 from cad_node.models.mammo.network import SEGMENTATION_CLASSES, MammoNet
 from cad_node.models.mammo.preprocess import INPUT_SHAPE, standardise
 from cad_node.models.mammo.scoring import (
@@ -50,7 +50,14 @@ from cad_node.models.mammo.scoring import (
     regions,
 )
 from cad_node.models.manifest import Manifest, sha256_of
-from cad_node.models.training import balanced_sample_weights, validation_auc
+from cad_node.models.training import (
+    Fitted,
+    Schedule,
+    Validation,
+    balanced_sample_weights,
+    finite_or_none,
+    validation_auc,
+)
 from cad_node.synth.mammo import MammoTruth, load_truth, study_folders
 
 log = logging.getLogger(__name__)
@@ -300,47 +307,20 @@ def _train_epoch(
         bar.set_postfix(loss=f"{loss.item():.3f}")
 
 
-@dataclass(frozen=True, slots=True, eq=False)
-class Fitted:
-    """The best state (lowest validation loss) and the per-epoch history."""
-
-    state: dict[str, torch.Tensor]
-    best_epoch: int
-    history: list[dict[str, float | None]]
-
-
 def fit(net: MammoNet, split: Split, config: TrainConfig, rng: np.random.Generator) -> Fitted:
     """Epochs with validation, early stopping on the validation loss and a time budget."""
-    optimiser = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.epochs)
-    best_loss, best_epoch, history = math.inf, 0, []
-    best_state = {k: v.clone() for k, v in net.state_dict().items()}
-    started = time.monotonic()
-    for epoch in range(1, config.epochs + 1):
+
+    def train_epoch(optimiser: torch.optim.Optimizer, epoch: int) -> None:
         _train_epoch(net, optimiser, split.train, config=config, rng=rng, epoch=epoch)
-        schedule.step()
-        probs, val_loss = predict_views(net, split.validation)
-        val_auc = validation_auc(*breast_level(split.validation, probs))
-        minutes = (time.monotonic() - started) / 60
-        history.append(
-            {
-                "epoch": epoch,
-                "val_loss": round(val_loss, 5),
-                "val_breast_auc": None if math.isnan(val_auc) else round(val_auc, 5),
-                "minutes": round(minutes, 2),
-            }
-        )
-        tqdm.write(f"epoch {epoch}: validation loss {val_loss:.4f}, per-breast AUC {val_auc:.4f}")
-        if val_loss < best_loss:
-            best_loss, best_epoch = val_loss, epoch
-            best_state = {k: v.clone() for k, v in net.state_dict().items()}
-        elif epoch - best_epoch >= config.patience:
-            tqdm.write(f"early stop: no improvement for {config.patience} epochs")
-            break
-        if minutes > config.max_minutes:
-            tqdm.write(f"stop: time budget of {config.max_minutes} min reached")
-            break
-    return Fitted(best_state, best_epoch, history)
+
+    def validate() -> Validation:
+        probs, loss = predict_views(net, split.validation)
+        auc = validation_auc(*breast_level(split.validation, probs))
+        record = {"val_loss": round(loss, 5), "val_breast_auc": finite_or_none(round(auc, 5))}
+        return Validation(loss, record)
+
+    schedule = Schedule(config.epochs, config.patience, config.max_minutes, config.learning_rate)
+    return training.fit(net, schedule, train_epoch, validate)
 
 
 def _manifest(
