@@ -40,6 +40,7 @@ from cad_node.domain.states import DeliveryState, JobState
 from cad_node.store.schema import Delivery, Instance, Job, Result
 from tests.conftest import NO_RESPONSE, NODE_AE_TITLE, context_of, send
 from tests.integration.peers import NodeProcess, free_port, running_node, wait_for, write_config
+from tests.reliability_doc import write_section
 from tests.synthetic import SyntheticSeries, write_ct_series
 
 pytestmark = pytest.mark.slow
@@ -116,9 +117,9 @@ def _row(f: Figures) -> str:
 
 
 _REPORT_HEAD = [
-    "# Reliability under faults",
+    "## Under faults",
     "",
-    "Written by the test run; do not edit by hand.  Each scenario runs `cad-node serve` as a",
+    "Each scenario runs `cad-node serve` as a",
     "child process with real DICOM peers on 127.0.0.1 (pynetdicom SCU and SCPs), kills it with",
     "SIGKILL at the moment named, restarts it on the same storage and journal, and checks the",
     "journal and the receivers (tests/integration/test_faults.py).",
@@ -150,11 +151,11 @@ def _report_foot(when: datetime) -> list[str]:
 
 @pytest.fixture(scope="module")
 def report() -> Iterator[ReliabilityReport]:
-    """Collects each scenario's figures; rewrites docs/reliability.md after the module."""
+    """Collects each scenario's figures; writes its docs/reliability.md section at the end."""
     collected = ReliabilityReport()
     yield collected
     if collected.figures:
-        REPORT_PATH.write_text(collected.render(datetime.now(UTC)))
+        write_section(REPORT_PATH, "faults", collected.render(datetime.now(UTC)))
 
 
 _SCENARIO_ORDER = [
