@@ -99,6 +99,42 @@ def _stacked_segments(
     return array
 
 
+def _label_map(
+    findings: Sequence[Finding], slices: Sequence[int], frame_shape: tuple[int, int]
+) -> npt.NDArray[np.uint8] | None:
+    """``array[i, r, c]``: the number (from 1) of the finding covering pixel (r, c) of
+    volume slice ``slices[i]``; None when two findings share a pixel or there are over 255.
+
+    highdicom turns it into the same BINARY frames as :func:`_stacked_segments` with
+    a fifth of the memory: no per-segment axis, and no int64 sum over it to check
+    for overlaps (PS3.3 C.8.20.2, Segments Overlap NO either way).
+    """
+    if len(findings) > np.iinfo(np.uint8).max:
+        return None
+    plane_of = {k: i for i, k in enumerate(slices)}
+    array = np.zeros((len(slices), *frame_shape), dtype=np.uint8)
+    for number, finding in enumerate(findings, start=1):
+        k0, r0, c0 = finding.mask.offset
+        _, dr, dc = finding.mask.mask.shape
+        for local_k in np.flatnonzero(finding.mask.mask.any(axis=(1, 2))):
+            region = array[plane_of[k0 + int(local_k)], r0 : r0 + dr, c0 : c0 + dc]
+            covered = finding.mask.mask[local_k]
+            if np.any(region[covered]):
+                return None
+            region[covered] = number
+    return array
+
+
+def _segment_pixels(
+    findings: Sequence[Finding], slices: Sequence[int], frame_shape: tuple[int, int]
+) -> npt.NDArray[np.uint8] | npt.NDArray[np.bool_]:
+    """The SEG's pixel array: a label map, or one boolean plane per finding if they overlap."""
+    label_map = _label_map(findings, slices, frame_shape)
+    if label_map is not None:
+        return label_map
+    return _stacked_segments(findings, slices, frame_shape)
+
+
 def _pin_dimension_organization_uid(seg: Dataset, uid: str) -> None:
     """highdicom draws a random Dimension Organization UID (PS3.3 C.7.6.17); fix it per job."""
     for item in seg.get("DimensionOrganizationSequence", []):
@@ -166,7 +202,7 @@ def _build_seg(
     with patient_names_kept_out_of_logs():
         seg = hd.seg.Segmentation(
             source_images=[sources[k] for k in slices],
-            pixel_array=_stacked_segments(result.findings, slices, volume.shape[1:]),
+            pixel_array=_segment_pixels(result.findings, slices, volume.shape[1:]),
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=[
                 _segment_description(finding, i, result.model, uids)
