@@ -11,6 +11,11 @@ Run from the repository root::
 
     .venv/bin/python -m bench.ingest                 # 3 runs, 1/4/8 senders
     .venv/bin/python -m bench.ingest --runs 5 --senders 1,4
+    .venv/bin/python -m bench.ingest --runs 1 --senders 1 --memory-instances 0   # no memory figure
+
+Then sends one long series of small images over one association into a fresh
+node and samples its resident set (``bench/_ingest_memory.py``): ingest memory
+must stay flat as a series grows.
 """
 
 import argparse
@@ -25,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from bench import _peers, _report
+from bench import _ingest_memory, _peers, _report
 from bench._cli import (
     add_common_arguments,
     benchmark_session,
@@ -444,11 +449,24 @@ def compare_with_last(
     return text, any(c.regressed for c in found)
 
 
+def measure_memory(args: argparse.Namespace, scratch: Path) -> _ingest_memory.MemoryFigure | None:
+    if args.memory_instances <= 0:
+        return None
+    progress(f"writing a {args.memory_instances}-image series for the memory figure ...")
+    series = _ingest_memory.prepare(scratch, args.memory_instances, args.memory_rows)
+    work = scratch / "memory"
+    work.mkdir()
+    port = _peers.free_port()
+    progress("sending it into cad-node over one association ...")
+    return _ingest_memory.measure(series, work, node_config(work, port), port)
+
+
 def section(
     args: argparse.Namespace,
     summaries: Sequence[Summary],
     environment: dict[str, Any],
     comparison: str,
+    memory: _ingest_memory.MemoryFigure | None = None,
 ) -> str:
     receivers = {name: RECEIVER_NOTES[name] for name in args.receivers}
     lines = [
@@ -470,6 +488,7 @@ def section(
         "",
         results_table(summaries),
         targets(figures(summaries)),
+        *([] if memory is None else _ingest_memory.section_lines(memory)),
         "Receivers:",
         "",
         _report.key_values(receivers),
@@ -510,6 +529,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="send this folder's series instead (e.g. cad-node synth ct)",
     )
+    parser.add_argument(
+        "--memory-instances",
+        type=int,
+        default=2000,
+        help="images in the long series sent for the memory figure (0: skip it)",
+    )
+    parser.add_argument("--memory-rows", type=int, default=64, help="rows and columns of those")
     add_common_arguments(parser)
     return parser.parse_args(argv)
 
@@ -530,11 +556,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         series = prepare_series(args, scratch)
         environment["series"] = describe(series[0])
         measurements = measure_all(args, series, scratch)
+        memory = measure_memory(args, scratch) if NODE in args.receivers else None
     environment["load_after"] = _report.load_average()
     summaries = summarise(measurements)
     current = figures(summaries)
     comparison, regressed = compare_with_last(_report.load_last(KEY), current, environment)
-    text = section(args, summaries, environment, comparison)
+    text = section(args, summaries, environment, comparison, memory)
     print(text)
     if not args.no_record:
         _report.write_section(KEY, text)

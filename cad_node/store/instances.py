@@ -4,6 +4,7 @@ Every function works in the caller's transaction; the caller commits, and only
 then acknowledges the instance to its sender.
 """
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,6 +15,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import ReturningInsert
 
 from cad_node.domain.states import SeriesState
 from cad_node.routing.attributes import JsonValue, merge_missing
@@ -114,10 +116,13 @@ def record_instance(session: Session, record: InstanceRecord, now: datetime) -> 
     row is then locked (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite holds
     its single write lock from the first insert).
     """
+    # The study insert comes first because it takes SQLite's write lock: a
+    # transaction that read first could not upgrade once another writer committed.
     study_row = {"study_instance_uid": record.study_instance_uid, "created_at": now}
     _insert_if_absent(session, Study, study_row)
-    _insert_if_absent(session, Series, _new_series_row(record, now))
-    series = _lock_series(session, record.series_instance_uid)
+    series = _lock_series(session, record.series_instance_uid) or _insert_series(
+        session, record, now
+    )
     late = series.state != SeriesState.RECEIVING
     revision = series.revision + 1 if late else series.revision
     is_new = _insert_if_absent(session, Instance, _instance_row(record, revision, now))
@@ -136,6 +141,19 @@ def record_instance(session: Session, record: InstanceRecord, now: datetime) -> 
         instance_count=series.instance_count,
         expected_count=series.expected_count,
     )
+
+
+def _insert_series(session: Session, record: InstanceRecord, now: datetime) -> Series:
+    """Insert the series row for its first instance, then lock it.
+
+    A concurrent association may insert it first: the conflict is ignored and
+    the row it made is locked instead.
+    """
+    _insert_if_absent(session, Series, _new_series_row(record, now))
+    series = _lock_series(session, record.series_instance_uid)
+    if series is None:
+        raise RuntimeError(f"series {record.series_instance_uid} vanished after its insert")
+    return series
 
 
 def _new_series_row(record: InstanceRecord, now: datetime) -> dict[str, Any]:
@@ -179,10 +197,19 @@ def _insert_if_absent(session: Session, table: type[Base], row: dict[str, Any]) 
     dialect = session.get_bind().dialect.name
     if dialect not in {"postgresql", "sqlite"}:
         return _insert_in_savepoint(session, table, row)
+    return session.execute(_insert_ignoring_conflict(dialect, table), row).first() is not None
+
+
+@functools.cache
+def _insert_ignoring_conflict(dialect: str, table: type[Base]) -> ReturningInsert[Any]:
+    """One statement per (dialect, table), values bound at execution: SQLAlchemy compiles it once.
+
+    A statement with ``.values(row)`` has a new cache key for every row, and
+    compiling it cost more than executing it (ingest profile, docs/benchmarks.md).
+    """
     insert_for = postgresql.insert if dialect == "postgresql" else sqlite.insert
     primary_key = table.__mapper__.primary_key
-    statement = insert_for(table).values(row).on_conflict_do_nothing().returning(*primary_key)
-    return session.execute(statement).first() is not None
+    return insert_for(table).on_conflict_do_nothing().returning(*primary_key)
 
 
 def _insert_in_savepoint(session: Session, table: type[Base], row: dict[str, Any]) -> bool:
@@ -195,14 +222,15 @@ def _insert_in_savepoint(session: Session, table: type[Base], row: dict[str, Any
     return True
 
 
-def _lock_series(session: Session, series_instance_uid: str) -> Series:
+def _lock_series(session: Session, series_instance_uid: str) -> Series | None:
+    """The series row, locked for this transaction; None when it does not exist yet."""
     statement = (
         select(Series)
         .where(Series.series_instance_uid == series_instance_uid)
         .with_for_update()
         .execution_options(populate_existing=True)
     )
-    return session.execute(statement).scalar_one()
+    return session.execute(statement).scalar_one_or_none()
 
 
 def _count_new_instance(

@@ -1,0 +1,128 @@
+"""Group commit: the instances of concurrent associations recorded in shared transactions.
+
+Every C-STORE handler used to open its own transaction.  With several
+associations at once on SQLite, they queued on its single write lock, and
+SQLite's busy handler sleeps up to 100 ms between tries: four senders were no
+faster than one (ingest profile, docs/benchmarks.md).  Here the handlers take
+turns as the committer (leader/follower group commit): a handler queues its
+record, then waits for the commit lock; whoever holds it commits every record
+queued so far in one transaction, and a handler whose record a turn before
+already committed returns at once.  A row is still committed before its
+instance is acknowledged; a lone sender pays no hand-over to another thread.
+"""
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from cad_node.errors import StorageError
+from cad_node.store.instances import InstanceRecord, RecordOutcome, record_instance
+
+logger = logging.getLogger(__name__)
+
+MAXIMUM_BATCH = 64
+"""Records per transaction at most: bounds how long the first in a batch waits for the last."""
+
+
+@dataclass(eq=False)
+class _Pending:
+    """One record waiting for its commit, and what became of it."""
+
+    record: InstanceRecord
+    done: threading.Event = field(default_factory=threading.Event)
+    outcome: RecordOutcome | None = None
+    error: Exception | None = None
+
+    def settle(self, outcome: RecordOutcome | None, error: Exception | None) -> None:
+        self.outcome, self.error = outcome, error
+        self.done.set()
+
+
+class JournalWriter:
+    """Records instances in the journal, the records of concurrent callers in shared transactions.
+
+    Parameters
+    ----------
+    sessionmaker
+        Sessions on the journal.
+    clock
+        The current UTC time (each batch is stamped once).
+    maximum_batch
+        Records per transaction at most.
+    """
+
+    def __init__(
+        self,
+        sessionmaker: sessionmaker[Session],
+        clock: Callable[[], datetime],
+        *,
+        maximum_batch: int = MAXIMUM_BATCH,
+    ) -> None:
+        if maximum_batch < 1:
+            raise ValueError(f"maximum_batch must be positive, got {maximum_batch}")
+        self._sessionmaker = sessionmaker
+        self._clock = clock
+        self._maximum_batch = maximum_batch
+        self._waiting: list[_Pending] = []
+        self._waiting_lock = threading.Lock()
+        self._commit_lock = threading.Lock()
+
+    def record(self, record: InstanceRecord) -> RecordOutcome:
+        """Record ``record`` and return once its transaction has committed.
+
+        Raises
+        ------
+        StorageError
+            The journal refused the write.
+        """
+        pending = _Pending(record)
+        with self._waiting_lock:
+            self._waiting.append(pending)
+        while not pending.done.is_set():
+            with self._commit_lock:
+                if not pending.done.is_set():
+                    self._commit_batch(self._take_batch())
+        if pending.error is not None:
+            raise pending.error
+        assert pending.outcome is not None  # settled without an error
+        return pending.outcome
+
+    def _take_batch(self) -> list[_Pending]:
+        with self._waiting_lock:
+            batch = self._waiting[: self._maximum_batch]
+            del self._waiting[: self._maximum_batch]
+        return batch
+
+    def _commit_batch(self, batch: Sequence[_Pending]) -> None:
+        """One transaction for the batch; if it fails, each record alone, so one bad row fails
+        only its own instance."""
+        try:
+            outcomes = self._commit([pending.record for pending in batch])
+        except Exception as exc:  # every waiter must hear how its record ended
+            if len(batch) > 1:
+                for pending in batch:
+                    self._commit_batch([pending])
+                return
+            batch[0].settle(None, _translated(exc))
+            return
+        for pending, outcome in zip(batch, outcomes, strict=True):
+            pending.settle(outcome, None)
+
+    def _commit(self, records: Sequence[InstanceRecord]) -> list[RecordOutcome]:
+        now = self._clock()
+        with self._sessionmaker.begin() as session:
+            return [record_instance(session, record, now) for record in records]
+
+
+def _translated(exc: Exception) -> Exception:
+    if isinstance(exc, SQLAlchemyError):
+        error = StorageError(f"journal write failed: {type(exc).__name__}")
+        error.__cause__ = exc
+        return error
+    logger.error("journal write failed: %s", type(exc).__name__)
+    return exc
