@@ -18,7 +18,6 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cad_node.errors import StorageError
@@ -30,9 +29,12 @@ from cad_node.ingest.header import (
     identifying_uids,
     instance_record,
 )
+from cad_node.ingest.journal_writer import JournalWriter
 from cad_node.ingest.spool import Spool, relative_instance_path
+from cad_node.ingest.transport import check_pynetdicom_version, use_ingest_sockets
+from cad_node.security.peers import PeerPolicy, PeerService
 from cad_node.security.tls import handshake_in_association_thread
-from cad_node.store.instances import InstanceRecord, RecordOutcome, record_instance
+from cad_node.store.instances import InstanceRecord, RecordOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +47,16 @@ STATUS_CANNOT_UNDERSTAND = 0xC210
 """PS3.4 B.2.3 Error: Cannot understand (C000-CFFF): the data set cannot be parsed."""
 STATUS_PROCESSING_FAILURE = 0xC211
 """Cannot understand, as pynetdicom answers a failing handler: an unexpected error."""
+STATUS_NOT_AUTHORIZED = 0x0124
+"""PS3.7 Annex C Refused: Not Authorized: the peer may not use this service (``peers``)."""
+
+MAXIMUM_PDU_LENGTH = 1_048_576
+"""Maximum Length Received (PS3.8 D.1.1) the SCP announces, in bytes.
+
+DCMTK senders then send 128 KiB P-DATA-TF PDUs (their largest) instead of
+16 KiB ones: a 0.5 MB image arrives in 4 PDUs, not 32.  Bounded rather than 0
+(unlimited), because one PDU is held in memory whole while it is read.
+"""
 
 _PREAMBLE = b"\x00" * 128 + b"DICM"
 
@@ -58,6 +70,7 @@ def configure_pynetdicom() -> None:
     unrestricted storage service accepts storage SOP classes newer than
     pynetdicom knows (each with the first transfer syntax proposed).
     """
+    check_pynetdicom_version()
     _config.LOG_REQUEST_IDENTIFIERS = False
     _config.LOG_RESPONSE_IDENTIFIERS = False
     _config.UNRESTRICTED_STORAGE_SERVICE = True
@@ -74,6 +87,9 @@ class StorageSCP:
         Where to listen; port 0 picks a free port (see :attr:`port`).
     allowed_calling_aets
         Calling AE titles accepted at association; empty accepts any.
+    peers
+        Who may associate, from where, for which services (replaces
+        ``allowed_calling_aets`` when given; see :mod:`cad_node.security.peers`).
     spool
         Where received instances are written.
     sessionmaker
@@ -103,14 +119,15 @@ class StorageSCP:
         on_instance: OnInstance | None = None,
         maximum_associations: int = 16,
         ssl_context: ssl.SSLContext | None = None,
+        peers: PeerPolicy | None = None,
     ) -> None:
         configure_pynetdicom()
+        self._peers = peers or PeerPolicy.from_calling_aets(allowed_calling_aets)
         self._bind = (bind_address, port)
         self._spool = spool
-        self._sessionmaker = sessionmaker
-        self._clock = clock
+        self._journal = JournalWriter(sessionmaker, clock)
         self._on_instance = on_instance
-        self._ae = _make_ae(ae_title, allowed_calling_aets, maximum_associations)
+        self._ae = _make_ae(ae_title, maximum_associations)
         self._server: ThreadedAssociationServer | None = None
         self._ssl_context = ssl_context
 
@@ -126,13 +143,19 @@ class StorageSCP:
         if self._server is not None:
             raise RuntimeError("the SCP is already started")
         handlers: list[EventHandlerType] = [
+            (evt.EVT_REQUESTED, self.check_peer),
+            (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_C_STORE, self.handle_store),
             (evt.EVT_REJECTED, _log_rejection),
         ]
         server = self._ae.start_server(
-            self._bind, block=False, evt_handlers=handlers, ssl_context=self._ssl_context
+            self._bind,
+            block=False,
+            evt_handlers=handlers,
+            ssl_context=self._ssl_context,
         )
         assert server is not None
+        use_ingest_sockets(server)
         handshake_in_association_thread(server)
         self._server = server
         logger.info(
@@ -149,6 +172,40 @@ class StorageSCP:
             self._server.shutdown()
             self._server = None
 
+    def check_peer(self, event: Event) -> None:
+        """EVT_REQUESTED: reject a calling AE title not accepted from its address (PS3.8 9.3.4).
+
+        Rejected-permanent, DICOM UL service-user, calling-AE-title-not-recognized.
+        """
+        request = event.assoc.requestor.primitive  # the A-ASSOCIATE-RQ, set before EVT_REQUESTED
+        calling_ae_title = "" if request is None else str(request.calling_ae_title).strip()
+        address = str(event.assoc.requestor.address)
+        if self._peers.accepts_association(calling_ae_title, address):
+            return
+        logger.warning(
+            "association from %s (calling AE %s) rejected: not a peer from that address",
+            address,
+            calling_ae_title,
+        )
+        event.assoc.acse.send_reject(0x01, 0x01, 0x03)
+        event.assoc.kill()
+
+    def handle_echo(self, event: Event) -> int:
+        """EVT_C_ECHO: 0x0000, or 0x0124 for a peer not allowed ``echo`` (PS3.4 A.4)."""
+        return self._authorized(event, PeerService.ECHO)
+
+    def _authorized(self, event: Event, service: PeerService) -> int:
+        requestor = event.assoc.requestor
+        if self._peers.permits(str(requestor.ae_title), str(requestor.address), service):
+            return STATUS_SUCCESS
+        logger.warning(
+            "%s refused (0x0124): calling AE %s at %s may not use it",
+            service.value,
+            str(requestor.ae_title).strip(),
+            requestor.address,
+        )
+        return STATUS_NOT_AUTHORIZED
+
     def handle_store(self, event: Event) -> int:
         """EVT_C_STORE: store one instance and answer its status (PS3.4 B.2.3).
 
@@ -156,6 +213,8 @@ class StorageSCP:
         status, so the peer never sees a dropped association.
         """
         try:
+            if self._authorized(event, PeerService.STORE) != STATUS_SUCCESS:
+                return STATUS_NOT_AUTHORIZED
             return self._store(event)
         except Exception as exc:  # top of the SCP handler: any failure is a status
             _log_failure(event, exc)
@@ -191,11 +250,8 @@ class StorageSCP:
         return self._record(record)
 
     def _record(self, record: InstanceRecord) -> RecordOutcome:
-        try:
-            with self._sessionmaker.begin() as session:
-                return record_instance(session, record, self._clock())
-        except SQLAlchemyError as exc:
-            raise StorageError(f"journal write failed: {type(exc).__name__}") from exc
+        """Committed with whatever other associations record meanwhile (group commit)."""
+        return self._journal.record(record)
 
     def _notify(self, outcome: RecordOutcome) -> None:
         if self._on_instance is None:
@@ -241,11 +297,11 @@ def _received_instance(event: Event) -> tuple[InstanceRecord, bytes]:
     return record, data
 
 
-def _make_ae(ae_title: str, allowed_calling_aets: Sequence[str], maximum_associations: int) -> AE:
+def _make_ae(ae_title: str, maximum_associations: int) -> AE:
     ae = AE(ae_title=ae_title)
     ae.supported_contexts = VerificationPresentationContexts
-    ae.require_calling_aet = [title.strip() for title in allowed_calling_aets]
     ae.maximum_associations = maximum_associations
+    ae.maximum_pdu_size = MAXIMUM_PDU_LENGTH
     return ae
 
 

@@ -51,6 +51,9 @@ class Manifest:
     """MONAI bundle only: the config, relative to the model folder, that defines the network."""
     bundle_network_id: str = "network_def"
     """MONAI bundle only: the id of the network in ``bundle_config``."""
+    remote: bool = False
+    """The model's code or host is outside the hospital's trust boundary (a vendor model, a
+    remote service): the worker de-identifies its input (docs/security.md)."""
 
     def __post_init__(self) -> None:
         try:
@@ -59,6 +62,8 @@ class Manifest:
             known = ", ".join(f.value for f in WeightsFormat)
             raise ValueError(f"unknown weights format {self.format!r} (known: {known})") from None
         object.__setattr__(self, "format", fmt)  # frozen: normalise the JSON string once
+        if not isinstance(self.remote, bool):
+            raise ValueError(f"remote must be true or false, got {self.remote!r}")
 
     def identity(self) -> ModelIdentity:
         return ModelIdentity(
