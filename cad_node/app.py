@@ -23,6 +23,7 @@ from cad_node.ingest.spool import Spool
 from cad_node.models.registry import ModelRegistry
 from cad_node.pipeline.assemble import Assembler
 from cad_node.pipeline.work import Worker
+from cad_node.security.peers import PeerPolicy
 from cad_node.security.tls import client_context, server_context
 from cad_node.store.catalog import DestinationBook
 from cad_node.store.db import create_schema, make_engine, session_factory
@@ -75,6 +76,7 @@ class Node:
             bind_address=self.settings.bind_address,
             port=self.settings.port,
             allowed_calling_aets=self.settings.allowed_calling_aets,
+            peers=PeerPolicy.from_settings(self.settings),
             spool=Spool(storage_dir),
             sessionmaker=self.sessions,
             clock=self.clock,
@@ -170,6 +172,8 @@ class Node:
             self._scheduler.shutdown(wait=True)
         for thread in self._worker_threads:
             thread.join(timeout=600)
+        for worker in self.workers:
+            worker.close()  # its decoder process
         self.engine.dispose()
 
     def wait(self) -> None:

@@ -12,6 +12,7 @@ command-line tool's paths.
 """
 
 import difflib
+import ipaddress
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
@@ -24,6 +25,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    IPvAnyNetwork,
     TypeAdapter,
     ValidationError,
     ValidationInfo,
@@ -138,6 +140,34 @@ class DestinationSettings(_Settings):
         return tuple(dict.fromkeys(results))
 
 
+def _check_network(value: object) -> object:
+    """``value`` if it is an IP address or network; else ``ValueError`` saying why."""
+    if isinstance(value, str):
+        try:
+            ipaddress.ip_network(value)
+        except ValueError as exc:
+            raise ValueError(f"not an IP address or network: {exc}") from None
+    return value
+
+
+class PeerSettings(_Settings):
+    """A DICOM peer that may associate with the node (docs/security.md, "Peers").
+
+    A PACS that sends images and receives results is configured twice: here (what
+    it may send in, and from where) and under ``destinations`` (where results go).
+    """
+
+    ae_title: AETitle
+    """Its calling AE title."""
+    addresses: tuple[Annotated[IPvAnyNetwork, BeforeValidator(_check_network)], ...] = Field(
+        min_length=1
+    )
+    """IP addresses or networks it connects from, e.g. ``10.2.0.15`` or ``10.2.0.0/24``;
+    an AE title alone is trivially spoofed."""
+    services: tuple[Literal["echo", "store"], ...] = Field(default=("echo", "store"), min_length=1)
+    """What it may do: ``echo`` (C-ECHO), ``store`` (C-STORE images in)."""
+
+
 class ResultSettings(_Settings):
     """What goes into every SEG and SR the node writes (see ResultOptions)."""
 
@@ -203,6 +233,17 @@ class TimeoutSettings(_Settings):
     """Silence on an established association before it is aborted."""
 
 
+class DecodingSettings(_Settings):
+    """Bounds of one series' decode in the worker's decoder process (docs/security.md)."""
+
+    timeout_seconds: float = Field(default=300.0, gt=0)
+    """Wall time to decode one series; a 2000-slice JPEG 2000 CT takes about 2 minutes on one
+    slow core. Past it the decoder is killed and the series quarantined."""
+    memory_mb: int = Field(default=8192, ge=256)
+    """The decoder's address-space limit in MiB: a 2000-slice 512x512 CT needs about 3.5 GB
+    (its encoded slices and the float32 volume). Past it the series is quarantined."""
+
+
 class ExportSettings(_Settings):
     """Retry policy and timeouts of the C-STORE SCU that delivers results."""
 
@@ -263,7 +304,10 @@ class Settings(_Settings):
     """0 picks a free port (tests)."""
     bind_address: str = Field(default="0.0.0.0", min_length=1)
     allowed_calling_aets: tuple[AETitle, ...] = ()
-    """Calling AE titles accepted at association; empty accepts any."""
+    """Calling AE titles accepted at association from any address; empty (and no ``peers``)
+    accepts any."""
+    peers: dict[str, PeerSettings] = Field(default_factory=dict)
+    """Peers accepted only from their addresses, each for its services."""
     tls: ServerTlsSettings | None = None
     """DICOM TLS on the Storage SCP's port; ``None``: plain TCP."""
     storage_dir: Path = Path("./cad-node-data")
@@ -283,6 +327,7 @@ class Settings(_Settings):
     """Worker threads in ``cad-node serve``; 0: jobs are left to ``cad-node worker`` processes."""
     lease_seconds: float = Field(default=300.0, gt=0)
     """How long a worker holds a job without a heartbeat before another may reclaim it."""
+    decoding: DecodingSettings = DecodingSettings()
     admin: AdminSettings = AdminSettings()
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int | None = Field(default=None, ge=1, le=256)
@@ -300,6 +345,20 @@ class Settings(_Settings):
             if not name or len(name) > 64:
                 raise ValueError(f"destination name {name!r} must have 1 to 64 characters")
         return destinations
+
+    @field_validator("peers")
+    @classmethod
+    def _peers_not_also_allowed_anywhere(
+        cls, peers: dict[str, PeerSettings], info: ValidationInfo
+    ) -> dict[str, PeerSettings]:
+        anywhere = set(info.data.get("allowed_calling_aets") or ())
+        for name, peer in peers.items():
+            if peer.ae_title in anywhere:
+                raise ValueError(
+                    f"peer {name!r}: AE title {peer.ae_title!r} is also in allowed_calling_aets, "
+                    "which accepts it from any address; list it in one place"
+                )
+        return peers
 
     @field_validator("rules", mode="before")
     @classmethod
@@ -498,17 +557,25 @@ def _suggestion(loc: Sequence[int | str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+_NAMED_ITEMS: Mapping[str, type[BaseModel]] = {
+    "destinations": DestinationSettings,
+    "rules": Rule,
+    "peers": PeerSettings,
+}
+"""Top-level keys whose values map a free name (or an index) to one model each."""
+
+
 def _known_keys(parent: Sequence[int | str]) -> list[str]:
     """The keys allowed at ``parent`` (for "did you mean"); empty where keys are free."""
     model: type[BaseModel] = Settings
     parts = list(parent)
     while parts:
         part = str(parts.pop(0))
-        if part in ("destinations", "rules") and model is Settings:
+        if part in _NAMED_ITEMS and model is Settings:
             if not parts:
                 return []
             parts.pop(0)
-            model = DestinationSettings if part == "destinations" else Rule
+            model = _NAMED_ITEMS[part]
             continue
         field = model.model_fields.get(part)
         annotation = None if field is None else field.annotation

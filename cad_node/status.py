@@ -7,6 +7,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from cad_node.config import Settings
+from cad_node.domain.states import SeriesState
 from cad_node.store.db import make_engine, session_factory
 from cad_node.store.schema import Delivery, Instance, Job, Result, Series
 
@@ -68,10 +69,20 @@ def _series_table(session: Session, limit: int) -> str:
             s.state,
             s.rule_name or "-",
             _when(s.last_received_at),
+            s.quarantine_reason if s.state == SeriesState.QUARANTINED else "",
         )
         for s in series
     ]
-    header = ("SeriesInstanceUID", "Modality", "Instances", "Rev", "State", "Rule", "Last received")
+    header = (
+        "SeriesInstanceUID",
+        "Modality",
+        "Instances",
+        "Rev",
+        "State",
+        "Rule",
+        "Last received",
+        "Quarantine reason",
+    )
     return _table("Series", header, rows)
 
 

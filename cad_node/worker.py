@@ -23,6 +23,7 @@ from cad_node.clock import Clock, utc_now
 from cad_node.config import Settings
 from cad_node.domain.states import ResultKind
 from cad_node.errors import ModelError
+from cad_node.imaging.isolation import SCRATCH_DIR, DecodingLimits, IsolatedDecoder
 from cad_node.models.registry import ModelRegistry
 from cad_node.pipeline.work import JobInput, JobTimings, Worker
 from cad_node.store.db import make_engine, session_factory
@@ -121,6 +122,13 @@ def make_worker(
         clock=clock,
         worker_id=worker_id(index),
         lease_seconds=settings.lease_seconds,
+        decoder=IsolatedDecoder(
+            DecodingLimits(
+                timeout_seconds=settings.decoding.timeout_seconds,
+                memory_bytes=settings.decoding.memory_mb * 2**20,
+            ),
+            settings.storage_dir / SCRATCH_DIR,
+        ),
     )
 
 
@@ -171,6 +179,7 @@ class WorkerProcess:
             logger.info("cad-node worker %s started", worker.worker_id)
             work_loop(worker, self.stopping, wake=threading.Event())  # nothing wakes it: polls
             logger.info("cad-node worker %s stopped", worker.worker_id)
+            worker.close()
         finally:
             engine.dispose()
 

@@ -15,6 +15,7 @@ from cad_node.admin.deps import MAX_ID, Context, Journal, Page, Paging, RowId, a
 from cad_node.domain.states import DeliveryState, JobState, SeriesState
 from cad_node.store.rulesets import record_audit
 from cad_node.store.schema import Delivery, Job, Result, Series
+from cad_node.store.series import release_from_quarantine
 
 router = APIRouter(prefix="/api", tags=["series, jobs, deliveries"])
 
@@ -47,6 +48,8 @@ class SeriesOut(_Row):
     last_received_at: datetime
     completed_at: datetime | None
     rule_name: str | None
+    quarantine_reason: str | None
+    """Why decoding was aborted, while ``state`` is quarantined."""
 
 
 class SeriesDetail(SeriesOut):
@@ -249,7 +252,8 @@ def _transition(
 
 @router.post("/jobs/{job_id}/retry", response_model=JobOut)
 def retry_job(job_id: RowId, node: Context, caller: Writer) -> JobOut:
-    """Queue a failed or cancelled job again (the worker takes it next)."""
+    """Queue a failed or cancelled job again (the worker takes it next); its quarantined
+    series are released (back to routed)."""
     with node.sessions.begin() as session:
         job = _transition(
             session,
@@ -264,6 +268,7 @@ def retry_job(job_id: RowId, node: Context, caller: Writer) -> JobOut:
                 "finished_at": None,
             },
         )
+        release_from_quarantine(session, job.series_group or [job.series_instance_uid])
         _audit_job(session, node, caller, "job.retry", job)
         out = JobOut.model_validate(job)
     node.wake_worker()

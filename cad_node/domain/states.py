@@ -14,6 +14,9 @@ class SeriesState(StrEnum):
     """A rule matched and a job was queued."""
     UNROUTED = "unrouted"
     """Stored, but no rule matched."""
+    QUARANTINED = "quarantined"
+    """Its decoding timed out, ran out of memory or crashed the decoder; the reason is kept,
+    it is not retried automatically (an admin may retry its job)."""
 
 
 class JobState(StrEnum):

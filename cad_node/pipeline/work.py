@@ -20,6 +20,7 @@ from cad_node.domain.imaging import ImageVolume
 from cad_node.domain.planar import ImageSet, PlanarResult
 from cad_node.domain.states import JobState, ResultKind
 from cad_node.errors import CadNodeError, InvalidSeriesError, ModelError
+from cad_node.imaging.isolation import DecodingAbortedError, IsolatedDecoder
 from cad_node.imaging.planar import load_image_set
 from cad_node.imaging.volume import load_volume
 from cad_node.models.base import CadModel, reads_image_sets, reads_volumes
@@ -33,6 +34,7 @@ from cad_node.results.seg import build_seg
 from cad_node.results.sr import build_sr
 from cad_node.results.uids import result_uids
 from cad_node.security.redaction import redact
+from cad_node.security.remote import behind_deidentification
 from cad_node.store.catalog import current_destinations, result_kinds_of
 from cad_node.store.jobs import (
     StoredResult,
@@ -42,7 +44,7 @@ from cad_node.store.jobs import (
     fail_job,
 )
 from cad_node.store.schema import Job
-from cad_node.store.series import instance_paths
+from cad_node.store.series import instance_paths, quarantine
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +63,8 @@ class JobInput:
     predecessor_paths: tuple[Path, ...]
     result_kinds: Mapping[str, Sequence[ResultKind]] | None = None
     """For each destination, the kinds it receives, as the journal held them at the claim."""
+    series_group: tuple[str, ...] = ()
+    """Every series the job reads (a study model); empty: its own series only."""
 
     @property
     def job_key(self) -> str:
@@ -91,6 +95,8 @@ class Worker:
     clock: Callable[[], datetime]
     worker_id: str
     lease_seconds: float = 900.0
+    decoder: IsolatedDecoder | None = None
+    """Decodes each series in a bounded child process; ``None``: in this process (tests)."""
 
     def run_next(self) -> bool:
         """Run the oldest queued job; False when there was none."""
@@ -99,6 +105,9 @@ class Worker:
             return False
         try:
             stored, finding_count, timings = self._run(job_input)
+        except DecodingAbortedError as exc:
+            self._quarantine(job_input, str(exc))
+            return True
         except (InvalidSeriesError, ModelError) as exc:
             self._fail(job_input, str(exc))
             return True
@@ -139,6 +148,11 @@ class Worker:
         )
         return True
 
+    def close(self) -> None:
+        """Stop the decoder process (a later job starts a new one)."""
+        if self.decoder is not None:
+            self.decoder.close()
+
     def _claim(self) -> JobInput | None:
         with self.sessions.begin() as session:
             job = claim_next_job(session, self.worker_id, self.clock(), self.lease_seconds)
@@ -158,6 +172,7 @@ class Worker:
                 instance_paths=tuple(self.storage_dir / p for p in paths),
                 predecessor_paths=tuple(self.storage_dir / r.path for r in predecessors),
                 result_kinds=self._result_kinds(session),
+                series_group=tuple(job.series_group or ()),
             )
 
     def _result_kinds(self, session: Session) -> Mapping[str, Sequence[ResultKind]]:
@@ -170,6 +185,21 @@ class Worker:
             job = self._held_job(session, job_input.job_id)
             if job is not None:
                 fail_job(job, reason, self.clock())
+
+    def _quarantine(self, job_input: JobInput, reason: str) -> None:
+        """Fail the job and set its series aside with the same reason (no automatic retry)."""
+        logger.warning(
+            "job %d: series %s quarantined: %s",
+            job_input.job_id,
+            job_input.series_instance_uid,
+            reason,
+        )
+        with self.sessions.begin() as session:
+            job = self._held_job(session, job_input.job_id)
+            if job is not None:
+                fail_job(job, reason, self.clock())
+                series = job_input.series_group or (job_input.series_instance_uid,)
+                quarantine(session, series, reason)
 
     def _held_job(self, session: Session, job_id: int) -> Job | None:
         """The job, locked, if this worker still holds it; None if it was reclaimed.
@@ -189,9 +219,16 @@ class Worker:
     def _run(self, job_input: JobInput) -> tuple[list[StoredResult], int, JobTimings]:
         started = time.perf_counter()
         model = self.registry.get(job_input.model_name)
-        datasets = [dcmread(path) for path in job_input.instance_paths]
+        # The child decodes the pixels: here the headers suffice (results, de-identification).
+        headers_only = self.decoder is not None
+        datasets = [
+            dcmread(path, stop_before_pixels=headers_only) for path in job_input.instance_paths
+        ]
+        model = behind_deidentification(  # a remote model sees de-identified data only
+            self.registry, model, datasets, self.storage_dir, job_input.job_id
+        )
         if reads_image_sets(model):
-            image_set = load_image_set(datasets)
+            image_set = self._load_image_set(job_input, datasets)
             _drop_pixel_data(datasets)
             loaded = time.perf_counter()
             planar = model.predict(image_set)
@@ -201,7 +238,7 @@ class Worker:
             )
             finding_count = len(planar.findings)
         elif reads_volumes(model):
-            volume = load_volume(datasets)
+            volume = self._load_volume(job_input, datasets)
             _drop_pixel_data(datasets)
             loaded = time.perf_counter()
             result = model.predict(volume)
@@ -220,6 +257,16 @@ class Worker:
             write=time.perf_counter() - built,
         )
         return stored, finding_count, timings
+
+    def _load_volume(self, job_input: JobInput, datasets: Sequence[Dataset]) -> ImageVolume:
+        if self.decoder is None:
+            return load_volume(datasets)
+        return self.decoder.load_volume(job_input.instance_paths)
+
+    def _load_image_set(self, job_input: JobInput, datasets: Sequence[Dataset]) -> ImageSet:
+        if self.decoder is None:
+            return load_image_set(datasets)
+        return self.decoder.load_image_set(job_input.instance_paths)
 
     def _build(
         self,

@@ -75,6 +75,9 @@ class Series(Base):
     completed_at: Mapped[datetime | None]
     rule_name: Mapped[str | None] = mapped_column(String(64))
     routing_explanation: Mapped[str | None] = mapped_column(Text)
+    quarantine_reason: Mapped[str | None] = mapped_column(
+        Text, comment="why decoding was aborted; set while the series is quarantined"
+    )
 
 
 class Instance(Base):

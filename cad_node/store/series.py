@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from itertools import groupby
 
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from cad_node.assembly.completion import (
@@ -134,6 +134,27 @@ def mark_routed(series: Series, rule_name: str | None, explanation: str) -> None
     series.state = SeriesState.ROUTED if rule_name else SeriesState.UNROUTED
     series.rule_name = rule_name
     series.routing_explanation = explanation
+
+
+def quarantine(session: Session, series_instance_uids: Collection[str], reason: str) -> None:
+    """Set the series aside: their decoding was aborted (``reason``); no automatic retry."""
+    session.execute(
+        update(Series)
+        .where(Series.series_instance_uid.in_(series_instance_uids))
+        .values(state=SeriesState.QUARANTINED, quarantine_reason=reason)
+    )
+
+
+def release_from_quarantine(session: Session, series_instance_uids: Collection[str]) -> None:
+    """Return quarantined series to ROUTED (an admin queued their job again)."""
+    session.execute(
+        update(Series)
+        .where(
+            Series.series_instance_uid.in_(series_instance_uids),
+            Series.state == SeriesState.QUARANTINED,
+        )
+        .values(state=SeriesState.ROUTED, quarantine_reason=None)
+    )
 
 
 def instance_paths(session: Session, *series_instance_uids: str) -> list[str]:

@@ -28,6 +28,7 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 
 from cad_node.errors import CadNodeError, InvalidSeriesError
+from cad_node.imaging.isolation import DecodingAbortedError, DecodingLimits, IsolatedDecoder
 from cad_node.imaging.planar import load_image_set
 from cad_node.imaging.volume import load_volume
 from cad_node.synth.dicom_planar import StudyInfo, fundus_dataset, mammogram_dataset, write_instance
@@ -238,6 +239,40 @@ def _load_or_refuse(
             raise AssertionError(f"{type(exc).__name__} without a reason for {mutant}") from exc
     except Exception as exc:  # the property under test: nothing else escapes
         raise AssertionError(f"{type(exc).__name__} escaped {load.__name__} on {mutant}") from exc
+
+
+@pytest.fixture(scope="module")
+def decoder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IsolatedDecoder]:
+    """The worker's isolated loader, bounded as tightly as these small files allow."""
+    limits = DecodingLimits(timeout_seconds=LOAD_TIMEOUT_S, memory_bytes=1024 * 2**20)
+    with IsolatedDecoder(limits, tmp_path_factory.mktemp("decoding")) as decoder:
+        yield decoder
+
+
+@settings(FUZZ, max_examples=100)
+@given(data=st.data())
+def test_the_isolated_model_path_reads_every_mutant_or_says_why_not(
+    seeds: Seeds,
+    neighbour_slices: dict[str, Path],
+    decoder: IsolatedDecoder,
+    tmp_path: Path,
+    data: st.DataObject,
+) -> None:
+    """As the worker reads: a result, a refusal, or a quarantine reason; no other error."""
+    mutant = data.draw(mutants(seeds), label="mutant")
+    path = mutant.write(tmp_path)
+    loads: list[tuple[Callable[[list[Path]], object], list[Path]]]
+    loads = [(decoder.load_image_set, [path])]
+    if mutant.seed in VOLUME_SEEDS:
+        loads.append((decoder.load_volume, [neighbour_slices[mutant.seed], path]))
+    for load, items in loads:
+        try:
+            load(items)
+            event(mutant.kind, "read")
+        except (InvalidSeriesError, DecodingAbortedError) as exc:
+            event(mutant.kind, type(exc).__name__)
+            if not str(exc):
+                raise AssertionError(f"{type(exc).__name__} without a reason for {mutant}") from exc
 
 
 def test_the_unmutated_seeds_are_read(

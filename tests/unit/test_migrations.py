@@ -33,13 +33,14 @@ from cad_node.store.migrations import (
 from cad_node.store.migrations.runner import RELEASE_TABLES, migration_transaction
 from cad_node.store.schema import Base, Instance, Job, Result, Series, Study
 
-HEAD = "0002"
+HEAD = "0003"
 NEW_COLUMNS = {
     ("instances", "image_laterality"),
     ("instances", "view_position"),
     ("jobs", "series_group"),
+    ("series", "quarantine_reason"),
 }
-"""What revision 0002 adds to the journal of 0.1.0 (revision 0001)."""
+"""What revisions 0002 and 0003 add to the journal of 0.1.0 (revision 0001)."""
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 STUDY_UID = "1.2.826.0.1.3680043.8.498.10"
@@ -186,7 +187,7 @@ def test_an_empty_database_is_upgraded_to_the_models(
         create_schema(empty_engine)
     assert journal_revision(empty_engine) == HEAD
     assert differences(empty_engine) == []
-    assert "none before, 0002 after" in caplog.text
+    assert f"none before, {HEAD} after" in caplog.text
 
 
 def test_revision_0001_lacks_only_the_columns_that_0002_adds(empty_engine: Engine) -> None:

@@ -1,0 +1,169 @@
+"""A series whose decoding blows the decoder's memory bound is quarantined, through the real
+node: pynetdicom sends it, the worker's decoder process runs out of memory, the series
+is QUARANTINED with the reason (the CLI and the admin API show it), an admin's retry queues
+it again, and the node goes on serving the next series (DCMTK storescu sends it)."""
+
+import hashlib
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pydicom
+import pytest
+import yaml
+from pydicom.uid import RLELossless
+
+from cad_node.app import Node
+from cad_node.config import load_settings
+from cad_node.domain.states import JobState, SeriesState
+from tests.conftest import send
+from tests.integration.peers import free_port, storescu, wait_for
+from tests.synthetic import SyntheticSeries, write_ct_series
+
+pytestmark = pytest.mark.slow
+
+ADMIN_TOKEN = "quarantine-admin-token"
+MEMORY_MB = 768
+REASON = f"decoding ran out of memory (limit {MEMORY_MB} MB)"
+RULES = Path(__file__).parents[2] / "config" / "rules.yaml"
+
+
+@pytest.fixture(scope="module")
+def small_ct(tmp_path_factory: pytest.TempPathFactory) -> SyntheticSeries:
+    folder = tmp_path_factory.mktemp("ct")
+    return write_ct_series(folder, seed=17, rows=64, slices=16, slice_thickness_mm=2.5)
+
+
+@pytest.fixture(scope="module")
+def frame_bomb(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """A chest CT series of its own whose RLE slices claim 40000 x 40000 pixels (3.2 GB)."""
+    source = write_ct_series(
+        tmp_path_factory.mktemp("bomb-source"), seed=18, rows=64, slices=4, slice_thickness_mm=2.5
+    )
+    folder = tmp_path_factory.mktemp("bomb")
+    paths = []
+    for number, path in enumerate(source.paths):
+        ds = pydicom.dcmread(path)
+        ds.compress(RLELossless)
+        ds.Rows = ds.Columns = 40000
+        paths.append(folder / f"bomb-{number}.dcm")
+        ds.save_as(paths[-1])
+    return paths
+
+
+@pytest.fixture
+def config_path(tmp_path: Path) -> Path:
+    config: dict[str, Any] = {
+        "ae_title": "CADNODE",
+        "port": free_port(),
+        "bind_address": "127.0.0.1",
+        "storage_dir": str(tmp_path / "storage"),
+        "quiet_seconds": 0.5,
+        "device": "cpu",
+        "torch_threads": 1,
+        "destinations": {"pacs": {"host": "127.0.0.1", "port": free_port(), "ae_title": "PACS"}},
+        "rules": str(RULES),
+        "decoding": {"timeout_seconds": 120, "memory_mb": MEMORY_MB},
+        "admin": {
+            "port": free_port(),
+            "tokens": [
+                {
+                    "name": "alice",
+                    "role": "admin",
+                    "sha256": hashlib.sha256(ADMIN_TOKEN.encode()).hexdigest(),
+                }
+            ],
+        },
+    }
+    path = tmp_path / "node.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture
+def node(config_path: Path) -> Iterator[Node]:
+    running = Node(load_settings(config_path))
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def admin(node: Node) -> Iterator[httpx.Client]:
+    assert node.admin is not None
+    url = f"http://127.0.0.1:{node.admin.port}"
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
+        yield client
+
+
+def series_of(admin: httpx.Client, series_instance_uid: str) -> dict[str, Any]:
+    response = admin.get(f"/api/series/{series_instance_uid}")
+    response.raise_for_status()
+    return dict(response.json())
+
+
+def jobs_of(admin: httpx.Client, series_instance_uid: str) -> list[dict[str, Any]]:
+    response = admin.get("/api/jobs", params={"series_instance_uid": series_instance_uid})
+    response.raise_for_status()
+    return list(response.json()["items"])
+
+
+def job_of(admin: httpx.Client, series_instance_uid: str) -> dict[str, Any]:
+    (job,) = jobs_of(admin, series_instance_uid)
+    return job
+
+
+def job_done(admin: httpx.Client, series_instance_uid: str) -> bool:
+    return [job["state"] for job in jobs_of(admin, series_instance_uid)] == [JobState.DONE]
+
+
+def in_state(admin: httpx.Client, series_instance_uid: str, state: SeriesState) -> bool:
+    return bool(series_of(admin, series_instance_uid)["state"] == state)
+
+
+def cad_node_status(config_path: Path) -> str:
+    return subprocess.run(
+        [sys.executable, "-m", "cad_node", "status", "--config", str(config_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+
+
+def test_a_frame_bomb_is_quarantined_and_the_node_serves_on(
+    node: Node,
+    admin: httpx.Client,
+    config_path: Path,
+    frame_bomb: list[Path],
+    small_ct: SyntheticSeries,
+) -> None:
+    bomb_uid = str(pydicom.dcmread(frame_bomb[0], stop_before_pixels=True).SeriesInstanceUID)
+    assert send(node.scp.port, frame_bomb) == [0x0000] * len(frame_bomb)  # RLE, as stored
+    wait_for(lambda: in_state(admin, bomb_uid, SeriesState.QUARANTINED), 120, "quarantine")
+
+    assert series_of(admin, bomb_uid)["quarantine_reason"] == REASON
+    job = job_of(admin, bomb_uid)
+    assert (job["state"], job["error"]) == (JobState.FAILED, REASON)
+    listed = admin.get("/api/series", params={"state": "quarantined"}).json()["items"]
+    assert [s["series_instance_uid"] for s in listed] == [bomb_uid]
+    status = cad_node_status(config_path)
+    assert "quarantined 1" in status
+    assert REASON in status
+
+    retried = admin.post(f"/api/jobs/{job['id']}/retry")
+    assert retried.status_code == 200, retried.text
+    wait_for(lambda: job_of(admin, bomb_uid)["attempts"] >= 2, 120, "the retried job")
+    wait_for(lambda: in_state(admin, bomb_uid, SeriesState.QUARANTINED), 120, "quarantine again")
+
+    sent = storescu(node.scp.port, small_ct.paths)
+    assert sent.returncode == 0, sent.stderr
+    good_uid = small_ct.series_instance_uid
+    wait_for(lambda: job_done(admin, good_uid), 180, "the next series")
+    assert in_state(admin, good_uid, SeriesState.ROUTED)
