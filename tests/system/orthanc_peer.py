@@ -3,8 +3,8 @@
 ``running_orthanc(folder, cad_node_port=...)`` writes a temporary configuration
 (DICOM and HTTP ports free on 127.0.0.1, HTTP limited to localhost, its own
 storage, ``StableAge`` 2 s, the plugin loaded, ``cad-node`` in
-``DicomModalities``), starts Orthanc with ``TCP_NODELAY=1`` and ``--logdir``,
-waits for its REST API, and stops it afterwards.
+``DicomModalities``, optionally the DICOMweb plugin), starts Orthanc with
+``TCP_NODELAY=1`` and ``--logdir``, waits for its REST API, and stops it afterwards.
 """
 
 import json
@@ -26,12 +26,17 @@ from tests.integration.peers import free_port, port_open, wait_for
 
 ORTHANC = "Orthanc"
 PYTHON_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancPython.so")
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+DICOMWEB_ROOT = "/dicom-web/"
 ORTHANC_AET = "ORTHANC"
 CAD_NODE_AET = "CADNODE"
 
 
-def require_orthanc() -> str:
-    """Orthanc's executable; fails in CI (``CI`` set) and skips elsewhere when it is missing."""
+def require_orthanc(*, dicomweb: bool = False) -> str:
+    """Orthanc's executable; fails in CI (``CI`` set) and skips elsewhere when it is missing.
+
+    ``dicomweb`` requires Debian's ``orthanc-dicomweb`` plugin too.
+    """
     # Debian installs it in /usr/sbin, often missing from a non-root PATH
     executable = shutil.which(ORTHANC) or shutil.which(ORTHANC, path="/usr/sbin")
     missing = [
@@ -39,6 +44,7 @@ def require_orthanc() -> str:
         for what, present in (
             ("orthanc", executable is not None),
             ("orthanc-python", PYTHON_PLUGIN.is_file()),
+            ("orthanc-dicomweb", DICOMWEB_PLUGIN.is_file() or not dicomweb),
         )
         if not present
     ]
@@ -97,9 +103,13 @@ def orthanc_configuration(
     cad_node_port: int,
     plugin_settings: dict[str, Any] | None = None,
     dicom_port: int | None = None,
+    dicomweb: bool = False,
 ) -> dict[str, Any]:
-    """A configuration for a throw-away Orthanc on loopback with the plugin loaded."""
-    return {
+    """A configuration for a throw-away Orthanc on loopback with the plugin loaded.
+
+    ``dicomweb`` adds Orthanc's DICOMweb plugin, its root at ``DICOMWEB_ROOT``.
+    """
+    configuration = {
         "Name": "cad-node system test",
         "StorageDirectory": str(folder / "storage"),
         "IndexDirectory": str(folder / "storage"),
@@ -117,6 +127,10 @@ def orthanc_configuration(
         "DicomModalities": {"cad-node": [CAD_NODE_AET, "127.0.0.1", cad_node_port]},
         "CadNode": plugin_settings or {"Modality": "cad-node", "Filter": {"Modality": ["CT"]}},
     }
+    if dicomweb:
+        configuration["Plugins"] = [str(PYTHON_PLUGIN), str(DICOMWEB_PLUGIN)]
+        configuration["DicomWeb"] = {"Enable": True, "Root": DICOMWEB_ROOT}
+    return configuration
 
 
 @contextmanager
@@ -126,12 +140,17 @@ def running_orthanc(
     cad_node_port: int,
     plugin_settings: dict[str, Any] | None = None,
     dicom_port: int | None = None,
+    dicomweb: bool = False,
 ) -> Iterator[OrthancProcess]:
     """Start Orthanc with the plugin; on a failure inside, Orthanc's log joins the report."""
-    executable = require_orthanc()
+    executable = require_orthanc(dicomweb=dicomweb)
     folder.mkdir(parents=True, exist_ok=True)
     configuration = orthanc_configuration(
-        folder, cad_node_port=cad_node_port, plugin_settings=plugin_settings, dicom_port=dicom_port
+        folder,
+        cad_node_port=cad_node_port,
+        plugin_settings=plugin_settings,
+        dicom_port=dicom_port,
+        dicomweb=dicomweb,
     )
     config_path = folder / "orthanc.json"
     config_path.write_text(json.dumps(configuration, indent=2))
