@@ -8,11 +8,14 @@ Example::
     series.series_instance_uid
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import pydicom
+from pydicom.uid import RLELossless
 
 from cad_node.synth.ct import (
     CtPhantom,
@@ -98,3 +101,18 @@ def write_ct_series(
         frame_of_reference_uid=info.frame_of_reference_uid,
         sop_instance_uids=tuple(info.sop_instance_uid(k) for k in range(slices)),
     )
+
+
+def write_frame_bombs(paths: Sequence[Path], folder: Path) -> list[Path]:
+    """The slices at ``paths`` RLE-compressed, claiming 40000 x 40000 pixels (3.2 GB each).
+
+    Small on disk, they make a decoder that trusts Rows x Columns allocate gigabytes.
+    """
+    bombs = []
+    for number, path in enumerate(paths):
+        ds = pydicom.dcmread(path)
+        ds.compress(RLELossless)
+        ds.Rows = ds.Columns = 40000
+        bombs.append(folder / f"bomb-{number}.dcm")
+        ds.save_as(bombs[-1])
+    return bombs

@@ -13,22 +13,19 @@ from typing import Any
 import httpx
 import pydicom
 import pytest
-import yaml
-from pydicom.uid import RLELossless
 
 from cad_node.app import Node
 from cad_node.config import load_settings
 from cad_node.domain.states import JobState, SeriesState
 from tests.conftest import send
-from tests.integration.peers import free_port, storescu, wait_for
-from tests.synthetic import SyntheticSeries, write_ct_series
+from tests.integration.peers import free_port, storescu, wait_for, write_config
+from tests.synthetic import SyntheticSeries, write_ct_series, write_frame_bombs
 
 pytestmark = pytest.mark.slow
 
 ADMIN_TOKEN = "quarantine-admin-token"
 MEMORY_MB = 768
 REASON = f"decoding ran out of memory (limit {MEMORY_MB} MB)"
-RULES = Path(__file__).parents[2] / "config" / "rules.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -43,44 +40,23 @@ def frame_bomb(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     source = write_ct_series(
         tmp_path_factory.mktemp("bomb-source"), seed=18, rows=64, slices=4, slice_thickness_mm=2.5
     )
-    folder = tmp_path_factory.mktemp("bomb")
-    paths = []
-    for number, path in enumerate(source.paths):
-        ds = pydicom.dcmread(path)
-        ds.compress(RLELossless)
-        ds.Rows = ds.Columns = 40000
-        paths.append(folder / f"bomb-{number}.dcm")
-        ds.save_as(paths[-1])
-    return paths
+    return write_frame_bombs(source.paths, tmp_path_factory.mktemp("bomb"))
 
 
 @pytest.fixture
 def config_path(tmp_path: Path) -> Path:
-    config: dict[str, Any] = {
-        "ae_title": "CADNODE",
-        "port": free_port(),
-        "bind_address": "127.0.0.1",
-        "storage_dir": str(tmp_path / "storage"),
-        "quiet_seconds": 0.5,
-        "device": "cpu",
-        "torch_threads": 1,
-        "destinations": {"pacs": {"host": "127.0.0.1", "port": free_port(), "ae_title": "PACS"}},
-        "rules": str(RULES),
-        "decoding": {"timeout_seconds": 120, "memory_mb": MEMORY_MB},
-        "admin": {
+    admin_token = hashlib.sha256(ADMIN_TOKEN.encode()).hexdigest()
+    return write_config(
+        tmp_path,
+        quiet_seconds=0.5,
+        device="cpu",
+        torch_threads=1,
+        decoding={"timeout_seconds": 120, "memory_mb": MEMORY_MB},
+        admin={
             "port": free_port(),
-            "tokens": [
-                {
-                    "name": "alice",
-                    "role": "admin",
-                    "sha256": hashlib.sha256(ADMIN_TOKEN.encode()).hexdigest(),
-                }
-            ],
+            "tokens": [{"name": "alice", "role": "admin", "sha256": admin_token}],
         },
-    }
-    path = tmp_path / "node.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    )
 
 
 @pytest.fixture

@@ -8,9 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-import pydicom
 import pytest
-from pydicom.uid import RLELossless
 
 from cad_node.domain.planar import ImageSet
 from cad_node.errors import CadNodeError, InvalidSeriesError
@@ -18,7 +16,7 @@ from cad_node.imaging.isolation import DecodingAbortedError, DecodingLimits, Iso
 from cad_node.imaging.planar import load_image_set
 from cad_node.imaging.volume import load_volume
 from cad_node.synth.dicom_planar import StudyInfo, write_mammo_study
-from tests.synthetic import SyntheticSeries, write_ct_series
+from tests.synthetic import SyntheticSeries, write_ct_series, write_frame_bombs
 from tests.unit import isolation_children as children
 
 MEMORY_BYTES = 768 * 2**20
@@ -37,18 +35,6 @@ def decoder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IsolatedDecode
     limits = DecodingLimits(timeout_seconds=20.0, memory_bytes=MEMORY_BYTES)
     with IsolatedDecoder(limits, tmp_path_factory.mktemp("scratch")) as decoder:
         yield decoder
-
-
-def _frame_bombs(series: SyntheticSeries, folder: Path) -> list[Path]:
-    """The series' slices RLE-compressed, claiming 40000 x 40000 pixels (3.2 GB each)."""
-    paths = []
-    for number, path in enumerate(series.paths):
-        ds = pydicom.dcmread(path)
-        ds.compress(RLELossless)
-        ds.Rows = ds.Columns = 40000
-        paths.append(folder / f"bomb-{number}.dcm")
-        ds.save_as(paths[-1])
-    return paths
 
 
 def _mammogram_views(seed: int) -> dict[tuple[str, str], npt.NDArray[np.uint16]]:
@@ -111,7 +97,7 @@ def test_a_frame_bomb_is_aborted_not_allocated(
     decoder: IsolatedDecoder, series: SyntheticSeries, tmp_path: Path
 ) -> None:
     with pytest.raises(DecodingAbortedError, match="ran out of memory"):
-        decoder.load_volume(_frame_bombs(series, tmp_path))
+        decoder.load_volume(write_frame_bombs(series.paths, tmp_path))
     assert decoder.load_volume(series.paths).voxels.shape == (8, 64, 64)
 
 
