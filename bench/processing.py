@@ -125,7 +125,8 @@ def failed_job(lines: Sequence[str]) -> str | None:
     return next((line for line in lines if _JOB_FAILED.search(line)), None)
 
 
-def _new_lines(path: Path, offset: int) -> list[str]:
+def new_lines(path: Path, offset: int) -> list[str]:
+    """The lines written to ``path`` after byte ``offset`` (a log read as it grows)."""
     with path.open("rb") as handle:
         handle.seek(offset)
         return handle.read().decode(errors="replace").splitlines()
@@ -159,7 +160,7 @@ class Destination:
         lines = self.reception_log.read_text().splitlines()
         for line in lines[self.seen :]:
             stamp, _, name = line.partition(" ")
-            study, modality = _study_and_modality(self.out_dir / name.strip())
+            study, modality = study_and_modality(self.out_dir / name.strip())
             if study != self.study_instance_uid or modality not in RESULT_MODALITIES:
                 continue
             self.arrivals.setdefault(modality, float(stamp))
@@ -169,7 +170,8 @@ class Destination:
         return all(modality in self.arrivals for modality in required)
 
 
-def _study_and_modality(path: Path) -> tuple[str, str]:
+def study_and_modality(path: Path) -> tuple[str, str]:
+    """Study Instance UID and Modality of a received file; empty for one not (yet) readable."""
     try:
         ds = dcmread(path, stop_before_pixels=True)
     except (OSError, InvalidDicomError):
@@ -219,7 +221,7 @@ def run_once(
     complete = acknowledged + (args.quiet_seconds if args.completion == "quiet" else 0.0)
     _wait_for_results(node, destination, log_offset, series, args.timeout)
     done = max(destination.arrivals.values())
-    lines = _about_series(_new_lines(node.log_path, log_offset), series.series_instance_uid)
+    lines = _about_series(new_lines(node.log_path, log_offset), series.series_instance_uid)
     job = _job_done(lines)
     seen = series_complete_time(lines)
     return RunResult(
@@ -252,7 +254,7 @@ def _wait_for_results(
     timeout: float,
 ) -> None:
     def arrived() -> bool:
-        lines = _new_lines(node.log_path, log_offset)
+        lines = new_lines(node.log_path, log_offset)
         failure = failed_job(lines)
         if failure is not None or not node.alive():
             raise _peers.PeerError(f"the job did not finish: {failure}\n{node.log_tail()}")

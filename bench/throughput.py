@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
-from pydicom.errors import InvalidDicomError
 
 from bench import _peers, _report
 from bench._cli import (
@@ -46,7 +45,15 @@ from bench._cli import (
     run_main,
 )
 from bench._series import SeriesFiles, copy_with_new_uids, read_series, synthetic_chest_ct
-from bench.processing import DEFAULT_RULES, DESTINATION_AE, failed_job, log_time, node_config
+from bench.processing import (
+    DEFAULT_RULES,
+    DESTINATION_AE,
+    failed_job,
+    log_time,
+    new_lines,
+    node_config,
+    study_and_modality,
+)
 
 KEY = "throughput"
 EXIT_REGRESSION = 3
@@ -171,16 +178,9 @@ class Receptions:
         lines = self.reception_log.read_text().splitlines()
         for line in lines[self.seen :]:
             stamp, _, name = line.partition(" ")
-            study = _study_of(self.out_dir / name.strip())
+            study, _ = study_and_modality(self.out_dir / name.strip())
             self.arrivals.setdefault(study, []).append(float(stamp))
         self.seen = len(lines)
-
-
-def _study_of(path: Path) -> str:
-    try:
-        return str(dcmread(path, stop_before_pixels=True).get("StudyInstanceUID", ""))
-    except (OSError, InvalidDicomError):
-        return ""
 
 
 def done_at(job: JobLine | None, arrivals: Sequence[float]) -> float | None:
@@ -251,7 +251,7 @@ class Bench:
         finished: dict[str, tuple[JobLine, float]] = {}
 
         def all_done() -> bool:
-            lines = _new_lines(self.node.log_path, self.log_offset)
+            lines = new_lines(self.node.log_path, self.log_offset)
             failure = failed_job(lines)
             if failure is not None or not self.node.alive():
                 raise _peers.PeerError(f"a job did not finish: {failure}\n{self.node.log_tail()}")
@@ -271,12 +271,6 @@ class Bench:
     def start_phase(self) -> None:
         self.log_offset = self.node.log_path.stat().st_size
         _peers.reset_peak_rss(self.node.pid)
-
-
-def _new_lines(path: Path, offset: int) -> list[str]:
-    with path.open("rb") as handle:
-        handle.seek(offset)
-        return handle.read().decode(errors="replace").splitlines()
 
 
 def one_at_a_time(bench: Bench, studies: Sequence[Study]) -> PhaseResult:
