@@ -84,6 +84,13 @@ def wait_text(driver: WebDriver, element_id: str, text: str, timeout: float = 20
     )
 
 
+def wait_loaded(driver: WebDriver, timeout: float = 20) -> None:
+    """Wait until the page has fetched everything it shows (``<body data-loaded>``)."""
+    WebDriverWait(driver, timeout).until(
+        lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-loaded") == "true"
+    )
+
+
 def shoot(driver: WebDriver, path: Path, *texts: str) -> None:
     """Save a screenshot and check it: not blank, and the page shows ``texts``."""
     driver.save_screenshot(str(path))
@@ -102,7 +109,9 @@ def shoot(driver: WebDriver, path: Path, *texts: str) -> None:
 def set_editor(driver: WebDriver, rule: dict[str, object]) -> None:
     editor = driver.find_element(By.ID, "rule-json")
     editor.clear()
-    editor.send_keys(json.dumps(rule, indent=2))
+    typed = json.dumps(rule, indent=2)
+    editor.send_keys(typed)
+    assert editor.get_attribute("value") == typed
 
 
 def test_admin_edits_tests_and_saves_a_rule_that_routes_the_next_series(
@@ -117,7 +126,8 @@ def test_admin_edits_tests_and_saves_a_rule_that_routes_the_next_series(
         browser.find_element(By.ID, "token").send_keys(ADMIN_TOKEN)
         browser.find_element(By.CSS_SELECTOR, "#login button").click()
         wait_text(browser, "who", "alice (admin)")
-        wait_text(browser, "rules", "mr-rule")
+        wait_loaded(browser)
+        assert "mr-rule" in browser.find_element(By.ID, "rules").text
 
         set_editor(browser, {**CT_RULE, "when": {"keyword": "Modallity", "equals": "CT"}})
         # The page validates on every keystroke: wait for the verdict on the whole rule,

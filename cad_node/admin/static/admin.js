@@ -229,6 +229,7 @@ async function listing(id, path, headings, render) {
 let ruleSet = null;
 let editing = null; // the name of the rule in the editor, null for a new rule
 let validateTimer = null;
+let validationSeq = 0; // only the newest draft's verdict is shown, whatever order answers arrive in
 
 const TEMPLATE_RULE = {
   name: "new-rule", description: "", priority: 0, mode: "shadow", model: "lung_nodule_ct",
@@ -236,6 +237,7 @@ const TEMPLATE_RULE = {
 };
 
 function edit(rule) {
+  clearTimeout(validateTimer);
   editing = rule ? rule.name : null;
   $("rule-json").value = JSON.stringify(rule || TEMPLATE_RULE, null, 2);
   validate();
@@ -244,15 +246,18 @@ function edit(rule) {
 function draft() { return JSON.parse($("rule-json").value); }
 
 async function validate() {
-  const out = $("validation");
+  const seq = ++validationSeq;
+  const show = (text, ok) => {
+    if (seq !== validationSeq) return;
+    $("validation").textContent = text;
+    $("validation").className = ok ? "validation ok" : "validation error";
+  };
   try {
     await api("POST", "/api/rules/validate", draft());
-    out.textContent = "✓ valid";
-    out.className = "validation ok";
+    show("✓ valid", true);
     return true;
   } catch (e) {
-    out.textContent = `✗ ${e instanceof SyntaxError ? "not JSON: " + e.message : e.message}`;
-    out.className = "validation error";
+    show(`✗ ${e instanceof SyntaxError ? "not JSON: " + e.message : e.message}`, false);
     return false;
   }
 }
@@ -265,6 +270,7 @@ function draftRuleSet() {
 
 async function rulesPage() {
   ruleSet = await api("GET", "/api/rules");
+  if (!$("rule-json").value) edit(ruleSet.rules[0] || null);
   $("rule-version").textContent = ruleSet.version;
   $("rule-version-by").textContent = `by ${ruleSet.author}, ${when(ruleSet.created_at)}: ${ruleSet.change}`;
   table("rules", ["name", "priority", "mode", "model", "destinations", ""], ruleSet.rules, (row, rule) => {
@@ -297,7 +303,6 @@ async function rulesPage() {
   select.replaceChildren(...series.items.map((s) => new Option(
     `${when(s.last_received_at)} ${s.modality} ${s.series_instance_uid} (${s.rule_name || s.state})`,
     s.series_instance_uid)));
-  if (!$("rule-json").value) edit(ruleSet.rules[0] || null);
 }
 
 function wireRulesEditor() {
@@ -342,7 +347,9 @@ function wireRulesEditor() {
 // -- start -------------------------------------------------------------------------------
 
 async function load() {
+  delete document.body.dataset.loaded;
   try { await pages[document.body.dataset.page](); } catch (e) { say(e.message, true); }
+  document.body.dataset.loaded = "true";
 }
 
 async function signIn() {
