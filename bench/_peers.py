@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -319,6 +320,51 @@ def peak_rss_bytes(pid: int) -> int:
     for child in children(pid):
         total += peak_rss_bytes(child)
     return total
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """Resident set (``VmRSS``) of ``pid`` and all its live descendants, now."""
+    return proc_status_kib(pid, "VmRSS") * 1024 + sum(tree_rss_bytes(c) for c in children(pid))
+
+
+class TreeRssSampler:
+    """The highest ``VmRSS`` of a process and its descendants *together*, polled in a thread.
+
+    Adding each process's own peak (:func:`peak_rss_bytes`) overstates a node whose
+    decoder child peaks while the node itself is small; a child's ``VmHWM`` is also
+    gone once it exits.  Polling the sum every ``interval`` seconds measures what the
+    machine had to hold at once; the node's own ``VmHWM`` is a floor for it, since a
+    peak shorter than the interval can fall between two polls.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        self.pid = pid
+        self.peak_bytes = 0
+        self._interval = interval
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="tree-rss", daemon=True)
+
+    def __enter__(self) -> "TreeRssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop polling, after one last sample; the peak stays readable."""
+        if not self._stopped.is_set():
+            self._stopped.set()
+            self._thread.join()
+            self._sample()
+
+    def _poll(self) -> None:
+        while not self._stopped.wait(self._interval):
+            self._sample()
+
+    def _sample(self) -> None:
+        own_peak = proc_status_kib(self.pid, "VmHWM") * 1024
+        self.peak_bytes = max(self.peak_bytes, tree_rss_bytes(self.pid), own_peak)
 
 
 def reset_peak_rss(pid: int) -> None:

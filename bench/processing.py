@@ -357,6 +357,11 @@ def _seconds(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}"
 
 
+def section_key(machine: dict[str, str]) -> str:
+    """``processing`` on a CPU-only machine, ``processing-gpu`` where a GPU is found."""
+    return f"{KEY}-gpu" if "gpu" in machine else KEY
+
+
 def targets(current: dict[str, Any], machine: dict[str, str]) -> str:
     gpu = "gpu" in machine
     limit = TARGET_GPU_S if gpu else TARGET_CPU_S
@@ -366,7 +371,8 @@ def targets(current: dict[str, Any], machine: dict[str, str]) -> str:
     return (
         f"- Complete → results {where}: {current['total_s']:.1f} s (median), target "
         f"≤ {limit:.0f} s: {time_ok}.\n"
-        f"- Peak RSS of the node process (and children), ingest included: "
+        f"- Peak RSS of the node process and its children together (polled every 50 ms, "
+        f"at least the node's own VmHWM), ingest included: "
         f"{current['peak_rss_mb']:.0f} MB, target ≤ {TARGET_RSS_BYTES / 1e6:.0f} MB: {rss_ok}.\n"
     )
 
@@ -418,8 +424,10 @@ def section(
         if args.completion == "count"
         else f"`quiet_seconds` ({args.quiet_seconds:g} s) after the last image is acknowledged"
     )
+    gpu = environment["machine"].get("gpu")
     lines = [
-        "## Processing: series complete → SEG + SR accepted by the destination",
+        "## Processing: series complete → SEG + SR accepted by the destination"
+        + (f" (GPU: {gpu})" if gpu else ""),
         "",
         f"Recorded {environment['date']} with `{environment['command']}`.",
         "",
@@ -532,6 +540,7 @@ def run_all(
         config = node_config(scratch, port=port, destination_port=dest.port, args=args)
         progress("starting cad-node ...")
         node = stack.enter_context(_peers.cad_node(config, port, scratch / "node.log"))
+        memory = stack.enter_context(_peers.TreeRssSampler(node.pid))
         results = []
         for run, files in enumerate(series, start=1):
             result = run_once(
@@ -539,7 +548,8 @@ def run_all(
             )
             progress(f"run {run}: complete → SEG + SR accepted in {result.total_s:.1f} s")
             results.append(result)
-        return results, _peers.peak_rss_bytes(node.pid)
+        memory.stop()
+        return results, memory.peak_bytes
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -562,15 +572,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         results, peak_rss = run_all(args, series, scratch)
     environment["load_after"] = _report.load_average()
     current = figures(results, peak_rss)
-    last = _report.load_last(KEY)
+    key = section_key(environment["machine"])
+    last = _report.load_last(key)
     comparison, regressed = compare_with_last(last, current, environment)
     text = section(args, results, current, environment, comparison)
     print(text)
     if not args.no_record:
-        _report.write_section(KEY, text)
+        _report.write_section(key, text)
         entry = {key: environment[key] for key in ("date", "command", "machine", "versions")}
         shape = {key: environment["series"][key] for key in _report.SERIES_KEYS}
-        _report.save_last(KEY, {**entry, "series": shape, "runs": args.runs, "figures": current})
+        _report.save_last(key, {**entry, "series": shape, "runs": args.runs, "figures": current})
     if regressed:
         print(
             "cad-node processing is more than 25% slower than the last recorded run",
