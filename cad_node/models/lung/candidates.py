@@ -4,6 +4,10 @@ Everything runs on a coarse isotropic grid cropped to the lungs, so the cost
 hardly depends on the scan's matrix or slice thickness.
 """
 
+import os
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -128,23 +132,52 @@ def _fit(mask: BoolArray, shape: tuple[int, ...]) -> BoolArray:
     return out
 
 
-def _dog_stack(work: FloatArray) -> tuple[FloatArray, npt.NDArray[np.int8], list[FloatArray]]:
+def _gaussians(work: FloatArray, sigmas: Sequence[float], threads: int) -> Iterator[FloatArray]:
+    """``gaussian_filter(work, sigma)`` for each sigma, in order, ``threads`` at a time.
+
+    scipy.ndimage releases the GIL, so the filters run in parallel; at most
+    ``threads`` results wait beyond the one being consumed, which bounds the memory.
+    """
+    if threads <= 1:
+        yield from (ndimage.gaussian_filter(work, s, truncate=3.0) for s in sigmas)
+        return
+    with ThreadPoolExecutor(threads, thread_name_prefix="lung-dog") as pool:
+        pending: deque[Future[FloatArray]] = deque()
+        for sigma in sigmas:
+            pending.append(pool.submit(ndimage.gaussian_filter, work, sigma, truncate=3.0))
+            if len(pending) > threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _dog_stack(
+    work: FloatArray, threads: int = 1
+) -> tuple[FloatArray, npt.NDArray[np.int8], list[FloatArray]]:
     """Best scale-normalised DoG response per voxel, its scale index, the smoothed images."""
     sigmas = [s / WORK_MM for s in SIGMAS_MM]
     ratio = sigmas[1] / sigmas[0]
-    previous = ndimage.gaussian_filter(work, sigmas[0] / ratio**0.5, truncate=3.0)
+    # For each scale: the DoG's upper Gaussian, then the scale's own smoothed image.
+    order = [sigmas[0] / ratio**0.5] + [x for s in sigmas for x in (s * ratio**0.5, s)]
+    filtered = _gaussians(work, order, threads)
+    previous = next(filtered)
     best = np.full(work.shape, -np.inf, dtype=np.float32)
     best_scale = np.zeros(work.shape, dtype=np.int8)
     smoothed = []
-    for i, sigma in enumerate(sigmas):
-        current = ndimage.gaussian_filter(work, sigma * ratio**0.5, truncate=3.0)
+    for i in range(len(sigmas)):
+        current = next(filtered)
         dog = (previous - current) / (ratio - 1.0)
         better = dog > best
         best[better] = dog[better]
         best_scale[better] = i
-        smoothed.append(ndimage.gaussian_filter(work, sigma, truncate=3.0))
+        smoothed.append(next(filtered))
         previous = current
     return best, best_scale, smoothed
+
+
+def default_threads() -> int:
+    """The CPUs this process may run on."""
+    return len(os.sched_getaffinity(0))
 
 
 def _hessians(image: FloatArray, points: npt.NDArray[np.intp]) -> npt.NDArray[np.float64]:
@@ -190,14 +223,18 @@ def find_candidates(
     voxels: FloatArray,
     spacing: tuple[float, float, float],
     max_candidates: int = MAX_CANDIDATES,
+    threads: int | None = None,
 ) -> list[Candidate]:
-    """Blob maxima inside the lungs, most blob-like first, at most ``max_candidates``."""
+    """Blob maxima inside the lungs, most blob-like first, at most ``max_candidates``.
+
+    ``threads`` (default: every CPU of this process) run the scale-space filters.
+    """
     mask, mask_grid = lung_mask(voxels, spacing)
     prepared = _work_volume(voxels, spacing, mask, mask_grid)
     if prepared is None:
         return []
     work, work_mask, offset = prepared
-    response, scale, smoothed = _dog_stack(work)
+    response, scale, smoothed = _dog_stack(work, threads or default_threads())
     peaks = (response == ndimage.maximum_filter(response, size=3)) & work_mask & (response > 20.0)
     idx = np.argwhere(peaks)
     idx_scale = scale[peaks]

@@ -2,7 +2,9 @@
 
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -43,10 +45,17 @@ class Scored:
 
 
 def patch_batch(
-    voxels: npt.NDArray[np.float32], geometries: list[PatchGeometry]
+    voxels: npt.NDArray[np.float32],
+    geometries: list[PatchGeometry],
+    pool: ThreadPoolExecutor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Network inputs for a list of patches: images and log voxel sizes."""
-    images = np.stack([sample_patch(voxels, g) for g in geometries])[:, None]
+    """Network inputs for a list of patches: images and log voxel sizes.
+
+    ``pool`` samples the patches in parallel (scipy's interpolation releases the GIL).
+    """
+    sample = partial(sample_patch, voxels)
+    patches = list(pool.map(sample, geometries)) if pool else [sample(g) for g in geometries]
+    images = np.stack(patches)[:, None]
     scale = np.array([[math.log(g.voxel_mm)] for g in geometries], dtype=np.float32)
     return torch.from_numpy(images), torch.from_numpy(scale)
 
@@ -62,10 +71,10 @@ def score_patches(
     """Run the network (a NoduleNet, or its TorchScript) on every patch, in batches."""
     out: list[Scored] = []
     batch = batch_size(device)
-    with inference(device):
+    with inference(device), ThreadPoolExecutor(torch.get_num_threads()) as pool:
         for start in range(0, len(geometries), batch):
             chunk = geometries[start : start + batch]
-            images, scale = patch_batch(voxels, chunk)
+            images, scale = patch_batch(voxels, chunk, pool)
             logits, masks = net(images.to(device), scale.to(device))
             probs = torch.sigmoid(logits.float()).cpu().numpy()
             mask_probs = torch.sigmoid(masks[:, 0].float()).cpu().numpy()
@@ -141,7 +150,9 @@ class LungNoduleModel:
             raise ModelError(f"model {self.identity.name} is not loaded")
         if volume.shape[0] < MIN_SLICES:
             raise InvalidSeriesError(f"the lung model needs at least {MIN_SLICES} slices")
-        candidates = find_candidates(volume.voxels, volume.spacing_mm)
+        candidates = find_candidates(
+            volume.voxels, volume.spacing_mm, threads=torch.get_num_threads()
+        )
         geometries = [
             candidate_geometry(c.centre_index, c.radius_mm, volume.spacing_mm) for c in candidates
         ]
