@@ -3,7 +3,6 @@
 import logging
 import ssl
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -27,14 +26,17 @@ from cad_node.security.peers import PeerPolicy
 from cad_node.security.tls import client_context, server_context
 from cad_node.store.catalog import DestinationBook
 from cad_node.store.db import create_schema, make_engine, session_factory
+from cad_node.store.instances import RecordOutcome
 from cad_node.store.jobs import requeue_all_running, requeue_expired
 from cad_node.store.rulesets import RuleBook
+from cad_node.sweeps import Sweep
 from cad_node.worker import LeasedWorker, make_worker, model_registry, work_loop
 
 logger = logging.getLogger(__name__)
 
 SWEEP_SECONDS = 1.0
-"""How often quiet series, expired leases and due deliveries are looked for."""
+"""How often quiet series, expired leases and due deliveries are looked for (besides the
+sweeps a complete series or a finished job asks for at once)."""
 
 
 @dataclass
@@ -56,6 +58,8 @@ class Node:
     """The destinations in force (journal; changed through the admin API without restart)."""
     admin: AdminServer | None = field(init=False, default=None)
     _scheduler: BackgroundScheduler = field(init=False)
+    _assembly: Sweep | None = field(init=False, default=None)
+    _exports: Sweep | None = field(init=False, default=None)
     _stopping: threading.Event = field(init=False, default_factory=threading.Event)
     _work_available: threading.Event = field(init=False, default_factory=threading.Event)
     _worker_threads: list[threading.Thread] = field(init=False, default_factory=list)
@@ -80,6 +84,7 @@ class Node:
             spool=Spool(storage_dir),
             sessionmaker=self.sessions,
             clock=self.clock,
+            on_instance=self._on_instance,
             ssl_context=self._ssl_context(),
         )
         self.assembler = Assembler(
@@ -112,8 +117,8 @@ class Node:
         self._warm_models()
         self.scp.start()
         self._scheduler = BackgroundScheduler(timezone="UTC")
-        self._schedule("assembly-sweep", self._assemble)
-        self._schedule("export-sweep", self._export)
+        self._assembly = Sweep(self._scheduler, "assembly-sweep", self._assemble, SWEEP_SECONDS)
+        self._exports = Sweep(self._scheduler, "export-sweep", self._export, SWEEP_SECONDS)
         self._scheduler.start()
         self._start_workers()
         self._start_admin()
@@ -128,7 +133,7 @@ class Node:
         for index, worker in enumerate(self.workers[: self.settings.workers]):
             thread = threading.Thread(
                 target=work_loop,
-                args=(worker, self._stopping, self._work_available),
+                args=(worker, self._stopping, self._work_available, self._job_done),
                 name=f"cad-node-worker-{index}",
                 daemon=True,
             )
@@ -212,17 +217,16 @@ class Node:
             except ModelError as exc:
                 logger.error("model %s not available: %s", name, exc)
 
-    def _schedule(self, job_id: str, function: Callable[[], None]) -> None:
-        self._scheduler.add_job(
-            function,
-            "interval",
-            seconds=SWEEP_SECONDS,
-            id=job_id,
-            replace_existing=True,
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=30,
-        )
+    def _on_instance(self, outcome: RecordOutcome) -> None:
+        """The last image a series announced is in: complete and route it now."""
+        complete = outcome.is_new and outcome.instance_count == outcome.expected_count
+        if complete and self._assembly is not None:
+            self._assembly.kick()
+
+    def _job_done(self) -> None:
+        """A job has written its results: deliver them now."""
+        if self._exports is not None:
+            self._exports.kick()
 
     def _assemble(self) -> None:
         routed = self.assembler.sweep()

@@ -132,8 +132,15 @@ def make_worker(
     )
 
 
-def work_loop(worker: Worker, stopping: threading.Event, wake: threading.Event) -> None:
+def work_loop(
+    worker: Worker,
+    stopping: threading.Event,
+    wake: threading.Event,
+    job_done: Callable[[], None] = lambda: None,
+) -> None:
     """Run jobs until ``stopping`` is set; a running job is finished first.
+
+    ``job_done`` is called after each job (e.g. to deliver its results at once).
 
     A journal error (PostgreSQL restarting, a job completed twice after its
     lease was taken over) is logged and the loop goes on: the job's lease
@@ -142,6 +149,7 @@ def work_loop(worker: Worker, stopping: threading.Event, wake: threading.Event) 
     while not stopping.is_set():
         try:
             if worker.run_next():
+                job_done()
                 continue
         except SQLAlchemyError as exc:
             logger.error("worker %s: journal error: %s", worker.worker_id, type(exc).__name__)
