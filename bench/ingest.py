@@ -25,6 +25,7 @@ import statistics
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -171,9 +172,9 @@ def spool_files(storage_dir: Path) -> int:
     return sum(1 for _ in (storage_dir / "spool").rglob("*.dcm"))
 
 
-def into_node(series: Sequence[SeriesFiles], work: Path) -> Transfer:
+def into_node(series: Sequence[SeriesFiles], work: Path, ingest_processes: int = 1) -> Transfer:
     port = _peers.free_port()
-    config = node_config(work, port)
+    config = node_config(work, port, ingest_processes=ingest_processes)
     with _peers.cad_node(config, port, work / "node.log") as peer:
         seconds = _peers.send(peer.port, "CADNODE", _groups(series), work / "senders")
         in_journal = journal_instances(work / "journal.sqlite")
@@ -219,13 +220,17 @@ def measure_all(
 ) -> list[Measurement]:
     """Every receiver for every sender count, run after run (interleaved, so drift hits all)."""
     measurements = []
+    functions: dict[str, Receiver] = {
+        **RECEIVER_FUNCTIONS,
+        NODE: partial(into_node, ingest_processes=args.ingest_processes),
+    }
     for run in range(1, args.runs + 1):
         for senders in args.senders:
             for receiver in args.receivers:
                 work = scratch / "runs" / f"{receiver}-{senders}-{run}"
                 work.mkdir(parents=True)
                 chosen = series[:senders]
-                transfer = RECEIVER_FUNCTIONS[receiver](chosen, work)
+                transfer = functions[receiver](chosen, work)
                 seconds = transfer.seconds
                 measurement = Measurement(
                     receiver=receiver,
@@ -469,6 +474,11 @@ def section(
     memory: _ingest_memory.MemoryFigure | None = None,
 ) -> str:
     receivers = {name: RECEIVER_NOTES[name] for name in args.receivers}
+    if NODE in receivers:
+        receivers[NODE] += (
+            f"; `ingest_processes: {args.ingest_processes}` "
+            f"({args.ingest_processes} process(es) receiving on its port)"
+        )
     lines = [
         "## Ingest: DCMTK storescu into cad-node, storescp and Orthanc",
         "",
@@ -536,6 +546,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="images in the long series sent for the memory figure (0: skip it)",
     )
     parser.add_argument("--memory-rows", type=int, default=64, help="rows and columns of those")
+    parser.add_argument(
+        "--ingest-processes",
+        type=int,
+        default=1,
+        help="cad-node's ingest_processes: processes receiving on its port (SO_REUSEPORT)",
+    )
     add_common_arguments(parser)
     return parser.parse_args(argv)
 

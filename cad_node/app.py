@@ -16,6 +16,7 @@ from cad_node.clock import Clock, utc_now
 from cad_node.config import Settings
 from cad_node.errors import ModelError
 from cad_node.export.service import deliver_due
+from cad_node.ingest.processes import IngestProcesses
 from cad_node.ingest.recovery import reindex_spool
 from cad_node.ingest.scp import StorageSCP
 from cad_node.ingest.spool import Spool
@@ -60,6 +61,7 @@ class Node:
     _scheduler: BackgroundScheduler = field(init=False)
     _assembly: Sweep | None = field(init=False, default=None)
     _exports: Sweep | None = field(init=False, default=None)
+    _extra_ingest: IngestProcesses | None = field(init=False, default=None)
     _stopping: threading.Event = field(init=False, default_factory=threading.Event)
     _work_available: threading.Event = field(init=False, default_factory=threading.Event)
     _worker_threads: list[threading.Thread] = field(init=False, default_factory=list)
@@ -86,6 +88,7 @@ class Node:
             clock=self.clock,
             on_instance=self._on_instance,
             ssl_context=self._ssl_context(),
+            reuse_port=self.settings.ingest_processes > 1,
         )
         self.assembler = Assembler(
             sessions=self.sessions,
@@ -116,6 +119,7 @@ class Node:
         self.recover()
         self._warm_models()
         self.scp.start()
+        self._start_extra_ingest()
         self._scheduler = BackgroundScheduler(timezone="UTC")
         self._assembly = Sweep(self._scheduler, "assembly-sweep", self._assemble, SWEEP_SECONDS)
         self._exports = Sweep(self._scheduler, "export-sweep", self._export, SWEEP_SECONDS)
@@ -128,6 +132,13 @@ class Node:
             self.settings.bind_address,
             self.scp.port,
         )
+
+    def _start_extra_ingest(self) -> None:
+        if self.settings.ingest_processes > 1:
+            self._extra_ingest = IngestProcesses(
+                self.settings, self.scp.port, self.settings.ingest_processes - 1
+            )
+            self._extra_ingest.start()
 
     def _start_workers(self) -> None:
         for index, worker in enumerate(self.workers[: self.settings.workers]):
@@ -173,6 +184,8 @@ class Node:
         if self.admin is not None:
             self.admin.stop()
         self.scp.stop()
+        if self._extra_ingest is not None:
+            self._extra_ingest.stop()
         if hasattr(self, "_scheduler") and self._scheduler.running:
             self._scheduler.shutdown(wait=True)
         for thread in self._worker_threads:

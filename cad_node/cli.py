@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands")
     _add_serve(commands)
     _add_worker(commands)
+    _add_ingest(commands)
     _add_status(commands)
     _add_demo(commands)
     add_rules_commands(commands)
@@ -94,6 +95,16 @@ def _add_worker(commands: "argparse._SubParsersAction[argparse.ArgumentParser]")
     _config_argument(worker)
     _log_level_argument(worker)
     worker.set_defaults(func=_worker)
+
+
+def _add_ingest(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    ingest = commands.add_parser(
+        "ingest",
+        help="an extra receiving process on serve's port (serve starts these itself when the "
+        "config says ingest_processes > 1); reads the node's settings as JSON on stdin",
+    )
+    ingest.add_argument("--port", type=int, required=True, help="the port serve listens on")
+    ingest.set_defaults(func=_ingest)
 
 
 def _add_status(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -173,6 +184,16 @@ def _worker(args: argparse.Namespace) -> int:
 
     _stop_on_signals(process.request_stop, "stopping after the current job")
     process.run()
+    return 0
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from cad_node.config import Settings
+    from cad_node.ingest.processes import run_ingest_process
+
+    settings = Settings.model_validate_json(sys.stdin.read())
+    configure_logging(settings.log_level)
+    run_ingest_process(settings, args.port)
     return 0
 
 

@@ -6,7 +6,9 @@ precise PS3.4 Annex B.2.3 status, never a dropped association.
 """
 
 import logging
+import socket
 import ssl
+import threading
 import traceback
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -104,6 +106,9 @@ class StorageSCP:
     ssl_context
         DICOM TLS (PS3.15 Annex B.9) on the port (see :mod:`cad_node.security.tls`);
         ``None``: plain TCP.
+    reuse_port
+        Share the port with other processes' SCPs (``SO_REUSEPORT``): the kernel
+        spreads incoming associations over them (:mod:`cad_node.ingest.processes`).
     """
 
     def __init__(
@@ -120,8 +125,10 @@ class StorageSCP:
         maximum_associations: int = 16,
         ssl_context: ssl.SSLContext | None = None,
         peers: PeerPolicy | None = None,
+        reuse_port: bool = False,
     ) -> None:
         configure_pynetdicom()
+        self._server_class = _ReusePortServer if reuse_port else ThreadedAssociationServer
         self._peers = peers or PeerPolicy.from_calling_aets(allowed_calling_aets)
         self._bind = (bind_address, port)
         self._spool = spool
@@ -148,15 +155,20 @@ class StorageSCP:
             (evt.EVT_C_STORE, self.handle_store),
             (evt.EVT_REJECTED, _log_rejection),
         ]
-        server = self._ae.start_server(
+        server = self._ae.make_server(
             self._bind,
-            block=False,
             evt_handlers=handlers,
             ssl_context=self._ssl_context,
+            server_class=self._server_class,
         )
-        assert server is not None
         use_ingest_sockets(server)
         handshake_in_association_thread(server)
+        threading.Thread(
+            target=server.serve_forever, name=f"storage-scp-{self._bind[1]}", daemon=True
+        ).start()
+        # As start_server does: the server's shutdown() removes itself from this list
+        # (pynetdicom 3.0.x, checked by check_pynetdicom_version).
+        self._ae._servers.append(server)
         self._server = server
         logger.info(
             "Storage SCP %s listening on %s:%d%s",
@@ -337,3 +349,12 @@ def _log_failure(event: Event, exc: Exception) -> None:
         type(exc).__name__,
         frames,
     )
+
+
+class _ReusePortServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server on a socket that shares its port (``SO_REUSEPORT``)."""
+
+    def server_bind(self) -> None:
+        listening = cast(socket.socket, self.socket)
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()

@@ -1,0 +1,86 @@
+"""``ingest_processes: 3``: ``cad-node serve`` and two ``cad-node ingest`` processes on one port.
+
+Eight DCMTK ``storescu`` associations at once: the kernel spreads them over the
+three listeners (SO_REUSEPORT), every instance is acknowledged, spooled and in
+the one journal, and the extra processes did part of the receiving.  They stop
+with the node, and die with it when it is killed.
+"""
+
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.orm import Session
+
+from cad_node.store.schema import Instance, Series
+from tests.integration.peers import running_node, storescu, wait_for, write_config
+from tests.integration.process_usage import cpu_seconds, descendants
+from tests.synthetic import write_ct_series
+
+pytestmark = pytest.mark.slow
+
+SENDERS = 8
+SLICES = 12
+
+
+def _ingest_children(node_pid: int) -> list[int]:
+    return [
+        pid
+        for pid in descendants(node_pid)
+        if b"ingest" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    ]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def _counts(database: Path) -> tuple[int, int]:
+    engine = create_engine(f"sqlite:///{database}")
+    try:
+        with Session(engine) as session:
+            instances = session.scalar(select(func.count()).select_from(Instance)) or 0
+            series = session.scalar(select(func.count()).select_from(Series)) or 0
+    finally:
+        engine.dispose()
+    return instances, series
+
+
+def test_extra_ingest_processes_share_the_port_and_the_journal(tmp_path: Path) -> None:
+    config = write_config(tmp_path, ingest_processes=3, rules=[])
+    sent = [
+        write_ct_series(tmp_path / f"series-{n}", seed=500 + n, rows=64, slices=SLICES).paths
+        for n in range(SENDERS)
+    ]
+    with running_node(config, tmp_path / "node.log") as node:
+        children = _ingest_children(node.process.pid)
+        assert len(children) == 2, node.log()[-3000:]
+        busy_before = sum(cpu_seconds(pid) for pid in children)
+        with ThreadPoolExecutor(SENDERS) as senders:
+            results = list(senders.map(lambda files: storescu(node.port, files), sent))
+        for result in results:
+            assert result.returncode == 0, result.stderr[-2000:]
+        assert sum(cpu_seconds(pid) for pid in children) - busy_before > 0.05, (
+            "the extra ingest processes received nothing"
+        )
+        assert _counts(tmp_path / "storage" / "journal.sqlite") == (SENDERS * SLICES, SENDERS)
+        spooled = [p for p in (tmp_path / "storage").rglob("*.dcm") if "results" not in p.parts]
+        assert len(spooled) == SENDERS * SLICES
+    wait_for(lambda: not any(map(_alive, children)), 30, "the ingest processes to stop")
+
+
+def test_extra_ingest_processes_die_with_a_killed_node(tmp_path: Path) -> None:
+    config = write_config(tmp_path, ingest_processes=2, rules=[])
+    with running_node(config, tmp_path / "node.log") as node:
+        children = _ingest_children(node.process.pid)
+        assert len(children) == 1, node.log()[-3000:]
+        os.kill(node.process.pid, signal.SIGKILL)
+        node.process.wait(timeout=30)
+        wait_for(lambda: not _alive(children[0]), 30, "the orphaned ingest process to exit")
