@@ -1,36 +1,58 @@
-"""A leaner receive path for pynetdicom's acceptor sockets (PS3.8 9.3 PDUs over TCP).
+"""A leaner receive path for pynetdicom's acceptor associations (PS3.8 9.3 PDUs over TCP).
 
-pynetdicom 3.0 reads each PDU with a loop of 4 KB ``recv`` calls, and its DUL
-reactor sleeps 1 ms whenever the socket has nothing to read yet, so a sender
-that is a little slower than the reactor costs a sleep per PDU.  Profiling
-ingest (docs/benchmarks.md, "Profiles and changes") showed the DUL thread
-asleep most of the time while a series arrived.  Here an acceptor's socket
-reads a whole PDU with ``recv_into`` and waits for data in ``select`` (waking
-as soon as bytes arrive) instead of sleeping.
+pynetdicom 3.0 reads each PDU with a loop of 4 KB ``recv`` calls, and both of an
+association's threads poll: the DUL reactor sleeps 1 ms whenever the socket has
+nothing to read, and the association reactor sleeps 1 ms before each look at
+its queues.  Profiling ingest (docs/benchmarks.md, "Profiles and changes")
+showed the DUL thread asleep most of the time while a series arrived, and,
+with four senders on two cores, the two polling loops of each association
+taking about 40% of the busy samples: thousands of wake-ups per second, each
+taking the GIL from the threads doing the work.
 
-The adapter is installed per server through pynetdicom's public
-``request_handler`` argument; it relies on three private details of
-pynetdicom 3.0 (the socket's ``_is_connected`` and ``event_queue``, the DUL's
-``_run_loop_delay``), so :func:`check_pynetdicom_version` refuses other series.
+Here an acceptor's socket reads a whole PDU with ``recv_into``, and both
+threads block until there is something to do:
+
+- the DUL thread waits in ``select`` on the socket *and* on an eventfd that
+  every primitive queued for sending signals (:class:`WakingQueue`);
+- the association thread waits on an event that every DIMSE message and every
+  primitive from the peer sets, instead of sleeping.
+
+Each still wakes every :data:`IDLE_WAIT_SECONDS` to check its timers.
+
+The adapter is installed per server through socketserver's ``RequestHandlerClass``;
+it relies on private details of pynetdicom 3.0 (the socket's ``_is_connected``
+and ``event_queue``, the DUL's ``_run_loop_delay`` and queues, the association
+reactor's loop, copied in :meth:`IngestAssociation._run_reactor`), so
+:func:`check_pynetdicom_version` refuses other series.
 """
 
+import logging
+import os
+import queue
 import select
 import socket
 import ssl
-from typing import TYPE_CHECKING
+import threading
+from collections.abc import Callable
+from contextlib import suppress
+from typing import TYPE_CHECKING, Any, cast
 
 import pynetdicom
+from pynetdicom import evt
+from pynetdicom.association import Association
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
 if TYPE_CHECKING:
-    from pynetdicom.association import Association
     from pynetdicom.transport import ThreadedAssociationServer
+
+LOGGER = logging.getLogger("pynetdicom.assoc")
 
 SUPPORTED_PYNETDICOM = "3.0."
 """The pynetdicom release series whose private details this module relies on."""
 
-READY_WAIT_SECONDS = 0.001
-"""How long the DUL reactor waits for incoming data per turn: what it slept before, at most."""
+IDLE_WAIT_SECONDS = 0.02
+"""How long either thread of an idle association waits before it looks at its timers
+(ARTIM, network timeout) and at whether it was told to stop."""
 
 
 class UnsupportedPynetdicomError(RuntimeError):
@@ -52,27 +74,85 @@ def check_pynetdicom_version(version: str = pynetdicom.__version__) -> None:
         )
 
 
+class WakingQueue(queue.Queue[Any]):
+    """A :class:`queue.Queue` that calls ``wake`` after each put."""
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        super().__init__()
+        self._wake = wake
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        self._wake()
+
+
+class Doorbell:
+    """An eventfd one thread rings and another waits for in ``select``; safe to ring after
+    :meth:`close` (the number of a closed fd may already belong to another file)."""
+
+    def __init__(self) -> None:
+        self._fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def ring(self) -> None:
+        with self._lock:
+            if not self._closed:
+                os.eventfd_write(self._fd, 1)
+
+    def answer(self) -> None:
+        """Reset it after a ring."""
+        with self._lock, suppress(BlockingIOError):
+            if not self._closed:
+                os.eventfd_read(self._fd)
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                os.close(self._fd)
+
+
 class IngestSocket(AssociationSocket):
-    """An :class:`AssociationSocket` that reads PDUs whole and waits for data in ``select``."""
+    """An :class:`AssociationSocket` that reads PDUs whole and waits in ``select`` for
+    incoming data or an outgoing primitive."""
+
+    _outgoing: "queue.Queue[Any]"
+    _doorbell: Doorbell
+
+    def attach_outgoing(self, outgoing: "queue.Queue[Any]", doorbell: Doorbell) -> None:
+        """Wake from :attr:`ready` when ``doorbell`` rings (a primitive was put in ``outgoing``)."""
+        self._outgoing = outgoing
+        self._doorbell = doorbell
 
     @property
     def ready(self) -> bool:
-        """Whether data can be read, after waiting up to :data:`READY_WAIT_SECONDS` for it.
+        """Whether data can be read, after waiting up to :data:`IDLE_WAIT_SECONDS` for it.
 
-        Emits Evt17 (transport connection closed) when the socket is gone, as
-        pynetdicom's own ``ready`` does.
+        Returns False at once when a primitive waits to be sent, and as soon as
+        one is queued, so the DUL reactor sends it.  Emits Evt17 (transport
+        connection closed) when the socket is gone, as pynetdicom's own does.
         """
         connection = self.socket
         if connection is None or not self._is_connected:
             return False
         if isinstance(connection, ssl.SSLSocket) and connection.pending():
             return True  # decrypted bytes already buffered: select cannot see them
+        if not self._outgoing.empty():
+            return False
         try:
-            readable, _, _ = select.select([connection], [], [], READY_WAIT_SECONDS)
+            incoming = connection.fileno()
+            doorbell = self._doorbell.fileno()
+            readable, _, _ = select.select([incoming, doorbell], [], [], IDLE_WAIT_SECONDS)
         except (OSError, ValueError):
             self.event_queue.put("Evt17")
             return False
-        return bool(readable)
+        if doorbell in readable:
+            self._doorbell.answer()
+        return incoming in readable
 
     def recv(self, nr_bytes: int) -> bytearray:
         """Read ``nr_bytes`` into one buffer; fewer only when the peer closed the connection."""
@@ -84,6 +164,74 @@ class IngestSocket(AssociationSocket):
         if received < nr_bytes:
             del buffer[received:]
         return buffer
+
+    def close(self) -> None:
+        super().close()
+        self._doorbell.close()
+
+
+class IngestAssociation(Association):
+    """An acceptor :class:`Association` whose reactor waits for work instead of polling."""
+
+    _activity: threading.Event
+
+    def _run_reactor(self) -> None:
+        """pynetdicom 3.0's acceptor reactor, with its 1 ms sleep replaced by a wait for
+        :attr:`_activity` (set by every DIMSE message and every primitive from the peer)."""
+        self._is_paused = False
+        while not self._kill:
+            self._activity.wait(IDLE_WAIT_SECONDS)
+            self._activity.clear()
+
+            self._is_paused = True
+            self._reactor_checkpoint.wait()
+            self._is_paused = False
+
+            context_id, msg = self.dimse.get_msg(block=False)
+            if msg:
+                self._serve_request(msg, context_id)  # type: ignore[arg-type]
+                self._activity.set()  # another message may be queued behind it
+
+            if self.is_established and self.acse.is_release_requested():
+                self.acse.send_release(is_response=True)
+                LOGGER.info("Association Released")
+                self.is_released = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_RELEASED, {})
+                self.kill()
+                return
+
+            if self.acse.is_aborted():
+                log_msg = "Association Aborted"
+                if self.acse.is_aborted("a-p-abort"):
+                    log_msg += " (A-P-ABORT)"
+                LOGGER.info(log_msg)
+                self.dul.receive_pdu(wait=False)  # EVT_ACSE_RECV fires for subscribers
+                self.is_aborted = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_ABORTED, {})
+                self.kill()
+                return
+
+            if not self.dul.is_alive():
+                self.kill()
+                return
+
+            if self.dul.idle_timer_expired():
+                LOGGER.error("Network timeout reached")
+                if self.network_timeout_response == "A-RELEASE":
+                    self._is_paused = True
+                    self._reactor_checkpoint.wait()
+                    self.release()
+                    self._is_paused = False
+                else:
+                    self.abort()
+                self.kill()
+                return
+
+    def kill(self) -> None:
+        super().kill()
+        self._activity.set()
 
 
 def _recv_exactly(connection: socket.socket, view: memoryview) -> int:
@@ -105,17 +253,36 @@ class IngestRequestHandler(RequestHandler):
     def _create_association(self) -> "Association":
         association = super()._create_association()
         association_socket = association.dul.socket
-        if type(association_socket) is not AssociationSocket:
+        if (
+            type(association_socket) is not AssociationSocket
+            or type(association) is not Association
+        ):
             raise UnsupportedPynetdicomError(
-                f"expected pynetdicom's AssociationSocket, got {type(association_socket).__name__}"
+                f"expected pynetdicom's Association and AssociationSocket, got "
+                f"{type(association).__name__} and {type(association_socket).__name__}"
             )
-        # Re-classed, not re-made: the constructor queues Evt5 (connection
-        # open), and a second socket would queue it twice.  IngestSocket adds
-        # no state, only methods.
-        association_socket.__class__ = IngestSocket
-        # The socket now waits in select for READY_WAIT_SECONDS: a sleep on top only adds delay.
-        association.dul._run_loop_delay = 0
+        _wait_for_work(association, association_socket)
         return association
+
+
+def _wait_for_work(association: Association, association_socket: AssociationSocket) -> None:
+    """Re-class the association and its socket so that both threads block until there is work.
+
+    Re-classed, not re-made: the socket's constructor queues Evt5 (connection
+    open), and a second socket would queue it twice.  The queues are swapped
+    while they are still empty, before the association's threads start.
+    """
+    dul = association.dul
+    doorbell = Doorbell()
+    activity = threading.Event()
+    association_socket.__class__ = IngestSocket
+    association.__class__ = IngestAssociation
+    cast(IngestAssociation, association)._activity = activity
+    dul.to_provider_queue = WakingQueue(doorbell.ring)
+    dul.to_user_queue = WakingQueue(activity.set)
+    association.dimse.msg_queue = WakingQueue(activity.set)
+    cast(IngestSocket, association_socket).attach_outgoing(dul.to_provider_queue, doorbell)
+    dul._run_loop_delay = 0  # the socket waits in select: a sleep on top only adds delay
 
 
 def use_ingest_sockets(server: "ThreadedAssociationServer") -> None:
