@@ -10,7 +10,7 @@ import contextlib
 import errno
 import os
 import re
-import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
@@ -21,6 +21,7 @@ TEMP_DIRNAME = ".tmp"
 """Inside the spool; a UID is digits and dots, so it can never collide with this name."""
 TEMP_SUFFIX = ".part"
 FILE_SUFFIX = ".dcm"
+KNOWN_DIRS_LIMIT = 10_000
 
 _UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
 _UID_MAX_LENGTH = 64
@@ -80,6 +81,8 @@ class Spool:
         self.fsync = fsync
         self.root = storage_dir / SPOOL_DIRNAME
         self.temp_dir = self.root / TEMP_DIRNAME
+        self._known_dirs: set[Path] = set()
+        """Directories this spool made or found: not looked at again for every instance."""
 
     def write(
         self,
@@ -104,13 +107,20 @@ class Spool:
         relative = relative_instance_path(study_instance_uid, series_instance_uid, sop_instance_uid)
         target = self.storage_dir / relative
         try:
-            self._ensure_dir(self.temp_dir)
-            self._ensure_dir(target.parent)
-            temp_path = self._write_temp(data)
-            self._replace(temp_path, target)
+            try:
+                self._write_atomically(target, sop_instance_uid, data)
+            except FileNotFoundError:  # a directory went away since it was made: make it again
+                self._known_dirs.clear()
+                self._write_atomically(target, sop_instance_uid, data)
         except OSError as exc:
             raise _storage_error(exc, sop_instance_uid) from exc
         return Path(relative)
+
+    def _write_atomically(self, target: Path, sop_instance_uid: str, data: bytes) -> None:
+        self._ensure_dir(self.temp_dir)
+        self._ensure_dir(target.parent)
+        temp_path = self._write_temp(sop_instance_uid, data)
+        self._replace(temp_path, target)
 
     def absolute(self, relative_path: str | Path) -> Path:
         """The absolute path of a path the journal stores."""
@@ -130,22 +140,33 @@ class Spool:
             if all(is_safe_uid(part) for part in (*relative.parts[1:3], path.stem)):
                 yield relative
 
-    def _write_temp(self, data: bytes) -> Path:
-        fd, name = tempfile.mkstemp(suffix=TEMP_SUFFIX, dir=self.temp_dir)
+    def _write_temp(self, sop_instance_uid: str, data: bytes) -> Path:
+        # One name per process and thread: no other writer can hold it at the same time.
+        name = f"{sop_instance_uid}.{os.getpid()}.{threading.get_ident()}{TEMP_SUFFIX}"
+        path = self.temp_dir / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            with os.fdopen(fd, "wb") as file:
-                file.write(data)
-                file.flush()
-                if self.fsync:
-                    os.fsync(file.fileno())
+            with memoryview(data) as view:
+                written = 0
+                while written < len(view):
+                    written += os.write(fd, view[written:])
+            if self.fsync:
+                os.fsync(fd)
         except OSError:
-            _remove_quietly(Path(name))
+            os.close(fd)
+            _remove_quietly(path)
             raise
-        return Path(name)
+        os.close(fd)
+        return path
 
     def _ensure_dir(self, directory: Path) -> None:
         """Create ``directory`` (and parents) durably: a new entry is fsync'd in its parent."""
+        if directory in self._known_dirs:
+            return
+        if len(self._known_dirs) >= KNOWN_DIRS_LIMIT:  # one per series: bound the memory
+            self._known_dirs.clear()
         if directory.is_dir():
+            self._known_dirs.add(directory)
             return
         missing = [d for d in (directory, *directory.parents) if not d.exists()]
         for new_dir in reversed(missing):
@@ -154,6 +175,7 @@ class Spool:
                 _fsync_dir(new_dir.parent)
         if not directory.is_dir():
             raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(directory))
+        self._known_dirs.add(directory)
 
     def _replace(self, temp_path: Path, target: Path) -> None:
         try:
