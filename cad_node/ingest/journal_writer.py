@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cad_node.errors import StorageError
-from cad_node.store.instances import InstanceRecord, RecordOutcome, record_instance
+from cad_node.store.instances import InstanceRecord, RecordOutcome, record_instances
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class JournalWriter:
     def _commit(self, records: Sequence[InstanceRecord]) -> list[RecordOutcome]:
         now = self._clock()
         with self._sessionmaker.begin() as session:
-            return [record_instance(session, record, now) for record in records]
+            return record_instances(session, records, now)
 
 
 def _translated(exc: Exception) -> Exception:

@@ -5,7 +5,7 @@ then acknowledges the instance to its sender.
 """
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import PurePosixPath
@@ -116,13 +116,45 @@ def record_instance(session: Session, record: InstanceRecord, now: datetime) -> 
     row is then locked (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite holds
     its single write lock from the first insert).
     """
+    return record_instances(session, [record], now)[0]
+
+
+def record_instances(
+    session: Session, records: Sequence[InstanceRecord], now: datetime
+) -> list[RecordOutcome]:
+    """:func:`record_instance` for each of ``records``, in order, in ``session``'s transaction.
+
+    Each study is inserted and each series locked once for the whole batch, and
+    the series rows are written once at the end (ingest profile: one series
+    UPDATE per instance was a third of the journal's time with concurrent senders).
+    """
+    studies: set[str] = set()
+    series_rows: dict[str, Series] = {}
+    with session.no_autoflush:
+        outcomes = [_record(session, record, now, studies, series_rows) for record in records]
+    session.flush()
+    return outcomes
+
+
+def _record(
+    session: Session,
+    record: InstanceRecord,
+    now: datetime,
+    studies: set[str],
+    series_rows: dict[str, Series],
+) -> RecordOutcome:
     # The study insert comes first because it takes SQLite's write lock: a
     # transaction that read first could not upgrade once another writer committed.
-    study_row = {"study_instance_uid": record.study_instance_uid, "created_at": now}
-    _insert_if_absent(session, Study, study_row)
-    series = _lock_series(session, record.series_instance_uid) or _insert_series(
-        session, record, now
-    )
+    if record.study_instance_uid not in studies:
+        study_row = {"study_instance_uid": record.study_instance_uid, "created_at": now}
+        _insert_if_absent(session, Study, study_row)
+        studies.add(record.study_instance_uid)
+    series = series_rows.get(record.series_instance_uid)
+    if series is None:
+        series = _lock_series(session, record.series_instance_uid) or _insert_series(
+            session, record, now
+        )
+        series_rows[record.series_instance_uid] = series
     late = series.state != SeriesState.RECEIVING
     revision = series.revision + 1 if late else series.revision
     is_new = _insert_if_absent(session, Instance, _instance_row(record, revision, now))
@@ -130,7 +162,6 @@ def record_instance(session: Session, record: InstanceRecord, now: datetime) -> 
         _count_new_instance(series, record, revision, now)
     else:
         _refresh_resent_instance(session, series, record, now)
-    session.flush()
     return RecordOutcome(
         sop_instance_uid=record.sop_instance_uid,
         series_instance_uid=record.series_instance_uid,

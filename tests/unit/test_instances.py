@@ -9,7 +9,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from cad_node.domain.states import SeriesState
-from cad_node.store.instances import InstanceRecord, RecordOutcome, record_instance
+from cad_node.store.instances import (
+    InstanceRecord,
+    RecordOutcome,
+    record_instance,
+    record_instances,
+)
 from cad_node.store.schema import Instance, Series, Study
 from tests.conftest import Journal
 
@@ -136,6 +141,47 @@ def test_a_late_instance_raises_the_revision(any_journal: Journal, state: Series
         2,
     )
     assert revisions == {1: 1, 2: 2}
+
+
+def test_a_batch_counts_each_instance_in_order_and_a_duplicate_once(any_journal: Journal) -> None:
+    other_series = "1.2.826.0.1.3680043.8.498.13"
+    batch = [
+        make_record(1, expected_count=3),
+        make_record(2, expected_count=3),
+        make_record(9, series_instance_uid=other_series),
+        make_record(2, expected_count=3),  # the same instance twice in one transaction
+        make_record(3, expected_count=3),
+    ]
+    with any_journal.sessionmaker.begin() as session:
+        outcomes = record_instances(session, batch, T0)
+
+    assert [(o.is_new, o.instance_count) for o in outcomes] == [
+        (True, 1),
+        (True, 2),
+        (True, 1),
+        (False, 2),
+        (True, 3),
+    ]
+    assert [o.expected_count_reached for o in outcomes] == [False, False, False, False, True]
+    with any_journal.sessionmaker() as session:
+        counts = dict(
+            session.execute(select(Series.series_instance_uid, Series.instance_count)).all()
+        )
+        instances = session.scalar(select(func.count()).select_from(Instance))
+        studies = session.scalar(select(func.count()).select_from(Study))
+    assert counts == {SERIES: 3, other_series: 1}
+    assert (instances, studies) == (4, 1)
+
+
+def test_a_late_batch_raises_the_revision_once(any_journal: Journal) -> None:
+    record(any_journal, make_record(1))
+    with any_journal.sessionmaker.begin() as session:
+        series_row(session).state = SeriesState.ROUTED
+
+    with any_journal.sessionmaker.begin() as session:
+        outcomes = record_instances(session, [make_record(2), make_record(3)], T0)
+
+    assert [(o.revision_raised, o.series_revision) for o in outcomes] == [(True, 2), (False, 2)]
 
 
 def test_a_resend_after_completion_changes_nothing(any_journal: Journal) -> None:
