@@ -1,7 +1,6 @@
 """Wiring: builds a running node from its settings (the one place that knows every part)."""
 
 import logging
-import ssl
 import threading
 from dataclasses import dataclass, field
 
@@ -19,12 +18,10 @@ from cad_node.export.service import deliver_due
 from cad_node.ingest.processes import IngestProcesses
 from cad_node.ingest.recovery import reindex_spool
 from cad_node.ingest.scp import StorageSCP
-from cad_node.ingest.spool import Spool
 from cad_node.models.registry import ModelRegistry
 from cad_node.pipeline.assemble import Assembler
 from cad_node.pipeline.work import Worker
-from cad_node.security.peers import PeerPolicy
-from cad_node.security.tls import client_context, server_context
+from cad_node.security.tls import client_context
 from cad_node.store.catalog import DestinationBook
 from cad_node.store.db import create_schema, make_engine, session_factory
 from cad_node.store.instances import RecordOutcome
@@ -77,18 +74,12 @@ class Node:
         self.destination_book = DestinationBook(self.sessions, self.clock)
         self.destination_book.seed(self.settings.destinations)
         self.registry = model_registry(self.settings)
-        self.scp = StorageSCP(
-            ae_title=self.settings.ae_title,
-            bind_address=self.settings.bind_address,
+        self.scp = StorageSCP.from_settings(
+            self.settings,
+            self.sessions,
+            self.clock,
             port=self.settings.port,
-            allowed_calling_aets=self.settings.allowed_calling_aets,
-            peers=PeerPolicy.from_settings(self.settings),
-            spool=Spool(storage_dir),
-            sessionmaker=self.sessions,
-            clock=self.clock,
             on_instance=self._on_instance,
-            ssl_context=self._ssl_context(),
-            reuse_port=self.settings.ingest_processes > 1,
         )
         self.assembler = Assembler(
             sessions=self.sessions,
@@ -103,10 +94,6 @@ class Node:
         ]
         self.worker = self.workers[0]
         self._check_destination_tls()
-
-    def _ssl_context(self) -> ssl.SSLContext | None:
-        tls = self.settings.tls
-        return None if tls is None else server_context(tls)
 
     def _check_destination_tls(self) -> None:
         """Load every destination's TLS files now: a bad path stops start-up, not an export."""

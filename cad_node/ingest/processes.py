@@ -91,10 +91,6 @@ class IngestProcesses:
                 child.wait()
         self._children.clear()
 
-    @property
-    def pids(self) -> list[int]:
-        return [child.pid for child in self._children]
-
     def _spawn(self) -> "subprocess.Popen[bytes]":
         argv = [sys.executable, "-m", "cad_node", "ingest", "--port", str(self.port)]
         child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
@@ -117,9 +113,6 @@ def _wait_until_listening(child: "subprocess.Popen[bytes]", seconds: float) -> N
 def run_ingest_process(settings: Settings, port: int) -> None:
     """The ``cad-node ingest`` process: a Storage SCP on ``port`` until SIGTERM or SIGINT."""
     from cad_node.ingest.scp import StorageSCP
-    from cad_node.ingest.spool import Spool
-    from cad_node.security.peers import PeerPolicy
-    from cad_node.security.tls import server_context
     from cad_node.store.db import make_engine, session_factory
 
     parent = os.getppid()
@@ -134,18 +127,7 @@ def run_ingest_process(settings: Settings, port: int) -> None:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     engine = make_engine(settings.resolved_database_url)
-    scp = StorageSCP(
-        ae_title=settings.ae_title,
-        bind_address=settings.bind_address,
-        port=port,
-        allowed_calling_aets=settings.allowed_calling_aets,
-        peers=PeerPolicy.from_settings(settings),
-        spool=Spool(settings.storage_dir),
-        sessionmaker=session_factory(engine),
-        clock=utc_now,
-        ssl_context=None if settings.tls is None else server_context(settings.tls),
-        reuse_port=True,
-    )
+    scp = StorageSCP.from_settings(settings, session_factory(engine), utc_now, port=port)
     try:
         scp.start()
         print(READY, flush=True)

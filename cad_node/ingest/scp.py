@@ -22,6 +22,7 @@ from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.orm import Session, sessionmaker
 
+from cad_node.config import Settings
 from cad_node.errors import StorageError
 from cad_node.ingest.header import (
     DatasetMismatchError,
@@ -35,7 +36,7 @@ from cad_node.ingest.journal_writer import JournalWriter
 from cad_node.ingest.spool import Spool, relative_instance_path
 from cad_node.ingest.transport import check_pynetdicom_version, use_ingest_sockets
 from cad_node.security.peers import PeerPolicy, PeerService
-from cad_node.security.tls import handshake_in_association_thread
+from cad_node.security.tls import handshake_in_association_thread, server_context
 from cad_node.store.instances import InstanceRecord, RecordOutcome
 
 logger = logging.getLogger(__name__)
@@ -137,6 +138,32 @@ class StorageSCP:
         self._ae = _make_ae(ae_title, maximum_associations)
         self._server: ThreadedAssociationServer | None = None
         self._ssl_context = ssl_context
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        sessionmaker: sessionmaker[Session],
+        clock: Callable[[], datetime],
+        *,
+        port: int,
+        on_instance: OnInstance | None = None,
+    ) -> "StorageSCP":
+        """The node's SCP as ``settings`` describe it, on ``port`` (``cad-node serve``'s own,
+        or that of an extra ``cad-node ingest`` process: the same port, shared)."""
+        return cls(
+            ae_title=settings.ae_title,
+            bind_address=settings.bind_address,
+            port=port,
+            allowed_calling_aets=settings.allowed_calling_aets,
+            peers=PeerPolicy.from_settings(settings),
+            spool=Spool(settings.storage_dir),
+            sessionmaker=sessionmaker,
+            clock=clock,
+            on_instance=on_instance,
+            ssl_context=None if settings.tls is None else server_context(settings.tls),
+            reuse_port=settings.ingest_processes > 1,
+        )
 
     @property
     def port(self) -> int:

@@ -153,10 +153,10 @@ class Spool:
             if self.fsync:
                 os.fsync(fd)
         except OSError:
-            os.close(fd)
             _remove_quietly(path)
             raise
-        os.close(fd)
+        finally:
+            os.close(fd)
         return path
 
     def _ensure_dir(self, directory: Path) -> None:
