@@ -5,22 +5,26 @@ only the elements before Pixel Data are parsed; pixel data is never decoded and
 the bytes are stored exactly as received.
 """
 
+import functools
 import struct
 import zlib
+from dataclasses import dataclass
 from io import BytesIO
 from pathlib import PurePath
 
 from pydicom import Dataset
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.filereader import data_element_generator
+from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, ExplicitVRLittleEndian
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 
 from cad_node.errors import CadNodeError
 from cad_node.ingest.spool import is_safe_uid
-from cad_node.routing.attributes import extract_attributes
+from cad_node.routing.attributes import ROUTING_KEYWORDS, JsonValue, extract_attributes
 from cad_node.store.instances import InstanceRecord
 
 _FIRST_PIXEL_DATA_TAG = 0x7FE00008
@@ -181,10 +185,7 @@ def instance_record(
         If a routing attribute's value cannot be read in its VR.
     """
     identity = identifying_uids(header)
-    try:
-        attributes = extract_attributes(header, calling_ae_title)
-    except PARSE_ERRORS as exc:
-        raise UndecodableDatasetError(f"unreadable attribute: {type(exc).__name__}") from exc
+    described = _description(header, calling_ae_title.strip())
     return InstanceRecord(
         sop_instance_uid=identity[0],
         sop_class_uid=identity[1],
@@ -195,6 +196,90 @@ def instance_record(
         path=path.as_posix(),
         size_bytes=size_bytes,
         calling_ae_title=calling_ae_title.strip(),
+        attributes=dict(described.attributes),
+        expected_count=described.expected_count,
+        image_laterality=described.image_laterality,
+        view_position=described.view_position,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Description:
+    """What the routing elements of a header say: the same for every image of a series."""
+
+    attributes: dict[str, JsonValue]
+    expected_count: int | None
+    image_laterality: str | None
+    view_position: str | None
+
+
+DESCRIPTION_CACHE_SIZE = 256
+"""Distinct sets of routing elements whose decoded values are kept (a few per series)."""
+
+_DESCRIBING_TAGS = tuple(
+    BaseTag(tag_for_keyword(keyword) or 0)
+    for keyword in ("SpecificCharacterSet", *ROUTING_KEYWORDS)
+)
+"""The elements a description is decoded from; Specific Character Set decodes the text ones."""
+
+_KeyPart = RawDataElement | tuple[BaseTag, str, object] | None
+"""A raw element (position left out), a decoded one as (tag, VR, value), or None: absent."""
+
+
+def _description(header: Dataset, calling_ae_title: str) -> _Description:
+    """Decoded once per distinct set of routing elements, then reused.
+
+    Every image of a series repeats the same Modality, Series Description ...
+    byte for byte, and decoding them through pydicom was most of the cost of a
+    header after its parse (ingest profile, docs/benchmarks.md).  The key is the
+    elements themselves: raw (tag, VR, length, bytes, encoding) or, for one
+    pydicom has decoded already (SOP Class UID, Specific Character Set), its
+    value; a different byte anywhere gives a fresh decode.
+    """
+    key = _key(header)
+    if key is None:
+        return _decoded_description(header, calling_ae_title)
+    return _cached_description(key, calling_ae_title)
+
+
+def _key(header: Dataset) -> tuple[_KeyPart, ...] | None:
+    """The routing elements as a cache key; None when one has a value that cannot be a key."""
+    key: list[_KeyPart] = []
+    for tag in _DESCRIBING_TAGS:
+        element = header.get_item(tag, keep_deferred=True)
+        if element is None:
+            key.append(None)
+        elif isinstance(element, RawDataElement):
+            if not isinstance(element.value, bytes):
+                return None
+            key.append(element._replace(value_tell=0))
+        else:
+            value = element.value
+            frozen = tuple(value) if isinstance(value, MultiValue) else value
+            if not isinstance(frozen, str | int | float | tuple):
+                return None
+            key.append((tag, element.VR, frozen))
+    return tuple(key)
+
+
+@functools.lru_cache(maxsize=DESCRIPTION_CACHE_SIZE)
+def _cached_description(key: tuple[_KeyPart, ...], calling_ae_title: str) -> _Description:
+    header = Dataset()
+    for part in key:
+        if isinstance(part, RawDataElement):
+            header[part.tag] = part
+        elif part is not None:
+            tag, vr, value = part
+            header[tag] = DataElement(tag, vr, list(value) if isinstance(value, tuple) else value)
+    return _decoded_description(header, calling_ae_title)
+
+
+def _decoded_description(header: Dataset, calling_ae_title: str) -> _Description:
+    try:
+        attributes = extract_attributes(header, calling_ae_title)
+    except PARSE_ERRORS as exc:
+        raise UndecodableDatasetError(f"unreadable attribute: {type(exc).__name__}") from exc
+    return _Description(
         attributes=attributes,
         expected_count=expected_count(header),
         image_laterality=optional_code_string(header, "ImageLaterality")

@@ -14,16 +14,15 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import cast
 
-from pydicom.dataset import FileMetaDataset
 from pynetdicom import AE, VerificationPresentationContexts, _config, evt
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.orm import Session, sessionmaker
 
 from cad_node.config import Settings
 from cad_node.errors import StorageError
+from cad_node.ingest.file_meta import file_header
 from cad_node.ingest.header import (
     DatasetMismatchError,
     UndecodableDatasetError,
@@ -60,8 +59,6 @@ DCMTK senders then send 128 KiB P-DATA-TF PDUs (their largest) instead of
 16 KiB ones: a 0.5 MB image arrives in 4 PDUs, not 32.  Bounded rather than 0
 (unlimited), because one PDU is held in memory whole while it is read.
 """
-
-_PREAMBLE = b"\x00" * 128 + b"DICM"
 
 OnInstance = Callable[[RecordOutcome], None]
 
@@ -325,7 +322,7 @@ def _received_instance(event: Event) -> tuple[InstanceRecord, bytes]:
         header, str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID)
     )
     sop_instance_uid, _, series_instance_uid, study_instance_uid = identifying_uids(header)
-    data = _file_bytes(event, calling_ae_title, stream)
+    data = _file_bytes(request, transfer_syntax_uid, calling_ae_title, stream)
     record = instance_record(
         header,
         transfer_syntax_uid=transfer_syntax_uid,
@@ -344,16 +341,21 @@ def _make_ae(ae_title: str, maximum_associations: int) -> AE:
     return ae
 
 
-def _file_bytes(event: Event, calling_ae_title: str, stream: bytes) -> bytes:
+def _file_bytes(
+    request: C_STORE, transfer_syntax_uid: str, calling_ae_title: str, stream: bytes
+) -> bytes:
     """The DICOM file (PS3.10 7.1): preamble, File Meta Information, the data set as received.
 
     Source Application Entity Title (0002,0016) records the sender, so a file
     re-indexed after a crash keeps its calling AE title.
     """
-    file_meta: FileMetaDataset = event.file_meta
-    if calling_ae_title:
-        file_meta.SourceApplicationEntityTitle = calling_ae_title
-    return b"".join((_PREAMBLE, encode_file_meta(file_meta), stream))
+    header = file_header(
+        sop_class_uid=str(request.AffectedSOPClassUID),
+        sop_instance_uid=str(request.AffectedSOPInstanceUID),
+        transfer_syntax_uid=transfer_syntax_uid,
+        source_ae_title=calling_ae_title,
+    )
+    return b"".join((header, stream))
 
 
 def _log_rejection(event: Event) -> None:
