@@ -222,6 +222,10 @@ _DESCRIBING_TAGS = tuple(
 )
 """The elements a description is decoded from; Specific Character Set decodes the text ones."""
 
+_LONGEST_KEY_VALUE = 1024
+"""Bytes of one raw value at most in a cache key: a malformed header's huge value is decoded,
+not kept."""
+
 _KeyPart = RawDataElement | tuple[BaseTag, str, object] | None
 """A raw element (position left out), a decoded one as (tag, VR, value), or None: absent."""
 
@@ -250,7 +254,7 @@ def _key(header: Dataset) -> tuple[_KeyPart, ...] | None:
         if element is None:
             key.append(None)
         elif isinstance(element, RawDataElement):
-            if not isinstance(element.value, bytes):
+            if not isinstance(element.value, bytes) or len(element.value) > _LONGEST_KEY_VALUE:
                 return None
             key.append(element._replace(value_tell=0))
         else:

@@ -17,6 +17,7 @@ from cad_node.ingest.header import (
     identifying_uids,
     instance_record,
 )
+from cad_node.store.instances import InstanceRecord
 from tests.conftest import pydicom_file
 
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
@@ -190,3 +191,50 @@ def test_a_malformed_routing_attribute_is_kept_as_text_not_refused() -> None:
 
     assert record.sop_instance_uid == "1.2.3.4"
     assert record.attributes["SliceThickness"] == "abc"
+
+
+def routing_stream(sop_instance_uid: bytes, series_description: bytes, charset: bytes) -> bytes:
+    """An implicit VR header with a character set and a text routing attribute."""
+    return b"".join(
+        [
+            implicit_element(0x0008, 0x0005, charset),  # SpecificCharacterSet
+            implicit_element(0x0008, 0x0016, b"1.2.840.10008.5.1.4.1.1.2\x00"),
+            implicit_element(0x0008, 0x0018, sop_instance_uid),
+            implicit_element(0x0008, 0x0060, b"CT"),  # Modality
+            implicit_element(0x0008, 0x103E, series_description),  # SeriesDescription, LO
+            implicit_element(0x0020, 0x000D, b"1.2.3.1\x00"),
+            implicit_element(0x0020, 0x000E, b"1.2.3.2\x00"),
+        ]
+    )
+
+
+def record_of(stream: bytes) -> InstanceRecord:
+    header = decode_header(stream, IMPLICIT_VR_LITTLE_ENDIAN)
+    check_matches_request(header, "1.2.840.10008.5.1.4.1.1.2", str(header.SOPInstanceUID))
+    return instance_record(
+        header,
+        transfer_syntax_uid=IMPLICIT_VR_LITTLE_ENDIAN,
+        calling_ae_title="SCANNER",
+        path=PurePosixPath("x.dcm"),
+        size_bytes=1,
+    )
+
+
+def test_images_of_a_series_share_one_decoded_description() -> None:
+    first = record_of(routing_stream(b"1.2.3.4\x00", b"Thorax \xe9", b"ISO_IR 100"))
+    second = record_of(routing_stream(b"1.2.3.6\x00", b"Thorax \xe9", b"ISO_IR 100"))
+
+    assert first.attributes == second.attributes
+    assert first.attributes["SeriesDescription"] == "Thorax é"
+    assert first.attributes is not second.attributes  # each record owns its mapping
+    assert (first.sop_instance_uid, second.sop_instance_uid) == ("1.2.3.4", "1.2.3.6")
+
+
+def test_a_changed_byte_or_character_set_is_decoded_afresh() -> None:
+    latin1 = record_of(routing_stream(b"1.2.3.4\x00", b"Thorax \xe9", b"ISO_IR 100"))
+    other_text = record_of(routing_stream(b"1.2.3.4\x00", b"Thorax e", b"ISO_IR 100"))
+    cyrillic = record_of(routing_stream(b"1.2.3.4\x00", b"Thorax \xe9", b"ISO_IR 144"))
+
+    assert other_text.attributes["SeriesDescription"] == "Thorax e"
+    assert cyrillic.attributes["SeriesDescription"] == "Thorax щ"  # 0xE9 in ISO 8859-5
+    assert latin1.attributes["SeriesDescription"] == "Thorax é"
