@@ -69,11 +69,18 @@ def configure_pynetdicom() -> None:
     Identifier logging is off because identifiers carry patient data; the
     unrestricted storage service accepts storage SOP classes newer than
     pynetdicom knows (each with the first transfer syntax proposed).
+
+    pynetdicom's standard event handlers describe every PDU and DIMSE message
+    for its INFO and DEBUG log, whether that log is on or not (each C-STORE-RQ's
+    description copies its whole data set to see that it is not empty): they
+    are bound only while the ``pynetdicom`` logger is on at INFO.
     """
     check_pynetdicom_version()
     _config.LOG_REQUEST_IDENTIFIERS = False
     _config.LOG_RESPONSE_IDENTIFIERS = False
     _config.UNRESTRICTED_STORAGE_SERVICE = True
+    describes = logging.getLogger("pynetdicom").isEnabledFor(logging.INFO)
+    _config.LOG_HANDLER_LEVEL = "standard" if describes else "none"
 
 
 class StorageSCP:
