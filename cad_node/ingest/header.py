@@ -8,6 +8,7 @@ the bytes are stored exactly as received.
 import functools
 import struct
 import zlib
+from contextlib import suppress
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import PurePath
@@ -61,13 +62,14 @@ class DatasetMismatchError(CadNodeError):
     """
 
 
-def decode_header(stream: bytes, transfer_syntax_uid: str) -> Dataset:
+def decode_header(stream: bytes | memoryview, transfer_syntax_uid: str) -> Dataset:
     """The elements of an encoded data set that come before Pixel Data.
 
     Parameters
     ----------
     stream
-        The data set as received (no File Meta Information), deflated or not.
+        The data set as received (no File Meta Information), deflated or not;
+        a view of the received buffer is read without copying it.
     transfer_syntax_uid
         The transfer syntax of the presentation context it came on.
 
@@ -81,7 +83,7 @@ def decode_header(stream: bytes, transfer_syntax_uid: str) -> Dataset:
     try:
         if is_deflated:
             stream = zlib.decompress(stream, -zlib.MAX_WBITS)
-        elements = _header_elements(stream, is_implicit_vr, is_little_endian)
+        elements = _header_elements_from_prefix(stream, is_implicit_vr, is_little_endian)
     except PARSE_ERRORS as exc:
         raise UndecodableDatasetError(f"cannot parse the data set: {type(exc).__name__}") from exc
     return Dataset(elements)
@@ -104,9 +106,49 @@ def _encoding_of(transfer_syntax: UID) -> tuple[bool, bool, bool]:
         return explicit.is_implicit_VR, explicit.is_little_endian, explicit.is_deflated
 
 
-def _header_elements(
-    stream: bytes, is_implicit_vr: bool, is_little_endian: bool
+HEADER_PREFIX_BYTES = 65_536
+"""How much of a data set is parsed first: the header of an image almost always ends before."""
+
+
+class _HeaderBeyondPrefixError(Exception):
+    """The prefix ended (or cut an element) before the bulk data: parse the whole stream."""
+
+
+def _header_elements_from_prefix(
+    stream: bytes | memoryview, is_implicit_vr: bool, is_little_endian: bool
 ) -> dict[BaseTag, DataElement | RawDataElement]:
+    """The header parsed from the first :data:`HEADER_PREFIX_BYTES`, else from the whole stream.
+
+    A prefix parse that reaches the bulk data gives the same elements as a
+    whole-stream parse (every element checked to end inside the prefix), while
+    a 0.5 MB image is not copied into a file object to read its first kilobytes.
+    """
+    if len(stream) > HEADER_PREFIX_BYTES:
+        with suppress(_HeaderBeyondPrefixError, *PARSE_ERRORS):
+            return _header_elements(
+                stream[:HEADER_PREFIX_BYTES],
+                is_implicit_vr,
+                is_little_endian,
+                stream_length=len(stream),
+            )
+    return _header_elements(stream, is_implicit_vr, is_little_endian, stream_length=len(stream))
+
+
+def _header_elements(
+    stream: bytes | memoryview,
+    is_implicit_vr: bool,
+    is_little_endian: bool,
+    *,
+    stream_length: int,
+) -> dict[BaseTag, DataElement | RawDataElement]:
+    """Elements of ``stream`` (the whole data set, or its first ``len(stream)`` of
+    ``stream_length`` bytes) up to the bulk data.
+
+    Raises
+    ------
+    _HeaderBeyondPrefixError
+        If ``stream`` is a prefix and ends before the bulk data.
+    """
     elements: dict[BaseTag, DataElement | RawDataElement] = {}
     previous_tag = -1
     bulk_data: list[tuple[str | None, int]] = []
@@ -125,7 +167,9 @@ def _header_elements(
         elements[BaseTag(element.tag)] = element
         previous_tag = element.tag
     if bulk_data:  # pydicom left ``fp`` at the start of the bulk data element
-        _check_bulk_data_length(*bulk_data[0], fp.tell(), len(stream), is_implicit_vr)
+        _check_bulk_data_length(*bulk_data[0], fp.tell(), stream_length, is_implicit_vr)
+    elif len(stream) < stream_length:
+        raise _HeaderBeyondPrefixError
     return elements
 
 
@@ -174,8 +218,11 @@ def instance_record(
     calling_ae_title: str,
     path: PurePath,
     size_bytes: int,
+    identity: tuple[str, str, str, str] | None = None,
 ) -> InstanceRecord:
     """The journal record of one received instance, from its header.
+
+    ``identity``: its identifying UIDs when already read (:func:`check_matches_request`).
 
     Raises
     ------
@@ -184,7 +231,8 @@ def instance_record(
     UndecodableDatasetError
         If a routing attribute's value cannot be read in its VR.
     """
-    identity = identifying_uids(header)
+    if identity is None:
+        identity = identifying_uids(header)
     described = _description(header, calling_ae_title.strip())
     return InstanceRecord(
         sop_instance_uid=identity[0],
@@ -318,19 +366,26 @@ def _uid(header: Dataset, keyword: str) -> str:
 
 def check_matches_request(
     header: Dataset, affected_sop_class_uid: str, affected_sop_instance_uid: str
-) -> None:
+) -> tuple[str, str, str, str]:
     """The data set's SOP Class and Instance UIDs equal the request's Affected ones (PS3.7 9.1.1).
+
+    Returns
+    -------
+    tuple[str, str, str, str]
+        The identifying UIDs, as :func:`identifying_uids` gives them.
 
     Raises
     ------
     DatasetMismatchError
-        If either differs.
+        If one is missing or invalid, or either differs.
     """
-    sop_instance_uid, sop_class_uid, _, _ = identifying_uids(header)
+    identity = identifying_uids(header)
+    sop_instance_uid, sop_class_uid, _, _ = identity
     if sop_class_uid != str(affected_sop_class_uid).strip():
         raise DatasetMismatchError("SOPClassUID differs from the Affected SOP Class UID")
     if sop_instance_uid != str(affected_sop_instance_uid).strip():
         raise DatasetMismatchError("SOPInstanceUID differs from the Affected SOP Instance UID")
+    return identity
 
 
 def expected_count(header: Dataset) -> int | None:

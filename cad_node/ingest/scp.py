@@ -12,6 +12,7 @@ import threading
 import traceback
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from io import BytesIO
 from typing import cast
 
 from pynetdicom import AE, VerificationPresentationContexts, _config, evt
@@ -28,7 +29,6 @@ from cad_node.ingest.header import (
     UndecodableDatasetError,
     check_matches_request,
     decode_header,
-    identifying_uids,
     instance_record,
 )
 from cad_node.ingest.journal_writer import JournalWriter
@@ -285,7 +285,9 @@ class StorageSCP:
         self._notify(outcome)
         return STATUS_SUCCESS
 
-    def _write_and_record(self, record: InstanceRecord, data: bytes) -> RecordOutcome:
+    def _write_and_record(
+        self, record: InstanceRecord, data: tuple[bytes, memoryview]
+    ) -> RecordOutcome:
         """Bytes on disk first, then the row: only both together earn 0x0000."""
         self._spool.write(
             record.study_instance_uid, record.series_instance_uid, record.sop_instance_uid, data
@@ -309,8 +311,12 @@ class StorageSCP:
             )
 
 
-def _received_instance(event: Event) -> tuple[InstanceRecord, bytes]:
-    """The journal record and the file bytes of a C-STORE request, from its header only.
+def _received_instance(event: Event) -> tuple[InstanceRecord, tuple[bytes, memoryview]]:
+    """The journal record and the file of a C-STORE request, from its header only.
+
+    The file is returned as its two parts, the file header and a view of the
+    data set as received, written out without joining them (no copy of the
+    data set is made between the socket and the spool).
 
     Raises
     ------
@@ -323,21 +329,22 @@ def _received_instance(event: Event) -> tuple[InstanceRecord, bytes]:
     request = cast(C_STORE, event.request)
     calling_ae_title = str(event.assoc.requestor.ae_title).strip()
     transfer_syntax_uid = str(event.context.transfer_syntax)
-    stream = event.encoded_dataset(include_meta=False)
-    header = decode_header(stream, transfer_syntax_uid)
-    check_matches_request(
+    data_set = cast(BytesIO, request.DataSet).getbuffer()
+    header = decode_header(data_set, transfer_syntax_uid)
+    identity = check_matches_request(
         header, str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID)
     )
-    sop_instance_uid, _, series_instance_uid, study_instance_uid = identifying_uids(header)
-    data = _file_bytes(request, transfer_syntax_uid, calling_ae_title, stream)
+    sop_instance_uid, _, series_instance_uid, study_instance_uid = identity
+    file_header = _file_header(request, transfer_syntax_uid, calling_ae_title)
     record = instance_record(
         header,
         transfer_syntax_uid=transfer_syntax_uid,
         calling_ae_title=calling_ae_title,
         path=relative_instance_path(study_instance_uid, series_instance_uid, sop_instance_uid),
-        size_bytes=len(data),
+        size_bytes=len(file_header) + len(data_set),
+        identity=identity,
     )
-    return record, data
+    return record, (file_header, data_set)
 
 
 def _make_ae(ae_title: str, maximum_associations: int) -> AE:
@@ -348,21 +355,19 @@ def _make_ae(ae_title: str, maximum_associations: int) -> AE:
     return ae
 
 
-def _file_bytes(
-    request: C_STORE, transfer_syntax_uid: str, calling_ae_title: str, stream: bytes
-) -> bytes:
-    """The DICOM file (PS3.10 7.1): preamble, File Meta Information, the data set as received.
+def _file_header(request: C_STORE, transfer_syntax_uid: str, calling_ae_title: str) -> bytes:
+    """What comes before the data set in the DICOM file (PS3.10 7.1): preamble and File Meta
+    Information.
 
     Source Application Entity Title (0002,0016) records the sender, so a file
     re-indexed after a crash keeps its calling AE title.
     """
-    header = file_header(
+    return file_header(
         sop_class_uid=str(request.AffectedSOPClassUID),
         sop_instance_uid=str(request.AffectedSOPInstanceUID),
         transfer_syntax_uid=transfer_syntax_uid,
         source_ae_title=calling_ae_title,
     )
-    return b"".join((header, stream))
 
 
 def _log_rejection(event: Event) -> None:

@@ -11,7 +11,7 @@ import errno
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 
 from cad_node.errors import StorageError
@@ -22,6 +22,9 @@ TEMP_DIRNAME = ".tmp"
 TEMP_SUFFIX = ".part"
 FILE_SUFFIX = ".dcm"
 KNOWN_DIRS_LIMIT = 10_000
+
+Buffer = bytes | bytearray | memoryview
+"""Bytes to write, copied or not (``collections.abc.Buffer`` needs Python 3.12)."""
 
 _UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
 _UID_MAX_LENGTH = 64
@@ -89,9 +92,12 @@ class Spool:
         study_instance_uid: str,
         series_instance_uid: str,
         sop_instance_uid: str,
-        data: bytes,
+        data: Buffer | Sequence[Buffer],
     ) -> Path:
         """Write ``data`` as the instance's file and return its path relative to storage_dir.
+
+        ``data`` may come in parts (e.g. file header, then the data set as
+        received), written one after the other without joining them.
 
         A resend of the same SOP Instance replaces the earlier file atomically:
         a reader sees either the old or the new file, never a mix.
@@ -116,7 +122,9 @@ class Spool:
             raise _storage_error(exc, sop_instance_uid) from exc
         return Path(relative)
 
-    def _write_atomically(self, target: Path, sop_instance_uid: str, data: bytes) -> None:
+    def _write_atomically(
+        self, target: Path, sop_instance_uid: str, data: Buffer | Sequence[Buffer]
+    ) -> None:
         self._ensure_dir(self.temp_dir)
         self._ensure_dir(target.parent)
         temp_path = self._write_temp(sop_instance_uid, data)
@@ -140,16 +148,13 @@ class Spool:
             if all(is_safe_uid(part) for part in (*relative.parts[1:3], path.stem)):
                 yield relative
 
-    def _write_temp(self, sop_instance_uid: str, data: bytes) -> Path:
+    def _write_temp(self, sop_instance_uid: str, data: Buffer | Sequence[Buffer]) -> Path:
         # One name per process and thread: no other writer can hold it at the same time.
         name = f"{sop_instance_uid}.{os.getpid()}.{threading.get_ident()}{TEMP_SUFFIX}"
         path = self.temp_dir / name
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            with memoryview(data) as view:
-                written = 0
-                while written < len(view):
-                    written += os.write(fd, view[written:])
+            _write_all(fd, [data] if isinstance(data, Buffer) else data)
             if self.fsync:
                 os.fsync(fd)
         except OSError:
@@ -185,6 +190,17 @@ class Spool:
             raise
         if self.fsync:
             _fsync_dir(target.parent)
+
+
+def _write_all(fd: int, parts: Sequence[Buffer]) -> None:
+    """Write ``parts`` in order, in one ``writev`` when the disk takes them whole."""
+    views = [memoryview(part).cast("B") for part in parts]
+    while views:
+        written = os.writev(fd, views)
+        while views and written >= len(views[0]):
+            written -= len(views.pop(0))
+        if views and written:
+            views[0] = views[0][written:]
 
 
 def _fsync_dir(directory: Path) -> None:

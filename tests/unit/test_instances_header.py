@@ -9,6 +9,7 @@ from pydicom import Dataset, dcmread
 from pydicom.filereader import read_file_meta_info
 
 from cad_node.ingest.header import (
+    HEADER_PREFIX_BYTES,
     DatasetMismatchError,
     UndecodableDatasetError,
     check_matches_request,
@@ -238,3 +239,47 @@ def test_a_changed_byte_or_character_set_is_decoded_afresh() -> None:
     assert other_text.attributes["SeriesDescription"] == "Thorax e"
     assert cyrillic.attributes["SeriesDescription"] == "Thorax щ"  # 0xE9 in ISO 8859-5
     assert latin1.attributes["SeriesDescription"] == "Thorax é"
+
+
+def explicit_element(group: int, element: int, vr: bytes, value: bytes) -> bytes:
+    """One data element in explicit VR little endian with a 32-bit length (OB, UN, UT ...)."""
+    return struct.pack("<HH2s2xI", group, element, vr, len(value)) + value
+
+
+def image_stream(private_value_length: int, pixel_length: int, pixels_sent: int) -> bytes:
+    """An explicit VR header with a long private OB element, then Pixel Data (OW)."""
+    return b"".join(
+        [
+            explicit_element(0x0008, 0x0016, b"UN", b"1.2.840.10008.5.1.4.1.1.7\x00"),
+            explicit_element(0x0008, 0x0018, b"UN", b"1.2.3.4\x00"),
+            explicit_element(0x0009, 0x0010, b"UN", b"PRIVATE "),
+            explicit_element(0x0009, 0x1000, b"OB", b"\x01" * private_value_length),
+            explicit_element(0x0020, 0x000D, b"UN", b"1.2.3.1\x00"),
+            explicit_element(0x0020, 0x000E, b"UN", b"1.2.3.2\x00"),
+            struct.pack("<HH2s2xI", 0x7FE0, 0x0010, b"OW", pixel_length),
+            b"\x00" * pixels_sent,
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    "private_value_length",
+    [HEADER_PREFIX_BYTES // 2, HEADER_PREFIX_BYTES - 50, HEADER_PREFIX_BYTES * 2],
+    ids=["header-inside-prefix", "element-cut-by-prefix", "header-longer-than-prefix"],
+)
+def test_a_header_reads_the_same_wherever_the_prefix_ends(private_value_length: int) -> None:
+    stream = image_stream(private_value_length, pixel_length=200_000, pixels_sent=200_000)
+
+    header = decode_header(memoryview(stream), EXPLICIT_VR_LITTLE_ENDIAN)
+
+    reference = dcmread(BytesIO(stream), force=True, stop_before_pixels=True)
+    assert header.SOPInstanceUID == "1.2.3.4"
+    assert header[0x00091000].value == reference[0x00091000].value
+    assert "PixelData" not in header
+
+
+def test_pixel_data_cut_short_beyond_the_prefix_cannot_be_understood() -> None:
+    stream = image_stream(100, pixel_length=200_000, pixels_sent=150_000)
+
+    with pytest.raises(UndecodableDatasetError):
+        decode_header(memoryview(stream), EXPLICIT_VR_LITTLE_ENDIAN)

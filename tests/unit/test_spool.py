@@ -94,3 +94,11 @@ def test_without_fsync_the_write_is_still_atomic(tmp_storage: Path) -> None:
 
     assert (tmp_storage / relative).read_bytes() == b"fast"
     assert list(spool.temp_files()) == []
+
+
+def test_a_file_written_in_parts_is_their_concatenation(tmp_storage: Path) -> None:
+    data_set = bytearray(range(256)) * 4096  # 1 MiB, written from a view without a copy
+    with memoryview(data_set) as view:
+        relative = Spool(tmp_storage).write(STUDY, SERIES, SOP, (b"header", view[10:]))
+
+    assert (tmp_storage / relative).read_bytes() == b"header" + bytes(data_set[10:])
