@@ -19,10 +19,14 @@ threads block until there is something to do:
 
 Each still wakes every :data:`IDLE_WAIT_SECONDS` to check its timers.
 
+The DIMSE provider sends a plain C-STORE-RSP encoded by
+:mod:`cad_node.ingest.responses` instead of building it through pydicom.
+
 The adapter is installed per server through socketserver's ``RequestHandlerClass``;
 it relies on private details of pynetdicom 3.0 (the socket's ``_is_connected``
 and ``event_queue``, the DUL's ``_run_loop_delay`` and queues, the association
-reactor's loop, copied in :meth:`IngestAssociation._run_reactor`), so
+reactor's loop, copied in :meth:`IngestAssociation._run_reactor`, the DIMSE
+provider's ``maximum_pdu_size`` and ``assoc``), so
 :func:`check_pynetdicom_version` refuses other series.
 """
 
@@ -40,7 +44,11 @@ from typing import TYPE_CHECKING, Any, cast
 import pynetdicom
 from pynetdicom import evt
 from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler
+
+from cad_node.ingest.responses import plain_c_store_response
 
 if TYPE_CHECKING:
     from pynetdicom.transport import ThreadedAssociationServer
@@ -247,6 +255,32 @@ def _recv_exactly(connection: socket.socket, view: memoryview) -> int:
     return received
 
 
+class IngestDIMSE(DIMSEServiceProvider):
+    """pynetdicom's DIMSE provider, sending a plain C-STORE-RSP it encodes itself
+    (:mod:`cad_node.ingest.responses`); every other message goes through pynetdicom."""
+
+    def send_msg(self, primitive: Any, context_id: int) -> None:
+        command = plain_c_store_response(primitive)
+        if command is None or not self._may_send_alone(command):
+            super().send_msg(primitive, context_id)
+            return
+        pdata = P_DATA()
+        pdata.presentation_data_value_list.append((context_id, _LAST_COMMAND_FRAGMENT + command))
+        self.dul.send_pdu(pdata)
+
+    def _may_send_alone(self, command: bytes) -> bool:
+        """One PDV fits the peer's PDUs, and no one listens for EVT_DIMSE_SENT, whose
+        message object only pynetdicom's path makes."""
+        fits = self.maximum_pdu_size == 0 or len(command) + _PDV_OVERHEAD <= self.maximum_pdu_size
+        return fits and not self.assoc.get_handlers(evt.EVT_DIMSE_SENT)
+
+
+_LAST_COMMAND_FRAGMENT = b"\x03"
+"""PS3.8 E.2 message control header: command information, last fragment."""
+_PDV_OVERHEAD = 6
+"""PS3.8 9.3.5.1: the item length (4), presentation context ID (1) and control header (1)."""
+
+
 class IngestRequestHandler(RequestHandler):
     """pynetdicom's acceptor request handler, with :class:`IngestSocket` on every association."""
 
@@ -256,10 +290,12 @@ class IngestRequestHandler(RequestHandler):
         if (
             type(association_socket) is not AssociationSocket
             or type(association) is not Association
+            or type(association.dimse) is not DIMSEServiceProvider
         ):
             raise UnsupportedPynetdicomError(
-                f"expected pynetdicom's Association and AssociationSocket, got "
-                f"{type(association).__name__} and {type(association_socket).__name__}"
+                f"expected pynetdicom's Association, AssociationSocket and "
+                f"DIMSEServiceProvider, got {type(association).__name__}, "
+                f"{type(association_socket).__name__} and {type(association.dimse).__name__}"
             )
         _wait_for_work(association, association_socket)
         return association
@@ -277,6 +313,7 @@ def _wait_for_work(association: Association, association_socket: AssociationSock
     activity = threading.Event()
     association_socket.__class__ = IngestSocket
     association.__class__ = IngestAssociation
+    association.dimse.__class__ = IngestDIMSE
     cast(IngestAssociation, association)._activity = activity
     dul.to_provider_queue = WakingQueue(doorbell.ring)
     dul.to_user_queue = WakingQueue(activity.set)
