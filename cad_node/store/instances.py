@@ -6,7 +6,7 @@ then acknowledges the instance to its sender.
 
 import functools
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import PurePosixPath
 from typing import Any, cast
@@ -179,16 +179,12 @@ class _SeriesRow:
             self.changed = True
 
     def update_parameters(self) -> dict[str, Any]:
-        return {
-            "b_series_instance_uid": self.series_instance_uid,
-            "state": self.state,
-            "revision": self.revision,
-            "instance_count": self.instance_count,
-            "expected_count": self.expected_count,
-            "attributes": self.attributes,
-            "last_received_at": self.last_received_at,
-            "completed_at": self.completed_at,
-        }
+        values = {name: getattr(self, name) for name in _SERIES_COLUMNS[1:]}
+        return {"b_series_instance_uid": self.series_instance_uid, **values}
+
+
+_SERIES_COLUMNS = tuple(field.name for field in fields(_SeriesRow) if field.name != "changed")
+"""The series columns read (in this order, as :class:`_SeriesRow` takes them) and written."""
 
 
 class _Batch:
@@ -208,12 +204,13 @@ class _Batch:
         late = series.state != SeriesState.RECEIVING
         revision = series.revision + 1 if late else series.revision
         is_new = record.sop_instance_uid not in self._recorded
+        row = _instance_row(record, revision, self._now)
         if is_new:
             self._recorded.add(record.sop_instance_uid)
-            self._inserts.append(_instance_row(record, revision, self._now))
+            self._inserts.append(row)
             series.count_new_instance(record, revision, self._now)
         else:
-            self._refreshes.append(_refresh_parameters(record, self._now))
+            self._refreshes.append(_refresh_parameters(row))
             series.note_resend(self._now)
         return RecordOutcome(
             sop_instance_uid=record.sop_instance_uid,
@@ -279,16 +276,6 @@ def _statements(dialect: str) -> _Statements:
     )
 
 
-_SERIES_COLUMNS = (
-    "series_instance_uid",
-    "state",
-    "revision",
-    "instance_count",
-    "expected_count",
-    "attributes",
-    "last_received_at",
-    "completed_at",
-)
 _REFRESHED_COLUMNS = (
     "path",
     "size_bytes",
@@ -413,14 +400,7 @@ def _instance_row(record: InstanceRecord, series_revision: int, now: datetime) -
     }
 
 
-def _refresh_parameters(record: InstanceRecord, now: datetime) -> dict[str, Any]:
-    return {
-        "b_sop_instance_uid": record.sop_instance_uid,
-        "path": record.path,
-        "size_bytes": record.size_bytes,
-        "transfer_syntax_uid": record.transfer_syntax_uid,
-        "calling_ae_title": record.calling_ae_title,
-        "received_at": now,
-        "image_laterality": record.image_laterality,
-        "view_position": record.view_position,
-    }
+def _refresh_parameters(row: dict[str, Any]) -> dict[str, Any]:
+    """What a resend refreshes in its instance's row (the new row's values of those columns)."""
+    values = {name: row[name] for name in _REFRESHED_COLUMNS}
+    return {"b_sop_instance_uid": row["sop_instance_uid"], **values}
