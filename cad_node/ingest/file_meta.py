@@ -53,10 +53,10 @@ def file_header(
     """
     elements = [
         _long_element(_VERSION_TAG, b"OB", _FILE_META_INFORMATION_VERSION),
-        _short_element(_MEDIA_STORAGE_SOP_CLASS_UID, b"UI", _uid(sop_class_uid)),
-        _short_element(_MEDIA_STORAGE_SOP_INSTANCE_UID, b"UI", _uid(sop_instance_uid)),
-        _short_element(_TRANSFER_SYNTAX_UID, b"UI", _uid(transfer_syntax_uid)),
-        _short_element(_IMPLEMENTATION_CLASS_UID, b"UI", _uid(PYNETDICOM_IMPLEMENTATION_UID)),
+        _short_element(_MEDIA_STORAGE_SOP_CLASS_UID, b"UI", ui_value(sop_class_uid)),
+        _short_element(_MEDIA_STORAGE_SOP_INSTANCE_UID, b"UI", ui_value(sop_instance_uid)),
+        _short_element(_TRANSFER_SYNTAX_UID, b"UI", ui_value(transfer_syntax_uid)),
+        _short_element(_IMPLEMENTATION_CLASS_UID, b"UI", ui_value(PYNETDICOM_IMPLEMENTATION_UID)),
         _short_element(
             _IMPLEMENTATION_VERSION_NAME, b"SH", _text(PYNETDICOM_IMPLEMENTATION_VERSION)
         ),
@@ -80,8 +80,8 @@ def _long_element(element: int, vr: bytes, value: bytes) -> bytes:
     return struct.pack("<HH2s2xI", 0x0002, element, vr, len(value)) + value
 
 
-def _uid(value: str) -> bytes:
-    """A UI value padded to even length with a NUL (PS3.5 6.2)."""
+def ui_value(value: str) -> bytes:
+    """A UI value padded to even length with a NUL (PS3.5 6.2), as every group encodes it."""
     encoded = value.encode("ascii")
     return encoded + b"\x00" if len(encoded) % 2 else encoded
 

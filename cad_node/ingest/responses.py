@@ -12,6 +12,8 @@ import struct
 
 from pynetdicom.dimse_primitives import C_STORE
 
+from cad_node.ingest.file_meta import ui_value
+
 C_STORE_RSP = 0x8001
 """Command Field (0000,0100) of a C-STORE-RSP."""
 NO_DATA_SET = 0x0101
@@ -44,14 +46,14 @@ def c_store_response_command(
     """
     elements = b"".join(
         (
-            _element(_AFFECTED_SOP_CLASS_UID, _uid(affected_sop_class_uid)),
+            _element(_AFFECTED_SOP_CLASS_UID, ui_value(affected_sop_class_uid)),
             _element(_COMMAND_FIELD, struct.pack("<H", C_STORE_RSP)),
             _element(
                 _MESSAGE_ID_BEING_RESPONDED_TO, struct.pack("<H", message_id_being_responded_to)
             ),
             _element(_COMMAND_DATA_SET_TYPE, struct.pack("<H", NO_DATA_SET)),
             _element(_STATUS, struct.pack("<H", status)),
-            _element(_AFFECTED_SOP_INSTANCE_UID, _uid(affected_sop_instance_uid)),
+            _element(_AFFECTED_SOP_INSTANCE_UID, ui_value(affected_sop_instance_uid)),
         )
     )
     return _element(_GROUP_LENGTH, struct.pack("<I", len(elements))) + elements
@@ -81,9 +83,3 @@ def plain_c_store_response(primitive: object) -> bytes | None:
 def _element(element: int, value: bytes) -> bytes:
     """PS3.5 7.1.3: group 0000, element, 32-bit length, value."""
     return struct.pack("<HHI", 0x0000, element, len(value)) + value
-
-
-def _uid(value: str) -> bytes:
-    """A UI value padded to even length with a NUL (PS3.5 6.2)."""
-    encoded = value.encode("ascii")
-    return encoded + b"\x00" if len(encoded) % 2 else encoded
