@@ -114,6 +114,29 @@ class _HeaderBeyondPrefixError(Exception):
     """The prefix ended (or cut an element) before the bulk data: parse the whole stream."""
 
 
+def decode_header_prefix(
+    prefix: bytes | bytearray | memoryview, stream_length: int, transfer_syntax_uid: str
+) -> Dataset | None:
+    """The header of a data set from its first bytes only, or None when they do not hold it.
+
+    For a data set still arriving: ``prefix`` is its first bytes (at least
+    :data:`HEADER_PREFIX_BYTES` of them unless that is all there is), and
+    ``stream_length`` its whole length.  None when the prefix ends before the
+    bulk data, or does not parse, or the data set is deflated: then
+    :func:`decode_header` on the whole stream decides.
+    """
+    is_implicit_vr, is_little_endian, is_deflated = _encoding_of(UID(transfer_syntax_uid))
+    if is_deflated:
+        return None
+    try:
+        elements = _header_elements(
+            prefix, is_implicit_vr, is_little_endian, stream_length=stream_length
+        )
+    except (_HeaderBeyondPrefixError, *PARSE_ERRORS):
+        return None
+    return Dataset(elements)
+
+
 def _header_elements_from_prefix(
     stream: bytes | memoryview, is_implicit_vr: bool, is_little_endian: bool
 ) -> dict[BaseTag, DataElement | RawDataElement]:
@@ -135,7 +158,7 @@ def _header_elements_from_prefix(
 
 
 def _header_elements(
-    stream: bytes | memoryview,
+    stream: bytes | bytearray | memoryview,
     is_implicit_vr: bool,
     is_little_endian: bool,
     *,

@@ -8,9 +8,9 @@ filesystem (no EXDEV).
 
 import contextlib
 import errno
+import itertools
 import os
 import re
-import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 
@@ -26,6 +26,8 @@ KNOWN_DIRS_LIMIT = 10_000
 Buffer = bytes | bytearray | memoryview
 """Bytes to write, copied or not (``collections.abc.Buffer`` needs Python 3.12)."""
 
+_TEMP_NUMBERS = itertools.count()
+"""Numbers the temp files of this process, across every :class:`Spool` in it."""
 _UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
 _UID_MAX_LENGTH = 64
 
@@ -110,25 +112,49 @@ class Spool:
             A :class:`~cad_node.errors.StorageError` if the disk refuses (full,
             read-only, not a directory ...), with the ``errno``.
         """
-        relative = relative_instance_path(study_instance_uid, series_instance_uid, sop_instance_uid)
-        target = self.storage_dir / relative
+        relative_instance_path(study_instance_uid, series_instance_uid, sop_instance_uid)
+        spool_file = self.open_file()
+        try:
+            spool_file.write([data] if isinstance(data, Buffer) else data)
+            return spool_file.commit(study_instance_uid, series_instance_uid, sop_instance_uid)
+        finally:
+            spool_file.discard()
+
+    def open_file(self) -> "SpoolFile":
+        """A new temp file in the spool, to be written in parts, then committed or discarded.
+
+        Raises
+        ------
+        SpoolWriteError
+            If the disk refuses to create it.
+        """
         try:
             try:
-                self._write_atomically(target, sop_instance_uid, data)
-            except FileNotFoundError:  # a directory went away since it was made: make it again
+                self._ensure_dir(self.temp_dir)
+                return SpoolFile(self, self._open_temp())
+            except FileNotFoundError:  # the spool went away since it was made: make it again
                 self._known_dirs.clear()
-                self._write_atomically(target, sop_instance_uid, data)
+                self._ensure_dir(self.temp_dir)
+                return SpoolFile(self, self._open_temp())
         except OSError as exc:
-            raise _storage_error(exc, sop_instance_uid) from exc
-        return Path(relative)
+            raise _storage_error(exc, "a new instance") from exc
 
-    def _write_atomically(
-        self, target: Path, sop_instance_uid: str, data: Buffer | Sequence[Buffer]
-    ) -> None:
-        self._ensure_dir(self.temp_dir)
-        self._ensure_dir(target.parent)
-        temp_path = self._write_temp(sop_instance_uid, data)
-        self._replace(temp_path, target)
+    def _open_temp(self) -> tuple[Path, int]:
+        # Unique per process and call: the name never comes from what a peer sent.
+        name = f"{os.getpid()}.{next(_TEMP_NUMBERS)}{TEMP_SUFFIX}"
+        path = self.temp_dir / name
+        return path, os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+
+    def place(self, temp_path: Path, relative: PurePosixPath) -> None:
+        """Rename the temp file to ``relative``, durably (the directory made if missing)."""
+        target = self.storage_dir / relative
+        try:
+            self._ensure_dir(target.parent)
+            self._replace(temp_path, target)
+        except FileNotFoundError:  # a directory went away since it was made: make it again
+            self._known_dirs.clear()
+            self._ensure_dir(target.parent)
+            self._replace(temp_path, target)
 
     def absolute(self, relative_path: str | Path) -> Path:
         """The absolute path of a path the journal stores."""
@@ -147,22 +173,6 @@ class Spool:
             relative = path.relative_to(self.storage_dir)
             if all(is_safe_uid(part) for part in (*relative.parts[1:3], path.stem)):
                 yield relative
-
-    def _write_temp(self, sop_instance_uid: str, data: Buffer | Sequence[Buffer]) -> Path:
-        # One name per process and thread: no other writer can hold it at the same time.
-        name = f"{sop_instance_uid}.{os.getpid()}.{threading.get_ident()}{TEMP_SUFFIX}"
-        path = self.temp_dir / name
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            _write_all(fd, [data] if isinstance(data, Buffer) else data)
-            if self.fsync:
-                os.fsync(fd)
-        except OSError:
-            _remove_quietly(path)
-            raise
-        finally:
-            os.close(fd)
-        return path
 
     def _ensure_dir(self, directory: Path) -> None:
         """Create ``directory`` (and parents) durably: a new entry is fsync'd in its parent."""
@@ -183,24 +193,101 @@ class Spool:
         self._known_dirs.add(directory)
 
     def _replace(self, temp_path: Path, target: Path) -> None:
-        try:
-            os.replace(temp_path, target)
-        except OSError:
-            _remove_quietly(temp_path)
-            raise
+        os.replace(temp_path, target)
         if self.fsync:
             _fsync_dir(target.parent)
 
 
-def _write_all(fd: int, parts: Sequence[Buffer]) -> None:
-    """Write ``parts`` in order, in one ``writev`` when the disk takes them whole."""
+class SpoolFile:
+    """An instance's file while it is written: a temp file in the spool, written in parts as
+    the data set arrives, then renamed into place by :meth:`commit` or removed by
+    :meth:`discard`.  Made by :meth:`Spool.open_file`; used by one thread at a time.
+    """
+
+    def __init__(self, spool: Spool, temp: tuple[Path, int]) -> None:
+        self._spool = spool
+        path, self._fd = temp
+        self._path: Path | None = path
+        self._open = True
+        self.size = 0
+        """Bytes written so far."""
+
+    def write(self, parts: Sequence[Buffer]) -> None:
+        """Append ``parts``, in order.
+
+        Raises
+        ------
+        SpoolWriteError
+            If the disk refuses (the file is then useless: :meth:`discard` it).
+        """
+        self._check_open()
+        try:
+            self.size += _write_all(self._fd, parts)
+        except OSError as exc:
+            raise _storage_error(exc, "an arriving instance") from exc
+
+    def read(self, offset: int) -> bytes:
+        """The bytes written from ``offset`` on (to parse what a first look could not)."""
+        self._check_open()
+        return os.pread(self._fd, self.size - offset, offset)
+
+    def commit(
+        self, study_instance_uid: str, series_instance_uid: str, sop_instance_uid: str
+    ) -> Path:
+        """Make the file the instance's, durably (fsync'd, renamed, directory fsync'd), and
+        return its path relative to storage_dir; a resend replaces the earlier file whole.
+
+        Raises
+        ------
+        ValueError
+            If a UID is not a safe file name.
+        SpoolWriteError
+            If the disk refuses; the temp file is then removed.
+        """
+        temp_path = self._check_open()
+        relative = relative_instance_path(study_instance_uid, series_instance_uid, sop_instance_uid)
+        try:
+            if self._spool.fsync:
+                os.fsync(self._fd)
+            self._close()
+            self._spool.place(temp_path, relative)
+        except OSError as exc:
+            self.discard()
+            raise _storage_error(exc, f"SOP Instance {sop_instance_uid}") from exc
+        self._path = None
+        return Path(relative)
+
+    def discard(self) -> None:
+        """Close and remove the temp file unless it was committed; idempotent."""
+        self._close()
+        if self._path is not None:
+            _remove_quietly(self._path)
+            self._path = None
+
+    def _close(self) -> None:
+        if self._open:
+            self._open = False
+            os.close(self._fd)
+
+    def _check_open(self) -> Path:
+        """The temp file's path, unless it is committed or discarded."""
+        if not self._open or self._path is None:
+            raise ValueError("the spool file is already committed or discarded")
+        return self._path
+
+
+def _write_all(fd: int, parts: Sequence[Buffer]) -> int:
+    """Write ``parts`` in order, in one ``writev`` when the disk takes them whole; returns
+    the bytes written."""
     views = [memoryview(part).cast("B") for part in parts]
+    total = sum(len(view) for view in views)
     while views:
         written = os.writev(fd, views)
         while views and written >= len(views[0]):
             written -= len(views.pop(0))
         if views and written:
             views[0] = views[0][written:]
+    return total
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -217,9 +304,6 @@ def _remove_quietly(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _storage_error(exc: OSError, sop_instance_uid: str) -> SpoolWriteError:
-    message = (
-        f"cannot write SOP Instance {sop_instance_uid} to the spool: "
-        f"[errno {exc.errno}] {exc.strerror}"
-    )
+def _storage_error(exc: OSError, what: str) -> SpoolWriteError:
+    message = f"cannot write {what} to the spool: [errno {exc.errno}] {exc.strerror}"
     return SpoolWriteError(message, exc.errno)

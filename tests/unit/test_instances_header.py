@@ -1,6 +1,7 @@
 """Header-only decoding of received data sets, and the InstanceRecord made from a header."""
 
 import struct
+import zlib
 from io import BytesIO
 from pathlib import PurePosixPath
 
@@ -14,6 +15,7 @@ from cad_node.ingest.header import (
     UndecodableDatasetError,
     check_matches_request,
     decode_header,
+    decode_header_prefix,
     expected_count,
     identifying_uids,
     instance_record,
@@ -22,6 +24,7 @@ from cad_node.store.instances import InstanceRecord
 from tests.conftest import pydicom_file
 
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 
 
@@ -283,3 +286,42 @@ def test_pixel_data_cut_short_beyond_the_prefix_cannot_be_understood() -> None:
 
     with pytest.raises(UndecodableDatasetError):
         decode_header(memoryview(stream), EXPLICIT_VR_LITTLE_ENDIAN)
+
+
+@pytest.mark.parametrize(
+    ("private_value_length", "holds_header"),
+    [(HEADER_PREFIX_BYTES // 2, True), (HEADER_PREFIX_BYTES - 50, False)],
+    ids=["header-inside-prefix", "element-cut-by-prefix"],
+)
+def test_the_first_bytes_of_an_arriving_data_set_give_its_header_or_none(
+    private_value_length: int, holds_header: bool
+) -> None:
+    stream = image_stream(private_value_length, pixel_length=200_000, pixels_sent=200_000)
+
+    header = decode_header_prefix(
+        stream[:HEADER_PREFIX_BYTES], len(stream), EXPLICIT_VR_LITTLE_ENDIAN
+    )
+
+    if holds_header:
+        assert header is not None
+        assert header.SOPInstanceUID == "1.2.3.4"
+        assert header[0x00091000].value == b"\x01" * private_value_length
+    else:
+        assert header is None
+
+
+def test_a_prefix_announcing_more_pixels_than_arrived_gives_no_header() -> None:
+    stream = image_stream(100, pixel_length=200_000, pixels_sent=150_000)
+
+    assert (
+        decode_header_prefix(stream[:HEADER_PREFIX_BYTES], len(stream), EXPLICIT_VR_LITTLE_ENDIAN)
+        is None
+    )
+    with pytest.raises(UndecodableDatasetError):  # the whole stream then decides
+        decode_header(stream, EXPLICIT_VR_LITTLE_ENDIAN)
+
+
+def test_a_deflated_prefix_is_left_to_the_whole_stream() -> None:
+    stream = zlib.compress(image_stream(100, 1000, 1000))[2:-4]
+
+    assert decode_header_prefix(stream, len(stream), DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN) is None

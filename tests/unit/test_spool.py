@@ -102,3 +102,76 @@ def test_a_file_written_in_parts_is_their_concatenation(tmp_storage: Path) -> No
         relative = Spool(tmp_storage).write(STUDY, SERIES, SOP, (b"header", view[10:]))
 
     assert (tmp_storage / relative).read_bytes() == b"header" + bytes(data_set[10:])
+
+
+def test_a_spool_file_written_as_it_arrives_is_placed_on_commit(tmp_storage: Path) -> None:
+    spool = Spool(tmp_storage)
+    arriving = spool.open_file()
+    arriving.write([b"file header, "])
+    arriving.write([b"first fragment, ", memoryview(b"second fragment")])
+    (temp_file,) = spool.temp_files()
+
+    relative = arriving.commit(STUDY, SERIES, SOP)
+
+    assert arriving.size == len(b"file header, first fragment, second fragment")
+    assert (tmp_storage / relative).read_bytes() == b"file header, first fragment, second fragment"
+    assert not temp_file.exists()
+    assert list(spool.temp_files()) == []
+
+
+def test_what_was_written_can_be_read_back_before_the_commit(tmp_storage: Path) -> None:
+    arriving = Spool(tmp_storage).open_file()
+    arriving.write([b"HEADER", b"data set bytes"])
+
+    assert arriving.read(6) == b"data set bytes"
+
+
+def test_a_discarded_spool_file_leaves_nothing(tmp_storage: Path) -> None:
+    spool = Spool(tmp_storage)
+    arriving = spool.open_file()
+    arriving.write([b"half an instance"])
+
+    arriving.discard()
+    arriving.discard()  # idempotent: the end of an association may discard again
+
+    assert list(spool.temp_files()) == []
+    assert list(spool.instance_files()) == []
+    with pytest.raises(ValueError, match="already committed or discarded"):
+        arriving.write([b"more"])
+
+
+def test_a_commit_under_an_unsafe_uid_places_nothing(tmp_storage: Path) -> None:
+    spool = Spool(tmp_storage)
+    arriving = spool.open_file()
+    arriving.write([b"data"])
+
+    with pytest.raises(ValueError, match="not a valid UID"):
+        arriving.commit(STUDY, "../1.2", SOP)
+    arriving.discard()
+
+    assert list(spool.temp_files()) == []
+    assert not (tmp_storage / "spool" / STUDY).exists()
+
+
+def test_a_blocked_commit_removes_the_temp_file(tmp_storage: Path) -> None:
+    spool = Spool(tmp_storage)
+    (tmp_storage / "spool").mkdir()
+    (tmp_storage / "spool" / STUDY).write_bytes(b"a file where a directory belongs")
+    arriving = spool.open_file()
+    arriving.write([b"data"])
+
+    with pytest.raises(SpoolWriteError) as caught:
+        arriving.commit(STUDY, SERIES, SOP)
+
+    assert caught.value.errno == errno.ENOTDIR
+    assert list(spool.temp_files()) == []
+
+
+def test_temp_file_names_never_repeat_across_spools_of_one_process(tmp_storage: Path) -> None:
+    first, second = Spool(tmp_storage).open_file(), Spool(tmp_storage).open_file()
+    first.write([b"1"])
+    second.write([b"2"])
+
+    assert len(list(Spool(tmp_storage).temp_files())) == 2
+    first.discard()
+    second.discard()
