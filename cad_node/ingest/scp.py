@@ -9,7 +9,6 @@ import logging
 import socket
 import ssl
 import threading
-import traceback
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from io import BytesIO
@@ -22,35 +21,37 @@ from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.orm import Session, sessionmaker
 
 from cad_node.config import Settings
-from cad_node.errors import StorageError
-from cad_node.ingest.file_meta import file_header
-from cad_node.ingest.header import (
-    DatasetMismatchError,
-    UndecodableDatasetError,
-    check_matches_request,
-    decode_header,
-    instance_record,
+from cad_node.ingest.incoming import (
+    STATUS_CANNOT_UNDERSTAND,
+    STATUS_DATASET_MISMATCH,
+    STATUS_NOT_AUTHORIZED,
+    STATUS_OUT_OF_RESOURCES,
+    STATUS_PROCESSING_FAILURE,
+    STATUS_SUCCESS,
+    OnInstance,
+    StoreRequest,
+    StoreService,
 )
 from cad_node.ingest.journal_writer import JournalWriter
-from cad_node.ingest.spool import Spool, relative_instance_path
+from cad_node.ingest.spool import Spool
 from cad_node.ingest.transport import check_pynetdicom_version, use_ingest_sockets
 from cad_node.security.peers import PeerPolicy, PeerService
 from cad_node.security.tls import handshake_in_association_thread, server_context
-from cad_node.store.instances import InstanceRecord, RecordOutcome
 
 logger = logging.getLogger(__name__)
 
-STATUS_SUCCESS = 0x0000
-STATUS_OUT_OF_RESOURCES = 0xA700
-"""PS3.4 B.2.3 Refused: Out of Resources (the sender retries)."""
-STATUS_DATASET_MISMATCH = 0xA900
-"""PS3.4 B.2.3 Error: Data Set does not match SOP Class."""
-STATUS_CANNOT_UNDERSTAND = 0xC210
-"""PS3.4 B.2.3 Error: Cannot understand (C000-CFFF): the data set cannot be parsed."""
-STATUS_PROCESSING_FAILURE = 0xC211
-"""Cannot understand, as pynetdicom answers a failing handler: an unexpected error."""
-STATUS_NOT_AUTHORIZED = 0x0124
-"""PS3.7 Annex C Refused: Not Authorized: the peer may not use this service (``peers``)."""
+__all__ = [
+    "MAXIMUM_PDU_LENGTH",
+    "STATUS_CANNOT_UNDERSTAND",
+    "STATUS_DATASET_MISMATCH",
+    "STATUS_NOT_AUTHORIZED",
+    "STATUS_OUT_OF_RESOURCES",
+    "STATUS_PROCESSING_FAILURE",
+    "STATUS_SUCCESS",
+    "OnInstance",
+    "StorageSCP",
+    "configure_pynetdicom",
+]
 
 MAXIMUM_PDU_LENGTH = 1_048_576
 """Maximum Length Received (PS3.8 D.1.1) the SCP announces, in bytes.
@@ -59,8 +60,6 @@ DCMTK senders then send 128 KiB P-DATA-TF PDUs (their largest) instead of
 16 KiB ones: a 0.5 MB image arrives in 4 PDUs, not 32.  Bounded rather than 0
 (unlimited), because one PDU is held in memory whole while it is read.
 """
-
-OnInstance = Callable[[RecordOutcome], None]
 
 
 def configure_pynetdicom() -> None:
@@ -136,9 +135,12 @@ class StorageSCP:
         self._server_class = _ReusePortServer if reuse_port else ThreadedAssociationServer
         self._peers = peers or PeerPolicy.from_calling_aets(allowed_calling_aets)
         self._bind = (bind_address, port)
-        self._spool = spool
-        self._journal = JournalWriter(sessionmaker, clock)
-        self._on_instance = on_instance
+        self._store_service = StoreService(
+            spool=spool,
+            journal=JournalWriter(sessionmaker, clock),
+            peers=self._peers,
+            on_instance=on_instance,
+        )
         self._ae = _make_ae(ae_title, maximum_associations)
         self._server: ThreadedAssociationServer | None = None
         self._ssl_context = ssl_context
@@ -192,7 +194,7 @@ class StorageSCP:
             ssl_context=self._ssl_context,
             server_class=self._server_class,
         )
-        use_ingest_sockets(server)
+        use_ingest_sockets(server, self._store_service)
         handshake_in_association_thread(server)
         threading.Thread(
             target=server.serve_forever, name=f"storage-scp-{self._bind[1]}", daemon=True
@@ -252,99 +254,34 @@ class StorageSCP:
     def handle_store(self, event: Event) -> int:
         """EVT_C_STORE: store one instance and answer its status (PS3.4 B.2.3).
 
-        The broad ``except`` belongs here only: whatever goes wrong becomes a
+        pynetdicom's path, for an association the streamed path does not serve
+        (:mod:`cad_node.ingest.streaming`): the data set arrives whole.  The
+        broad ``except`` belongs here only: whatever goes wrong becomes a
         status, so the peer never sees a dropped association.
         """
         try:
-            if self._authorized(event, PeerService.STORE) != STATUS_SUCCESS:
-                return STATUS_NOT_AUTHORIZED
-            return self._store(event)
+            incoming = self._store_service.begin(_store_request(event))
+            incoming.write([cast(BytesIO, cast(C_STORE, event.request).DataSet).getbuffer()])
+            return incoming.finish()
         except Exception as exc:  # top of the SCP handler: any failure is a status
-            _log_failure(event, exc)
-            return STATUS_PROCESSING_FAILURE
-
-    def _store(self, event: Event) -> int:
-        request = cast(C_STORE, event.request)
-        try:
-            record, data = _received_instance(event)
-        except UndecodableDatasetError as exc:
-            logger.warning(
-                "C-STORE refused (0xC210) for %s: %s", request.AffectedSOPInstanceUID, exc
-            )
-            return STATUS_CANNOT_UNDERSTAND
-        except DatasetMismatchError as exc:
-            logger.warning(
-                "C-STORE refused (0xA900) for %s: %s", request.AffectedSOPInstanceUID, exc
-            )
-            return STATUS_DATASET_MISMATCH
-        try:
-            outcome = self._write_and_record(record, data)
-        except StorageError as exc:
-            logger.error("C-STORE refused (0xA700) for %s: %s", record.sop_instance_uid, exc)
-            return STATUS_OUT_OF_RESOURCES
-        self._notify(outcome)
-        return STATUS_SUCCESS
-
-    def _write_and_record(
-        self, record: InstanceRecord, data: tuple[bytes, memoryview]
-    ) -> RecordOutcome:
-        """Bytes on disk first, then the row: only both together earn 0x0000."""
-        self._spool.write(
-            record.study_instance_uid, record.series_instance_uid, record.sop_instance_uid, data
-        )
-        return self._record(record)
-
-    def _record(self, record: InstanceRecord) -> RecordOutcome:
-        """Committed with whatever other associations record meanwhile (group commit)."""
-        return self._journal.record(record)
-
-    def _notify(self, outcome: RecordOutcome) -> None:
-        if self._on_instance is None:
-            return
-        try:
-            self._on_instance(outcome)
-        except Exception as exc:  # the instance is stored: the sender still gets 0x0000
             logger.error(
-                "on_instance failed for series %s: %s",
-                outcome.series_instance_uid,
+                "C-STORE failed (0xC211) for SOP Instance %s: %s",
+                getattr(event.request, "AffectedSOPInstanceUID", "?"),
                 type(exc).__name__,
             )
+            return STATUS_PROCESSING_FAILURE
 
 
-def _received_instance(event: Event) -> tuple[InstanceRecord, tuple[bytes, memoryview]]:
-    """The journal record and the file of a C-STORE request, from its header only.
-
-    The file is returned as its two parts, the file header and a view of the
-    data set as received, written out without joining them (no copy of the
-    data set is made between the socket and the spool).
-
-    Raises
-    ------
-    UndecodableDatasetError
-        PS3.4 B.2.3 "Cannot understand": the data set does not parse.
-    DatasetMismatchError
-        PS3.4 B.2.3 "Data Set does not match SOP Class": identifying UIDs
-        missing, invalid or different from the request's (PS3.7 9.1.1).
-    """
+def _store_request(event: Event) -> StoreRequest:
     request = cast(C_STORE, event.request)
-    calling_ae_title = str(event.assoc.requestor.ae_title).strip()
-    transfer_syntax_uid = str(event.context.transfer_syntax)
-    data_set = cast(BytesIO, request.DataSet).getbuffer()
-    header = decode_header(data_set, transfer_syntax_uid)
-    identity = check_matches_request(
-        header, str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID)
+    requestor = event.assoc.requestor
+    return StoreRequest(
+        affected_sop_class_uid=str(request.AffectedSOPClassUID).strip(),
+        affected_sop_instance_uid=str(request.AffectedSOPInstanceUID).strip(),
+        transfer_syntax_uid=str(event.context.transfer_syntax),
+        calling_ae_title=str(requestor.ae_title).strip(),
+        address=str(requestor.address),
     )
-    sop_instance_uid, _, series_instance_uid, study_instance_uid = identity
-    file_header = _file_header(request, transfer_syntax_uid, calling_ae_title)
-    record = instance_record(
-        header,
-        transfer_syntax_uid=transfer_syntax_uid,
-        calling_ae_title=calling_ae_title,
-        path=relative_instance_path(study_instance_uid, series_instance_uid, sop_instance_uid),
-        size_bytes=len(file_header) + len(data_set),
-        identity=identity,
-    )
-    return record, (file_header, data_set)
 
 
 def _make_ae(ae_title: str, maximum_associations: int) -> AE:
@@ -355,21 +292,6 @@ def _make_ae(ae_title: str, maximum_associations: int) -> AE:
     return ae
 
 
-def _file_header(request: C_STORE, transfer_syntax_uid: str, calling_ae_title: str) -> bytes:
-    """What comes before the data set in the DICOM file (PS3.10 7.1): preamble and File Meta
-    Information.
-
-    Source Application Entity Title (0002,0016) records the sender, so a file
-    re-indexed after a crash keeps its calling AE title.
-    """
-    return file_header(
-        sop_class_uid=str(request.AffectedSOPClassUID),
-        sop_instance_uid=str(request.AffectedSOPInstanceUID),
-        transfer_syntax_uid=transfer_syntax_uid,
-        source_ae_title=calling_ae_title,
-    )
-
-
 def _log_rejection(event: Event) -> None:
     """EVT_REJECTED: who was refused (PS3.8 9.3.4), for the audit; AE titles are no patient data."""
     requestor = event.assoc.requestor
@@ -378,17 +300,6 @@ def _log_rejection(event: Event) -> None:
         requestor.address,
         str(requestor.ae_title).strip(),
         str(event.assoc.acceptor.ae_title).strip(),
-    )
-
-
-def _log_failure(event: Event, exc: Exception) -> None:
-    # Class name and code locations only: an exception message may quote element values.
-    frames = "".join(traceback.format_tb(exc.__traceback__))
-    logger.error(
-        "C-STORE failed (0xC211) for SOP Instance %s: %s\n%s",
-        getattr(event.request, "AffectedSOPInstanceUID", "?"),
-        type(exc).__name__,
-        frames,
     )
 
 

@@ -22,11 +22,17 @@ Each still wakes every :data:`IDLE_WAIT_SECONDS` to check its timers.
 The DIMSE provider sends a plain C-STORE-RSP encoded by
 :mod:`cad_node.ingest.responses` instead of building it through pydicom.
 
+The DUL provider offers each P-DATA-TF PDU of an established association to a
+:class:`~cad_node.ingest.streaming.StoreStream` before decoding it: C-STORE
+requests are written to the spool as they arrive and answered from the same
+thread; every other PDU goes through pynetdicom's decoding and state machine.
+
 The adapter is installed per server through socketserver's ``RequestHandlerClass``;
 it relies on private details of pynetdicom 3.0 (the socket's ``_is_connected``
-and ``event_queue``, the DUL's ``_run_loop_delay`` and queues, the association
-reactor's loop, copied in :meth:`IngestAssociation._run_reactor`, the DIMSE
-provider's ``maximum_pdu_size`` and ``assoc``), so
+and ``event_queue``, the DUL's ``_run_loop_delay``, queues and ``_read_pdu_data``,
+copied in :meth:`IngestDUL._read_pdu_data`, the association reactor's loop,
+copied in :meth:`IngestAssociation._run_reactor`, the association's
+``_accepted_cx``, the DIMSE provider's ``maximum_pdu_size`` and ``assoc``), so
 :func:`check_pynetdicom_version` refuses other series.
 """
 
@@ -36,6 +42,7 @@ import queue
 import select
 import socket
 import ssl
+import struct
 import threading
 from collections.abc import Callable
 from contextlib import suppress
@@ -45,10 +52,13 @@ import pynetdicom
 from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
+from cad_node.ingest.incoming import StoreService
 from cad_node.ingest.responses import plain_c_store_response
+from cad_node.ingest.streaming import P_DATA_TF, Received, StoreStream
 
 if TYPE_CHECKING:
     from pynetdicom.transport import ThreadedAssociationServer
@@ -255,6 +265,75 @@ def _recv_exactly(connection: socket.socket, view: memoryview) -> int:
     return received
 
 
+class IngestDUL(DULServiceProvider):
+    """pynetdicom's DUL provider, handing the P-DATA-TF PDUs of an established association to
+    a :class:`~cad_node.ingest.streaming.StoreStream` before its own decoding."""
+
+    _stream: StoreStream | None
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            if self._stream is not None:
+                self._stream.close()
+
+    def _read_pdu_data(self) -> None:
+        """pynetdicom 3.0's ``_read_pdu_data``, the PDU read into one buffer, and P-DATA-TF
+        offered to the stream first (Evt10 in Sta6 leaves the state machine as it is)."""
+        header = self._receive(_PDU_HEADER.size)
+        if len(header) < _PDU_HEADER.size:
+            self.event_queue.put("Evt17")  # connection closed before a whole PDU
+            return
+        pdu_type, _, pdu_length = _PDU_HEADER.unpack(header)
+        if pdu_type not in _PDU_TYPES:
+            LOGGER.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
+            self.event_queue.put("Evt19")
+            return
+        body = self._receive(pdu_length)
+        if len(body) != pdu_length:
+            LOGGER.error(
+                f"The received PDU is shorter than expected "
+                f"({6 + len(body)} of {6 + pdu_length} bytes received)"
+            )
+            self.event_queue.put("Evt17")
+            return
+        if pdu_type == P_DATA_TF and self._streamed(body):
+            return
+        try:
+            pdu, event = self._decode_pdu(header + body)
+        except Exception as exc:
+            LOGGER.error("Unable to decode the received PDU data")
+            LOGGER.exception(exc)
+            self.event_queue.put("Evt19")
+            return
+        self.event_queue.put(event)
+        self._recv_pdu.put(pdu)
+
+    def _receive(self, length: int) -> bytearray:
+        """``length`` bytes, or fewer when the connection closed or failed."""
+        try:
+            return cast(IngestSocket, self.socket).recv(length)
+        except (OSError, TimeoutError) as exc:
+            LOGGER.error("Connection closed before the entire PDU was received")
+            LOGGER.exception(exc)
+            return bytearray()
+
+    def _streamed(self, body: bytearray) -> bool:
+        """Whether the stream took the PDU (an invalid one queues Evt19: the FSM aborts)."""
+        if self._stream is None or self.state_machine.current_state != "Sta6":
+            return False
+        received = self._stream.receive(memoryview(body))
+        if received is Received.INVALID:
+            self.event_queue.put("Evt19")
+        return received is not Received.FOR_PYNETDICOM
+
+
+_PDU_HEADER = struct.Struct(">BBI")
+"""PDU type, reserved, PDU length (PS3.8 9.3.1)."""
+_PDU_TYPES = frozenset(range(0x01, 0x08))
+
+
 class IngestDIMSE(DIMSEServiceProvider):
     """pynetdicom's DIMSE provider, sending a plain C-STORE-RSP it encodes itself
     (:mod:`cad_node.ingest.responses`); every other message goes through pynetdicom."""
@@ -282,7 +361,10 @@ _PDV_OVERHEAD = 6
 
 
 class IngestRequestHandler(RequestHandler):
-    """pynetdicom's acceptor request handler, with :class:`IngestSocket` on every association."""
+    """pynetdicom's acceptor request handler, with :class:`IngestSocket` on every association,
+    and C-STORE requests streamed into :attr:`store_service` when it is set."""
+
+    store_service: StoreService | None = None
 
     def _create_association(self) -> "Association":
         association = super()._create_association()
@@ -291,6 +373,7 @@ class IngestRequestHandler(RequestHandler):
             type(association_socket) is not AssociationSocket
             or type(association) is not Association
             or type(association.dimse) is not DIMSEServiceProvider
+            or type(association.dul) is not DULServiceProvider
         ):
             raise UnsupportedPynetdicomError(
                 f"expected pynetdicom's Association, AssociationSocket and "
@@ -298,6 +381,7 @@ class IngestRequestHandler(RequestHandler):
                 f"{type(association_socket).__name__} and {type(association.dimse).__name__}"
             )
         _wait_for_work(association, association_socket)
+        _stream_stores(association, self.store_service)
         return association
 
 
@@ -322,10 +406,28 @@ def _wait_for_work(association: Association, association_socket: AssociationSock
     dul._run_loop_delay = 0  # the socket waits in select: a sleep on top only adds delay
 
 
-def use_ingest_sockets(server: "ThreadedAssociationServer") -> None:
-    """Serve the associations ``server`` accepts from now on with :class:`IngestSocket`.
+def _stream_stores(association: Association, service: StoreService | None) -> None:
+    """Re-class the association's DUL provider so that it streams C-STORE requests into
+    ``service`` (:mod:`cad_node.ingest.streaming`); with no service, it only reads as
+    pynetdicom's does."""
+    dul = association.dul
+    dul.__class__ = IngestDUL
+    association_socket = cast(IngestSocket, dul.socket)
+    cast(IngestDUL, dul)._stream = (
+        None if service is None else StoreStream(association, service, association_socket.send)
+    )
+
+
+def use_ingest_sockets(
+    server: "ThreadedAssociationServer", store_service: StoreService | None = None
+) -> None:
+    """Serve the associations ``server`` accepts from now on with :class:`IngestSocket`, and
+    stream their C-STORE requests into ``store_service`` when given.
 
     ``RequestHandlerClass`` is socketserver's public hook; pynetdicom's
     ``start_server`` does not pass a handler class through.
     """
-    server.RequestHandlerClass = IngestRequestHandler
+    handler_class = type(
+        "BoundIngestRequestHandler", (IngestRequestHandler,), {"store_service": store_service}
+    )
+    server.RequestHandlerClass = handler_class
