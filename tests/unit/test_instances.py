@@ -1,6 +1,8 @@
 """Recording instances in the journal, on SQLite and PostgreSQL."""
 
+import sys
 import threading
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -9,14 +11,37 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from cad_node.domain.states import SeriesState
+from cad_node.store import instances
 from cad_node.store.instances import (
     InstanceRecord,
     RecordOutcome,
     record_instance,
     record_instances,
+    record_instances_with_driver,
 )
 from cad_node.store.schema import Instance, Series, Study
 from tests.conftest import Journal
+
+
+def _through_the_driver(
+    session: Session, records: Sequence[InstanceRecord], now: datetime
+) -> list[RecordOutcome]:
+    """record_instances, run by record_instances_with_driver in the session's transaction."""
+    connection = session.connection()
+    dbapi_connection = connection.connection.dbapi_connection
+    assert dbapi_connection is not None
+    return record_instances_with_driver(dbapi_connection, connection.dialect, records, now)
+
+
+@pytest.fixture(autouse=True, params=["core", "driver"])
+def recording_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here twice: SQLAlchemy Core statements, then the same through the driver
+    (what the ingest JournalWriter uses on SQLite and PostgreSQL)."""
+    if request.param == "driver":
+        monkeypatch.setattr(instances, "record_instances", _through_the_driver)
+        monkeypatch.setattr(sys.modules[__name__], "record_instances", _through_the_driver)
+    return str(request.param)
+
 
 T0 = datetime(2026, 1, 2, 8, 0, tzinfo=UTC)
 STUDY = "1.2.826.0.1.3680043.8.498.10"
