@@ -6,6 +6,7 @@ the bytes are stored exactly as received.
 """
 
 import functools
+import string
 import struct
 import zlib
 from contextlib import suppress
@@ -377,14 +378,34 @@ def identifying_uids(header: Dataset) -> tuple[str, str, str, str]:
 
 
 def _uid(header: Dataset, keyword: str) -> str:
-    try:
-        value = header.get(keyword)
-    except PARSE_ERRORS as exc:
-        raise DatasetMismatchError(f"{keyword} unreadable") from exc
-    uid = str(value).strip().rstrip("\x00") if value is not None else ""
+    uid = _raw_uid(header, keyword)
+    if uid is None:
+        try:
+            value = header.get(keyword)
+        except PARSE_ERRORS as exc:
+            raise DatasetMismatchError(f"{keyword} unreadable") from exc
+        uid = str(value).strip().rstrip("\x00") if value is not None else ""
     if not is_safe_uid(uid):
         raise DatasetMismatchError(f"{keyword} missing or not a valid UID")
     return uid
+
+
+def _raw_uid(header: Dataset, keyword: str) -> str | None:
+    """A UI value still as received, read without pydicom converting the element (a UID is
+    ASCII in every character set, PS3.5 9.1); None when it was converted already."""
+    element = header.get_item(_IDENTIFYING_TAGS[keyword], keep_deferred=True)
+    if element is None:
+        return ""
+    if not isinstance(element, RawDataElement) or not isinstance(element.value, bytes):
+        return None
+    return element.value.decode("latin-1").strip(_UID_PADDING)
+
+
+_UID_PADDING = string.whitespace + "\x00"
+_IDENTIFYING_TAGS = {
+    keyword: BaseTag(tag_for_keyword(keyword) or 0)
+    for keyword in ("SOPInstanceUID", "SOPClassUID", "SeriesInstanceUID", "StudyInstanceUID")
+}
 
 
 def check_matches_request(

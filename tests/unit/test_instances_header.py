@@ -249,12 +249,17 @@ def explicit_element(group: int, element: int, vr: bytes, value: bytes) -> bytes
     return struct.pack("<HH2s2xI", group, element, vr, len(value)) + value
 
 
-def image_stream(private_value_length: int, pixel_length: int, pixels_sent: int) -> bytes:
+def image_stream(
+    private_value_length: int,
+    pixel_length: int,
+    pixels_sent: int,
+    sop_instance_uid: bytes = b"1.2.3.4\x00",
+) -> bytes:
     """An explicit VR header with a long private OB element, then Pixel Data (OW)."""
     return b"".join(
         [
             explicit_element(0x0008, 0x0016, b"UN", b"1.2.840.10008.5.1.4.1.1.7\x00"),
-            explicit_element(0x0008, 0x0018, b"UN", b"1.2.3.4\x00"),
+            explicit_element(0x0008, 0x0018, b"UN", sop_instance_uid),
             explicit_element(0x0009, 0x0010, b"UN", b"PRIVATE "),
             explicit_element(0x0009, 0x1000, b"OB", b"\x01" * private_value_length),
             explicit_element(0x0020, 0x000D, b"UN", b"1.2.3.1\x00"),
@@ -325,3 +330,29 @@ def test_a_deflated_prefix_is_left_to_the_whole_stream() -> None:
     stream = zlib.compress(image_stream(100, 1000, 1000))[2:-4]
 
     assert decode_header_prefix(stream, len(stream), DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (b"1.2.3.4\x00", "1.2.3.4"),
+        (b"1.2.3.4 ", "1.2.3.4"),
+        (b"1.2.3.45", "1.2.3.45"),
+    ],
+    ids=["nul-padded", "space-padded", "even"],
+)
+def test_identifying_uids_are_read_from_the_raw_elements(value: bytes, expected: str) -> None:
+    stream = image_stream(10, 100, 100, sop_instance_uid=value)
+
+    header = decode_header(stream, EXPLICIT_VR_LITTLE_ENDIAN)
+
+    assert identifying_uids(header)[0] == expected
+    assert header.get_item(0x00080018, keep_deferred=True).value == value  # never converted
+
+
+@pytest.mark.parametrize("value", [b"1.2.3.\xe94", b"1.2\\3.4", b"1.2.3.4abc"])
+def test_a_raw_uid_that_is_not_a_uid_does_not_match_the_sop_class(value: bytes) -> None:
+    stream = image_stream(10, 100, 100, sop_instance_uid=value + b"\x00" * (len(value) % 2))
+
+    with pytest.raises(DatasetMismatchError, match="SOPInstanceUID"):
+        identifying_uids(decode_header(stream, EXPLICIT_VR_LITTLE_ENDIAN))
