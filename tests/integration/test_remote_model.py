@@ -14,15 +14,18 @@ from pathlib import Path
 
 import pytest
 from pydicom import Dataset, dcmread
+from sqlalchemy import func, select
 
 from cad_node.app import Node
 from cad_node.config import Settings
 from cad_node.domain.findings import ModelResult
 from cad_node.domain.imaging import ImageVolume
+from cad_node.domain.states import DeliveryState
 from cad_node.models.lung.detector import LungNoduleModel
 from cad_node.models.manifest import MANIFEST_NAME, Manifest
 from cad_node.models.registry import FACTORIES, SHIPPED_DIR
 from cad_node.security.deid import DEIDENTIFICATION_METHOD
+from cad_node.store.schema import Delivery
 from tests.dicom_validation import assert_valid_dicom
 from tests.integration.peers import free_port, storescp, storescu, wait_for
 from tests.synthetic import SyntheticSeries
@@ -116,10 +119,22 @@ def delivered(
         node.start()
         try:
             assert storescu(node.scp.port, chest_ct.paths).returncode == 0
-            wait_for(lambda: len(list(pacs_dir.glob("*"))) >= 2, 240, "the SEG and the SR")
+            wait_for(lambda: _delivered(node) >= 2, 240, "the SEG and the SR")
             yield node, sorted(pacs_dir.glob("*"))
         finally:
             node.stop()
+
+
+def _delivered(node: Node) -> int:
+    """Result objects the destination acknowledged: storescp wrote each file whole before
+    answering (a file merely present in its folder may still be being written)."""
+    with node.sessions() as session:
+        count = session.scalar(
+            select(func.count())
+            .select_from(Delivery)
+            .where(Delivery.state == DeliveryState.DELIVERED)
+        )
+    return int(count or 0)
 
 
 def test_the_remote_model_sees_no_patient_and_no_original_uid(

@@ -6,6 +6,7 @@ findings that match the ground truth.
 """
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -115,11 +116,11 @@ def test_chest_ct_in_seg_and_sr_out(tmp_path: Path, chest_ct: SyntheticSeries) -
         with storescp(pacs_port, pacs_dir):
             sent = storescu(node.port, first_images)
             assert sent.returncode == 0, sent.stderr
-            wait_for(lambda: count_files(pacs_dir) >= 2, 180, "SEG and SR at the destination")
+            wait_for(lambda: delivered(node.log()) >= 2, 180, "SEG and SR at the destination")
             first = {ds.SOPClassUID: ds for ds in received(pacs_dir)}
 
             assert storescu(node.port, [late_image]).returncode == 0
-            wait_for(lambda: count_files(pacs_dir) >= 4, 180, "the re-run's SEG and SR")
+            wait_for(lambda: delivered(node.log()) >= 4, 180, "the re-run's SEG and SR")
         assert "Traceback" not in node.log()
 
     for path in pacs_dir.glob("*"):
@@ -137,8 +138,10 @@ def test_chest_ct_in_seg_and_sr_out(tmp_path: Path, chest_ct: SyntheticSeries) -
     assert predecessors == {first[COMPREHENSIVE_3D_SR].SOPInstanceUID}
 
 
-def count_files(folder: Path) -> int:
-    return sum(1 for path in folder.glob("*") if path.is_file())
+def delivered(node_log: str) -> int:
+    """Objects the node logged as delivered to ``pacs``: each one acknowledged, so storescp has
+    written its file whole (a file merely present may still be being written)."""
+    return sum(int(count) for count in re.findall(r"export to pacs: (\d+) delivered", node_log))
 
 
 def check_results(seg: Dataset, sr: Dataset, chest_ct: SyntheticSeries) -> None:
