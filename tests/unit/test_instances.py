@@ -268,3 +268,12 @@ def test_an_invalid_record_cannot_be_built(changes: dict[str, object], message: 
 def test_modality_comes_from_the_attributes() -> None:
     assert make_record(1).modality == "CT"
     assert make_record(1, attributes={"CallingAETitle": "X"}).modality == ""
+
+
+def test_the_driver_statements_cover_every_column_the_rows_set() -> None:
+    """The driver path compiles its inserts for listed columns: a column added to a row
+    builder but not to its list would be dropped without a word."""
+    record = make_record(1, expected_count=3)
+
+    assert tuple(instances._instance_row(record, 1, T0)) == instances._INSTANCE_KEYS
+    assert tuple(instances._new_series_row(record, T0)) == instances._NEW_SERIES_KEYS
