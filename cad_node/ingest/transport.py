@@ -53,8 +53,10 @@ from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler
+from pynetdicom.utils import make_target
 
 from cad_node.ingest.incoming import StoreService
 from cad_node.ingest.responses import plain_c_store_response
@@ -64,6 +66,7 @@ if TYPE_CHECKING:
     from pynetdicom.transport import ThreadedAssociationServer
 
 LOGGER = logging.getLogger("pynetdicom.assoc")
+DUL_LOGGER = logging.getLogger("pynetdicom.dul")
 
 SUPPORTED_PYNETDICOM = "3.0."
 """The pynetdicom release series whose private details this module relies on."""
@@ -278,6 +281,45 @@ class IngestDUL(DULServiceProvider):
             if self._stream is not None:
                 self._stream.close()
 
+    def run_reactor(self) -> None:
+        """pynetdicom 3.0's DUL reactor without its ``time.sleep`` between turns.
+
+        Even a sleep of 0 gives up the GIL: with several associations, each of
+        their PDUs then cost a wait to get it back.  Here the socket's
+        :attr:`IngestSocket.ready` is where an idle thread waits.
+        """
+        self._idle_timer.start()
+        while not self._kill_thread:
+            if not self.assoc._dul_ready.is_set():
+                self.assoc._dul_ready.set()
+            if self.artim_timer.expired:
+                self.event_queue.put("Evt18")
+            try:
+                if not self._process_recv_primitive() and self._is_transport_event():
+                    self._idle_timer.restart()
+            except Exception as exc:
+                self._abort_on_error(exc)
+                return
+            try:
+                event = self.event_queue.get(block=False)
+            except queue.Empty:
+                continue
+            self.state_machine.do_action(event)
+
+    def _abort_on_error(self, exc: Exception) -> None:
+        """pynetdicom's way out of a failed turn: an A-ABORT sent past the state machine,
+        whose state can no longer be trusted, and both reactors stopped."""
+        DUL_LOGGER.error("Exception in DUL.run(), aborting association")
+        DUL_LOGGER.exception(exc)
+        abort_pdu = A_ABORT_RQ()
+        abort_pdu.source = 0x02
+        abort_pdu.reason_diagnostic = 0x00
+        cast(IngestSocket, self.socket).send(abort_pdu.encode())
+        self.assoc.is_aborted = True
+        self.assoc.is_established = False
+        self.assoc._kill = True
+        self._kill_thread = True
+
     def _read_pdu_data(self) -> None:
         """pynetdicom 3.0's ``_read_pdu_data``, the PDU read into one buffer, and P-DATA-TF
         offered to the stream first (Evt10 in Sta6 leaves the state machine as it is)."""
@@ -412,6 +454,8 @@ def _stream_stores(association: Association, service: StoreService | None) -> No
     pynetdicom's does."""
     dul = association.dul
     dul.__class__ = IngestDUL
+    # The thread's target was bound to pynetdicom's reactor before the re-class.
+    cast(Any, dul)._target = make_target(dul.run_reactor)
     association_socket = cast(IngestSocket, dul.socket)
     cast(IngestDUL, dul)._stream = (
         None if service is None else StoreStream(association, service, association_socket.send)
