@@ -33,7 +33,7 @@ from cad_node.ingest.header import (
     decode_header_prefix,
     instance_record,
 )
-from cad_node.ingest.journal_writer import JournalWriter
+from cad_node.ingest.journal_writer import GroupCommitter
 from cad_node.ingest.spool import Buffer, Spool, SpoolFile, is_safe_uid, relative_instance_path
 from cad_node.security.peers import PeerPolicy, PeerService
 from cad_node.store.instances import RecordOutcome
@@ -76,7 +76,8 @@ class StoreService:
     spool
         Where received instances are written.
     journal
-        Records them (group commit across associations).
+        Records them (group commit across associations; in an extra ingest process,
+        through the node's process).
     peers
         Who may store.
     on_instance
@@ -88,7 +89,7 @@ class StoreService:
         self,
         *,
         spool: Spool,
-        journal: JournalWriter,
+        journal: GroupCommitter,
         peers: PeerPolicy,
         on_instance: OnInstance | None = None,
     ) -> None:

@@ -49,16 +49,85 @@ class _Pending:
 
     record: InstanceRecord
     done: threading.Event = field(default_factory=threading.Event)
-    outcome: RecordOutcome | None = None
-    error: Exception | None = None
+    _result: RecordOutcome | Exception | None = None
 
-    def settle(self, outcome: RecordOutcome | None, error: Exception | None) -> None:
-        self.outcome, self.error = outcome, error
+    def settle(self, result: RecordOutcome | Exception) -> None:
+        self._result = result
         self.done.set()
 
+    def result(self) -> RecordOutcome | Exception:
+        assert self._result is not None  # called once done
+        return self._result
 
-class JournalWriter:
-    """Records instances in the journal, the records of concurrent callers in shared transactions.
+
+class GroupCommitter:
+    """Records instances, the records of concurrent callers in shared commits.
+
+    Subclasses say how a batch is committed (:meth:`_commit_each`).
+
+    Parameters
+    ----------
+    maximum_batch
+        Records per commit at most.
+    """
+
+    def __init__(self, *, maximum_batch: int = MAXIMUM_BATCH) -> None:
+        if maximum_batch < 1:
+            raise ValueError(f"maximum_batch must be positive, got {maximum_batch}")
+        self._maximum_batch = maximum_batch
+        self._waiting: list[_Pending] = []
+        self._waiting_lock = threading.Lock()
+        self._commit_lock = threading.Lock()
+
+    def record(self, record: InstanceRecord) -> RecordOutcome:
+        """Record ``record`` and return once its commit is done.
+
+        Raises
+        ------
+        StorageError
+            The journal refused the write.
+        """
+        (result,) = self.record_many([record])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def record_many(self, records: Sequence[InstanceRecord]) -> list[RecordOutcome | Exception]:
+        """Record ``records``, each in whatever commit takes it; returns once all are done,
+        with the outcome of each, or the error that refused it (a StorageError, unless
+        something unexpected went wrong)."""
+        pending = [_Pending(record) for record in records]
+        with self._waiting_lock:
+            self._waiting.extend(pending)
+        for waiting in pending:
+            while not waiting.done.is_set():
+                with self._commit_lock:
+                    if not waiting.done.is_set():
+                        self._commit_batch(self._take_batch())
+        return [waiting.result() for waiting in pending]
+
+    def _take_batch(self) -> list[_Pending]:
+        with self._waiting_lock:
+            batch = self._waiting[: self._maximum_batch]
+            del self._waiting[: self._maximum_batch]
+        return batch
+
+    def _commit_batch(self, batch: Sequence[_Pending]) -> None:
+        try:
+            results = self._commit_each([pending.record for pending in batch])
+        except Exception as exc:  # every waiter must hear how its record ended
+            results = [_translated(exc)] * len(batch)
+        for pending, result in zip(batch, results, strict=True):
+            pending.settle(result)
+
+    def _commit_each(self, records: Sequence[InstanceRecord]) -> list[RecordOutcome | Exception]:
+        """Commit ``records``; the outcome of each, or the error that refused it."""
+        raise NotImplementedError
+
+
+class JournalWriter(GroupCommitter):
+    """Records instances in the journal, the records of concurrent callers in shared
+    transactions.
 
     Parameters
     ----------
@@ -77,8 +146,7 @@ class JournalWriter:
         *,
         maximum_batch: int = MAXIMUM_BATCH,
     ) -> None:
-        if maximum_batch < 1:
-            raise ValueError(f"maximum_batch must be positive, got {maximum_batch}")
+        super().__init__(maximum_batch=maximum_batch)
         self._sessionmaker = sessionmaker
         bind = sessionmaker.kw.get("bind")
         self._engine = (
@@ -86,51 +154,16 @@ class JournalWriter:
         )
         """Where records go straight through the driver (SQLite, PostgreSQL); else a Session."""
         self._clock = clock
-        self._maximum_batch = maximum_batch
-        self._waiting: list[_Pending] = []
-        self._waiting_lock = threading.Lock()
-        self._commit_lock = threading.Lock()
 
-    def record(self, record: InstanceRecord) -> RecordOutcome:
-        """Record ``record`` and return once its transaction has committed.
-
-        Raises
-        ------
-        StorageError
-            The journal refused the write.
-        """
-        pending = _Pending(record)
-        with self._waiting_lock:
-            self._waiting.append(pending)
-        while not pending.done.is_set():
-            with self._commit_lock:
-                if not pending.done.is_set():
-                    self._commit_batch(self._take_batch())
-        if pending.error is not None:
-            raise pending.error
-        assert pending.outcome is not None  # settled without an error
-        return pending.outcome
-
-    def _take_batch(self) -> list[_Pending]:
-        with self._waiting_lock:
-            batch = self._waiting[: self._maximum_batch]
-            del self._waiting[: self._maximum_batch]
-        return batch
-
-    def _commit_batch(self, batch: Sequence[_Pending]) -> None:
-        """One transaction for the batch; if it fails, each record alone, so one bad row fails
+    def _commit_each(self, records: Sequence[InstanceRecord]) -> list[RecordOutcome | Exception]:
+        """One transaction for them all; if it fails, one for each, so one bad row fails
         only its own instance."""
         try:
-            outcomes = self._commit([pending.record for pending in batch])
-        except Exception as exc:  # every waiter must hear how its record ended
-            if len(batch) > 1:
-                for pending in batch:
-                    self._commit_batch([pending])
-                return
-            batch[0].settle(None, _translated(exc))
-            return
-        for pending, outcome in zip(batch, outcomes, strict=True):
-            pending.settle(outcome, None)
+            return list(self._commit(records))
+        except Exception as exc:
+            if len(records) == 1:
+                return [_translated(exc)]
+            return [self._commit_each([record])[0] for record in records]
 
     def _commit(self, records: Sequence[InstanceRecord]) -> list[RecordOutcome]:
         now = self._clock()

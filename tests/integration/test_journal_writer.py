@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import event, func, select
 
 from cad_node.errors import StorageError
-from cad_node.ingest.journal_writer import JournalWriter
+from cad_node.ingest.journal_writer import GroupCommitter, JournalWriter
 from cad_node.store.instances import InstanceRecord, RecordOutcome
 from cad_node.store.schema import Instance, Series
 from tests.conftest import Journal
@@ -44,7 +44,7 @@ def writer(journal: Journal) -> JournalWriter:
     return JournalWriter(journal.sessionmaker, _now)
 
 
-def _record_from_threads(writer: JournalWriter, numbers: range) -> dict[int, object]:
+def _record_from_threads(writer: GroupCommitter, numbers: range) -> dict[int, object]:
     """Each record from its own thread, all at once; the outcome or the exception per number."""
     results: dict[int, object] = {}
     barrier = threading.Barrier(len(numbers))
