@@ -254,12 +254,27 @@ def node_command() -> list[str]:
     return [sys.executable, "-m", "cad_node", "serve"]
 
 
+NODE_STARTED = "cad_node.app: cad-node "
+"""Starts the line serve logs once it has started everything (extra ingest processes
+included): ``cad_node.app: cad-node <AE title> listening on <address>:<port>``."""
+
+
 @contextmanager
 def cad_node(config_path: Path, port: int, log_path: Path) -> Iterator[Peer]:
-    """``cad-node serve --config config_path``, ready once ``port`` accepts connections."""
+    """``cad-node serve --config config_path``, ready once it logs that it has started and
+    ``port`` accepts connections.
+
+    The port alone is not enough: it opens before the extra ingest processes
+    (``ingest_processes``) listen, and associations made meanwhile all go to the
+    node's own process.
+    """
     env = {**DCMTK_ENV, "PYTHONUNBUFFERED": "1"}
     peer = spawn("cad-node", [*node_command(), "--config", str(config_path)], port, log_path, env)
-    with running(peer, lambda: port_open(port), 180) as ready:
+
+    def started() -> bool:
+        return NODE_STARTED in peer.log_tail(chars=1_000_000) and port_open(port)
+
+    with running(peer, started, 180) as ready:
         yield ready
 
 

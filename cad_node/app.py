@@ -123,7 +123,7 @@ class Node:
     def _start_extra_ingest(self) -> None:
         if self.settings.ingest_processes > 1:
             self._extra_ingest = IngestProcesses(
-                self.settings, self.scp.port, self.settings.ingest_processes - 1
+                self.settings, self.scp, self.settings.ingest_processes - 1
             )
             self._extra_ingest.start()
 

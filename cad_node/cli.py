@@ -103,7 +103,18 @@ def _add_ingest(commands: "argparse._SubParsersAction[argparse.ArgumentParser]")
         help="an extra receiving process on serve's port (serve starts these itself when the "
         "config says ingest_processes > 1); reads the node's settings as JSON on stdin",
     )
-    ingest.add_argument("--port", type=int, required=True, help="the port serve listens on")
+    ingest.add_argument(
+        "--listening-fd",
+        type=int,
+        required=True,
+        help="an inherited socket: serve's listening socket, accepted on beside it",
+    )
+    ingest.add_argument(
+        "--journal-fd",
+        type=int,
+        required=True,
+        help="an inherited socket to serve's process, which commits the journal rows",
+    )
     ingest.set_defaults(func=_ingest)
 
 
@@ -193,7 +204,7 @@ def _ingest(args: argparse.Namespace) -> int:
 
     settings = Settings.model_validate_json(sys.stdin.read())
     configure_logging(settings.log_level)
-    run_ingest_process(settings, args.port)
+    run_ingest_process(settings, args.listening_fd, args.journal_fd)
     return 0
 
 

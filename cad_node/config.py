@@ -326,7 +326,7 @@ class Settings(_Settings):
     workers: int = Field(default=1, ge=0, le=64)
     """Worker threads in ``cad-node serve``; 0: jobs are left to ``cad-node worker`` processes."""
     ingest_processes: int = Field(default=1, ge=1, le=32)
-    """Processes receiving on ``port`` (SO_REUSEPORT); more than 1 uses more cores for ingest."""
+    """Processes accepting on ``port``'s listening socket; over 1 uses more cores for ingest."""
     lease_seconds: float = Field(default=300.0, gt=0)
     """How long a worker holds a job without a heartbeat before another may reclaim it."""
     decoding: DecodingSettings = DecodingSettings()

@@ -3,18 +3,19 @@
 One Python process receives on one core at a time: pynetdicom's PDU handling,
 the header decode and the journal write of every instance hold the GIL (ingest
 profile, docs/benchmarks.md).  With ``ingest_processes: N`` the node starts N-1
-``cad-node ingest`` processes.  Each runs a Storage SCP on the node's port with
-``SO_REUSEPORT``, so the kernel hands each new association to one of the N
-listeners.  Every process writes the same spool and journal, and each still
-acknowledges an instance only after its file is fsynced and its row committed.
+``cad-node ingest`` processes.  Each inherits the node's listening socket and
+accepts on it beside the node's own SCP: the first process free to take a new
+association takes it.  Every process writes the same spool; the journal rows of an extra
+process are committed by the node's process, which it reaches over a socket
+pair (:mod:`cad_node.ingest.journal_link`).  Each process still acknowledges an
+instance only after its file is fsynced and its row committed.
 
 The node's own process keeps everything else: assembly, jobs, export, the admin
-API.  A series that an extra process completes by count is routed by the next
-assembly sweep (at most ``SWEEP_SECONDS`` later) rather than at once.
+API, and hears of every instance as soon as its row is committed.
 
 Example::
 
-    extra = IngestProcesses(settings, port=scp.port, count=settings.ingest_processes - 1)
+    extra = IngestProcesses(settings, scp, count=settings.ingest_processes - 1)
     extra.start()   # returns once every process listens
     ...
     extra.stop()    # SIGTERM; in-flight instances are answered or never acknowledged
@@ -25,16 +26,22 @@ import logging
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from cad_node.clock import utc_now
 from cad_node.config import Settings
 from cad_node.errors import CadNodeError
+from cad_node.ingest.journal_link import LinkedJournal, serve_link
+
+if TYPE_CHECKING:
+    from cad_node.ingest.scp import StorageSCP
 
 logger = logging.getLogger(__name__)
 
@@ -51,12 +58,14 @@ class IngestProcessError(CadNodeError):
 
 @dataclass
 class IngestProcesses:
-    """``count`` ``cad-node ingest`` processes sharing ``port`` with the node's own SCP."""
+    """``count`` ``cad-node ingest`` processes accepting on the listening socket of the node's
+    own SCP, ``scp``, whose journal commits their rows and hears of them."""
 
     settings: Settings
-    port: int
+    scp: "StorageSCP"
     count: int
     _children: list["subprocess.Popen[bytes]"] = field(init=False, default_factory=list)
+    _links: list[threading.Thread] = field(init=False, default_factory=list)
 
     def start(self) -> None:
         """Start them all; returns once each listens.
@@ -74,7 +83,7 @@ class IngestProcesses:
         except Exception:
             self.stop()
             raise
-        logger.info("%d extra ingest processes listening on port %d", self.count, self.port)
+        logger.info("%d extra ingest processes listening on port %d", self.count, self.scp.port)
 
     def stop(self) -> None:
         """SIGTERM each, then wait; one that outlives ``STOP_SECONDS`` is killed."""
@@ -90,10 +99,31 @@ class IngestProcesses:
                 child.kill()
                 child.wait()
         self._children.clear()
+        for link in self._links:
+            link.join(timeout=STOP_SECONDS)
+        self._links.clear()
 
     def _spawn(self) -> "subprocess.Popen[bytes]":
-        argv = [sys.executable, "-m", "cad_node", "ingest", "--port", str(self.port)]
-        child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        listening = self.scp.listening_socket.fileno()
+        node_end, child_end = socket.socketpair()
+        with child_end:
+            argv = [sys.executable, "-m", "cad_node", "ingest"]
+            argv += ["--listening-fd", str(listening), "--journal-fd", str(child_end.fileno())]
+            child = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                pass_fds=[listening, child_end.fileno()],
+            )
+        store_service = self.scp.store_service
+        link = threading.Thread(
+            target=serve_link,
+            args=(node_end, store_service.journal, store_service.notify),
+            name=f"journal-link-{child.pid}",
+            daemon=True,
+        )
+        link.start()
+        self._links.append(link)
         assert child.stdin is not None
         child.stdin.write(self.settings.model_dump_json().encode())
         child.stdin.close()
@@ -110,8 +140,10 @@ def _wait_until_listening(child: "subprocess.Popen[bytes]", seconds: float) -> N
         raise IngestProcessError(f"ingest process {child.pid} {state}")
 
 
-def run_ingest_process(settings: Settings, port: int) -> None:
-    """The ``cad-node ingest`` process: a Storage SCP on ``port`` until SIGTERM or SIGINT."""
+def run_ingest_process(settings: Settings, listening_fd: int, journal_fd: int) -> None:
+    """The ``cad-node ingest`` process: a Storage SCP accepting on the inherited socket
+    ``listening_fd`` until SIGTERM or SIGINT, its journal rows committed by the node's
+    process at the other end of ``journal_fd``."""
     from cad_node.ingest.scp import StorageSCP
     from cad_node.store.db import make_engine, session_factory
 
@@ -127,13 +159,22 @@ def run_ingest_process(settings: Settings, port: int) -> None:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     engine = make_engine(settings.resolved_database_url)
-    scp = StorageSCP.from_settings(settings, session_factory(engine), utc_now, port=port)
+    journal = LinkedJournal(socket.socket(fileno=journal_fd))
+    scp = StorageSCP.from_settings(
+        settings,
+        session_factory(engine),
+        utc_now,
+        port=0,  # unused: the inherited socket is bound already
+        listening_fd=listening_fd,
+        journal=journal,
+    )
     try:
         scp.start()
         print(READY, flush=True)
         stopping.wait()
     finally:
         scp.stop()
+        journal.close()
         engine.dispose()
 
 

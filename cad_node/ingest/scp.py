@@ -32,7 +32,7 @@ from cad_node.ingest.incoming import (
     StoreRequest,
     StoreService,
 )
-from cad_node.ingest.journal_writer import JournalWriter
+from cad_node.ingest.journal_writer import GroupCommitter, JournalWriter
 from cad_node.ingest.spool import Spool
 from cad_node.ingest.transport import check_pynetdicom_version, use_ingest_sockets
 from cad_node.security.peers import PeerPolicy, PeerService
@@ -110,9 +110,13 @@ class StorageSCP:
     ssl_context
         DICOM TLS (PS3.15 Annex B.9) on the port (see :mod:`cad_node.security.tls`);
         ``None``: plain TCP.
-    reuse_port
-        Share the port with other processes' SCPs (``SO_REUSEPORT``): the kernel
-        spreads incoming associations over them (:mod:`cad_node.ingest.processes`).
+    listening_fd
+        Accept on this inherited listening socket instead of binding one: an extra
+        ingest process shares the node's (:mod:`cad_node.ingest.processes`).
+    journal
+        What records the instances; by default a :class:`JournalWriter` on
+        ``sessionmaker`` (an extra ingest process passes a
+        :class:`~cad_node.ingest.journal_link.LinkedJournal`).
     """
 
     def __init__(
@@ -129,15 +133,18 @@ class StorageSCP:
         maximum_associations: int = 16,
         ssl_context: ssl.SSLContext | None = None,
         peers: PeerPolicy | None = None,
-        reuse_port: bool = False,
+        listening_fd: int | None = None,
+        journal: GroupCommitter | None = None,
     ) -> None:
         configure_pynetdicom()
-        self._server_class = _ReusePortServer if reuse_port else ThreadedAssociationServer
+        self._server_class = type(
+            "BoundIngestServer", (_IngestServer,), {"listening_fd": listening_fd}
+        )
         self._peers = peers or PeerPolicy.from_calling_aets(allowed_calling_aets)
         self._bind = (bind_address, port)
         self._store_service = StoreService(
             spool=spool,
-            journal=JournalWriter(sessionmaker, clock),
+            journal=journal or JournalWriter(sessionmaker, clock),
             peers=self._peers,
             on_instance=on_instance,
         )
@@ -154,9 +161,11 @@ class StorageSCP:
         *,
         port: int,
         on_instance: OnInstance | None = None,
+        listening_fd: int | None = None,
+        journal: GroupCommitter | None = None,
     ) -> "StorageSCP":
         """The node's SCP as ``settings`` describe it, on ``port`` (``cad-node serve``'s own,
-        or that of an extra ``cad-node ingest`` process: the same port, shared)."""
+        or that of an extra ``cad-node ingest`` process, on serve's listening socket)."""
         return cls(
             ae_title=settings.ae_title,
             bind_address=settings.bind_address,
@@ -168,8 +177,21 @@ class StorageSCP:
             clock=clock,
             on_instance=on_instance,
             ssl_context=None if settings.tls is None else server_context(settings.tls),
-            reuse_port=settings.ingest_processes > 1,
+            listening_fd=listening_fd,
+            journal=journal,
         )
+
+    @property
+    def store_service(self) -> StoreService:
+        """Where C-STORE data sets go: its journal and ``notify`` serve extra ingest processes."""
+        return self._store_service
+
+    @property
+    def listening_socket(self) -> socket.socket:
+        """The socket associations are accepted on (extra ingest processes inherit it)."""
+        if self._server is None:
+            raise RuntimeError("the SCP is not started")
+        return cast(socket.socket, self._server.socket)
 
     @property
     def port(self) -> int:
@@ -197,7 +219,9 @@ class StorageSCP:
         use_ingest_sockets(server, self._store_service)
         handshake_in_association_thread(server)
         threading.Thread(
-            target=server.serve_forever, name=f"storage-scp-{self._bind[1]}", daemon=True
+            target=server.serve_forever,
+            name=f"storage-scp-{server.server_address[1]}",
+            daemon=True,
         ).start()
         # As start_server does: the server's shutdown() removes itself from this list
         # (pynetdicom 3.0.x, checked by check_pynetdicom_version).
@@ -303,10 +327,28 @@ def _log_rejection(event: Event) -> None:
     )
 
 
-class _ReusePortServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server on a socket that shares its port (``SO_REUSEPORT``)."""
+class _IngestServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server on a listening socket that never blocks in ``accept``.
+
+    Extra ingest processes accept on the node's listening socket too: each wakes
+    for a new connection, the first to ``accept`` takes it, and the others must
+    go back to waiting rather than block until the next one.  Whoever is least
+    busy tends to be first, so associations spread by load; ``SO_REUSEPORT``
+    spread them by a hash, and eight senders split as unevenly as 7:1.
+    """
+
+    listening_fd: int | None = None
+    """An inherited listening socket to accept on instead of binding one."""
 
     def server_bind(self) -> None:
-        listening = cast(socket.socket, self.socket)
-        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
+        if self.listening_fd is None:
+            super().server_bind()
+        else:
+            cast(socket.socket, self.socket).close()
+            self.socket = socket.socket(fileno=self.listening_fd)
+            self.server_address = self.socket.getsockname()
+        cast(socket.socket, self.socket).setblocking(False)
+
+    def server_activate(self) -> None:
+        if self.listening_fd is None:
+            super().server_activate()

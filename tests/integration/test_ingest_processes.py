@@ -1,8 +1,9 @@
 """``ingest_processes: 3``: ``cad-node serve`` and two ``cad-node ingest`` processes on one port.
 
-Eight DCMTK ``storescu`` associations at once: the kernel spreads them over the
-three listeners (SO_REUSEPORT), every instance is acknowledged, spooled and in
-the one journal, and the extra processes did part of the receiving.  They stop
+Eight DCMTK ``storescu`` associations at once: the three processes accept them
+on one listening socket, every instance is acknowledged, spooled and in the one
+journal (the extra processes' rows committed by serve over their links), and the
+extra processes did part of the receiving.  They stop
 with the node, and die with it when it is killed.
 """
 
