@@ -9,6 +9,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from io import BytesIO
@@ -113,6 +114,9 @@ class StorageSCP:
     listening_fd
         Accept on this inherited listening socket instead of binding one: an extra
         ingest process shares the node's (:mod:`cad_node.ingest.processes`).
+    shares_socket
+        Other processes accept on the listening socket too (implied by
+        ``listening_fd``): accept by load, so associations spread evenly.
     journal
         What records the instances; by default a :class:`JournalWriter` on
         ``sessionmaker`` (an extra ingest process passes a
@@ -134,11 +138,14 @@ class StorageSCP:
         ssl_context: ssl.SSLContext | None = None,
         peers: PeerPolicy | None = None,
         listening_fd: int | None = None,
+        shares_socket: bool = False,
         journal: GroupCommitter | None = None,
     ) -> None:
         configure_pynetdicom()
         self._server_class = type(
-            "BoundIngestServer", (_IngestServer,), {"listening_fd": listening_fd}
+            "BoundIngestServer",
+            (_IngestServer,),
+            {"listening_fd": listening_fd, "shares_socket": shares_socket or bool(listening_fd)},
         )
         self._peers = peers or PeerPolicy.from_calling_aets(allowed_calling_aets)
         self._bind = (bind_address, port)
@@ -178,6 +185,7 @@ class StorageSCP:
             on_instance=on_instance,
             ssl_context=None if settings.tls is None else server_context(settings.tls),
             listening_fd=listening_fd,
+            shares_socket=settings.ingest_processes > 1,
             journal=journal,
         )
 
@@ -327,18 +335,27 @@ def _log_rejection(event: Event) -> None:
     )
 
 
+ACCEPT_PAUSE_PER_ASSOCIATION = 0.005
+"""Seconds an SCP that shares its listening socket waits, per association it serves,
+before it accepts a new one."""
+
+
 class _IngestServer(ThreadedAssociationServer):
     """pynetdicom's threaded server on a listening socket that never blocks in ``accept``.
 
     Extra ingest processes accept on the node's listening socket too: each wakes
     for a new connection, the first to ``accept`` takes it, and the others must
     go back to waiting rather than block until the next one.  Whoever is least
-    busy tends to be first, so associations spread by load; ``SO_REUSEPORT``
-    spread them by a hash, and eight senders split as unevenly as 7:1.
+    busy tends to be first, and a process pauses before it accepts for each
+    association it already serves (:data:`ACCEPT_PAUSE_PER_ASSOCIATION`), so a
+    burst of associations spreads evenly.  ``SO_REUSEPORT`` spread them by a
+    hash, and eight senders split as unevenly as 7:1.
     """
 
     listening_fd: int | None = None
     """An inherited listening socket to accept on instead of binding one."""
+    shares_socket = False
+    """Other processes accept on the socket too."""
 
     def server_bind(self) -> None:
         if self.listening_fd is None:
@@ -352,3 +369,10 @@ class _IngestServer(ThreadedAssociationServer):
     def server_activate(self) -> None:
         if self.listening_fd is None:
             super().server_activate()
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        """Accept, after a pause as long as this process has associations when others
+        accept on the socket too: the least busy process tends to take the connection."""
+        if self.shares_socket:
+            time.sleep(ACCEPT_PAUSE_PER_ASSOCIATION * len(self.active_associations))
+        return super().get_request()

@@ -76,6 +76,8 @@ class NodeProcess:
     def _alive_and_listening(self) -> bool:
         if self.process.poll() is not None:
             raise AssertionError(f"cad-node exited: {self.log_path.read_text()[-3000:]}")
+        if self.config.get("ingest_processes", 1) > 1 and NODE_STARTED not in self.log():
+            return False  # the port opens before the extra ingest processes accept on it
         return port_open(self.port)
 
     def kill(self) -> None:
@@ -94,6 +96,10 @@ class NodeProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+NODE_STARTED = "cad_node.app: cad-node "
+"""Starts the line serve logs once everything has started."""
 
 
 @contextmanager

@@ -9,10 +9,14 @@ with the node, and die with it when it is killed.
 
 import os
 import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
+from pynetdicom import AE
+from pynetdicom.association import Association
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
 
@@ -75,6 +79,42 @@ def test_extra_ingest_processes_share_the_port_and_the_journal(tmp_path: Path) -
         spooled = [p for p in (tmp_path / "storage").rglob("*.dcm") if "results" not in p.parts]
         assert len(spooled) == SENDERS * SLICES
     wait_for(lambda: not any(map(_alive, children)), 30, "the ingest processes to stop")
+
+
+def _established_to(port: int, pid: int) -> int:
+    """Connections to ``port`` whose accepted socket ``pid`` holds (from /proc)."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port = int(fields[1].split(":")[1], 16)
+        if local_port == port and fields[3] == "01":  # ESTABLISHED
+            inodes.add(fields[9])
+    held = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with suppress(FileNotFoundError):
+            target = os.readlink(fd)
+            held += target.startswith("socket:[") and target[8:-1] in inodes
+    return held
+
+
+def test_associations_spread_evenly_over_the_processes(tmp_path: Path) -> None:
+    config = write_config(tmp_path, ingest_processes=2, rules=[])
+    requestor = AE(ae_title="SPREAD")
+    requestor.add_requested_context("1.2.840.10008.1.1")
+    with running_node(config, tmp_path / "node.log") as node:
+        (child,) = _ingest_children(node.process.pid)
+        associations: list[Association] = []
+        try:
+            for _ in range(SENDERS):
+                associations.append(requestor.associate("127.0.0.1", node.port, ae_title="CADNODE"))
+                assert associations[-1].is_established
+            time.sleep(0.2)
+            held = [_established_to(node.port, pid) for pid in (node.process.pid, child)]
+        finally:
+            for association in associations:
+                association.release()
+    assert sum(held) == SENDERS
+    assert min(held) >= SENDERS // 2 - 1, f"associations split {held}"
 
 
 def test_extra_ingest_processes_die_with_a_killed_node(tmp_path: Path) -> None:
