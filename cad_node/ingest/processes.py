@@ -5,10 +5,10 @@ the header decode and the journal write of every instance hold the GIL (ingest
 profile, docs/benchmarks.md).  With ``ingest_processes: N`` the node starts N-1
 ``cad-node ingest`` processes.  Each inherits the node's listening socket and
 accepts on it beside the node's own SCP: the first process free to take a new
-association takes it.  Every process writes the same spool; the journal rows of an extra
-process are committed by the node's process, which it reaches over a socket
-pair (:mod:`cad_node.ingest.journal_link`).  Each process still acknowledges an
-instance only after its file is fsynced and its row committed.
+association takes it.  Every process writes the same spool; the journal rows
+of an extra process are committed by the node's process, which it reaches over
+a socket pair (:mod:`cad_node.ingest.journal_link`).  Each process still
+acknowledges an instance only after its file is fsynced and its row committed.
 
 The node's own process keeps everything else: assembly, jobs, export, the admin
 API, and hears of every instance as soon as its row is committed.

@@ -142,10 +142,11 @@ class StorageSCP:
         journal: GroupCommitter | None = None,
     ) -> None:
         configure_pynetdicom()
+        shares_socket = shares_socket or listening_fd is not None
         self._server_class = type(
             "BoundIngestServer",
             (_IngestServer,),
-            {"listening_fd": listening_fd, "shares_socket": shares_socket or bool(listening_fd)},
+            {"listening_fd": listening_fd, "shares_socket": shares_socket},
         )
         self._peers = peers or PeerPolicy.from_calling_aets(allowed_calling_aets)
         self._bind = (bind_address, port)
@@ -369,6 +370,14 @@ class _IngestServer(ThreadedAssociationServer):
     def server_activate(self) -> None:
         if self.listening_fd is None:
             super().server_activate()
+
+    def server_close(self) -> None:
+        """Close the socket; an inherited one without ``shutdown``, which would stop every
+        process accepting on it."""
+        if self.listening_fd is None:
+            super().server_close()
+        else:
+            cast(socket.socket, self.socket).close()
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         """Accept, after a pause as long as this process has associations when others

@@ -117,6 +117,21 @@ def test_associations_spread_evenly_over_the_processes(tmp_path: Path) -> None:
     assert min(held) >= SENDERS // 2 - 1, f"associations split {held}"
 
 
+def test_the_node_still_accepts_after_an_extra_process_stops(tmp_path: Path) -> None:
+    config = write_config(tmp_path, ingest_processes=2, rules=[])
+    requestor = AE(ae_title="AFTER")
+    requestor.add_requested_context("1.2.840.10008.1.1")
+    with running_node(config, tmp_path / "node.log") as node:
+        (child,) = _ingest_children(node.process.pid)
+        os.kill(child, signal.SIGTERM)  # it closes its SCP: not the listening socket they share
+        wait_for(lambda: not _alive(child), 30, "the ingest process to stop")
+        for _ in range(4):
+            association = requestor.associate("127.0.0.1", node.port, ae_title="CADNODE")
+            assert association.is_established, node.log()[-3000:]
+            assert association.send_c_echo().Status == 0x0000
+            association.release()
+
+
 def test_extra_ingest_processes_die_with_a_killed_node(tmp_path: Path) -> None:
     config = write_config(tmp_path, ingest_processes=2, rules=[])
     with running_node(config, tmp_path / "node.log") as node:
