@@ -32,6 +32,9 @@ from cad_node.worker import LeasedWorker, make_worker, model_registry, work_loop
 
 logger = logging.getLogger(__name__)
 
+SIGNAL_CHECK_SECONDS = 0.5
+"""How often a main thread waiting to stop lets Python run the signal handlers."""
+
 SWEEP_SECONDS = 1.0
 """How often quiet series, expired leases and due deliveries are looked for (besides the
 sweeps a complete series or a finished job asks for at once)."""
@@ -182,8 +185,14 @@ class Node:
         self.engine.dispose()
 
     def wait(self) -> None:
-        """Block until ``stop()`` is called (from a signal handler, say)."""
-        self._stopping.wait()
+        """Block until ``stop()`` is called (from a signal handler, say).
+
+        Waits in slices: the kernel may hand SIGTERM to any thread, and a main
+        thread blocked without a timeout would not run Python's handler until
+        something else woke it.
+        """
+        while not self._stopping.wait(SIGNAL_CHECK_SECONDS):
+            pass
 
     def recover(self) -> None:
         """Re-index spool files the journal lacks and re-queue jobs a crash left running.

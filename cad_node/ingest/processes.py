@@ -49,6 +49,8 @@ READY = "listening"
 """What an ingest process prints on its standard output once its SCP listens."""
 START_SECONDS = 60.0
 STOP_SECONDS = 30.0
+SIGNAL_CHECK_SECONDS = 0.5
+"""How often the waiting main thread lets Python run the SIGTERM handler."""
 _PR_SET_PDEATHSIG = 1
 
 
@@ -171,7 +173,8 @@ def run_ingest_process(settings: Settings, listening_fd: int, journal_fd: int) -
     try:
         scp.start()
         print(READY, flush=True)
-        stopping.wait()
+        while not stopping.wait(SIGNAL_CHECK_SECONDS):  # see Node.wait: signals need a turn
+            pass
     finally:
         scp.stop()
         journal.close()
