@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from cad_node.admin.api import create_app
 from cad_node.admin.context import AdminContext
 from cad_node.admin.server import AdminServer
-from cad_node.clock import Clock, utc_now
+from cad_node.clock import Clock, utc_now, wait_until_set
 from cad_node.config import Settings
 from cad_node.errors import ModelError
 from cad_node.export.service import deliver_due
@@ -31,9 +31,6 @@ from cad_node.sweeps import Sweep
 from cad_node.worker import LeasedWorker, make_worker, model_registry, work_loop
 
 logger = logging.getLogger(__name__)
-
-SIGNAL_CHECK_SECONDS = 0.5
-"""How often a main thread waiting to stop lets Python run the signal handlers."""
 
 SWEEP_SECONDS = 1.0
 """How often quiet series, expired leases and due deliveries are looked for (besides the
@@ -185,14 +182,8 @@ class Node:
         self.engine.dispose()
 
     def wait(self) -> None:
-        """Block until ``stop()`` is called (from a signal handler, say).
-
-        Waits in slices: the kernel may hand SIGTERM to any thread, and a main
-        thread blocked without a timeout would not run Python's handler until
-        something else woke it.
-        """
-        while not self._stopping.wait(SIGNAL_CHECK_SECONDS):
-            pass
+        """Block until ``stop()`` is called (from a signal handler, say)."""
+        wait_until_set(self._stopping)
 
     def recover(self) -> None:
         """Re-index spool files the journal lacks and re-queue jobs a crash left running.

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 
 from cad_node.errors import StorageError
 from cad_node.ingest.journal_writer import MAXIMUM_BATCH, GroupCommitter
+from cad_node.ingest.transport import recv_exactly
 from cad_node.store.instances import InstanceRecord, RecordOutcome
 
 logger = logging.getLogger(__name__)
@@ -131,13 +132,7 @@ def receive_message(link: socket.socket) -> object | None:
 def _receive_exactly(link: socket.socket, length: int) -> bytes:
     """``length`` bytes, or fewer when the other end closed."""
     buffer = bytearray(length)
-    view = memoryview(buffer)
-    received = 0
-    while received < length:
-        count = link.recv_into(view[received:])
-        if count == 0:
-            break
-        received += count
+    received = recv_exactly(link, memoryview(buffer))
     return bytes(buffer[:received])
 
 

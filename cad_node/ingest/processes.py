@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from cad_node.clock import utc_now
+from cad_node.clock import utc_now, wait_until_set
 from cad_node.config import Settings
 from cad_node.errors import CadNodeError
 from cad_node.ingest.journal_link import LinkedJournal, serve_link
@@ -49,8 +49,6 @@ READY = "listening"
 """What an ingest process prints on its standard output once its SCP listens."""
 START_SECONDS = 60.0
 STOP_SECONDS = 30.0
-SIGNAL_CHECK_SECONDS = 0.5
-"""How often the waiting main thread lets Python run the SIGTERM handler."""
 _PR_SET_PDEATHSIG = 1
 
 
@@ -173,8 +171,7 @@ def run_ingest_process(settings: Settings, listening_fd: int, journal_fd: int) -
     try:
         scp.start()
         print(READY, flush=True)
-        while not stopping.wait(SIGNAL_CHECK_SECONDS):  # see Node.wait: signals need a turn
-            pass
+        wait_until_set(stopping)
     finally:
         scp.stop()
         journal.close()

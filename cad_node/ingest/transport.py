@@ -181,7 +181,7 @@ class IngestSocket(AssociationSocket):
         if connection is None:
             return bytearray()
         buffer = bytearray(nr_bytes)
-        received = _recv_exactly(connection, memoryview(buffer))
+        received = recv_exactly(connection, memoryview(buffer))
         if received < nr_bytes:
             del buffer[received:]
         return buffer
@@ -255,7 +255,7 @@ class IngestAssociation(Association):
         self._activity.set()
 
 
-def _recv_exactly(connection: socket.socket, view: memoryview) -> int:
+def recv_exactly(connection: socket.socket, view: memoryview) -> int:
     """Fill ``view`` from the socket; returns the bytes read (short only at end of stream)."""
     received = 0
     total = len(view)
