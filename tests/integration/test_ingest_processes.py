@@ -3,15 +3,16 @@
 Eight DCMTK ``storescu`` associations at once: the three processes accept them
 on one listening socket, every instance is acknowledged, spooled and in the one
 journal (the extra processes' rows committed by serve over their links), and the
-extra processes did part of the receiving.  They stop
-with the node, and die with it when it is killed.
+extra processes did part of the receiving.  They stop with the node, and die with
+it when it is killed.
 """
 
 import os
 import signal
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -21,13 +22,14 @@ from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
 
 from cad_node.store.schema import Instance, Series
-from tests.integration.peers import running_node, storescu, wait_for, write_config
+from tests.integration.peers import NodeProcess, running_node, storescu, wait_for, write_config
 from tests.integration.process_usage import cpu_seconds, descendants
 from tests.synthetic import write_ct_series
 
 pytestmark = pytest.mark.slow
 
 SENDERS = 8
+VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
 SLICES = 12
 
 
@@ -97,12 +99,24 @@ def _established_to(port: int, pid: int) -> int:
     return held
 
 
-def test_associations_spread_evenly_over_the_processes(tmp_path: Path) -> None:
+@contextmanager
+def _node_with_one_extra_process(tmp_path: Path) -> Iterator[tuple[NodeProcess, int]]:
+    """``ingest_processes: 2``: the node and the pid of its extra ingest process."""
     config = write_config(tmp_path, ingest_processes=2, rules=[])
-    requestor = AE(ae_title="SPREAD")
-    requestor.add_requested_context("1.2.840.10008.1.1")
     with running_node(config, tmp_path / "node.log") as node:
         (child,) = _ingest_children(node.process.pid)
+        yield node, child
+
+
+def _verification_requestor(ae_title: str) -> AE:
+    requestor = AE(ae_title=ae_title)
+    requestor.add_requested_context(VERIFICATION_SOP_CLASS)
+    return requestor
+
+
+def test_associations_spread_evenly_over_the_processes(tmp_path: Path) -> None:
+    requestor = _verification_requestor("SPREAD")
+    with _node_with_one_extra_process(tmp_path) as (node, child):
         associations: list[Association] = []
         try:
             for _ in range(SENDERS):
@@ -118,11 +132,8 @@ def test_associations_spread_evenly_over_the_processes(tmp_path: Path) -> None:
 
 
 def test_the_node_still_accepts_after_an_extra_process_stops(tmp_path: Path) -> None:
-    config = write_config(tmp_path, ingest_processes=2, rules=[])
-    requestor = AE(ae_title="AFTER")
-    requestor.add_requested_context("1.2.840.10008.1.1")
-    with running_node(config, tmp_path / "node.log") as node:
-        (child,) = _ingest_children(node.process.pid)
+    requestor = _verification_requestor("AFTER")
+    with _node_with_one_extra_process(tmp_path) as (node, child):
         os.kill(child, signal.SIGTERM)  # it closes its SCP: not the listening socket they share
         wait_for(lambda: not _alive(child), 30, "the ingest process to stop")
         for _ in range(4):

@@ -16,10 +16,10 @@ from cad_node.store.instances import RecordOutcome
 from cad_node.store.schema import Instance
 from tests.conftest import Journal
 from tests.integration.test_journal_writer import (
-    REFUSED_SOP_UID,
     _now,
     _record,
     _record_from_threads,
+    refuse_one_sop_instance,
 )
 
 
@@ -64,12 +64,7 @@ def test_records_sent_over_the_link_are_committed_and_the_node_hears_of_each(
 
 
 def test_a_row_the_node_refuses_fails_only_its_own_instance(journal: Journal, link: Link) -> None:
-    with journal.engine.begin() as connection:
-        connection.exec_driver_sql(
-            "CREATE TRIGGER refuse BEFORE INSERT ON instances "
-            f"WHEN NEW.sop_instance_uid = '{REFUSED_SOP_UID}' "
-            "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
-        )
+    refuse_one_sop_instance(journal)
 
     results = _record_from_threads(link.linked, range(990, 1000))
 

@@ -89,13 +89,18 @@ def test_concurrent_records_share_commits_and_each_is_committed_before_it_return
         assert session.scalar(select(Series.instance_count)) == 16
 
 
-def test_a_refused_row_fails_only_its_own_instance(journal: Journal, writer: JournalWriter) -> None:
+def refuse_one_sop_instance(journal: Journal) -> None:
+    """Make the journal refuse the row of :data:`REFUSED_SOP_UID` (a trigger)."""
     with journal.engine.begin() as connection:
         connection.exec_driver_sql(
             "CREATE TRIGGER refuse BEFORE INSERT ON instances "
             f"WHEN NEW.sop_instance_uid = '{REFUSED_SOP_UID}' "
             "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
         )
+
+
+def test_a_refused_row_fails_only_its_own_instance(journal: Journal, writer: JournalWriter) -> None:
+    refuse_one_sop_instance(journal)
 
     results = _record_from_threads(writer, range(990, 1000))
 
