@@ -117,9 +117,7 @@ class Worker:
             return True
         except Exception as exc:  # a model bug must not stop the worker; the job shows why
             logger.exception("job %d crashed", job_input.job_id)
-            # A library's exception text may quote a header value, and the reason is
-            # shown on the admin page and by `cad-node status`: withhold quoted values.
-            self._fail(job_input, redact(f"internal error: {type(exc).__name__}: {exc}"))
+            self._fail(job_input, f"internal error: {type(exc).__name__}: {exc}")
             return True
         with self.sessions.begin() as session:
             job = self._held_job(session, job_input.job_id)
@@ -180,6 +178,9 @@ class Worker:
         return result_kinds_of(current_destinations(session)) or self.result_kinds
 
     def _fail(self, job_input: JobInput, reason: str) -> None:
+        # A library's exception text may quote a header value, and the reason is shown
+        # on the admin page and by `cad-node status`: withhold quoted values.
+        reason = redact(reason)
         logger.warning("job %d failed: %s", job_input.job_id, reason)
         with self.sessions.begin() as session:
             job = self._held_job(session, job_input.job_id)
@@ -188,6 +189,7 @@ class Worker:
 
     def _quarantine(self, job_input: JobInput, reason: str) -> None:
         """Fail the job and set its series aside with the same reason (no automatic retry)."""
+        reason = redact(reason)
         logger.warning(
             "job %d: series %s quarantined: %s",
             job_input.job_id,

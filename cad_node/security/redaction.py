@@ -11,24 +11,38 @@ parts replaced before any handler writes it.
 import logging
 import re
 
+from pydicom.datadict import keyword_dict
+
 WITHHELD = "<value withheld>"
 
 _QUOTED = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"")
 _UID = re.compile(r"[0-9]+(\.[0-9]+)+")
+_TYPE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 
 
 def redact(message: str) -> str:
     """``message`` with every quoted value replaced by :data:`WITHHELD`.
 
-    UIDs and the source files of traceback frames (``File "..."``) stay.
+    What names the failure stays: UIDs, DICOM keywords (``'PatientOrientation'``),
+    the type in ``'FileDataset' object has no attribute ...`` and the source files of
+    traceback frames (``File "..."``).
     """
     return _QUOTED.sub(_withhold, message)
 
 
 def _withhold(match: re.Match[str]) -> str:
+    return match.group(0) if _names_the_failure(match) else f"'{WITHHELD}'"
+
+
+def _names_the_failure(match: re.Match[str]) -> bool:
     inner = match.group(0)[1:-1]
-    source_file = match.string[: match.start()].endswith("File ")  # a traceback's frame line
-    return match.group(0) if source_file or _UID.fullmatch(inner) else f"'{WITHHELD}'"
+    before, after = match.string[: match.start()], match.string[match.end() :]
+    return (
+        before.endswith("File ")  # a traceback's frame line
+        or _UID.fullmatch(inner) is not None
+        or inner in keyword_dict
+        or (after.startswith(" object") and _TYPE_NAME.fullmatch(inner) is not None)
+    )
 
 
 class RedactingFilter(logging.Filter):
