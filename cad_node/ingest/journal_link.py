@@ -75,8 +75,9 @@ def serve_link(
 ) -> None:
     """Commit the records an extra ingest process sends over ``link`` until it closes.
 
-    Each record's outcome (or error message) goes back in order; ``on_outcome``
-    is called for each one committed.
+    ``on_outcome`` is called for each record committed before the outcomes (or error
+    messages) go back in order, so the node has heard of every instance an extra
+    process acknowledges.
     """
     with link:
         while True:
@@ -93,14 +94,14 @@ def serve_link(
                 logger.error("journal link closed: it carried something other than records")
                 return
             results = journal.record_many(records)
+            for result in results:
+                if isinstance(result, RecordOutcome):
+                    on_outcome(result)
             try:
                 send_message(link, [_answer(result) for result in results])
             except OSError as exc:
                 logger.error("journal link closed before its answer: %s", exc)
                 return
-            for result in results:
-                if isinstance(result, RecordOutcome):
-                    on_outcome(result)
 
 
 def send_message(link: socket.socket, message: object) -> None:
