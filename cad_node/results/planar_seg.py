@@ -25,6 +25,7 @@ from cad_node.results import codes
 from cad_node.results.options import ResultOptions
 from cad_node.results.seg import SEGMENT_COLOURS, algorithm_identification
 from cad_node.results.sources import (
+    complete_planar_header,
     fill_type_2,
     header_copy,
     patient_names_kept_out_of_logs,
@@ -139,6 +140,7 @@ def _prepared(source: Dataset) -> Dataset:
     fill_type_2(header, slice_thickness_mm=1.0)
     if not had_slice_thickness:
         del header.SliceThickness
+    complete_planar_header(header)
     return header
 
 

@@ -10,12 +10,20 @@ FrameOfReferenceUID.
 """
 
 import datetime
+import logging
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from pydicom import Dataset
 from pydicom.tag import BaseTag, Tag
+from pydicom.uid import (
+    MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    MultiFrameTrueColorSecondaryCaptureImageStorage,
+    OphthalmicPhotography8BitImageStorage,
+    OphthalmicPhotography16BitImageStorage,
+)
 from pydicom.valuerep import DA, DT, TM
 
 from cad_node.domain import ImageVolume
@@ -33,6 +41,23 @@ _TYPE_2_EMPTY_DEFAULTS: tuple[str, ...] = (
     "ReferringPhysicianName",
 )
 """Type 2 attributes (PS3.3 C.7.1.1, C.7.2.1) that highdicom reads without a default."""
+
+logger = logging.getLogger(__name__)
+
+_MULTI_FRAME_PLANAR_SOP_CLASSES: frozenset[str] = frozenset(
+    {
+        OphthalmicPhotography8BitImageStorage,
+        OphthalmicPhotography16BitImageStorage,
+        MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+        MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+        MultiFrameTrueColorSecondaryCaptureImageStorage,
+    }
+)
+"""Planar IODs with the Multi-frame module, whose NumberOfFrames (Type 1) highdicom reads."""
+
+_CC_VIEWS = frozenset({"CC", "XCC", "XCCL", "XCCM", "FB"})
+_OBLIQUE_VIEWS = frozenset({"MLO", "LMO", "SIO", "ISO"})
+_LATERAL_VIEWS = frozenset({"ML", "LM"})
 
 _PIXEL_TAGS: frozenset[BaseTag] = frozenset(
     Tag(keyword) for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
@@ -63,6 +88,59 @@ def build_errors_translated(what: str, job_key: str) -> Iterator[None]:
 def header_copy(dataset: Dataset) -> Dataset:
     """A shallow copy of ``dataset`` without pixel data; the caller's dataset stays as it is."""
     return Dataset({tag: element for tag, element in dataset.items() if tag not in _PIXEL_TAGS})
+
+
+def complete_planar_header(header: Dataset) -> None:
+    """Derive what highdicom reads from a projection or photograph that its sender left out.
+
+    - NumberOfFrames of a classic multi-frame image (an Ophthalmic Photograph) that
+      holds one frame and does not say so: 1.
+    - PatientOrientation of a mammogram, from ImageLaterality and ViewPosition, laid
+      out as the standard display has it (left breast: chest wall at column 0, PS3.17
+      mammography image orientation); each derivation is logged with the image's UID.
+    """
+    sop_instance_uid = str(header.get("SOPInstanceUID", ""))
+    if "NumberOfFrames" not in header and header.get("SOPClassUID") in (
+        _MULTI_FRAME_PLANAR_SOP_CLASSES
+    ):
+        header.NumberOfFrames = 1
+        logger.warning("image %s: NumberOfFrames absent, 1 assumed", sop_instance_uid)
+    if header.get("PatientOrientation") or header.get("Modality") != "MG":
+        return
+    orientation = mammography_patient_orientation(
+        str(header.get("ImageLaterality") or header.get("Laterality") or ""),
+        str(header.get("ViewPosition") or ""),
+    )
+    if orientation is not None:
+        header.PatientOrientation = orientation
+        logger.warning(
+            "image %s: PatientOrientation absent, %s derived from ImageLaterality and "
+            "ViewPosition (standard display assumed)",
+            sop_instance_uid,
+            "\\".join(orientation),
+        )
+
+
+def mammography_patient_orientation(laterality: str, view_position: str) -> list[str] | None:
+    """PatientOrientation (0020,0020) of a mammogram in the standard display layout, or None.
+
+    Columns run towards the chest wall of a right breast (P) and away from that of a
+    left one (A); rows run to the other side (CC), the feet and the other side (MLO)
+    or the feet (ML, LM).
+    """
+    if laterality not in {"L", "R"}:
+        return None
+    left = laterality == "L"
+    across = "A" if left else "P"
+    other_side = "R" if left else "L"
+    view = view_position.strip().upper()
+    if view in _CC_VIEWS:
+        return [across, other_side]
+    if view in _OBLIQUE_VIEWS:
+        return [across, f"F{other_side}"]
+    if view in _LATERAL_VIEWS:
+        return [across, "F"]
+    return None
 
 
 def fill_type_2(dataset: Dataset, slice_thickness_mm: float) -> Dataset:

@@ -840,3 +840,33 @@ def test_building_keeps_the_patient_name_out_of_warnings(mammo: Case) -> None:
             sources, mammo.image_set, mammo.result, mammo.uids, OPTIONS, overlay=True
         )
     assert not [w for w in caught if "Zyxwvut" in str(w.message)]
+
+
+def _without(datasets: list[Dataset], keyword: str) -> list[Dataset]:
+    for ds in datasets:
+        delattr(ds, keyword)
+    return datasets
+
+
+def test_mammograms_without_patient_orientation_get_it_from_laterality_and_view(
+    mammo: Case, tmp_path: Path
+) -> None:
+    datasets = _without(_mammo_datasets(), "PatientOrientation")
+
+    case = _case(datasets, _mammo_result, "mammo-job", tmp_path)  # written and validated
+
+    # The synthetic views are stored in the standard display layout, and say so.
+    stated = {str(ds.SOPInstanceUID): list(ds.PatientOrientation) for ds in mammo.datasets}
+    for seg in _segs(case):
+        source_uid = str(seg.SourceImageSequence[0].ReferencedSOPInstanceUID)
+        assert list(seg.PatientOrientation) == stated[source_uid]
+
+
+def test_a_one_frame_ophthalmic_photograph_without_number_of_frames_is_read_as_one_frame(
+    tmp_path: Path,
+) -> None:
+    datasets = _without(_fundus_datasets(), "NumberOfFrames")
+
+    case = _case(datasets, _fundus_result, "fundus-job", tmp_path)  # written and validated
+
+    assert {str(seg.SOPClassUID) for seg in _segs(case)} == {SegmentationStorage}
