@@ -6,6 +6,7 @@ with RescaleSlope/RescaleIntercept (PS3.3 C.11.1.1.2).  Compressed transfer
 syntaxes are decoded by pydicom's pixel handlers (python-gdcm, pylibjpeg).
 """
 
+import logging
 import struct
 import zlib
 from collections.abc import Callable, Iterable, Sequence
@@ -41,6 +42,8 @@ attribute, a truncated element, a value its VR cannot hold or a length it cannot
 that does not exist, sequences nested deeper than the interpreter's recursion limit."""
 
 _T = TypeVar("_T")
+
+logger = logging.getLogger(__name__)
 
 _ORIENTATION_TOLERANCE = 1e-3
 _SPACING_TOLERANCE = 0.05  # relative; scanners write positions rounded to 0.01 mm
@@ -179,18 +182,67 @@ def read_or_refuse(read: Callable[[], _T]) -> _T:
 def load_volume(items: Iterable[Dataset | Path | str]) -> ImageVolume:
     """Read the slices of one series into a HU volume sorted along the slice normal.
 
+    Localizers and images outside the main stack are left out (:func:`main_stack`).
+
     Raises
     ------
     InvalidSeriesError
-        One slice only, several series, mixed orientations, missing PixelSpacing,
+        One slice only, several series, two stacks of one size, missing PixelSpacing,
         different Rows/Columns, duplicate positions or inconsistent slice spacing;
         a malformed file (see :data:`MALFORMED_DATASET_ERRORS`).
     """
     return read_or_refuse(lambda: _load_volume(items))
 
 
+def _image_type(ds: Dataset) -> tuple[str, ...]:
+    value = ds.get("ImageType") or ()
+    return (value,) if isinstance(value, str) else tuple(str(v) for v in value)
+
+
+def _stack_key(ds: Dataset) -> tuple[object, ...]:
+    """What the images of one stack share: orientation (to 0.01) and matrix."""
+    orientation = ds.get("ImageOrientationPatient")
+    rounded = (
+        tuple(round(float(v), 2) for v in orientation)
+        if orientation is not None and len(orientation) == 6
+        else None
+    )
+    return (rounded, ds.get("Rows"), ds.get("Columns"))
+
+
+def main_stack(datasets: Sequence[Dataset]) -> list[Dataset]:
+    """The images of a series that form its volume: localizers (ImageType LOCALIZER) and
+    images of another orientation or matrix than the largest stack are left out.
+
+    Raises
+    ------
+    InvalidSeriesError
+        When two or more stacks are equally large: which one to read is not clear.
+    """
+    stacks: dict[tuple[object, ...], list[Dataset]] = {}
+    for ds in datasets:
+        if "LOCALIZER" not in _image_type(ds):
+            stacks.setdefault(_stack_key(ds), []).append(ds)
+    sizes = sorted((len(stack) for stack in stacks.values()), reverse=True)
+    if len(sizes) > 1 and sizes[0] == sizes[1]:
+        raise InvalidSeriesError(
+            f"the series holds {len(stacks)} stacks of other orientation or matrix, the "
+            f"largest two of {sizes[0]} images each: send each as a series of its own"
+        )
+    main = max(stacks.values(), key=len) if stacks else []
+    if len(main) < len(datasets):
+        logger.info(
+            "series %s: %d of %d images left out of the volume (localizers, other "
+            "orientation or matrix)",
+            datasets[0].get("SeriesInstanceUID", "?"),
+            len(datasets) - len(main),
+            len(datasets),
+        )
+    return main
+
+
 def _load_volume(items: Iterable[Dataset | Path | str]) -> ImageVolume:
-    datasets = [_read(item) for item in items]
+    datasets = main_stack([_read(item) for item in items])
     if len(datasets) < 2:
         raise InvalidSeriesError(f"a volume needs at least 2 slices, got {len(datasets)}")
     series_uids = {str(ds.get("SeriesInstanceUID", "")) for ds in datasets}

@@ -90,9 +90,56 @@ def test_gap_gives_inconsistent_spacing(series: SyntheticSeries) -> None:
         load_volume(paths)
 
 
-def test_mixed_orientations_are_refused(series: SyntheticSeries) -> None:
+def _coronal_localizer(series: SyntheticSeries) -> Dataset:
+    scout = _datasets(series)[0]
+    scout.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.77"
+    scout.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    scout.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+    return scout
+
+
+def test_a_localizer_in_the_series_is_left_out(series: SyntheticSeries) -> None:
+    datasets = [_coronal_localizer(series), *_datasets(series)]
+
+    volume = load_volume(datasets)
+
+    assert volume.sop_instance_uids == series.sop_instance_uids
+    assert np.array_equal(volume.voxels, series.hu.astype(np.float32))
+
+
+def test_an_image_of_another_orientation_is_left_out_even_unmarked(
+    series: SyntheticSeries,
+) -> None:
+    scout = _coronal_localizer(series)
+    scout.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]  # mislabelled, as some scanners do
+
+    volume = load_volume([*_datasets(series), scout])
+
+    assert volume.sop_instance_uids == series.sop_instance_uids
+
+
+def test_a_slice_of_another_orientation_leaves_a_gap_that_is_refused(
+    series: SyntheticSeries,
+) -> None:
     datasets = _datasets(series)
     datasets[3].ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+    with pytest.raises(InvalidSeriesError, match="inconsistent slice spacing"):
+        load_volume(datasets)
+
+
+def test_two_stacks_of_one_size_are_refused(series: SyntheticSeries) -> None:
+    datasets = _datasets(series)
+    for ds in datasets[6:]:
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+    with pytest.raises(InvalidSeriesError, match="2 stacks"):
+        load_volume(datasets)
+
+
+def test_orientations_apart_by_less_than_the_grouping_are_refused(
+    series: SyntheticSeries,
+) -> None:
+    datasets = _datasets(series)
+    datasets[3].ImageOrientationPatient = [1, 0.004, 0, 0, 1, 0]
     with pytest.raises(InvalidSeriesError, match="mixed ImageOrientationPatient"):
         load_volume(datasets)
 
@@ -104,13 +151,15 @@ def test_missing_pixel_spacing_is_refused(series: SyntheticSeries) -> None:
         load_volume(datasets)
 
 
-def test_different_matrix_is_refused(series: SyntheticSeries, tmp_path: Path) -> None:
+def test_a_slice_of_another_matrix_leaves_a_gap_that_is_refused(
+    series: SyntheticSeries, tmp_path: Path
+) -> None:
     other = write_ct_series(
         tmp_path, seed=31, rows=32, slices=12, slice_thickness_mm=5.0, nodule_count=1
     )
     datasets = _datasets(series)
-    datasets[4] = pydicom.dcmread(other.paths[4])
-    with pytest.raises(InvalidSeriesError, match="Rows/Columns"):
+    datasets[4] = pydicom.dcmread(other.paths[4])  # left out of the stack: a gap remains
+    with pytest.raises(InvalidSeriesError, match="inconsistent slice spacing"):
         load_volume(datasets)
 
 
