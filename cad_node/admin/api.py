@@ -1,4 +1,10 @@
-"""The admin FastAPI application: API routers, /metrics and the OpenAPI schema (/docs)."""
+"""The admin FastAPI application: API routers, /metrics and the OpenAPI schema.
+
+The schema is served at ``/openapi.json``; no browsable ``/docs`` or ``/redoc``, whose
+pages would load a script bundle from a CDN into the admin origin. Every response
+carries the security headers of :mod:`cad_node.admin.guard`, and a request body is
+bounded by ``admin.max_body_bytes``.
+"""
 
 from fastapi import FastAPI, Response
 
@@ -6,6 +12,7 @@ from cad_node import __version__
 from cad_node.admin import catalog, flow, rules, system, web
 from cad_node.admin.auth import Reader
 from cad_node.admin.context import AdminContext
+from cad_node.admin.guard import BodyLimit, SecurityHeaders
 from cad_node.admin.metrics import CONTENT_TYPE, metrics_registry, render
 
 
@@ -18,7 +25,11 @@ def create_app(context: AdminContext) -> FastAPI:
             "Routing rules, series, jobs, deliveries, models, destinations, metrics. "
             "Bearer token from admin.tokens; read or admin role. NOT FOR CLINICAL USE."
         ),
+        docs_url=None,
+        redoc_url=None,
     )
+    app.add_middleware(BodyLimit, max_bytes=context.settings.admin.max_body_bytes)
+    app.add_middleware(SecurityHeaders)  # added last: outermost, so the 413 carries them too
     app.state.context = context
     catalog.seed(context)
     app.include_router(system.router)

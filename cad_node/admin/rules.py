@@ -2,8 +2,10 @@
 test against a stored series (explain) and dry run of a draft rule set.
 
 Rules are checked by the same typed :class:`~cad_node.routing.rules.Rule` the
-matcher uses: a bad keyword or regex is a 422 naming the field and the reason.
-Every change writes a new rule set version and an audit event in one transaction.
+matcher uses: a bad keyword or regex, or a rule over the size limits, is a 422
+naming the field and the reason. Every change writes a new rule set version and an
+audit event in one transaction. Testing and dry runs evaluate drafts against stored
+headers, so like every write they take an admin token.
 """
 
 from collections.abc import Callable, Sequence
@@ -21,7 +23,7 @@ from cad_node.admin.context import AdminContext
 from cad_node.admin.deps import Context, Journal, RowId
 from cad_node.config import format_validation_error
 from cad_node.routing.match import ConditionResult, RuleExplanation, explain, route
-from cad_node.routing.rules import Rule, RuleMode, check_unique_names
+from cad_node.routing.rules import MAX_RULES, Rule, RuleMode, check_rule_set
 from cad_node.store.rulesets import (
     latest_version,
     record_audit,
@@ -77,7 +79,7 @@ class TestRequest(BaseModel):
 
 
 class DryRunRequest(BaseModel):
-    rules: list[dict[str, Any]]
+    rules: list[dict[str, Any]] = Field(max_length=MAX_RULES)
     """The draft rule set, whole."""
     days: float = Field(default=7, gt=0, le=3660)
 
@@ -114,10 +116,10 @@ def check_rule(data: dict[str, Any], destinations: Sequence[str]) -> Rule:
     return rule
 
 
-def check_rule_set(data: Sequence[dict[str, Any]], destinations: Sequence[str]) -> tuple[Rule, ...]:
+def check_rules(data: Sequence[dict[str, Any]], destinations: Sequence[str]) -> tuple[Rule, ...]:
     rules = tuple(check_rule(item, destinations) for item in data)
     try:
-        return check_unique_names(rules)
+        return check_rule_set(rules)
     except ValueError as exc:
         raise _unprocessable(str(exc)) from exc
 
@@ -148,7 +150,7 @@ def _change(
         _latest, rules = _in_force(session)
         edited = tuple(edit(list(rules)))
         try:
-            check_unique_names(edited)
+            check_rule_set(edited)
         except ValueError as exc:
             raise _unprocessable(str(exc)) from exc
         now = node.clock()
@@ -212,7 +214,7 @@ def rollback(version: RowId, node: Context, caller: Writer) -> RuleSetOut:
         found = session.get(RuleSetVersion, version)
         if found is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no such version")
-        rules = check_rule_set(found.rules, list(destinations_in_force(node)))
+        rules = check_rules(found.rules, list(destinations_in_force(node)))
         now = node.clock()
         saved = save_version(session, rules, caller.name, f"rollback to version {version}", now)
         record_audit(
@@ -235,9 +237,9 @@ def validate_rule(data: RuleData, node: Context, _caller: Reader) -> dict[str, A
 
 @router.post("/test", response_model=ExplanationOut)
 def explain_rule(
-    request: TestRequest, node: Context, session: Journal, _caller: Reader
+    request: TestRequest, node: Context, session: Journal, _caller: Writer
 ) -> ExplanationOut:
-    """Which conditions of a rule (draft or in force) hold for a stored series."""
+    """Which conditions of a rule (draft or in force) hold for a stored series (admin token)."""
     series = session.get(Series, request.series_instance_uid)
     if series is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no such series")
@@ -271,10 +273,10 @@ def _condition_out(result: ConditionResult) -> ConditionOut:
 
 
 @router.post("/dry-run", response_model=DryRunOut)
-def dry_run(request: DryRunRequest, node: Context, session: Journal, _caller: Reader) -> DryRunOut:
+def dry_run(request: DryRunRequest, node: Context, session: Journal, _caller: Writer) -> DryRunOut:
     """Replay the headers of the series received in the last ``days`` through a draft rule set,
-    and list those the draft would route differently from the rules in force."""
-    draft = check_rule_set(request.rules, list(destinations_in_force(node)))
+    and list those the draft would route differently from the rules in force (admin token)."""
+    draft = check_rules(request.rules, list(destinations_in_force(node)))
     _latest, current = _in_force(session)
     since = node.clock() - timedelta(days=request.days)
     query = (

@@ -1,7 +1,9 @@
 """The series-level attributes that routing rules may test, taken from one instance.
 
 They are stored with the series in the journal, so rules can be tested and
-replayed later (dry run) without reading the images again.
+replayed later (dry run) without reading the images again. What a sender puts in
+them is bounded: a text value is kept to its first :data:`MAX_VALUE_CHARS` characters,
+a multi-valued one to its first :data:`MAX_VALUES` values.
 """
 
 from collections.abc import Mapping
@@ -34,6 +36,7 @@ ROUTING_KEYWORDS: tuple[str, ...] = (
     "ContrastBolusAgent",
     "Manufacturer",
     "ManufacturerModelName",
+    "DeviceSerialNumber",
     "StationName",
     "InstitutionName",
     "ViewPosition",
@@ -46,6 +49,12 @@ ROUTING_KEYWORDS: tuple[str, ...] = (
     "PatientPosition",
 )
 """Keywords copied from the first instance of a series (no patient identifiers)."""
+
+MAX_VALUE_CHARS = 1024
+"""Characters kept of a text value, and matched by a rule's regex (LO, the VR of
+SeriesDescription, holds 64)."""
+MAX_VALUES = 64
+"""Values kept of a multi-valued element (ImageType has a handful)."""
 
 JsonValue = str | int | float | list[Any] | None
 
@@ -66,16 +75,16 @@ def extract_attributes(dataset: Dataset, calling_ae_title: str) -> dict[str, Jso
 
 
 def to_json_value(value: object) -> JsonValue:
-    """A pydicom element value as str, int, float or a list of those."""
+    """A pydicom element value as str, int, float or a list of those, bounded in size."""
     if isinstance(value, MultiValue | list | tuple):
-        return [to_json_value(item) for item in value]
+        return [to_json_value(item) for item in value[:MAX_VALUES]]
     if isinstance(value, IS | int):
         return int(value)
     if isinstance(value, DSfloat | float):
         return float(value)
     if isinstance(value, PersonName):
-        return str(value)
-    return str(value).strip()
+        return str(value)[:MAX_VALUE_CHARS]
+    return str(value)[:MAX_VALUE_CHARS].strip()
 
 
 def merge_missing(

@@ -2,14 +2,15 @@
 
 ``route`` picks the rule for a series; ``explain`` says, condition by condition,
 why a rule does or does not match. The semantics of each operator are written in
-:mod:`cad_node.routing.rules`.
+:mod:`cad_node.routing.rules`. Regexes run on RE2 (:mod:`cad_node.routing.patterns`),
+on a value's first 1024 characters, so no rule can stall routing.
 """
 
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from cad_node.routing.patterns import search
 from cad_node.routing.rules import (
     AllOf,
     AnyOf,
@@ -200,8 +201,7 @@ def _holds(condition: Equals | In | Contains | Regex | Range, actual: object) ->
     if isinstance(condition, Contains):
         return any(values_equal(condition.contains, v) for v in values)
     if isinstance(condition, Regex):
-        pattern = re.compile(condition.regex)
-        return any(pattern.search(str(v)) is not None for v in values)
+        return any(search(condition.regex, str(v)) for v in values)
     return all(_in_range(condition, v) for v in values)
 
 

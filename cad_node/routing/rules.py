@@ -30,8 +30,11 @@ Conditions
     One element of a multi-valued attribute equals ``V`` (``ImageType`` contains
     ``AXIAL``); a single value is taken as a one-element list. Not a substring test.
 ``{keyword: K, regex: PATTERN}``
-    Python ``re.search`` finds ``PATTERN`` in the value (in one element of a
-    multi-valued attribute). Case-sensitive unless the pattern starts with ``(?i)``.
+    ``PATTERN`` is found in the value (in one element of a multi-valued attribute),
+    searched by RE2 in time linear in the value (:mod:`cad_node.routing.patterns`):
+    Python's syntax less backreferences, lookahead and lookbehind, which are refused
+    (``\\z``, not ``\\Z``, ends the text). At most 256 characters; a value is matched
+    on its first 1024 characters. Case-sensitive unless the pattern starts with ``(?i)``.
 ``{keyword: K, min: A, max: B}``
     Numeric range, bounds included; either bound may be left out. Every element of
     a multi-valued attribute must lie in the range. A value that is not a number
@@ -44,14 +47,21 @@ Conditions
     ``sagittal``), else ``oblique``.
 
 A condition on an attribute the series lacks does not hold (``present: false`` aside).
+
+Limits
+------
+Checked when a rule is built, so no rule costs the node more than a bounded time per
+series: at most :data:`MAX_CONDITIONS` conditions nested at most :data:`MAX_DEPTH`
+deep, :data:`MAX_IN_VALUES` values in one ``in``, and :data:`MAX_RULES` rules in a set.
 """
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -64,12 +74,24 @@ from pydantic import (
 from pydicom.datadict import dictionary_has_tag, tag_for_keyword
 
 from cad_node.routing.attributes import CALLING_AE_TITLE
+from cad_node.routing.patterns import PatternError, compile_pattern
 
 TAG_PREFIX = "condition:"
 """Prefix of the union tags pydantic puts in error locations; error reports drop them."""
 
 OPERATORS: tuple[str, ...] = ("equals", "in", "contains", "regex", "min", "max", "present", "plane")
 COMBINATORS: tuple[str, ...] = ("all", "any", "not")
+
+MAX_RULES = 200
+"""Rules in one rule set."""
+MAX_CONDITIONS = 64
+"""Conditions in one rule, combinators included."""
+MAX_DEPTH = 8
+"""Nesting of one rule's conditions: a lone condition is 1 deep, ``all: [c]`` 2."""
+MAX_IN_VALUES = 256
+"""Values listed by one ``in``."""
+MAX_DESTINATIONS = 16
+"""Destinations of one rule."""
 
 
 class RuleMode(StrEnum):
@@ -131,7 +153,7 @@ class Equals(_AttributeCondition):
 class In(_AttributeCondition):
     """The attribute (or one of its elements) equals one of ``values``."""
 
-    values: tuple[Scalar, ...] = Field(alias="in", min_length=1)
+    values: tuple[Scalar, ...] = Field(alias="in", min_length=1, max_length=MAX_IN_VALUES)
 
 
 class Contains(_AttributeCondition):
@@ -141,7 +163,7 @@ class Contains(_AttributeCondition):
 
 
 class Regex(_AttributeCondition):
-    """``re.search`` finds the pattern in the attribute (or one of its elements)."""
+    """RE2 finds the pattern in the attribute (or one of its elements)."""
 
     regex: str = Field(min_length=1)
 
@@ -149,9 +171,10 @@ class Regex(_AttributeCondition):
     @classmethod
     def _compiles(cls, pattern: str) -> str:
         try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from exc
+            compile_pattern(pattern)
+        except PatternError as exc:
+            shown = pattern if len(pattern) <= 80 else pattern[:80] + "..."
+            raise ValueError(f"invalid regular expression {shown!r}: {exc}") from None
         return pattern
 
 
@@ -299,6 +322,49 @@ AnyOf.model_rebuild()
 Not.model_rebuild()
 
 RULE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
+"""A model's name as the registry knows it, e.g. ``lung_nodule_ct`` (a fixed pattern:
+Python's ``re`` is safe on it)."""
+
+
+def _check_model_name(name: str) -> str:
+    if MODEL_NAME_PATTERN.fullmatch(name) is None:
+        shown = name if len(name) <= 80 else name[:80] + "..."
+        raise ValueError(
+            f"{shown!r} is not a model name: 1 to 64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit (e.g. lung_nodule_ct)"
+        )
+    return name
+
+
+def _children(node: object) -> Iterable[object]:
+    """The conditions right below ``node``, built or still raw data."""
+    if isinstance(node, AllOf | AnyOf):
+        return node.conditions
+    if isinstance(node, Not):
+        return (node.condition,)
+    if not isinstance(node, dict):
+        return ()
+    listed = [node[key] for key in ("all", "any") if isinstance(node.get(key), list | tuple)]
+    alone = [node["not"]] if "not" in node else []
+    return [*(child for children in listed for child in children), *alone]
+
+
+def check_size(when: object) -> None:
+    """``ValueError`` if the condition tree ``when`` exceeds MAX_CONDITIONS or MAX_DEPTH.
+
+    Walks the raw data without recursion, before pydantic builds (and recurses into) it.
+    """
+    pending: list[tuple[object, int]] = [(when, 1)]
+    count = 0
+    while pending:
+        node, depth = pending.pop()
+        count += 1
+        if count > MAX_CONDITIONS:
+            raise ValueError(f"a rule holds at most {MAX_CONDITIONS} conditions")
+        if depth > MAX_DEPTH:
+            raise ValueError(f"conditions nest at most {MAX_DEPTH} deep")
+        pending.extend((child, depth + 1) for child in _children(node))
 
 
 class Rule(_Frozen):
@@ -310,12 +376,24 @@ class Rule(_Frozen):
     """
 
     name: str = Field(pattern=RULE_NAME_PATTERN)
-    description: str = ""
-    priority: int = 0
+    description: str = Field(default="", max_length=1024)
+    priority: int = Field(default=0, ge=-(10**6), le=10**6)
     mode: RuleMode = RuleMode.ACTIVE
-    model: str = Field(min_length=1, max_length=64)
-    destinations: tuple[str, ...] = ()
+    model: Annotated[str, AfterValidator(_check_model_name)]
+    destinations: tuple[Annotated[str, Field(max_length=64)], ...] = Field(
+        default=(), max_length=MAX_DESTINATIONS
+    )
     when: Condition
+    include_own_results: bool = False
+    """Also match series the node made itself (its own SEG, SR ... sent back to it);
+    without it they are never routed (docs/security.md, "Own results")."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bounded(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "when" in data:
+            check_size(data["when"])
+        return data
 
     @model_validator(mode="after")
     def _active_rules_deliver(self) -> "Rule":
@@ -325,6 +403,13 @@ class Rule(_Frozen):
                 "(add one, or set mode: shadow)"
             )
         return self
+
+
+def check_rule_set(rules: tuple[Rule, ...]) -> tuple[Rule, ...]:
+    """``rules`` unchanged, or a ``ValueError``: more than MAX_RULES, or a name used twice."""
+    if len(rules) > MAX_RULES:
+        raise ValueError(f"a rule set holds at most {MAX_RULES} rules (got {len(rules)})")
+    return check_unique_names(rules)
 
 
 def check_unique_names(rules: tuple[Rule, ...]) -> tuple[Rule, ...]:

@@ -1,7 +1,8 @@
 """The admin web page in a real browser: Debian's chromium, headless, driven by Selenium.
 
 An admin enters the token, edits a rule (live validation), tests it against a stored
-series, saves it; the next series sent by C-STORE is routed by the new rule.
+series, saves it; the next series sent by C-STORE is routed by the new rule. The pages
+run under the admin app's Content-Security-Policy: the browser reports no violation.
 Screenshots are saved (``CAD_NODE_SCREENSHOTS`` names a folder to keep them) and checked.
 """
 
@@ -33,6 +34,7 @@ webdriver = (
     if os.environ.get("CI")
     else pytest.importorskip("selenium.webdriver")
 )
+from selenium.webdriver.chromium.webdriver import ChromiumDriver  # noqa: E402 - after the skip
 from selenium.webdriver.common.by import By  # noqa: E402 - after the importorskip
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
@@ -53,6 +55,7 @@ def browser() -> Iterator[WebDriver]:
     options.binary_location = shutil.which("chromium") or ""
     for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,1000"):
         options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     service = webdriver.ChromeService(executable_path=shutil.which("chromedriver"))
     driver = webdriver.Chrome(options=options, service=service)
     try:
@@ -104,6 +107,15 @@ def shoot(driver: WebDriver, path: Path, *texts: str) -> None:
     body = driver.find_element(By.TAG_NAME, "body").text
     for text in texts:
         assert text in body, f"{text!r} not on the page of {path.name}"
+
+
+def assert_no_csp_violation(driver: WebDriver) -> None:
+    """The browser console since the last call holds no Content-Security-Policy refusal."""
+    assert isinstance(driver, ChromiumDriver)  # the console log is Chromium's
+    log = driver.get_log("browser")  # type: ignore[no-untyped-call]  # untyped in selenium
+    messages = [entry["message"] for entry in log]
+    refused = [m for m in messages if "Content Security Policy" in m]
+    assert not refused, refused
 
 
 def set_editor(driver: WebDriver, rule: dict[str, object]) -> None:
@@ -164,6 +176,7 @@ def test_admin_edits_tests_and_saves_a_rule_that_routes_the_next_series(
         echo = (By.XPATH, "//table[@id='destinations']//button[text()='Echo']")
         WebDriverWait(browser, 20).until(ec.element_to_be_clickable(echo)).click()
         wait_text(browser, "destinations", "FAILED: cannot connect")
+        assert_no_csp_violation(browser)
 
 
 def test_admin_switches_a_model_adds_a_destination_and_reads_the_audit(
@@ -198,3 +211,4 @@ def test_admin_switches_a_model_adds_a_destination_and_reads_the_audit(
     wait_text(browser, "audit", "destination.create")
     assert "model.mode" in browser.find_element(By.ID, "audit").text
     shoot(browser, screenshots / "audit.png", "destination viewer", "model lung_nodule_ct")
+    assert_no_csp_violation(browser)

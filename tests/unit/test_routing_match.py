@@ -7,8 +7,9 @@ import pytest
 from pydicom import dcmread
 
 from cad_node.config import load_rules
-from cad_node.routing.attributes import extract_attributes
+from cad_node.routing.attributes import MAX_VALUE_CHARS, MAX_VALUES, extract_attributes
 from cad_node.routing.match import evaluate, explain, image_plane, route
+from cad_node.routing.patterns import compile_pattern
 from cad_node.routing.rules import Rule, RuleMode
 from tests.conftest import pydicom_file
 
@@ -312,3 +313,38 @@ def test_the_decision_text_names_the_rule_and_each_condition() -> None:
     text = route(CT, rules).text()
     assert text.splitlines()[0] == "routed by rule ct (active): model model-ct -> pacs"
     assert "  ✓ Modality equals CT (was CT)" in text
+
+
+# -- linear-time regexes and bounded values ----------------------------------------------------
+
+
+def test_a_catastrophic_pattern_finishes_on_a_long_value() -> None:
+    # Python's re takes exponential time here; RE2 is linear in the text. The value
+    # given to the matcher is truncated, so the compiled pattern is run on all of it too.
+    long_value = "a" * 100_000 + "b"
+    assert compile_pattern("(a+)+$").search(long_value) is None
+    assert compile_pattern("^(a|a)*$").search(long_value) is None
+    assert (
+        holds(
+            {"keyword": "SeriesDescription", "regex": "(a|aa)+b$"},
+            {"SeriesDescription": long_value},
+        )
+        is False
+    )
+
+
+def test_a_value_is_matched_on_its_first_characters_only() -> None:
+    near = {"SeriesDescription": "x" * (MAX_VALUE_CHARS - 1) + "b"}
+    far = {"SeriesDescription": "x" * MAX_VALUE_CHARS + "b"}
+    assert holds({"keyword": "SeriesDescription", "regex": "b"}, near) is True
+    assert holds({"keyword": "SeriesDescription", "regex": "b"}, far) is False
+
+
+@pytest.mark.filterwarnings("ignore:The value length")  # the over-long value is the point
+def test_extracted_attributes_are_bounded() -> None:
+    dataset = dcmread(pydicom_file("CT_small.dcm"))
+    dataset.SeriesDescription = "a" * 100_000
+    dataset.ImageType = ["ORIGINAL"] * 1000
+    attributes = extract_attributes(dataset, "SCANNER")
+    assert attributes["SeriesDescription"] == "a" * MAX_VALUE_CHARS
+    assert attributes["ImageType"] == ["ORIGINAL"] * MAX_VALUES
