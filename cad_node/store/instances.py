@@ -86,8 +86,24 @@ def _check_uid(name: str, value: str) -> None:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordedIdentity:
+    """The series and study the journal records a SOP Instance under."""
+
+    series_instance_uid: str
+    study_instance_uid: str
+
+    def holds(self, record: InstanceRecord) -> bool:
+        """Whether ``record`` names this same series and study."""
+        return (
+            record.series_instance_uid == self.series_instance_uid
+            and record.study_instance_uid == self.study_instance_uid
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class RecordOutcome:
-    """What recording one instance did to its series."""
+    """What recording one instance did to its series (or, when ``conflict`` is set, why
+    nothing was recorded)."""
 
     sop_instance_uid: str
     series_instance_uid: str
@@ -99,6 +115,16 @@ class RecordOutcome:
     """A new instance arrived after the series was complete: its results must be redone."""
     instance_count: int
     expected_count: int | None
+    conflict: RecordedIdentity | None = None
+    """Where the journal already holds this SOP Instance UID, when that is another series
+    or study: the record was refused and nothing written (its counts are zero).  A SOP
+    Instance UID names one instance (PS3.3 C.12.1.1.1), so the sender's new file is not
+    the stored one and must not be kept."""
+
+    @property
+    def refused(self) -> bool:
+        """Whether the record was refused (its SOP Instance UID is recorded elsewhere)."""
+        return self.conflict is not None
 
     @property
     def expected_count_reached(self) -> bool:
@@ -109,8 +135,11 @@ class RecordOutcome:
 def record_instance(session: Session, record: InstanceRecord, now: datetime) -> RecordOutcome:
     """Upsert the study and series of ``record`` and insert (or refresh) its instance.
 
-    A resend of a SOP Instance UID already recorded refreshes the row (path,
-    size, transfer syntax, calling AE) and counts nothing.  A new instance for
+    A resend of a SOP Instance UID already recorded in the same series and
+    study refreshes the row (path, size, transfer syntax, calling AE) and counts
+    nothing.  One recorded under another series or study is refused: nothing is
+    written and the outcome's ``conflict`` names where it is recorded (its
+    study's row may remain, with no series; nothing reads it).  A new instance for
     a series no longer RECEIVING raises the series revision by one and puts it
     back to RECEIVING, so its results are redone and reference the earlier ones.
 
@@ -145,15 +174,61 @@ def record_instances(
 def _record(
     rows: "_JournalRows", records: Sequence[InstanceRecord], now: datetime
 ) -> list[RecordOutcome]:
-    """The recording itself, over either way of running its statements."""
+    """The recording itself, over either way of running its statements.
+
+    Series already in the journal are locked before the instances are read, so an
+    instance a concurrent writer committed in one is seen.  A missing series is inserted
+    after that read, and only for a record not refused; two writers storing one new
+    instance of a new series at once then fail a batch on the instance's key, and the
+    journal writer retries it record by record.
+    """
     uids = sorted({record.study_instance_uid for record in records})
     rows.insert_studies([{"study_instance_uid": uid, "created_at": now} for uid in uids])
-    series_rows = _lock_series_rows(rows, records, now)
+    series_uids = sorted({record.series_instance_uid for record in records})
+    series_rows = _series_rows(rows.select_series(series_uids))
     recorded = rows.recorded_instances(sorted({record.sop_instance_uid for record in records}))
-    batch = _Batch(now, series_rows, recorded)
-    outcomes = [batch.add(record) for record in records]
+    conflicts = _identity_conflicts(records, recorded)
+    accepted = [
+        record for record, conflict in zip(records, conflicts, strict=True) if conflict is None
+    ]
+    series_rows |= _insert_missing_series(rows, accepted, series_rows, now)
+    batch = _Batch(now, series_rows, set(recorded))
+    outcomes = [
+        batch.add(record) if conflict is None else _refused(record, conflict)
+        for record, conflict in zip(records, conflicts, strict=True)
+    ]
     batch.write(rows)
     return outcomes
+
+
+def _identity_conflicts(
+    records: Sequence[InstanceRecord], recorded: Mapping[str, RecordedIdentity]
+) -> list[RecordedIdentity | None]:
+    """For each record, in order, where its SOP Instance UID is recorded when that is another
+    series or study (the journal, or an earlier record of the batch); else None."""
+    identities = dict(recorded)
+    conflicts: list[RecordedIdentity | None] = []
+    for record in records:
+        identity = identities.setdefault(
+            record.sop_instance_uid,
+            RecordedIdentity(record.series_instance_uid, record.study_instance_uid),
+        )
+        conflicts.append(None if identity.holds(record) else identity)
+    return conflicts
+
+
+def _refused(record: InstanceRecord, conflict: RecordedIdentity) -> RecordOutcome:
+    return RecordOutcome(
+        sop_instance_uid=record.sop_instance_uid,
+        series_instance_uid=record.series_instance_uid,
+        study_instance_uid=record.study_instance_uid,
+        is_new=False,
+        series_revision=0,
+        revision_raised=False,
+        instance_count=0,
+        expected_count=None,
+        conflict=conflict,
+    )
 
 
 class _JournalRows(Protocol):
@@ -171,8 +246,8 @@ class _JournalRows(Protocol):
     def insert_series(self, rows: list[dict[str, Any]]) -> None:
         """Insert the series rows, skipping those a concurrent writer inserted first."""
 
-    def recorded_instances(self, uids: Sequence[str]) -> set[str]:
-        """Which of the SOP Instance UIDs ``uids`` the journal holds."""
+    def recorded_instances(self, uids: Sequence[str]) -> dict[str, RecordedIdentity]:
+        """Which of the SOP Instance UIDs ``uids`` the journal holds, and under which series."""
         ...
 
     def write(
@@ -296,7 +371,7 @@ def _statements(dialect: str) -> _Statements:
         .where(series.c.series_instance_uid.in_(bindparam("uids", expanding=True)))
         .order_by(series.c.series_instance_uid)
         .with_for_update(),
-        recorded_instances=select(instances.c.sop_instance_uid).where(
+        recorded_instances=_select_recorded(instances, series).where(
             instances.c.sop_instance_uid.in_(bindparam("uids", expanding=True))
         ),
         insert_instance=insert(instances),
@@ -321,6 +396,15 @@ _REFRESHED_COLUMNS = (
 )
 
 
+def _select_recorded(instances: Table, series: Table) -> Select[Any]:
+    """SOP Instance UID, Series and Study Instance UID of recorded instances."""
+    return select(
+        instances.c.sop_instance_uid,
+        instances.c.series_instance_uid,
+        series.c.study_instance_uid,
+    ).join_from(instances, series, instances.c.series_instance_uid == series.c.series_instance_uid)
+
+
 def _insert_ignoring_conflict(insert_for: Callable[..., Any] | None, table: Table) -> Executable:
     """INSERT ... ON CONFLICT DO NOTHING where the dialect has it; a plain INSERT elsewhere."""
     if insert_for is None:
@@ -328,23 +412,26 @@ def _insert_ignoring_conflict(insert_for: Callable[..., Any] | None, table: Tabl
     return cast(Executable, insert_for(table).on_conflict_do_nothing())
 
 
-def _lock_series_rows(
-    rows: _JournalRows, records: Sequence[InstanceRecord], now: datetime
+def _insert_missing_series(
+    rows: _JournalRows,
+    records: Sequence[InstanceRecord],
+    found: Mapping[str, _SeriesRow],
+    now: datetime,
 ) -> dict[str, _SeriesRow]:
-    """Each series of the batch, locked for this transaction; a series not yet in the journal
-    is inserted first (a concurrent writer may insert it first: its row is locked instead)."""
+    """The series of ``records`` not in ``found``, inserted and locked for this transaction
+    (a concurrent writer may insert one first: its row is locked instead)."""
     first_records: dict[str, InstanceRecord] = {}
     for record in records:
-        first_records.setdefault(record.series_instance_uid, record)
+        if record.series_instance_uid not in found:
+            first_records.setdefault(record.series_instance_uid, record)
+    if not first_records:
+        return {}
     uids = sorted(first_records)
-    found = _series_rows(rows.select_series(uids))
-    missing = [first_records[uid] for uid in uids if uid not in found]
-    if missing:
-        rows.insert_series([_new_series_row(record, now) for record in missing])
-        found = _series_rows(rows.select_series(uids))
-    if len(found) != len(first_records):
+    rows.insert_series([_new_series_row(first_records[uid], now) for uid in uids])
+    inserted = _series_rows(rows.select_series(uids))
+    if len(inserted) != len(first_records):
         raise RuntimeError("a series vanished after its insert")
-    return found
+    return inserted
 
 
 def _series_rows(selected: list[tuple[Any, ...]]) -> dict[str, _SeriesRow]:
@@ -369,9 +456,9 @@ class _CoreRows:
     def insert_series(self, rows: list[dict[str, Any]]) -> None:
         self._insert_if_absent(self._statements.insert_series, rows)
 
-    def recorded_instances(self, uids: Sequence[str]) -> set[str]:
+    def recorded_instances(self, uids: Sequence[str]) -> dict[str, RecordedIdentity]:
         result = self._connection.execute(self._statements.recorded_instances, {"uids": uids})
-        return set(result.scalars())
+        return {row[0]: RecordedIdentity(row[1], row[2]) for row in result}
 
     def write(
         self,
@@ -519,7 +606,7 @@ def _driver_statements_for(dialect_name: str, driver: str, dialect: Dialect) -> 
             [column.type for column in series_columns],
         ),
         instance_recorded=_DriverStatement.compile(
-            select(instances.c.sop_instance_uid).where(
+            _select_recorded(instances, series).where(
                 instances.c.sop_instance_uid == bindparam("uid")
             ),
             dialect,
@@ -562,13 +649,14 @@ class _DriverRows:
     def insert_series(self, rows: list[dict[str, Any]]) -> None:
         self._executemany(self._statements.insert_series, rows)
 
-    def recorded_instances(self, uids: Sequence[str]) -> set[str]:
+    def recorded_instances(self, uids: Sequence[str]) -> dict[str, RecordedIdentity]:
         statement = self._statements.instance_recorded
-        recorded = set()
+        recorded = {}
         for uid in uids:
             self._cursor.execute(statement.sql, statement.parameters({"uid": uid}))
-            if self._cursor.fetchone() is not None:
-                recorded.add(uid)
+            row = self._cursor.fetchone()
+            if row is not None:
+                recorded[uid] = RecordedIdentity(row[1], row[2])
         return recorded
 
     def write(

@@ -14,6 +14,7 @@ from cad_node.domain.states import SeriesState
 from cad_node.store import instances
 from cad_node.store.instances import (
     InstanceRecord,
+    RecordedIdentity,
     RecordOutcome,
     record_instance,
     record_instances,
@@ -220,6 +221,121 @@ def test_a_resend_after_completion_changes_nothing(any_journal: Journal) -> None
     with any_journal.sessionmaker() as session:
         series = series_row(session)
     assert (series.state, series.last_received_at) == (SeriesState.ROUTED, T0)
+
+
+OTHER_STUDY = "1.2.826.0.1.3680043.8.498.20"
+OTHER_SERIES = "1.2.826.0.1.3680043.8.498.21"
+
+
+def elsewhere(number: int, study: str, series: str, **changes: object) -> InstanceRecord:
+    """Instance ``number``'s SOP Instance UID under ``study`` and ``series``."""
+    sop_instance_uid = make_record(number).sop_instance_uid
+    path = f"spool/{study}/{series}/{sop_instance_uid}.dcm"
+    return make_record(
+        number, study_instance_uid=study, series_instance_uid=series, path=path, **changes
+    )
+
+
+def journal_rows(journal: Journal) -> tuple[list[tuple[object, ...]], ...]:
+    """Every study, series and instance row, as plain tuples."""
+    with journal.sessionmaker() as session:
+        return (
+            [tuple(row) for row in session.execute(select(Study.study_instance_uid))],
+            [
+                tuple(row)
+                for row in session.execute(
+                    select(
+                        Series.series_instance_uid,
+                        Series.study_instance_uid,
+                        Series.instance_count,
+                        Series.last_received_at,
+                        Series.state,
+                    )
+                )
+            ],
+            [
+                tuple(row)
+                for row in session.execute(
+                    select(
+                        Instance.sop_instance_uid,
+                        Instance.series_instance_uid,
+                        Instance.path,
+                        Instance.size_bytes,
+                        Instance.calling_ae_title,
+                        Instance.received_at,
+                    )
+                )
+            ],
+        )
+
+
+@pytest.mark.parametrize(
+    ("study", "series"),
+    [(STUDY, OTHER_SERIES), (OTHER_STUDY, SERIES), (OTHER_STUDY, OTHER_SERIES)],
+    ids=["another-series", "another-study", "both"],
+)
+def test_a_sop_instance_uid_resent_elsewhere_is_refused_and_changes_nothing(
+    any_journal: Journal, study: str, series: str
+) -> None:
+    record(any_journal, make_record(1))
+    studies, series_rows, instance_rows = journal_rows(any_journal)
+    conflicting = elsewhere(1, study, series, size_bytes=7, calling_ae_title="INTRUDER")
+
+    outcome = record(any_journal, conflicting, T0 + timedelta(minutes=1))
+
+    assert outcome.refused
+    assert outcome.conflict == RecordedIdentity(SERIES, STUDY)
+    assert (outcome.is_new, outcome.instance_count) == (False, 0)
+    after = journal_rows(any_journal)
+    assert after[1:] == (series_rows, instance_rows)
+    assert set(after[0]) - set(studies) <= {(OTHER_STUDY,)}  # a study row, with no series
+
+
+def test_a_batch_refuses_only_the_instance_resent_elsewhere(any_journal: Journal) -> None:
+    record(any_journal, make_record(1))
+    batch = [
+        make_record(2),
+        elsewhere(1, OTHER_STUDY, OTHER_SERIES),
+        elsewhere(3, OTHER_STUDY, OTHER_SERIES),
+        elsewhere(2, STUDY, OTHER_SERIES),  # recorded under SERIES earlier in this batch
+        make_record(1),
+    ]
+    with any_journal.sessionmaker.begin() as session:
+        outcomes = record_instances(session, batch, T0)
+
+    assert [o.conflict for o in outcomes] == [
+        None,
+        RecordedIdentity(SERIES, STUDY),
+        None,
+        RecordedIdentity(SERIES, STUDY),
+        None,
+    ]
+    assert [(o.is_new, o.instance_count) for o in outcomes] == [
+        (True, 2),
+        (False, 0),
+        (True, 1),
+        (False, 0),
+        (False, 2),
+    ]
+    with any_journal.sessionmaker() as session:
+        counts = dict(
+            session.execute(select(Series.series_instance_uid, Series.instance_count)).all()
+        )
+        series_of = dict(
+            session.execute(select(Instance.instance_number, Instance.series_instance_uid)).all()
+        )
+    assert counts == {SERIES: 2, OTHER_SERIES: 1}
+    assert series_of == {1: SERIES, 2: SERIES, 3: OTHER_SERIES}
+
+
+def test_a_refused_instance_creates_no_series(any_journal: Journal) -> None:
+    record(any_journal, make_record(1))
+
+    record(any_journal, elsewhere(1, STUDY, OTHER_SERIES))
+
+    with any_journal.sessionmaker() as session:
+        uids = session.scalars(select(Series.series_instance_uid)).all()
+    assert uids == [SERIES]
 
 
 def test_concurrent_associations_record_one_new_series(any_journal: Journal) -> None:
