@@ -24,6 +24,7 @@ from cad_node.config import Settings
 from cad_node.domain.states import ResultKind
 from cad_node.errors import ModelError
 from cad_node.imaging.isolation import SCRATCH_DIR, DecodingLimits, IsolatedDecoder
+from cad_node.ingest.bounds import DataSetLimits
 from cad_node.models.registry import ModelRegistry
 from cad_node.pipeline.work import JobInput, JobTimings, Worker
 from cad_node.store.db import make_engine, session_factory
@@ -129,6 +130,7 @@ def make_worker(
             ),
             settings.storage_dir / SCRATCH_DIR,
         ),
+        limits=DataSetLimits.from_settings(settings.limits),
     )
 
 

@@ -154,7 +154,7 @@ class IsolatedDecoder:
         CadNodeError
             ``function`` raised another exception (named by its class only).
         """
-        self.scratch_dir.mkdir(parents=True, exist_ok=True)
+        self.scratch_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         request = _Request(function, arguments, self.scratch_dir / f"{uuid.uuid4().hex}.bin")
         with self._lock:
             try:

@@ -3,28 +3,46 @@
 The C-STORE handler must stay lean (FIELD-NOTES: pynetdicom is CPU-bound), so
 only the elements before Pixel Data are parsed; pixel data is never decoded and
 the bytes are stored exactly as received.
+
+Every parse stays within :class:`~cad_node.ingest.bounds.DataSetLimits`: the
+first 64 KiB of a data set are parsed in memory, anything longer through a
+:class:`~cad_node.ingest.bounds.HeaderReader` (each value read once, none
+past ``max_header_bytes``), a Deflated data set inflated no further than its
+header (:mod:`cad_node.ingest.inflate`).  :func:`read_file_header` reads a
+stored file the same way, for the worker and spool recovery.
 """
 
 import functools
+import os
 import string
 import struct
 import zlib
-from contextlib import suppress
 from dataclasses import dataclass
 from io import BytesIO
-from pathlib import PurePath
+from pathlib import Path, PurePath
+from typing import BinaryIO, cast
 
-from pydicom import Dataset
+from pydicom import Dataset, FileDataset
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import FileMetaDataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
-from pydicom.filereader import data_element_generator
+from pydicom.filereader import data_element_generator, read_dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
-from pydicom.uid import UID, ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 
 from cad_node.errors import CadNodeError
+from cad_node.ingest.bounds import (
+    ByteSource,
+    DataSetLimits,
+    DataSetTooLargeError,
+    FileSource,
+    HeaderReader,
+    MemorySource,
+)
+from cad_node.ingest.inflate import InflatingSource
 from cad_node.ingest.spool import is_safe_uid
 from cad_node.routing.attributes import ROUTING_KEYWORDS, JsonValue, extract_attributes
 from cad_node.store.instances import InstanceRecord
@@ -63,7 +81,12 @@ class DatasetMismatchError(CadNodeError):
     """
 
 
-def decode_header(stream: bytes | memoryview, transfer_syntax_uid: str) -> Dataset:
+_DEFAULT_LIMITS = DataSetLimits()
+
+
+def decode_header(
+    stream: bytes | memoryview, transfer_syntax_uid: str, limits: DataSetLimits = _DEFAULT_LIMITS
+) -> Dataset:
     """The elements of an encoded data set that come before Pixel Data.
 
     Parameters
@@ -73,21 +96,154 @@ def decode_header(stream: bytes | memoryview, transfer_syntax_uid: str) -> Datas
         a view of the received buffer is read without copying it.
     transfer_syntax_uid
         The transfer syntax of the presentation context it came on.
+    limits
+        A Deflated stream is inflated no further than the header, and never beyond
+        ``max_instance_bytes``; the header is parsed up to ``max_header_bytes``.
 
     Raises
     ------
     UndecodableDatasetError
         If the stream is not a valid encoding in that transfer syntax (PS3.5 7.1):
         unknown VRs, elements out of tag order or running past the end.
+    DataSetTooLargeError
+        If the header, or the inflated stream, exceeds its bound.
+    """
+    with memoryview(stream) as view:
+        prefix = view[:HEADER_PREFIX_BYTES]
+        header = decode_header_prefix(prefix, len(view), transfer_syntax_uid)
+    if header is not None:  # a 0.5 MB image is not read through a HeaderReader for its first KB
+        return header
+    return read_header(MemorySource(stream), transfer_syntax_uid, limits, length=len(stream))
+
+
+def read_header(
+    source: ByteSource,
+    transfer_syntax_uid: str,
+    limits: DataSetLimits,
+    *,
+    length: int,
+    inflated_length: int | None = None,
+) -> Dataset:
+    """The elements before Pixel Data of the data set in ``source``, read through a
+    :class:`~cad_node.ingest.bounds.HeaderReader`: each value read once, none past
+    ``max_header_bytes``.
+
+    ``length`` is the data set's length as received; for a Deflated one,
+    ``inflated_length`` its inflated length when known (else elements running past
+    its end are left to pydicom, which reads them short).
+
+    Raises
+    ------
+    UndecodableDatasetError
+        As :func:`decode_header`.
+    DataSetTooLargeError
+        If the header, or the inflated stream, exceeds its bound.
     """
     is_implicit_vr, is_little_endian, is_deflated = _encoding_of(UID(transfer_syntax_uid))
+    if is_deflated:
+        source = InflatingSource(source, limits.max_instance_bytes)
+    stream_length = inflated_length if is_deflated else length
+    reader = HeaderReader(source, limits.max_header_bytes, stream_length)
     try:
-        if is_deflated:
-            stream = zlib.decompress(stream, -zlib.MAX_WBITS)
-        elements = _header_elements_from_prefix(stream, is_implicit_vr, is_little_endian)
+        elements = _parse_header(
+            reader, is_implicit_vr, is_little_endian, stream_length, stream_length
+        )
     except PARSE_ERRORS as exc:
         raise UndecodableDatasetError(f"cannot parse the data set: {type(exc).__name__}") from exc
+    except OSError as exc:
+        raise _unwrapped(exc) from exc
     return Dataset(elements)
+
+
+def _unwrapped(exc: OSError) -> Exception:
+    """What pydicom's sequence item reader turned into ``OSError("No tag to read ...")``: it
+    catches anything its 8-byte read raises, the header bound included, and a RecursionError
+    of a sequence nested too deep (hit in :meth:`HeaderReader.read`'s frame)."""
+    cause = exc.__context__
+    if isinstance(cause, DataSetTooLargeError):
+        return cause
+    if isinstance(cause, PARSE_ERRORS):
+        return UndecodableDatasetError(f"cannot parse the data set: {type(cause).__name__}")
+    return exc
+
+
+_PREAMBLE_AND_PREFIX_BYTES = 132
+"""PS3.10 7.1: a 128-byte preamble, then ``DICM``."""
+
+
+def read_file_header(path: Path, limits: DataSetLimits) -> FileDataset:
+    """A DICOM file's File Meta Information and elements before Pixel Data, as
+    ``dcmread(path, stop_before_pixels=True)`` reads them, but within ``limits``: no
+    value past ``max_header_bytes`` is read, a Deflated data set is inflated only as
+    far as its header.
+
+    Raises
+    ------
+    DataSetTooLargeError
+        If the header, or the inflated data set, exceeds its bound.
+    InvalidDicomError
+        If the file has no DICOM preamble and prefix (PS3.10 7.1).
+    OSError
+        If the file cannot be read.
+    """
+    with path.open("rb") as file:
+        fd = file.fileno()
+        size = os.fstat(fd).st_size
+        preamble = os.pread(fd, _PREAMBLE_AND_PREFIX_BYTES, 0)
+        if len(preamble) < _PREAMBLE_AND_PREFIX_BYTES or preamble[128:] != b"DICM":
+            raise InvalidDicomError(f"{path.name} has no DICOM preamble and prefix")
+        meta_reader = HeaderReader(
+            FileSource(fd, _PREAMBLE_AND_PREFIX_BYTES),
+            limits.max_header_bytes,
+            size - _PREAMBLE_AND_PREFIX_BYTES,
+        )
+        file_meta = FileMetaDataset(
+            read_dataset(cast(BinaryIO, meta_reader), False, True, stop_when=_not_file_meta)
+        )
+        start = _PREAMBLE_AND_PREFIX_BYTES + meta_reader.tell()
+        transfer_syntax = UID(file_meta.get("TransferSyntaxUID", ImplicitVRLittleEndian))
+        try:
+            dataset, is_implicit_vr, is_little_endian = _read_stored_header(
+                FileSource(fd, start), size - start, transfer_syntax, limits
+            )
+        except OSError as exc:
+            cause = exc.__context__
+            if isinstance(cause, DataSetTooLargeError):
+                raise cause from exc
+            raise
+    return FileDataset(
+        str(path), dataset, preamble[:128], file_meta, is_implicit_vr, is_little_endian
+    )
+
+
+def _read_stored_header(
+    source: ByteSource, length: int, transfer_syntax: UID, limits: DataSetLimits
+) -> tuple[Dataset, bool, bool]:
+    """The data set's elements before Pixel Data, as pydicom's reader gives them (lenient:
+    the file was checked when it was received), and its VR and byte order."""
+    is_implicit_vr, is_little_endian, is_deflated = _encoding_of(transfer_syntax)
+    if is_deflated:
+        source = InflatingSource(source, limits.max_instance_bytes)
+    reader = HeaderReader(source, limits.max_header_bytes, None if is_deflated else length)
+    dataset = read_dataset(
+        cast(BinaryIO, reader), is_implicit_vr, is_little_endian, stop_when=_at_bulk_data
+    )
+    reader.check_header_end(reader.tell())
+    return dataset, is_implicit_vr, is_little_endian
+
+
+def _not_file_meta(tag: BaseTag, vr: str | None, length: int) -> bool:
+    return tag >> 16 != 0x0002
+
+
+def _at_bulk_data(tag: BaseTag, vr: str | None, length: int) -> bool:
+    return int(tag) >= _FIRST_PIXEL_DATA_TAG
+
+
+@functools.lru_cache(maxsize=64)  # pydicom's UID lookups cost 10 us: once per context, not image
+def is_deflated(transfer_syntax_uid: str) -> bool:
+    """Whether data sets in this transfer syntax are deflated as a whole (PS3.5 A.5)."""
+    return _encoding_of(UID(transfer_syntax_uid))[2]
 
 
 def _encoding_of(transfer_syntax: UID) -> tuple[bool, bool, bool]:
@@ -133,29 +289,9 @@ def decode_header_prefix(
         elements = _header_elements(
             prefix, is_implicit_vr, is_little_endian, stream_length=stream_length
         )
-    except (_HeaderBeyondPrefixError, *PARSE_ERRORS):
+    except (_HeaderBeyondPrefixError, OSError, *PARSE_ERRORS):  # OSError: see _unwrapped
         return None
     return Dataset(elements)
-
-
-def _header_elements_from_prefix(
-    stream: bytes | memoryview, is_implicit_vr: bool, is_little_endian: bool
-) -> dict[BaseTag, DataElement | RawDataElement]:
-    """The header parsed from the first :data:`HEADER_PREFIX_BYTES`, else from the whole stream.
-
-    A prefix parse that reaches the bulk data gives the same elements as a
-    whole-stream parse (every element checked to end inside the prefix), while
-    a 0.5 MB image is not copied into a file object to read its first kilobytes.
-    """
-    if len(stream) > HEADER_PREFIX_BYTES:
-        with suppress(_HeaderBeyondPrefixError, *PARSE_ERRORS):
-            return _header_elements(
-                stream[:HEADER_PREFIX_BYTES],
-                is_implicit_vr,
-                is_little_endian,
-                stream_length=len(stream),
-            )
-    return _header_elements(stream, is_implicit_vr, is_little_endian, stream_length=len(stream))
 
 
 def _header_elements(
@@ -173,10 +309,28 @@ def _header_elements(
     _HeaderBeyondPrefixError
         If ``stream`` is a prefix and ends before the bulk data.
     """
+    fp = BytesIO(stream)
+    return _parse_header(fp, is_implicit_vr, is_little_endian, len(stream), stream_length)
+
+
+def _parse_header(
+    fp: BytesIO | HeaderReader,
+    is_implicit_vr: bool,
+    is_little_endian: bool,
+    available: int | None,
+    stream_length: int | None,
+) -> dict[BaseTag, DataElement | RawDataElement]:
+    """Elements from ``fp`` up to the bulk data: ``available`` bytes of a data set of
+    ``stream_length`` (None: not known); a :class:`HeaderReader` checks where they end.
+
+    Raises
+    ------
+    _HeaderBeyondPrefixError
+        If ``fp`` holds a prefix and it ends before the bulk data.
+    """
     elements: dict[BaseTag, DataElement | RawDataElement] = {}
     previous_tag = -1
     bulk_data: list[tuple[str | None, int]] = []
-    fp = BytesIO(stream)
 
     def at_pixel_data(tag: int, vr: str | None, length: int) -> bool:
         if tag >= _FIRST_PIXEL_DATA_TAG:
@@ -184,17 +338,23 @@ def _header_elements(
         return tag >= _FIRST_PIXEL_DATA_TAG
 
     generator = data_element_generator(
-        fp, is_implicit_vr, is_little_endian, stop_when=at_pixel_data
+        cast(BinaryIO, fp), is_implicit_vr, is_little_endian, stop_when=at_pixel_data
     )
     for element in generator:
-        _check_element(element, previous_tag, len(stream), is_implicit_vr)
+        _check_element(element, previous_tag, available, is_implicit_vr)
         elements[BaseTag(element.tag)] = element
         previous_tag = element.tag
-    if bulk_data:  # pydicom left ``fp`` at the start of the bulk data element
+    if isinstance(fp, HeaderReader):
+        fp.check_header_end(fp.tell())  # the start of the bulk data, or the end
+    if bulk_data and stream_length is not None:  # ``fp`` is at the start of the bulk data
         _check_bulk_data_length(*bulk_data[0], fp.tell(), stream_length, is_implicit_vr)
-    elif len(stream) < stream_length:
+    elif not bulk_data and _is_prefix(available, stream_length):
         raise _HeaderBeyondPrefixError
     return elements
+
+
+def _is_prefix(available: int | None, stream_length: int | None) -> bool:
+    return available is not None and stream_length is not None and available < stream_length
 
 
 def _check_bulk_data_length(
@@ -214,7 +374,7 @@ def _check_bulk_data_length(
 def _check_element(
     element: DataElement | RawDataElement,
     previous_tag: int,
-    stream_length: int,
+    stream_length: int | None,
     is_implicit_vr: bool,
 ) -> None:
     """PS3.5 7.1: elements in ascending tag order, known VRs, values inside the stream.
@@ -229,9 +389,11 @@ def _check_element(
         raise EOFError("data element runs past the end of the data set")
 
 
-def _runs_past_end(element: DataElement | RawDataElement, stream_length: int) -> bool:
+def _runs_past_end(element: DataElement | RawDataElement, stream_length: int | None) -> bool:
     if not isinstance(element, RawDataElement) or element.length == _UNDEFINED_LENGTH:
         return False
+    if stream_length is None:  # an inflated stream of unknown length: pydicom read it short
+        return isinstance(element.value, bytes) and len(element.value) < element.length
     return element.value_tell + element.length > stream_length
 
 

@@ -8,6 +8,17 @@ it assembled in one go.  Either way the data set is stored exactly as
 received, its header parsed from the first bytes, and 0x0000 answered only
 after its file is fsync'd in place and its journal row committed.
 
+What a data set may cost is bounded (:class:`~cad_node.ingest.bounds.DataSetLimits`,
+docs/security.md): past ``max_instance_bytes`` as received, or once inflated (a
+Deflated data set is inflated as it arrives, with a cap, never whole), its file
+is discarded at once and the rest of it only counted; a header past
+``max_header_bytes`` is refused when it is parsed.  Either way the C-STORE-RSP is
+0xA700 (Refused: Out of Resources) with an Error Comment naming the bound, and
+the association goes on: a PACS marks that one instance failed, its log says why,
+and the rest of its batch is stored.  (pynetdicom's path holds a whole data set in
+memory before the handler sees it, so there the stream aborts an association
+whose data set outgrows the bound: :mod:`cad_node.ingest.streaming`.)
+
 Example::
 
     incoming = service.begin(request)  # when the C-STORE-RQ's command set has arrived
@@ -17,12 +28,15 @@ Example::
 
 import logging
 import traceback
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pydicom import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
 
 from cad_node.errors import StorageError
+from cad_node.ingest.bounds import DataSetLimits, DataSetTooLargeError, InstanceTooLargeError
 from cad_node.ingest.file_meta import file_header
 from cad_node.ingest.header import (
     HEADER_PREFIX_BYTES,
@@ -32,7 +46,10 @@ from cad_node.ingest.header import (
     decode_header,
     decode_header_prefix,
     instance_record,
+    is_deflated,
+    read_header,
 )
+from cad_node.ingest.inflate import CappedInflater
 from cad_node.ingest.journal_writer import GroupCommitter
 from cad_node.ingest.spool import Buffer, Spool, SpoolFile, is_safe_uid, relative_instance_path
 from cad_node.security.peers import PeerPolicy, PeerService
@@ -51,8 +68,12 @@ STATUS_PROCESSING_FAILURE = 0xC211
 """Cannot understand, as pynetdicom answers a failing handler: an unexpected error."""
 STATUS_NOT_AUTHORIZED = 0x0124
 """PS3.7 Annex C Refused: Not Authorized: the peer may not use this service (``peers``)."""
+STATUS_IDENTITY_CONFLICT = 0xC212
+"""PS3.4 B.2.3 Error: Cannot understand (C000-CFFF), a failure the sender does not retry:
+the SOP Instance UID is already stored under another study or series."""
 
 OnInstance = Callable[[RecordOutcome], None]
+_DEFAULT_LIMITS = DataSetLimits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +104,8 @@ class StoreService:
     on_instance
         Called after each instance is committed (e.g. to complete a series early
         when its expected count is reached); its errors are logged, not answered.
+    limits
+        What one data set may cost (``limits`` in the settings).
     """
 
     def __init__(
@@ -92,10 +115,12 @@ class StoreService:
         journal: GroupCommitter,
         peers: PeerPolicy,
         on_instance: OnInstance | None = None,
+        limits: DataSetLimits = _DEFAULT_LIMITS,
     ) -> None:
         self.spool = spool
         self.journal = journal
         self.peers = peers
+        self.limits = limits
         self._on_instance = on_instance
 
     def begin(self, request: StoreRequest) -> "IncomingInstance":
@@ -147,23 +172,42 @@ class IncomingInstance:
         self._request = request
         self._file = spool_file
         self._refusal = refusal
+        self._error_comment: str | None = None
         self._file_header = _file_header(request)
         self._pending_file_header = spool_file is not None
         self._prefix = bytearray()
         self._length = 0
+        self._inflater: CappedInflater | None = None
+        if spool_file is not None and is_deflated(request.transfer_syntax_uid):
+            self._inflater = CappedInflater(service.limits.max_instance_bytes, HEADER_PREFIX_BYTES)
 
     @property
     def length(self) -> int:
         """Bytes of the data set received so far."""
         return self._length
 
+    @property
+    def error_comment(self) -> str | None:
+        """Error Comment (0000,0902) for the C-STORE-RSP of a refusal that says why (PS3.7
+        C.4.2.1.8): the bound the data set exceeded; None otherwise."""
+        return self._error_comment
+
     def write(self, fragments: Sequence[Buffer]) -> None:
-        """Append data set fragments, in order.  Never raises: once the disk refuses, the rest
-        is only counted, and :meth:`finish` answers 0xA700."""
-        size = sum(len(fragment) for fragment in fragments)
-        self._keep_prefix(fragments)
-        self._length += size
+        """Append data set fragments, in order.  Never raises: once the disk refuses, or the
+        data set outgrows its bound, the rest is only counted, and :meth:`finish` answers
+        0xA700."""
+        self._length += sum(len(fragment) for fragment in fragments)
         if self._file is None or self._refusal is not None:
+            return
+        if self._length > self._service.limits.max_instance_bytes:
+            self._refuse(
+                STATUS_OUT_OF_RESOURCES,
+                InstanceTooLargeError(self._service.limits.max_instance_bytes),
+            )
+            return
+        if self._inflater is None:
+            self._keep_prefix(fragments)
+        elif not self._inflate(fragments):
             return
         parts = fragments
         if self._pending_file_header:
@@ -194,6 +238,35 @@ class IncomingInstance:
         """Drop what was written unless it was stored (an association that ended mid-transfer)."""
         if self._file is not None:
             self._file.discard()
+
+    def _inflate(self, fragments: Sequence[Buffer]) -> bool:
+        """Feed the inflater; False (and refused) once it inflates past its cap or fails."""
+        assert self._inflater is not None
+        try:
+            for fragment in fragments:
+                self._inflater.feed(fragment)
+        except DataSetTooLargeError as exc:
+            self._refuse(STATUS_OUT_OF_RESOURCES, exc)
+            return False
+        except zlib.error:
+            self._refuse(
+                STATUS_CANNOT_UNDERSTAND, UndecodableDatasetError("not valid deflate data")
+            )
+            return False
+        return True
+
+    def _refuse(self, status: int, reason: Exception) -> None:
+        """Refuse the instance with ``status`` while it still arrives, and drop its file now."""
+        logger.warning(
+            "C-STORE refused (0x%04X) for %s: %s",
+            status,
+            self._request.affected_sop_instance_uid,
+            reason,
+        )
+        self._refusal = status
+        if isinstance(reason, DataSetTooLargeError):
+            self._error_comment = str(reason)
+        self.discard()
 
     def _keep_prefix(self, fragments: Sequence[Buffer]) -> None:
         for fragment in fragments:
@@ -231,6 +304,9 @@ class IncomingInstance:
                 "C-STORE refused (0xA900) for %s: %s", request.affected_sop_instance_uid, exc
             )
             return STATUS_DATASET_MISMATCH
+        except DataSetTooLargeError as exc:
+            self._refuse(STATUS_OUT_OF_RESOURCES, exc)
+            return STATUS_OUT_OF_RESOURCES
         try:
             if self._pending_file_header:  # an empty data set: nothing was written yet
                 self.write([])
@@ -239,19 +315,74 @@ class IncomingInstance:
         except StorageError as exc:
             logger.error("C-STORE refused (0xA700) for %s: %s", sop_instance_uid, exc)
             return STATUS_OUT_OF_RESOURCES
+        if outcome.conflict is not None:
+            return self._refuse_identity_conflict(record.path, outcome)
         self._service.notify(outcome)
         return STATUS_SUCCESS
 
+    def _refuse_identity_conflict(self, path: str, outcome: RecordOutcome) -> int:
+        """The journal holds this SOP Instance UID under another study or series: its row and
+        file stay as they are, and the file just placed at ``path`` is removed."""
+        assert outcome.conflict is not None
+        self._service.spool.absolute(path).unlink(missing_ok=True)
+        logger.warning(
+            "C-STORE refused (0xC212) from calling AE %s at %s: SOP Instance %s is stored "
+            "under study %s series %s, not study %s series %s",
+            self._request.calling_ae_title,
+            self._request.address,
+            outcome.sop_instance_uid,
+            outcome.conflict.study_instance_uid,
+            outcome.conflict.series_instance_uid,
+            outcome.study_instance_uid,
+            outcome.series_instance_uid,
+        )
+        return STATUS_IDENTITY_CONFLICT
+
     def _header(self) -> Dataset:
-        """From the first bytes when they hold it, else from the whole data set on disk."""
+        """From the first bytes when they hold it, else from the data set on disk, read
+        within the limits."""
         transfer_syntax_uid = self._request.transfer_syntax_uid
+        limits = self._service.limits
+        if self._inflater is not None:
+            return self._inflated_header()
         header = decode_header_prefix(self._prefix, self._length, transfer_syntax_uid)
         if header is not None:
             return header
         if len(self._prefix) == self._length:
-            return decode_header(bytes(self._prefix), transfer_syntax_uid)
+            return decode_header(bytes(self._prefix), transfer_syntax_uid, limits)
         assert self._file is not None
-        return decode_header(self._file.read(len(self._file_header)), transfer_syntax_uid)
+        source = self._file.source(len(self._file_header))
+        return read_header(source, transfer_syntax_uid, limits, length=self._length)
+
+    def _inflated_header(self) -> Dataset:
+        """The header of a Deflated data set (PS3.5 A.5): from its first inflated bytes, else
+        inflated again from the disk as far as the header goes."""
+        inflater = self._inflater
+        assert inflater is not None
+        assert self._file is not None
+        if not inflater.finished:
+            raise UndecodableDatasetError("the deflated data set ends before its last block")
+        header = decode_header_prefix(inflater.prefix, inflater.length, ExplicitVRLittleEndian)
+        if header is not None:
+            return header
+        return read_header(
+            self._file.source(len(self._file_header)),
+            self._request.transfer_syntax_uid,
+            self._service.limits,
+            length=self._length,
+            inflated_length=inflater.length,
+        )
+
+
+def status_with_comment(status: int, error_comment: str | None) -> int | Dataset:
+    """A C-STORE status as pynetdicom's handler returns it: with Error Comment (0000,0902)
+    when there is one (PS3.7 C.4.2.1.8), else the bare status."""
+    if error_comment is None:
+        return status
+    response = Dataset()
+    response.Status = status
+    response.ErrorComment = error_comment[:64]
+    return response
 
 
 def _file_header(request: StoreRequest) -> bytes:

@@ -8,7 +8,10 @@ accepts on it beside the node's own SCP: the first process free to take a new
 association takes it.  Every process writes the same spool; the journal rows
 of an extra process are committed by the node's process, which it reaches over
 a socket pair (:mod:`cad_node.ingest.journal_link`).  Each process still
-acknowledges an instance only after its file is fsynced and its row committed.
+acknowledges an instance only after its file is fsynced and its row committed,
+and applies the settings' ``limits`` (:mod:`cad_node.ingest.connections`) to the
+connections it accepts: the associations and the connections per source address
+are counted per process.
 
 The node's own process keeps everything else: assembly, jobs, export, the admin
 API, and hears of every instance as soon as its row is committed.

@@ -4,6 +4,9 @@ A crash between the rename of an instance's file and the journal commit
 leaves a complete file (it was fsync'd before the rename) with no row; its
 sender got no 0x0000 and will likely resend, which is idempotent.  A crash
 before the rename leaves a temp file, which is removed.
+
+Files are read within :class:`~cad_node.ingest.bounds.DataSetLimits`, as at ingest:
+one over a bound is logged and left in place, never parsed whole.
 """
 
 import logging
@@ -11,13 +14,17 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 
-from pydicom import dcmread
-from pydicom.dataset import FileDataset
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cad_node.errors import CadNodeError
-from cad_node.ingest.header import PARSE_ERRORS, identifying_uids, instance_record
+from cad_node.ingest.bounds import DataSetLimits
+from cad_node.ingest.header import (
+    PARSE_ERRORS,
+    identifying_uids,
+    instance_record,
+    read_file_header,
+)
 from cad_node.ingest.spool import Spool
 from cad_node.store.instances import InstanceRecord, record_instance
 from cad_node.store.schema import Instance
@@ -25,10 +32,14 @@ from cad_node.store.schema import Instance
 logger = logging.getLogger(__name__)
 
 _BATCH_SIZE = 500
+_DEFAULT_LIMITS = DataSetLimits()
 
 
 def reindex_spool(
-    storage_dir: Path, sessionmaker: sessionmaker[Session], clock: Callable[[], datetime]
+    storage_dir: Path,
+    sessionmaker: sessionmaker[Session],
+    clock: Callable[[], datetime],
+    limits: DataSetLimits = _DEFAULT_LIMITS,
 ) -> int:
     """Record spool files missing from the journal, remove stale temp files.
 
@@ -44,7 +55,7 @@ def reindex_spool(
     reindexed = 0
     for batch in _batches(spool.instance_files(), _BATCH_SIZE):
         for relative in _missing_from_journal(sessionmaker, batch):
-            reindexed += _reindex_file(spool, relative, sessionmaker, clock)
+            reindexed += _reindex_file(spool, relative, sessionmaker, clock, limits)
     logger.info(
         "spool recovery: %d instances re-indexed, %d temp files removed", reindexed, removed
     )
@@ -77,10 +88,11 @@ def _reindex_file(
     relative: Path,
     sessionmaker: sessionmaker[Session],
     clock: Callable[[], datetime],
+    limits: DataSetLimits,
 ) -> int:
     """Record one orphan file; 1 if recorded, 0 if it cannot be (logged, left in place)."""
     try:
-        record = _record_of_file(spool, relative)
+        record = _record_of_file(spool, relative, limits)
     except (CadNodeError, OSError, *PARSE_ERRORS) as exc:
         logger.error("spool recovery: cannot re-index %s: %s", relative, type(exc).__name__)
         return 0
@@ -89,9 +101,9 @@ def _reindex_file(
     return 1
 
 
-def _record_of_file(spool: Spool, relative: Path) -> InstanceRecord:
+def _record_of_file(spool: Spool, relative: Path, limits: DataSetLimits) -> InstanceRecord:
     absolute = spool.absolute(relative)
-    dataset: FileDataset = dcmread(absolute, stop_before_pixels=True)
+    dataset = read_file_header(absolute, limits)
     sop_instance_uid, _, series_instance_uid, study_instance_uid = identifying_uids(dataset)
     if relative.parts[1:] != (study_instance_uid, series_instance_uid, sop_instance_uid + ".dcm"):
         raise CadNodeError("the file's UIDs do not match its spool path")

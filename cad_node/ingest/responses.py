@@ -25,6 +25,9 @@ _COMMAND_FIELD = 0x0100
 _MESSAGE_ID_BEING_RESPONDED_TO = 0x0120
 _COMMAND_DATA_SET_TYPE = 0x0800
 _STATUS = 0x0900
+_ERROR_COMMENT = 0x0902
+_ERROR_COMMENT_MAX_CHARACTERS = 64
+"""Error Comment is LO (PS3.7 C.4.2.1.8 via Table E.1-1): 64 characters at most."""
 _AFFECTED_SOP_INSTANCE_UID = 0x1000
 
 
@@ -34,8 +37,10 @@ def c_store_response_command(
     message_id_being_responded_to: int,
     status: int,
     affected_sop_instance_uid: str,
+    error_comment: str | None = None,
 ) -> bytes:
-    """The encoded command set of a C-STORE-RSP without Offending Element or Error Comment.
+    """The encoded command set of a C-STORE-RSP without Offending Element; with Error
+    Comment (0000,0902) when ``error_comment`` is given (ASCII, cut to 64 characters).
 
     Raises
     ------
@@ -53,6 +58,7 @@ def c_store_response_command(
             ),
             _element(_COMMAND_DATA_SET_TYPE, struct.pack("<H", NO_DATA_SET)),
             _element(_STATUS, struct.pack("<H", status)),
+            _error_comment_element(error_comment),
             _element(_AFFECTED_SOP_INSTANCE_UID, ui_value(affected_sop_instance_uid)),
         )
     )
@@ -78,6 +84,14 @@ def plain_c_store_response(primitive: object) -> bytes | None:
         status=int(primitive.Status),
         affected_sop_instance_uid=str(primitive.AffectedSOPInstanceUID),
     )
+
+
+def _error_comment_element(error_comment: str | None) -> bytes:
+    """Error Comment (0000,0902) LO, padded to even length with a space; empty when None."""
+    if error_comment is None:
+        return b""
+    value = error_comment[:_ERROR_COMMENT_MAX_CHARACTERS].encode("ascii")
+    return _element(_ERROR_COMMENT, value + b" " if len(value) % 2 else value)
 
 
 def _element(element: int, value: bytes) -> bytes:

@@ -13,18 +13,23 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from io import BytesIO
-from typing import cast
+from typing import Any, cast
 
+from pydicom import Dataset
 from pynetdicom import AE, VerificationPresentationContexts, _config, evt
+from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.orm import Session, sessionmaker
 
 from cad_node.config import Settings
+from cad_node.ingest.bounds import DataSetLimits
+from cad_node.ingest.connections import ConnectionLimits, ConnectionsPerAddress
 from cad_node.ingest.incoming import (
     STATUS_CANNOT_UNDERSTAND,
     STATUS_DATASET_MISMATCH,
+    STATUS_IDENTITY_CONFLICT,
     STATUS_NOT_AUTHORIZED,
     STATUS_OUT_OF_RESOURCES,
     STATUS_PROCESSING_FAILURE,
@@ -32,6 +37,7 @@ from cad_node.ingest.incoming import (
     OnInstance,
     StoreRequest,
     StoreService,
+    status_with_comment,
 )
 from cad_node.ingest.journal_writer import GroupCommitter, JournalWriter
 from cad_node.ingest.spool import Spool
@@ -45,6 +51,7 @@ __all__ = [
     "MAXIMUM_PDU_LENGTH",
     "STATUS_CANNOT_UNDERSTAND",
     "STATUS_DATASET_MISMATCH",
+    "STATUS_IDENTITY_CONFLICT",
     "STATUS_NOT_AUTHORIZED",
     "STATUS_OUT_OF_RESOURCES",
     "STATUS_PROCESSING_FAILURE",
@@ -107,7 +114,8 @@ class StorageSCP:
         Called after each instance is committed (e.g. to complete a series early
         when its expected count is reached); its errors are logged, not answered.
     maximum_associations
-        Concurrent associations accepted; more are rejected (not dropped).
+        Concurrent associations accepted; more are rejected (not dropped).  A connection
+        whose A-ASSOCIATE-RQ has not arrived yet does not count (:meth:`check_association`).
     ssl_context
         DICOM TLS (PS3.15 Annex B.9) on the port (see :mod:`cad_node.security.tls`);
         ``None``: plain TCP.
@@ -121,6 +129,13 @@ class StorageSCP:
         What records the instances; by default a :class:`JournalWriter` on
         ``sessionmaker`` (an extra ingest process passes a
         :class:`~cad_node.ingest.journal_link.LinkedJournal`).
+    limits
+        What one data set may cost (:class:`~cad_node.ingest.bounds.DataSetLimits`);
+        ``None``: the defaults.
+    connection_limits
+        What one peer's connections may cost: PDU lengths, timeouts, connections per
+        address (:class:`~cad_node.ingest.connections.ConnectionLimits`); ``None``: the
+        defaults.
     """
 
     def __init__(
@@ -140,13 +155,22 @@ class StorageSCP:
         listening_fd: int | None = None,
         shares_socket: bool = False,
         journal: GroupCommitter | None = None,
+        limits: DataSetLimits | None = None,
+        connection_limits: ConnectionLimits | None = None,
     ) -> None:
         configure_pynetdicom()
         shares_socket = shares_socket or listening_fd is not None
+        self._connection_limits = connection_limits or ConnectionLimits()
         self._server_class = type(
             "BoundIngestServer",
             (_IngestServer,),
-            {"listening_fd": listening_fd, "shares_socket": shares_socket},
+            {
+                "listening_fd": listening_fd,
+                "shares_socket": shares_socket,
+                "connections": ConnectionsPerAddress(
+                    self._connection_limits.max_connections_per_address
+                ),
+            },
         )
         self._peers = peers or PeerPolicy.from_calling_aets(allowed_calling_aets)
         self._bind = (bind_address, port)
@@ -155,8 +179,10 @@ class StorageSCP:
             journal=journal or JournalWriter(sessionmaker, clock),
             peers=self._peers,
             on_instance=on_instance,
+            limits=limits or DataSetLimits(),
         )
-        self._ae = _make_ae(ae_title, maximum_associations)
+        self._maximum_associations = maximum_associations
+        self._ae = _make_ae(ae_title, self._connection_limits)
         self._server: ThreadedAssociationServer | None = None
         self._ssl_context = ssl_context
 
@@ -188,6 +214,8 @@ class StorageSCP:
             listening_fd=listening_fd,
             shares_socket=settings.ingest_processes > 1,
             journal=journal,
+            limits=DataSetLimits.from_settings(settings.limits),
+            connection_limits=ConnectionLimits.from_settings(settings.limits),
         )
 
     @property
@@ -214,7 +242,7 @@ class StorageSCP:
         if self._server is not None:
             raise RuntimeError("the SCP is already started")
         handlers: list[EventHandlerType] = [
-            (evt.EVT_REQUESTED, self.check_peer),
+            (evt.EVT_REQUESTED, self.check_association),
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_C_STORE, self.handle_store),
             (evt.EVT_REJECTED, _log_rejection),
@@ -225,7 +253,7 @@ class StorageSCP:
             ssl_context=self._ssl_context,
             server_class=self._server_class,
         )
-        use_ingest_sockets(server, self._store_service)
+        use_ingest_sockets(server, self._store_service, self._connection_limits)
         handshake_in_association_thread(server)
         threading.Thread(
             target=server.serve_forever,
@@ -250,16 +278,19 @@ class StorageSCP:
             self._server.shutdown()
             self._server = None
 
-    def check_peer(self, event: Event) -> None:
-        """EVT_REQUESTED: reject a calling AE title not accepted from its address (PS3.8 9.3.4).
+    def check_association(self, event: Event) -> None:
+        """EVT_REQUESTED: reject an association of a calling AE title not accepted from its
+        address, then one past ``maximum_associations`` (PS3.8 9.3.4)."""
+        if self.check_peer(event):
+            self.check_association_limit(event)
 
-        Rejected-permanent, DICOM UL service-user, calling-AE-title-not-recognized.
-        """
-        request = event.assoc.requestor.primitive  # the A-ASSOCIATE-RQ, set before EVT_REQUESTED
-        calling_ae_title = "" if request is None else str(request.calling_ae_title).strip()
+    def check_peer(self, event: Event) -> bool:
+        """Whether the calling AE title is accepted from its address; if not, the association
+        is rejected-permanent, DICOM UL service-user, calling-AE-title-not-recognized."""
+        calling_ae_title = _calling_ae_title(event)
         address = str(event.assoc.requestor.address)
         if self._peers.accepts_association(calling_ae_title, address):
-            return
+            return True
         logger.warning(
             "association from %s (calling AE %s) rejected: not a peer from that address",
             address,
@@ -267,6 +298,29 @@ class StorageSCP:
         )
         event.assoc.acse.send_reject(0x01, 0x01, 0x03)
         event.assoc.kill()
+        return False
+
+    def check_association_limit(self, event: Event) -> bool:
+        """Whether this association is within ``maximum_associations``; if not, it is
+        rejected-transient, DICOM UL service-provider (presentation), local-limit-exceeded.
+
+        Only associations whose A-ASSOCIATE-RQ has arrived count (pynetdicom's own count,
+        switched off in :func:`_make_ae`, counts every connection): silent connections are
+        bounded by the ARTIM timeout and ``max_connections_per_address`` instead, and hold
+        no sender off (issue 19).
+        """
+        requested = sum(1 for association in self._ae.active_associations if _asked(association))
+        if requested <= self._maximum_associations:
+            return True
+        logger.warning(
+            "association from %s (calling AE %s) rejected: %d associations open (local limit)",
+            event.assoc.requestor.address,
+            _calling_ae_title(event),
+            requested - 1,
+        )
+        event.assoc.acse.send_reject(0x02, 0x03, 0x02)
+        event.assoc.kill()
+        return False
 
     def handle_echo(self, event: Event) -> int:
         """EVT_C_ECHO: 0x0000, or 0x0124 for a peer not allowed ``echo`` (PS3.4 A.4)."""
@@ -284,7 +338,7 @@ class StorageSCP:
         )
         return STATUS_NOT_AUTHORIZED
 
-    def handle_store(self, event: Event) -> int:
+    def handle_store(self, event: Event) -> int | Dataset:
         """EVT_C_STORE: store one instance and answer its status (PS3.4 B.2.3).
 
         pynetdicom's path, for an association the streamed path does not serve
@@ -295,7 +349,7 @@ class StorageSCP:
         try:
             incoming = self._store_service.begin(_store_request(event))
             incoming.write([cast(BytesIO, cast(C_STORE, event.request).DataSet).getbuffer()])
-            return incoming.finish()
+            return status_with_comment(incoming.finish(), incoming.error_comment)
         except Exception as exc:  # top of the SCP handler: any failure is a status
             logger.error(
                 "C-STORE failed (0xC211) for SOP Instance %s: %s",
@@ -317,11 +371,29 @@ def _store_request(event: Event) -> StoreRequest:
     )
 
 
-def _make_ae(ae_title: str, maximum_associations: int) -> AE:
+def _calling_ae_title(event: Event) -> str:
+    request = event.assoc.requestor.primitive  # the A-ASSOCIATE-RQ, set before EVT_REQUESTED
+    return "" if request is None else str(request.calling_ae_title).strip()
+
+
+def _asked(association: Association) -> bool:
+    """An acceptor association whose A-ASSOCIATE-RQ has arrived, and which has not ended."""
+    ended = association.is_rejected or association.is_aborted or association.is_released
+    return association.is_acceptor and association.requestor.primitive is not None and not ended
+
+
+_PYNETDICOM_COUNT_OFF = 1 << 30
+"""pynetdicom's limit of associations, out of reach: :meth:`StorageSCP.check_association_limit`
+counts them instead."""
+
+
+def _make_ae(ae_title: str, limits: ConnectionLimits) -> AE:
     ae = AE(ae_title=ae_title)
     ae.supported_contexts = VerificationPresentationContexts
-    ae.maximum_associations = maximum_associations
+    ae.maximum_associations = _PYNETDICOM_COUNT_OFF
     ae.maximum_pdu_size = MAXIMUM_PDU_LENGTH
+    ae.acse_timeout = limits.acse_timeout_seconds
+    ae.network_timeout = limits.network_timeout_seconds
     return ae
 
 
@@ -357,6 +429,20 @@ class _IngestServer(ThreadedAssociationServer):
     """An inherited listening socket to accept on instead of binding one."""
     shares_socket = False
     """Other processes accept on the socket too."""
+    connections: ConnectionsPerAddress | None = None
+    """The open connections of each source address, bounded (issue 19)."""
+    request_queue_size = 128
+    """The listen backlog: socketserver's 5 overflows under a burst of connections, and the
+    kernel then drops SYNs that a sender retries only a second later."""
+
+    def verify_request(
+        self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any
+    ) -> bool:
+        """Accept a connection only while its source address holds fewer than
+        ``max_connections_per_address``; socketserver closes a refused one at once."""
+        if self.connections is None:
+            return True
+        return self.connections.admit(cast(socket.socket, request), str(client_address[0]))
 
     def server_bind(self) -> None:
         if self.listening_fd is None:

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 
 from cad_node.errors import StorageError
+from cad_node.ingest.bounds import FileSource
 
 SPOOL_DIRNAME = "spool"
 TEMP_DIRNAME = ".tmp"
@@ -185,7 +186,7 @@ class Spool:
             return
         missing = [d for d in (directory, *directory.parents) if not d.exists()]
         for new_dir in reversed(missing):
-            new_dir.mkdir(exist_ok=True)
+            new_dir.mkdir(mode=0o700, exist_ok=True)  # instances: the node's user only
             if self.fsync:
                 _fsync_dir(new_dir.parent)
         if not directory.is_dir():
@@ -225,6 +226,12 @@ class SpoolFile:
             self.size += _write_all(self._fd, parts)
         except OSError as exc:
             raise _storage_error(exc, "an arriving instance") from exc
+
+    def source(self, start: int) -> FileSource:
+        """The bytes written from ``start`` on, read by offset without reading them all (the
+        header of a data set the first bytes did not hold)."""
+        self._check_open()
+        return FileSource(self._fd, start)
 
     def read(self, offset: int) -> bytes:
         """The bytes written from ``offset`` on (to parse what a first look could not)."""

@@ -24,6 +24,12 @@ context that was not accepted) goes to pynetdicom as before, whole PDUs at a
 time and only at message boundaries, so either side sees only whole messages.
 An association whose events anyone listens to (pynetdicom's logging handlers
 at INFO or DEBUG) is never streamed.
+
+pynetdicom holds a message's data set in memory until it is whole, so the
+stream counts the data set fragments of each message it leaves to pynetdicom
+and aborts the association once they exceed ``max_instance_bytes``
+(docs/security.md): a streamed data set over the bound is refused with 0xA700
+instead (:mod:`cad_node.ingest.incoming`).
 """
 
 import enum
@@ -222,6 +228,7 @@ class StoreStream:
         self._mode = _Mode.BETWEEN_MESSAGES
         self._streamed: _Streamed | None = None
         self._pynetdicom_command = bytearray()
+        self._pynetdicom_data_set_bytes = 0
         self._streams: bool | None = None
 
     def receive(self, body: memoryview) -> Received:
@@ -234,6 +241,8 @@ class StoreStream:
             if started is not None:
                 return started
         self._watch_pynetdicom(items)
+        if items is not None and not self._count_pynetdicom_data_set(items):
+            return Received.INVALID
         return Received.FOR_PYNETDICOM
 
     def close(self) -> None:
@@ -293,8 +302,27 @@ class StoreStream:
             message_id_being_responded_to=streamed.command.message_id,
             status=status,
             affected_sop_instance_uid=streamed.command.affected_sop_instance_uid,
+            error_comment=streamed.incoming.error_comment,
         )
         self._send(c_store_response_pdu(streamed.context_id, command))
+
+    def _count_pynetdicom_data_set(self, items: list[PresentationDataValue]) -> bool:
+        """Count the data set fragments pynetdicom gathers in memory; False once a data set
+        exceeds ``max_instance_bytes`` (the association is then aborted)."""
+        for item in items:
+            if item.is_command:
+                continue
+            self._pynetdicom_data_set_bytes += len(item.data)
+            if self._pynetdicom_data_set_bytes > self._service.limits.max_instance_bytes:
+                logger.warning(
+                    "association from %s aborted: a data set for pynetdicom exceeds %d bytes",
+                    self._association.requestor.address,
+                    self._service.limits.max_instance_bytes,
+                )
+                return False
+            if item.is_last:
+                self._pynetdicom_data_set_bytes = 0
+        return True
 
     def _watch_pynetdicom(self, items: list[PresentationDataValue] | None) -> None:
         """Follow the message pynetdicom receives, to know when streaming may start again."""

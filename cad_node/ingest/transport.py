@@ -27,6 +27,16 @@ The DUL provider offers each P-DATA-TF PDU of an established association to a
 requests are written to the spool as they arrive and answered from the same
 thread; every other PDU goes through pynetdicom's decoding and state machine.
 
+Every read is bounded (issue 19, :mod:`cad_node.ingest.connections`): a PDU
+whose header announces more than the node accepts for its type (the Maximum
+Length Received it announced for P-DATA-TF, ``max_associate_rq_bytes`` for the
+others) or a type PS3.8 does not define is refused before anything is
+allocated for it; each ``recv`` waits at most the ARTIM timeout before the
+A-ASSOCIATE-RQ and the network timeout after it, and a PDU that arrives a few
+bytes at a time is cut off too.  A refused or stalled connection is answered
+with an A-ABORT (an over-long A-ASSOCIATE-RQ with an A-ASSOCIATE-RJ), closed,
+and logged in one line.  None of it costs the fast path more than a comparison.
+
 The adapter is installed per server through socketserver's ``RequestHandlerClass``;
 it relies on private details of pynetdicom 3.0 (the socket's ``_is_connected``
 and ``event_queue``, the DUL's ``_run_loop_delay``, queues and ``_read_pdu_data``,
@@ -37,6 +47,7 @@ copied in :meth:`IngestAssociation._run_reactor`, the association's
 """
 
 import logging
+import math
 import os
 import queue
 import select
@@ -44,6 +55,7 @@ import socket
 import ssl
 import struct
 import threading
+import time
 from collections.abc import Callable
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any, cast
@@ -53,11 +65,22 @@ from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler
 from pynetdicom.utils import make_target
 
+from cad_node.ingest.connections import (
+    A_ASSOCIATE_RJ_TOO_LONG,
+    A_ASSOCIATE_RQ,
+    PDU_NAMES,
+    REASON_INVALID_PARAMETER_VALUE,
+    REASON_NOT_SPECIFIED,
+    REASON_UNRECOGNIZED_PDU,
+    ConnectionLimits,
+    a_abort,
+    bound_waits,
+    pdu_length_limits,
+)
 from cad_node.ingest.incoming import StoreService
 from cad_node.ingest.responses import plain_c_store_response
 from cad_node.ingest.streaming import P_DATA_TF, Received, StoreStream
@@ -67,6 +90,8 @@ if TYPE_CHECKING:
 
 LOGGER = logging.getLogger("pynetdicom.assoc")
 DUL_LOGGER = logging.getLogger("pynetdicom.dul")
+logger = logging.getLogger(__name__)
+"""Connections refused or cut off by the bounds (one line each, never patient data)."""
 
 SUPPORTED_PYNETDICOM = "3.0."
 """The pynetdicom release series whose private details this module relies on."""
@@ -143,6 +168,7 @@ class IngestSocket(AssociationSocket):
 
     _outgoing: "queue.Queue[Any]"
     _doorbell: Doorbell
+    _wait_seconds: float = math.inf
 
     def attach_outgoing(self, outgoing: "queue.Queue[Any]", doorbell: Doorbell) -> None:
         """Wake from :attr:`ready` when ``doorbell`` rings (a primitive was put in ``outgoing``)."""
@@ -175,13 +201,32 @@ class IngestSocket(AssociationSocket):
             self._doorbell.answer()
         return incoming in readable
 
+    def bound_waits(self, seconds: float | None) -> None:
+        """Let each read or send wait at most ``seconds`` (None: leave the bound as it is), and
+        one PDU's read at most that long again after it first comes up short."""
+        if self.socket is None or seconds is None:
+            return
+        bound_waits(self.socket, seconds)
+        self._wait_seconds = seconds
+
+    @property
+    def wait_seconds(self) -> float:
+        """How long one read may wait (:meth:`bound_waits`)."""
+        return self._wait_seconds
+
     def recv(self, nr_bytes: int) -> bytearray:
-        """Read ``nr_bytes`` into one buffer; fewer only when the peer closed the connection."""
+        """Read ``nr_bytes`` into one buffer; fewer only when the peer closed the connection.
+
+        Raises
+        ------
+        TimeoutError, BlockingIOError
+            The peer stalled past :meth:`bound_waits`' bound.
+        """
         connection = self.socket
         if connection is None:
             return bytearray()
         buffer = bytearray(nr_bytes)
-        received = recv_exactly(connection, memoryview(buffer))
+        received = recv_exactly(connection, memoryview(buffer), self._wait_seconds)
         if received < nr_bytes:
             del buffer[received:]
         return buffer
@@ -195,6 +240,15 @@ class IngestAssociation(Association):
     """An acceptor :class:`Association` whose reactor waits for work instead of polling."""
 
     _activity: threading.Event
+    _connection: socket.socket
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            # pynetdicom skips the close when the shutdown before it fails; the count of
+            # connections per address (ConnectionsPerAddress) ends with the close.
+            self._connection.close()
 
     def _run_reactor(self) -> None:
         """pynetdicom 3.0's acceptor reactor, with its 1 ms sleep replaced by a wait for
@@ -255,12 +309,28 @@ class IngestAssociation(Association):
         self._activity.set()
 
 
-def recv_exactly(connection: socket.socket, view: memoryview) -> int:
-    """Fill ``view`` from the socket; returns the bytes read (short only at end of stream)."""
-    received = 0
+def recv_exactly(connection: socket.socket, view: memoryview, seconds: float = math.inf) -> int:
+    """Fill ``view`` from the socket; returns the bytes read (short only at end of stream).
+
+    Once a read comes up short, the rest must arrive within ``seconds``: each
+    ``recv`` is bounded by the socket, and this bounds a peer that drips bytes.
+
+    Raises
+    ------
+    TimeoutError
+        The rest did not arrive within ``seconds``.
+    """
     total = len(view)
+    if total == 0:
+        return 0
     with view:
-        while received < total:
+        received = connection.recv_into(view, total)
+        deadline = math.inf
+        while 0 < received < total:
+            if deadline == math.inf:
+                deadline = time.monotonic() + seconds
+            elif time.monotonic() > deadline:
+                raise TimeoutError(f"{received} of {total} bytes in {seconds:g} s")
             count = connection.recv_into(view[received:], total - received)
             if count == 0:
                 break
@@ -273,6 +343,8 @@ class IngestDUL(DULServiceProvider):
     a :class:`~cad_node.ingest.streaming.StoreStream` before its own decoding."""
 
     _stream: StoreStream | None
+    _pdu_length_limits: tuple[int, ...]
+    """The largest PDU length accepted for each PDU type, 0 to 255 (:func:`pdu_length_limits`)."""
 
     def run(self) -> None:
         try:
@@ -293,7 +365,7 @@ class IngestDUL(DULServiceProvider):
             if not self.assoc._dul_ready.is_set():
                 self.assoc._dul_ready.set()
             if self.artim_timer.expired:
-                self.event_queue.put("Evt18")
+                self._artim_expired()
             try:
                 if not self._process_recv_primitive() and self._is_transport_event():
                     self._idle_timer.restart()
@@ -306,33 +378,53 @@ class IngestDUL(DULServiceProvider):
                 continue
             self.state_machine.do_action(event)
 
+    def _artim_expired(self) -> None:
+        """Evt18 (PS3.8 9.2.3); logged when it ends a connection that never asked to associate."""
+        if self.state_machine.current_state == "Sta2":
+            logger.warning(
+                "connection from %s closed: no A-ASSOCIATE-RQ within %g s (ARTIM)",
+                self.assoc.requestor.address,
+                self.artim_timer.timeout,
+            )
+        self.event_queue.put("Evt18")
+
     def _abort_on_error(self, exc: Exception) -> None:
         """pynetdicom's way out of a failed turn: an A-ABORT sent past the state machine,
         whose state can no longer be trusted, and both reactors stopped."""
         DUL_LOGGER.error("Exception in DUL.run(), aborting association")
         DUL_LOGGER.exception(exc)
-        abort_pdu = A_ABORT_RQ()
-        abort_pdu.source = 0x02
-        abort_pdu.reason_diagnostic = 0x00
-        cast(IngestSocket, self.socket).send(abort_pdu.encode())
+        self._end_connection(a_abort(REASON_NOT_SPECIFIED))
+
+    def _end_connection(self, last_pdu: bytes) -> None:
+        """Send ``last_pdu`` (an A-ABORT or A-ASSOCIATE-RJ) past the state machine, close the
+        connection and stop both reactors; the association thread, which may be waiting for
+        an A-ASSOCIATE-RQ, is woken as if that wait had timed out."""
+        association_socket = cast(IngestSocket, self.socket)
+        association_socket.send(last_pdu)
+        association_socket.close()
         self.assoc.is_aborted = True
         self.assoc.is_established = False
         self.assoc._kill = True
         self._kill_thread = True
+        self.to_user_queue.put(None)  # what receive_pdu returns when its wait times out
 
     def _read_pdu_data(self) -> None:
-        """pynetdicom 3.0's ``_read_pdu_data``, the PDU read into one buffer, and P-DATA-TF
-        offered to the stream first (Evt10 in Sta6 leaves the state machine as it is)."""
+        """pynetdicom 3.0's ``_read_pdu_data``, the PDU read into one buffer once its length
+        is known to be acceptable, and P-DATA-TF offered to the stream first (Evt10 in Sta6
+        leaves the state machine as it is)."""
         header = self._receive(_PDU_HEADER.size)
+        if header is None:
+            return
         if len(header) < _PDU_HEADER.size:
             self.event_queue.put("Evt17")  # connection closed before a whole PDU
             return
         pdu_type, _, pdu_length = _PDU_HEADER.unpack(header)
-        if pdu_type not in _PDU_TYPES:
-            LOGGER.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
-            self.event_queue.put("Evt19")
+        if pdu_length > self._pdu_length_limits[pdu_type]:
+            self._refuse(pdu_type, pdu_length)
             return
-        body = self._receive(pdu_length)
+        body = self._receive(pdu_length, pdu_length)
+        if body is None:
+            return
         if len(body) != pdu_length:
             LOGGER.error(
                 f"The received PDU is shorter than expected "
@@ -342,6 +434,8 @@ class IngestDUL(DULServiceProvider):
             return
         if pdu_type == P_DATA_TF and self._streamed(body):
             return
+        if pdu_type == A_ASSOCIATE_RQ:
+            cast(IngestSocket, self.socket).bound_waits(self.assoc.network_timeout)
         try:
             pdu, event = self._decode_pdu(header + body)
         except Exception as exc:
@@ -352,14 +446,56 @@ class IngestDUL(DULServiceProvider):
         self.event_queue.put(event)
         self._recv_pdu.put(pdu)
 
-    def _receive(self, length: int) -> bytearray:
-        """``length`` bytes, or fewer when the connection closed or failed."""
+    def _receive(self, length: int, announced: int | None = None) -> bytearray | None:
+        """``length`` bytes (a PDU header, or the ``announced`` bytes of a PDU), or fewer when
+        the connection closed or failed; None when the peer stalled (the connection is then
+        aborted)."""
+        association_socket = cast(IngestSocket, self.socket)
         try:
-            return cast(IngestSocket, self.socket).recv(length)
-        except (OSError, TimeoutError) as exc:
+            return association_socket.recv(length)
+        except (TimeoutError, BlockingIOError):
+            logger.warning(
+                "connection from %s aborted: %s not received within %g s",
+                self.assoc.requestor.address,
+                "a PDU header" if announced is None else f"a {announced}-byte PDU",
+                association_socket.wait_seconds,
+            )
+            self._end_connection(a_abort(REASON_NOT_SPECIFIED))
+            return None
+        except OSError as exc:
             LOGGER.error("Connection closed before the entire PDU was received")
             LOGGER.exception(exc)
             return bytearray()
+
+    def _refuse(self, pdu_type: int, pdu_length: int) -> None:
+        """End the connection of a peer that announced a PDU of a type PS3.8 does not define,
+        or longer than the node accepts, before reading any of it."""
+        address = self.assoc.requestor.address
+        name = PDU_NAMES.get(pdu_type)
+        if name is None:
+            logger.warning(
+                "connection from %s aborted: unknown PDU type 0x%02X (%d bytes announced)",
+                address,
+                pdu_type,
+                pdu_length,
+            )
+            self._end_connection(a_abort(REASON_UNRECOGNIZED_PDU))
+            return
+        # Sta1 too: a peer that sends at once is read before Evt5 (connection open) is handled.
+        awaiting_request = self.state_machine.current_state in ("Sta1", "Sta2")
+        rejects = pdu_type == A_ASSOCIATE_RQ and awaiting_request
+        logger.warning(
+            "connection from %s %s: %s of %d bytes announced, over the %d accepted",
+            address,
+            "rejected" if rejects else "aborted",
+            name,
+            pdu_length,
+            self._pdu_length_limits[pdu_type],
+        )
+        if rejects:
+            self._end_connection(A_ASSOCIATE_RJ_TOO_LONG)
+        else:
+            self._end_connection(a_abort(REASON_INVALID_PARAMETER_VALUE))
 
     def _streamed(self, body: bytearray) -> bool:
         """Whether the stream took the PDU (an invalid one queues Evt19: the FSM aborts)."""
@@ -373,7 +509,6 @@ class IngestDUL(DULServiceProvider):
 
 _PDU_HEADER = struct.Struct(">BBI")
 """PDU type, reserved, PDU length (PS3.8 9.3.1)."""
-_PDU_TYPES = frozenset(range(0x01, 0x08))
 
 
 class IngestDIMSE(DIMSEServiceProvider):
@@ -404,9 +539,11 @@ _PDV_OVERHEAD = 6
 
 class IngestRequestHandler(RequestHandler):
     """pynetdicom's acceptor request handler, with :class:`IngestSocket` on every association,
-    and C-STORE requests streamed into :attr:`store_service` when it is set."""
+    its reads bounded by :attr:`limits`, and C-STORE requests streamed into
+    :attr:`store_service` when it is set."""
 
     store_service: StoreService | None = None
+    limits = ConnectionLimits()
 
     def _create_association(self) -> "Association":
         association = super()._create_association()
@@ -424,6 +561,7 @@ class IngestRequestHandler(RequestHandler):
             )
         _wait_for_work(association, association_socket)
         _stream_stores(association, self.store_service)
+        _bound_reads(association, self.request, self.limits)
         return association
 
 
@@ -462,16 +600,34 @@ def _stream_stores(association: Association, service: StoreService | None) -> No
     )
 
 
-def use_ingest_sockets(
-    server: "ThreadedAssociationServer", store_service: StoreService | None = None
+def _bound_reads(
+    association: Association, connection: socket.socket, limits: ConnectionLimits
 ) -> None:
-    """Serve the associations ``server`` accepts from now on with :class:`IngestSocket`, and
-    stream their C-STORE requests into ``store_service`` when given.
+    """Refuse over-long PDUs on ``association`` and bound its reads by the ARTIM timeout until
+    its A-ASSOCIATE-RQ arrives (:meth:`IngestDUL._read_pdu_data`)."""
+    dul = cast(IngestDUL, association.dul)
+    dul._pdu_length_limits = pdu_length_limits(
+        association.acceptor.maximum_length or 0, limits.max_associate_rq_bytes
+    )
+    cast(IngestAssociation, association)._connection = connection
+    cast(IngestSocket, dul.socket).bound_waits(association.acse_timeout)
+
+
+def use_ingest_sockets(
+    server: "ThreadedAssociationServer",
+    store_service: StoreService | None = None,
+    limits: ConnectionLimits | None = None,
+) -> None:
+    """Serve the associations ``server`` accepts from now on with :class:`IngestSocket`, their
+    reads bounded by ``limits`` (by default :class:`ConnectionLimits`'), and stream their
+    C-STORE requests into ``store_service`` when given.
 
     ``RequestHandlerClass`` is socketserver's public hook; pynetdicom's
     ``start_server`` does not pass a handler class through.
     """
     handler_class = type(
-        "BoundIngestRequestHandler", (IngestRequestHandler,), {"store_service": store_service}
+        "BoundIngestRequestHandler",
+        (IngestRequestHandler,),
+        {"store_service": store_service, "limits": limits or ConnectionLimits()},
     )
     server.RequestHandlerClass = handler_class

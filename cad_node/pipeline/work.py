@@ -8,7 +8,7 @@ produces byte-identical objects and a destination never sees two versions.
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -23,9 +23,10 @@ from cad_node.errors import CadNodeError, InvalidSeriesError, ModelError
 from cad_node.imaging.isolation import DecodingAbortedError, IsolatedDecoder
 from cad_node.imaging.planar import load_image_set
 from cad_node.imaging.volume import load_volume
+from cad_node.ingest.bounds import DataSetLimits, DataSetTooLargeError
 from cad_node.models.base import CadModel, reads_image_sets, reads_volumes
 from cad_node.models.registry import ModelRegistry
-from cad_node.pipeline.files import write_dataset_atomically
+from cad_node.pipeline.files import read_datasets, read_headers, write_dataset_atomically
 from cad_node.results.gsps import build_gsps, build_planar_gsps
 from cad_node.results.options import ResultOptions
 from cad_node.results.overlay import build_overlays
@@ -97,6 +98,8 @@ class Worker:
     lease_seconds: float = 900.0
     decoder: IsolatedDecoder | None = None
     """Decodes each series in a bounded child process; ``None``: in this process (tests)."""
+    limits: DataSetLimits = field(default_factory=DataSetLimits)
+    """Bounds of the headers read in this process (``limits`` in the settings)."""
 
     def run_next(self) -> bool:
         """Run the oldest queued job; False when there was none."""
@@ -105,7 +108,7 @@ class Worker:
             return False
         try:
             stored, finding_count, timings = self._run(job_input)
-        except DecodingAbortedError as exc:
+        except (DecodingAbortedError, DataSetTooLargeError) as exc:
             self._quarantine(job_input, str(exc))
             return True
         except (InvalidSeriesError, ModelError) as exc:
@@ -220,12 +223,14 @@ class Worker:
 
     def _run(self, job_input: JobInput) -> tuple[list[StoredResult], int, JobTimings]:
         started = time.perf_counter()
-        model = self.registry.get(job_input.model_name)
         # The child decodes the pixels: here the headers suffice (results, de-identification).
-        headers_only = self.decoder is not None
-        datasets = [
-            dcmread(path, stop_before_pixels=headers_only) for path in job_input.instance_paths
-        ]
+        # Read before the model is loaded: a file over the bounds fails fast.
+        paths = job_input.instance_paths
+        if self.decoder is not None:
+            datasets = read_headers(paths, self.limits)
+        else:
+            datasets = read_datasets(paths, self.limits)
+        model = self.registry.get(job_input.model_name)
         model = behind_deidentification(  # a remote model sees de-identified data only
             self.registry, model, datasets, self.storage_dir, job_input.job_id
         )

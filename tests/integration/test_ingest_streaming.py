@@ -173,7 +173,7 @@ def test_with_pynetdicoms_log_at_info_every_c_store_goes_through_its_handler(
     calls: list[object] = []
     handle_store = StorageSCP.handle_store
 
-    def counting(self: StorageSCP, event: object) -> int:
+    def counting(self: StorageSCP, event: object) -> int | Dataset:
         calls.append(event)
         return handle_store(self, event)  # type: ignore[arg-type]  # pynetdicom's Event
 
@@ -302,7 +302,7 @@ def test_files_written_by_the_stream_and_by_pynetdicom_are_identical(
     handled_by: list[object] = []
     handle_store = StorageSCP.handle_store
 
-    def counting(self: StorageSCP, event: object) -> int:
+    def counting(self: StorageSCP, event: object) -> int | Dataset:
         handled_by.append(event)
         return handle_store(self, event)  # type: ignore[arg-type]  # pynetdicom's Event
 

@@ -4,7 +4,7 @@ import pytest
 from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 
-from cad_node.ingest.responses import plain_c_store_response
+from cad_node.ingest.responses import c_store_response_command, plain_c_store_response
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"  # odd length: padded
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
@@ -59,3 +59,21 @@ def test_a_request_is_left_to_pynetdicom() -> None:
     request.AffectedSOPInstanceUID = "1.2.3"
 
     assert plain_c_store_response(request) is None
+
+
+@pytest.mark.parametrize(
+    "comment", ["Inflated data set exceeds 50331648 bytes", "Data set exceeds 1048576 bytes"]
+)
+def test_a_refusal_with_an_error_comment_equals_pynetdicoms(comment: str) -> None:
+    primitive = response(0xA700, 9, CT_IMAGE_STORAGE, "1.2.826.0.1.3680043.8.498.1")
+    primitive.ErrorComment = comment  # type: ignore[assignment]  # typed None in 3.0
+
+    encoded = c_store_response_command(
+        affected_sop_class_uid=CT_IMAGE_STORAGE,
+        message_id_being_responded_to=9,
+        status=0xA700,
+        affected_sop_instance_uid="1.2.826.0.1.3680043.8.498.1",
+        error_comment=comment,
+    )
+
+    assert encoded == pynetdicoms_command(primitive)
