@@ -127,7 +127,9 @@ class ModelRegistry:
             set_cpu_threads(self._threads)
         entries = self.entries()
         if name not in entries:
-            raise ModelError(f"no model named {name!r}; known: {sorted(entries)}")
+            # Unquoted: job errors withhold quoted values, and model names are no patient data.
+            known = ", ".join(sorted(entries)) or "none"
+            raise ModelError(f"no model named {name}; known: {known}")
         entry = entries[name]
         return load_folder(entry.folder, self.device, entry.manifest)
 

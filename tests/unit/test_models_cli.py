@@ -121,7 +121,7 @@ def test_evaluate_picks_the_evaluator_of_the_manifest_family(
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["evaluate", "no_such_model"], "no model named 'no_such_model'"),
+        (["evaluate", "no_such_model"], "no model named no_such_model"),
         (["evaluate", "mammo", "--model", "lung_nodule_ct"], "is a lung_ct model, not mammography"),
         (["evaluate", "lung_nodule_ct", "--model", "x"], "--model goes with"),
     ],
