@@ -12,14 +12,15 @@ from cad_node.admin.api import create_app
 from cad_node.admin.context import AdminContext
 from cad_node.admin.server import AdminServer
 from cad_node.clock import Clock, utc_now, wait_until_set
-from cad_node.config import Settings
+from cad_node.config import Settings, listens_everywhere
 from cad_node.errors import ModelError
 from cad_node.export.service import deliver_due
+from cad_node.ingest.bounds import DataSetLimits
 from cad_node.ingest.processes import IngestProcesses
 from cad_node.ingest.recovery import reindex_spool
 from cad_node.ingest.scp import StorageSCP
 from cad_node.models.registry import ModelRegistry
-from cad_node.pipeline.assemble import Assembler
+from cad_node.pipeline.assemble import Assembler, OwnEquipment
 from cad_node.pipeline.work import Worker
 from cad_node.security.tls import client_context
 from cad_node.store.catalog import DestinationBook
@@ -65,7 +66,7 @@ class Node:
 
     def __post_init__(self) -> None:
         storage_dir = self.settings.storage_dir
-        storage_dir.mkdir(parents=True, exist_ok=True)
+        storage_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.engine = make_engine(self.settings.resolved_database_url)
         create_schema(self.engine)
         self.sessions = session_factory(self.engine)
@@ -87,6 +88,11 @@ class Node:
             quiet_seconds=self.settings.quiet_seconds,
             study_groups=self.settings.study_groups,
             clock=self.clock,
+            own_equipment=OwnEquipment(
+                manufacturer=self.settings.results.manufacturer,
+                manufacturer_model_name=self.settings.results.manufacturer_model_name,
+                device_serial_number=self.settings.results.device_serial_number,
+            ),
         )
         self.workers = [
             make_worker(self.settings, self.sessions, self.registry, self.clock, index)
@@ -119,6 +125,7 @@ class Node:
             self.settings.bind_address,
             self.scp.port,
         )
+        logger.log(*_peer_exposure(self.settings))
 
     def _start_extra_ingest(self) -> None:
         if self.settings.ingest_processes > 1:
@@ -192,7 +199,12 @@ class Node:
         was orphaned by the crash; with PostgreSQL and several workers, expired
         leases are reclaimed by the sweep instead.
         """
-        reindexed = reindex_spool(self.settings.storage_dir, self.sessions, self.clock)
+        reindexed = reindex_spool(
+            self.settings.storage_dir,
+            self.sessions,
+            self.clock,
+            DataSetLimits.from_settings(self.settings.limits),
+        )
         with self.sessions.begin() as session:
             requeued = (
                 requeue_all_running(session)
@@ -244,3 +256,18 @@ class Node:
             calling_ae_title=self.settings.ae_title,
             now=self.clock(),
         )
+
+
+def _peer_exposure(settings: Settings) -> tuple[int, str]:
+    """The level and text of the start-up line saying who can reach the DICOM port."""
+    if settings.restricts_peers:
+        return logging.INFO, "DICOM peers: only those in peers and allowed_calling_aets"
+    if listens_everywhere(settings.bind_address):
+        return logging.WARNING, (
+            "DICOM peers: any calling AE title from any address on every interface "
+            "(accept_any_peer: true); list the senders under peers to restrict it"
+        )
+    return logging.INFO, (
+        f"DICOM peers: any calling AE title that reaches {settings.bind_address}; to receive "
+        "from other machines set bind_address and list the senders under peers"
+    )

@@ -2,6 +2,7 @@
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -168,10 +169,22 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+PRIVATE_UMASK = 0o077
+"""What the node creates (storage directories, spool and result files, the SQLite journal,
+its -wal and -shm) is the node's user's alone: images and their UIDs are patient data."""
+
+
+def _restrict_new_files() -> None:
+    """Files and directories made from here on: mode 0600 / 0700 (inherited by ingest
+    processes and the decoder)."""
+    os.umask(PRIVATE_UMASK)
+
+
 def _serve(args: argparse.Namespace) -> int:
     from cad_node.app import Node
     from cad_node.config import load_settings
 
+    _restrict_new_files()
     settings = load_settings(args.config)
     configure_logging(args.log_level or settings.log_level)
     node = Node(settings)
@@ -189,6 +202,7 @@ def _worker(args: argparse.Namespace) -> int:
     from cad_node.config import load_settings
     from cad_node.worker import WorkerProcess
 
+    _restrict_new_files()
     settings = load_settings(args.config)
     configure_logging(args.log_level or settings.log_level)
     process = WorkerProcess(settings)
@@ -202,6 +216,7 @@ def _ingest(args: argparse.Namespace) -> int:
     from cad_node.config import Settings
     from cad_node.ingest.processes import run_ingest_process
 
+    _restrict_new_files()
     settings = Settings.model_validate_json(sys.stdin.read())
     configure_logging(settings.log_level)
     run_ingest_process(settings, args.listening_fd, args.journal_fd)

@@ -12,6 +12,7 @@ command-line tool's paths.
 """
 
 import difflib
+import hashlib
 import ipaddress
 from collections.abc import Mapping, Sequence
 from importlib import resources
@@ -39,7 +40,7 @@ from cad_node.assembly.completion import StudyGrouping
 from cad_node.domain.states import ResultKind
 from cad_node.errors import ConfigError
 from cad_node.results.options import ResultOptions
-from cad_node.routing.rules import TAG_PREFIX, Rule, check_unique_names
+from cad_node.routing.rules import TAG_PREFIX, Rule, check_rule_set
 
 DEFAULT_CONFIG = "default_config.yaml"
 """The embedded defaults (package data), used when no ``--config`` is given."""
@@ -121,10 +122,34 @@ class DestinationTlsSettings(_Settings):
         return self
 
 
+def _is_host_label(label: str) -> bool:
+    """RFC 1123 (and the underscores of container names): letters, digits, - and _."""
+    plain = label.replace("-", "").replace("_", "")
+    characters_ok = plain.isascii() and (plain == "" or plain.isalnum())
+    edges_ok = not label.startswith("-") and not label.endswith("-")
+    return 0 < len(label) <= 63 and characters_ok and edges_ok
+
+
+def check_host(host: str) -> str:
+    """``host`` if it is an IP address or a DNS host name, else ``ValueError`` saying why."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        labels = host.removesuffix(".").split(".")
+        if len(host) > 253 or labels[-1].isdigit() or not all(map(_is_host_label, labels)):
+            raise ValueError(
+                f"{host!r} is not an IP address or a DNS host name "
+                "(write only the name, e.g. pacs.example.org or 10.0.0.5: "
+                "no scheme, port, path or spaces)"
+            ) from None
+    return host
+
+
 class DestinationSettings(_Settings):
     """A DICOM peer that receives results by C-STORE (a PACS, a viewer)."""
 
-    host: str = Field(min_length=1)
+    host: Annotated[str, AfterValidator(check_host)] = Field(min_length=1, max_length=253)
+    """An IP address or a DNS host name."""
     port: int = Field(ge=1, le=65535)
     ae_title: AETitle
     tls: DestinationTlsSettings | None = None
@@ -244,6 +269,29 @@ class DecodingSettings(_Settings):
     (its encoded slices and the float32 volume). Past it the series is quarantined."""
 
 
+class IngestLimitSettings(_Settings):
+    """What one peer may cost the node before it is refused (docs/security.md, "Bounds")."""
+
+    max_associate_rq_bytes: int = Field(default=65536, ge=4096, le=1 << 24)
+    """Largest A-ASSOCIATE-RQ PDU accepted; DCMTK's ``storescu`` proposing every storage
+    class it knows sends 9.6 to 11.3 KiB. A longer one is refused before it is read."""
+    max_connections_per_address: int = Field(default=32, ge=1, le=4096)
+    """Open connections from one source address (per ingest process); the next is closed at
+    once and logged. Above the 16 associations the node serves, so that a sender asking for
+    a 17th still gets the stated local-limit-exceeded rejection."""
+    acse_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    """ARTIM (PS3.8 9.1.5): a new connection's whole A-ASSOCIATE-RQ must arrive within it;
+    one that says nothing, or stops mid-PDU, is closed."""
+    network_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
+    """On an association: silence, or one PDU's read stalled, this long aborts it."""
+    max_instance_bytes: int = Field(default=2 << 30, ge=1 << 20)
+    """Largest data set stored, as received and, for Deflated data sets, once inflated;
+    a larger one is answered 0xA700 (Out of Resources) and nothing is kept."""
+    max_header_bytes: int = Field(default=64 << 20, ge=1 << 20)
+    """Largest total of the elements before Pixel Data that ingest and the worker will
+    parse; a data set with a larger header is refused with 0xA700."""
+
+
 class ExportSettings(_Settings):
     """Retry policy and timeouts of the C-STORE SCU that delivers results."""
 
@@ -263,6 +311,29 @@ class ExportSettings(_Settings):
 
 _SHA256_HEX = r"^[0-9a-f]{64}$"
 
+WEAK_TOKENS = (
+    "",
+    "password",
+    "Password",
+    "password1",
+    "password123",
+    "admin",
+    "administrator",
+    "changeme",
+    "change-me",
+    "token",
+    "secret",
+    "test",
+    "letmein",
+    "qwerty",
+    "123456",
+    "12345678",
+    "cadnode",
+    "cad-node",
+)
+"""Tokens an attacker tries first (the example configs once showed sha256("password"))."""
+WEAK_TOKEN_SHA256 = {hashlib.sha256(token.encode()).hexdigest(): token for token in WEAK_TOKENS}
+
 
 class AdminToken(_Settings):
     """A bearer token of the admin API, stored as the sha256 of the token (never the token)."""
@@ -272,6 +343,18 @@ class AdminToken(_Settings):
     sha256: str = Field(pattern=_SHA256_HEX)
     """Lower-case hex sha256 of the token, e.g. ``printf %s TOKEN | sha256sum``."""
     role: Literal["read", "admin"] = "read"
+
+    @model_validator(mode="after")
+    def _not_a_well_known_token(self) -> "AdminToken":
+        weak = WEAK_TOKEN_SHA256.get(self.sha256)
+        if weak is not None:
+            raise ValueError(
+                f"token {self.name!r} is the sha256 of the well-known token {weak!r}, which "
+                "anyone can guess; generate one with "
+                "python3 -c 'import secrets; print(secrets.token_urlsafe(32))' "
+                "and store its printf %s TOKEN | sha256sum"
+            )
+        return self
 
 
 class AdminSettings(_Settings):
@@ -283,6 +366,17 @@ class AdminSettings(_Settings):
     """0 picks a free port (tests)."""
     tokens: tuple[AdminToken, ...] = ()
     """No token: every request but health is refused (401)."""
+    max_body_bytes: int = Field(default=1 << 20, ge=1024, le=1 << 30)
+    """Largest request body accepted; a larger one is answered 413 before it is read."""
+
+
+def listens_everywhere(bind_address: str) -> bool:
+    """Whether ``bind_address`` is the unspecified address (``0.0.0.0``, ``::``): every
+    interface of the host."""
+    try:
+        return ipaddress.ip_address(bind_address).is_unspecified
+    except ValueError:
+        return False
 
 
 def _upper(value: object) -> object:
@@ -302,12 +396,17 @@ class Settings(_Settings):
     ae_title: AETitle = "CADNODE"
     port: int = Field(default=11112, ge=0, le=65535)
     """0 picks a free port (tests)."""
-    bind_address: str = Field(default="0.0.0.0", min_length=1)
+    bind_address: str = Field(default="127.0.0.1", min_length=1)
+    """Where the Storage SCP listens: this machine only by default; every interface
+    (``0.0.0.0``, ``::``) needs ``peers``, ``allowed_calling_aets`` or ``accept_any_peer``."""
     allowed_calling_aets: tuple[AETitle, ...] = ()
     """Calling AE titles accepted at association from any address; empty (and no ``peers``)
     accepts any."""
     peers: dict[str, PeerSettings] = Field(default_factory=dict)
     """Peers accepted only from their addresses, each for its services."""
+    accept_any_peer: bool = False
+    """Listen on every interface with neither ``peers`` nor ``allowed_calling_aets``:
+    any machine that reaches the port may store. Refused at start-up unless set."""
     tls: ServerTlsSettings | None = None
     """DICOM TLS on the Storage SCP's port; ``None``: plain TCP."""
     storage_dir: Path = Path("./cad-node-data")
@@ -330,6 +429,7 @@ class Settings(_Settings):
     lease_seconds: float = Field(default=300.0, gt=0)
     """How long a worker holds a job without a heartbeat before another may reclaim it."""
     decoding: DecodingSettings = DecodingSettings()
+    limits: IngestLimitSettings = IngestLimitSettings()
     admin: AdminSettings = AdminSettings()
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int | None = Field(default=None, ge=1, le=256)
@@ -376,7 +476,7 @@ class Settings(_Settings):
     def _rules_name_configured_destinations(
         cls, rules: tuple[Rule, ...], info: ValidationInfo
     ) -> tuple[Rule, ...]:
-        check_unique_names(rules)
+        check_rule_set(rules)
         destinations = info.data.get("destinations")
         if destinations is None:
             return rules  # destinations themselves are invalid: reported on their own
@@ -389,6 +489,24 @@ class Settings(_Settings):
                     f"configured (configured: {configured})"
                 )
         return rules
+
+    @model_validator(mode="after")
+    def _open_port_names_its_peers(self) -> "Settings":
+        """DICOM on every interface with no allow-list accepts anyone who reaches the port."""
+        open_to_all = listens_everywhere(self.bind_address) and not self.restricts_peers
+        if open_to_all and not self.accept_any_peer:
+            raise ValueError(
+                f"bind_address {self.bind_address} listens on every interface and neither "
+                "peers nor allowed_calling_aets is set, so any machine could store images: "
+                "list the senders under peers (or allowed_calling_aets), bind one address "
+                "(e.g. bind_address: 127.0.0.1), or set accept_any_peer: true"
+            )
+        return self
+
+    @property
+    def restricts_peers(self) -> bool:
+        """Whether ``peers`` or ``allowed_calling_aets`` limits who may associate."""
+        return bool(self.peers or self.allowed_calling_aets)
 
     @property
     def resolved_database_url(self) -> str:
@@ -485,7 +603,7 @@ def parse_rules(
     if not isinstance(data, list):
         raise ConfigError(f"{source}: rules must be a list of rules")
     try:
-        return check_unique_names(_RULES.validate_python(data))
+        return check_rule_set(_RULES.validate_python(data))
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source, root)) from exc
     except ValueError as exc:

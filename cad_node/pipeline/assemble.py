@@ -3,6 +3,10 @@
 A periodic sweep over the journal, not a timer per series: it costs no
 scheduler call per received image, and a restart resumes it by construction
 (every series still RECEIVING is looked at again).
+
+A series the node made itself (its SEG, SR or overlay sent back to it by a PACS
+that forwards everything) is matched only by rules that ask for it
+(``include_own_results``), so results never feed a loop of jobs.
 """
 
 import logging
@@ -34,6 +38,31 @@ logger = logging.getLogger(__name__)
 NODE_ACTOR = "node"
 """The actor of the data-flow audit events (received, routed, sent)."""
 
+OWN_RESULT = "own result: not routed"
+"""Why a series the node made itself has no job (the admin's routing explanation)."""
+OWN_RESULT_EXPLANATION = (
+    f"{OWN_RESULT}: its Manufacturer, ManufacturerModelName and DeviceSerialNumber are "
+    "this node's (results settings); only a rule with include_own_results: true routes it"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class OwnEquipment:
+    """The General Equipment Module (PS3.3 C.7.5.1) the node writes into every result object
+    (``results`` settings): a series that carries all three values was made by this node."""
+
+    manufacturer: str
+    manufacturer_model_name: str
+    device_serial_number: str
+
+    def made(self, attributes: Mapping[str, object]) -> bool:
+        """Whether series ``attributes`` (routing attributes) name this node's equipment."""
+        return (
+            attributes.get("Manufacturer") == self.manufacturer.strip()
+            and attributes.get("ManufacturerModelName") == self.manufacturer_model_name.strip()
+            and attributes.get("DeviceSerialNumber", "") == self.device_serial_number.strip()
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class RoutedSeries:
@@ -55,6 +84,9 @@ class Assembler:
     clock: Callable[[], datetime]
     study_groups: Mapping[str, StudyGrouping] = field(default_factory=dict)
     """Modalities read per study (mammography, fundus): their series complete together."""
+    own_equipment: OwnEquipment | None = None
+    """The node's own equipment: series carrying it are routed only by rules that include
+    own results; None: no series is taken for the node's own."""
 
     def sweep(self) -> list[RoutedSeries]:
         """Complete and route every due series in one transaction; [] when none is due.
@@ -89,10 +121,14 @@ class Assembler:
     ) -> RoutedSeries:
         """Complete ``series`` and queue its rule's job (reading ``group`` when given)."""
         mark_complete(series, now)
-        rules = self.rules()
+        own_result = self._is_own_result(series)
+        rules = [r for r in self.rules() if r.include_own_results or not own_result]
         decision = route(series.attributes, rules)
         rule = decision.rule
         explanation = decision.text()
+        if own_result and rule is None:
+            explanation = f"{OWN_RESULT_EXPLANATION}\n{explanation}"
+            logger.info("series %s: %s", series.series_instance_uid, OWN_RESULT)
         mode = RuleMode.ACTIVE if rule is None else model_mode(session, rule.model)
         job_id = None
         if rule is None:
@@ -107,6 +143,9 @@ class Assembler:
         return RoutedSeries(
             series.series_instance_uid, series.revision, rule.name if rule else None, job_id
         )
+
+    def _is_own_result(self, series: Series) -> bool:
+        return self.own_equipment is not None and self.own_equipment.made(series.attributes)
 
     def _complete_and_route_group(
         self, session: Session, group: StudyGroup, now: datetime

@@ -1,9 +1,11 @@
 """Engine and session factory: SQLite in WAL mode by default, PostgreSQL for many nodes."""
 
+import os
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from cad_node.store.migrations import upgrade_journal
@@ -21,12 +23,29 @@ def make_engine(database_url: str) -> Engine:
     what was acknowledged, and start-up re-indexes any file the journal lacks.
     """
     if database_url.startswith("sqlite"):
+        _create_private_file(make_url(database_url).database)
         engine = create_engine(
             database_url, connect_args={"check_same_thread": False, "timeout": 30}
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(database_url, pool_pre_ping=True)
+
+
+JOURNAL_FILE_MODE = 0o600
+"""The SQLite journal holds UIDs, routing attributes and the audit log: the node's user only.
+SQLite gives its -wal and -shm files the mode of the database file."""
+
+
+def _create_private_file(database: str | None) -> None:
+    """Create the SQLite file ``database`` with :data:`JOURNAL_FILE_MODE` if it is missing."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    try:
+        descriptor = os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, JOURNAL_FILE_MODE)
+    except OSError:  # there already, or not creatable: SQLite says why when it connects
+        return
+    os.close(descriptor)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -2,6 +2,7 @@
 
 import os
 import re
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -33,7 +34,8 @@ def test_readme_has_two_setup_commands_and_ci_runs_the_test_one() -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(port_open(DEFAULT_PORT), reason=f"port {DEFAULT_PORT} is in use here")
 def test_serve_runs_on_the_embedded_defaults(tmp_path: Path) -> None:
-    """``cad-node serve`` with no config: SQLite and spool in ./cad-node-data, port 11112."""
+    """``cad-node serve`` with no config: SQLite and spool in ./cad-node-data, port 11112 on
+    127.0.0.1 only (it says so), the journal readable by its user only."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("CAD_NODE")}
     node = subprocess.Popen(
         [sys.executable, "-m", "cad_node", "serve"],
@@ -53,9 +55,13 @@ def test_serve_runs_on_the_embedded_defaults(tmp_path: Path) -> None:
             check=False,
         )
         assert echo.returncode == 0, echo.stderr
-        assert (tmp_path / "cad-node-data" / "journal.sqlite").is_file()
+        journal = tmp_path / "cad-node-data" / "journal.sqlite"
+        assert journal.is_file()
+        assert stat.S_IMODE(journal.stat().st_mode) == 0o600
+        assert stat.S_IMODE(journal.parent.stat().st_mode) == 0o700
     finally:
         node.terminate()
         output = node.communicate(timeout=60)[0].decode(errors="replace")
     assert node.returncode == 0, output
     assert "Traceback" not in output
+    assert "DICOM peers: any calling AE title that reaches 127.0.0.1" in output

@@ -1,5 +1,7 @@
 """Settings: defaults, the shipped files, and messages that name the bad key."""
 
+import hashlib
+import secrets
 from pathlib import Path
 
 import pytest
@@ -46,8 +48,9 @@ def test_defaults_of_an_empty_file(tmp_path: Path) -> None:
     settings = load_settings(write(tmp_path, ""))
     assert settings.ae_title == "CADNODE"
     assert settings.port == 11112
-    assert settings.bind_address == "0.0.0.0"
+    assert settings.bind_address == "127.0.0.1"
     assert settings.allowed_calling_aets == ()
+    assert settings.accept_any_peer is False
     assert settings.storage_dir == Path("./cad-node-data")
     assert settings.quiet_seconds == 10
     assert settings.destinations == {}
@@ -204,3 +207,68 @@ def test_shipped_rules_file_loads_alone() -> None:
         "screening-mammography",
         "fundus-diabetic-retinopathy",
     ]
+
+
+# -- safe defaults (docs/security.md) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("bind_address", ["0.0.0.0", "::", "0:0:0:0:0:0:0:0"])
+def test_every_interface_without_peers_is_refused(tmp_path: Path, bind_address: str) -> None:
+    message = config_error(write(tmp_path, {"bind_address": bind_address}))
+
+    assert f"bind_address {bind_address} listens on every interface" in message
+    for what_to_set in ("peers", "allowed_calling_aets", "accept_any_peer: true"):
+        assert what_to_set in message
+
+
+@pytest.mark.parametrize(
+    "opening",
+    [
+        {"allowed_calling_aets": ["PACS"]},
+        {"peers": {"pacs": {"ae_title": "PACS", "addresses": ["10.2.0.15"]}}},
+        {"accept_any_peer": True},
+    ],
+    ids=["allowed_calling_aets", "peers", "accept_any_peer"],
+)
+def test_every_interface_with_peers_or_accept_any_peer_loads(
+    tmp_path: Path, opening: dict[str, object]
+) -> None:
+    settings = load_settings(write(tmp_path, {"bind_address": "0.0.0.0", **opening}))
+    assert settings.bind_address == "0.0.0.0"
+
+
+def test_one_address_without_peers_loads(tmp_path: Path) -> None:
+    assert load_settings(write(tmp_path, {"bind_address": "10.2.0.1"})).restricts_peers is False
+
+
+WEAK_EXAMPLES = ["password", "admin", "changeme", "token", "secret", ""]
+
+
+@pytest.mark.parametrize("token", WEAK_EXAMPLES)
+def test_a_well_known_admin_token_is_refused(tmp_path: Path, token: str) -> None:
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    tokens = [{"name": "bob", "sha256": "ab" * 32}, {"name": "alice", "sha256": digest}]
+
+    message = config_error(write(tmp_path, {"admin": {"tokens": tokens}}))
+
+    assert message.startswith(f"{tmp_path / 'node.yaml'}: admin.tokens[1]: ")
+    assert f"token 'alice' is the sha256 of the well-known token {token!r}" in message
+    assert "secrets.token_urlsafe(32)" in message
+    assert "sha256sum" in message
+
+
+def test_a_random_admin_token_loads(tmp_path: Path) -> None:
+    digest = hashlib.sha256(secrets.token_urlsafe(32).encode()).hexdigest()
+    settings = load_settings(
+        write(tmp_path, {"admin": {"tokens": [{"name": "a", "sha256": digest}]}})
+    )
+    assert settings.admin.tokens[0].sha256 == digest
+
+
+@pytest.mark.parametrize("path", [NODE_YAML, REPO / "cad_node" / "default_config.yaml"])
+def test_shipped_configs_show_how_to_make_a_token_not_a_weak_one(path: Path) -> None:
+    text = path.read_text()
+    for token in WEAK_EXAMPLES:
+        assert hashlib.sha256(token.encode()).hexdigest() not in text
+    assert "secrets.token_urlsafe(32)" in text
+    assert "sha256sum" in text

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from cad_node.config import load_settings
+from cad_node.config import DecodingSettings, load_settings
 from cad_node.orthanc.plugin import settings_from_configuration
 
 ROOT = Path(__file__).parents[2]
@@ -192,6 +192,60 @@ def test_systemd_unit() -> None:
         "/etc/cad-node/node.yaml",
     ]
     assert unit["Service"]["Environment"] == "TCP_NODELAY=1"
+
+
+def read_unit() -> configparser.ConfigParser:
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]  # systemd keys are case-sensitive
+    unit.read_string(UNIT.read_text())
+    return unit
+
+
+def size_bytes(value: str) -> int:
+    """A systemd size (``12G``, ``512M``, bytes) in bytes."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    if value[-1] in units:
+        return int(value[:-1]) * units[value[-1]]
+    return int(value)
+
+
+def test_systemd_unit_keeps_files_private_and_memory_bounded() -> None:
+    service = read_unit()["Service"]
+
+    assert service["UMask"] == "0077"
+    assert service["StateDirectoryMode"] == "0700"
+    memory_max = size_bytes(service["MemoryMax"])
+    decoder = DecodingSettings().memory_mb << 20
+    assert decoder < size_bytes(service["MemoryHigh"]) < memory_max
+    assert service["RestartPreventExitStatus"] == "2"  # a ConfigError's exit status
+
+
+def test_systemd_unit_is_sandboxed() -> None:
+    service = read_unit()["Service"]
+
+    for key in (
+        "NoNewPrivileges",
+        "ProtectHome",
+        "PrivateTmp",
+        "ProtectKernelTunables",
+        "ProtectKernelModules",
+        "ProtectControlGroups",
+        "RestrictSUIDSGID",
+        "LockPersonality",
+    ):
+        assert service[key] == "true", key
+    assert service["ProtectSystem"] == "strict"
+    assert service["ReadWritePaths"] == service["WorkingDirectory"] == "/var/lib/cad-node"
+    assert service["CapabilityBoundingSet"] == ""
+
+
+def test_systemd_install_steps_keep_the_config_from_other_users() -> None:
+    """node.yaml holds the database password: 0640 root:cad-node, never 0644."""
+    steps = [line.lstrip("# ").strip() for line in UNIT.read_text().splitlines()]
+    installs = [step for step in steps if step.startswith("install ") and "node.yaml" in step]
+
+    assert installs == ["install -m 0640 -o root -g cad-node node.yaml /etc/cad-node/node.yaml"]
+    assert "install -d -m 0750 -o root -g cad-node /etc/cad-node" in steps
 
 
 def test_systemd_unit_verifies(tmp_path: Path) -> None:
