@@ -27,6 +27,9 @@ class ImageVolume:
     frame_of_reference_uid: str
     modality: str = "CT"
     image_orientation_patient: tuple[float, ...] = field(default=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0))
+    frame_numbers: tuple[int, ...] | None = None
+    """The frame (from 1, PS3.3 C.7.6.6) of ``sop_instance_uids[k]`` that slice ``k`` is, for
+    slices read from a multi-frame image; None when every slice is an instance of its own."""
 
     def __post_init__(self) -> None:
         if self.voxels.ndim != 3:
@@ -35,10 +38,27 @@ class ImageVolume:
             raise ValueError(
                 f"{len(self.sop_instance_uids)} SOP Instance UIDs for {self.voxels.shape[0]} slices"
             )
+        if self.frame_numbers is not None:
+            self._check_frame_numbers(self.frame_numbers)
         if self.affine.shape != (4, 4):
             raise ValueError(f"affine must be 4x4, got {self.affine.shape}")
         if min(self.spacing_mm) <= 0:
             raise ValueError(f"spacing must be positive, got {self.spacing_mm}")
+
+    def _check_frame_numbers(self, frame_numbers: tuple[int, ...]) -> None:
+        if len(frame_numbers) != self.voxels.shape[0]:
+            raise ValueError(
+                f"{len(frame_numbers)} frame numbers for {self.voxels.shape[0]} slices"
+            )
+        if min(frame_numbers, default=1) < 1:
+            raise ValueError("frame numbers start at 1")
+        if len(set(zip(self.sop_instance_uids, frame_numbers, strict=True))) != len(frame_numbers):
+            raise ValueError("two slices are the same frame of one instance")
+
+    def source_frame(self, k: int) -> tuple[str, int | None]:
+        """(SOP Instance UID, frame number or None) of the image slice ``k`` was read from."""
+        frame = None if self.frame_numbers is None else self.frame_numbers[k]
+        return self.sop_instance_uids[k], frame
 
     @property
     def shape(self) -> tuple[int, int, int]:

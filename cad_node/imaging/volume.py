@@ -21,6 +21,8 @@ from pydicom.errors import BytesLengthException, InvalidDicomError
 
 from cad_node.domain.imaging import ImageVolume
 from cad_node.errors import InvalidSeriesError
+from cad_node.imaging.multiframe import has_functional_groups, volume_of_series
+from cad_node.imaging.stacks import main_stack
 
 MALFORMED_DATASET_ERRORS = (
     AttributeError,
@@ -93,15 +95,60 @@ def _pixel_spacing(datasets: Sequence[Dataset]) -> tuple[float, float]:
 
 
 def _slice_spacing(positions: npt.NDArray[np.float64]) -> float:
+    """The spacing of the sorted ``positions`` along the normal, when they are regular.
+
+    Raises
+    ------
+    InvalidSeriesError
+        Two images at one position; slices missing (gaps of a whole multiple of the
+        spacing); uneven gaps beyond :data:`_SPACING_TOLERANCE`.
+    """
     gaps = np.diff(positions)
     if np.any(gaps < 1e-3):
-        raise InvalidSeriesError("two or more slices share the same position along the normal")
-    spacing = float(np.median(gaps))
-    if np.abs(gaps - spacing).max() > _SPACING_TOLERANCE * spacing:
         raise InvalidSeriesError(
-            f"inconsistent slice spacing: gaps from {gaps.min():.3f} to {gaps.max():.3f} mm"
+            f"{int(np.sum(gaps < 1e-3)) + 1} or more slices share the same position along the "
+            "normal, with other pixels, and no ConvolutionKernel, SliceThickness, "
+            "ContrastBolusAgent or AcquisitionNumber tells them apart"
         )
-    return spacing
+    spacing = float(np.median(gaps))
+    uneven = gaps[np.abs(gaps - spacing) > _SPACING_TOLERANCE * spacing]
+    if uneven.size == 0:
+        return spacing
+    missing = np.rint(uneven / spacing)
+    if np.all(missing >= 2) and np.all(
+        np.abs(uneven - missing * spacing) <= _SPACING_TOLERANCE * spacing
+    ):
+        raise InvalidSeriesError(
+            f"inconsistent slice spacing: {int(np.sum(missing - 1))} slice(s) missing in "
+            f"{uneven.size} gap(s) of up to {uneven.max():.3f} mm, the spacing being "
+            f"{spacing:.3f} mm"
+        )
+    raise InvalidSeriesError(
+        f"inconsistent slice spacing: uneven gaps from {gaps.min():.3f} to {gaps.max():.3f} mm"
+    )
+
+
+def _check_tilt(
+    points: npt.NDArray[np.float64], normal: npt.NDArray[np.float64], pixel_mm: float
+) -> None:
+    """Refuse a stack whose ImagePositionPatient values drift across the image plane.
+
+    The volume's affine steps along the normal (PS3.3 C.7.6.2.1.1); slices of a
+    gantry-tilted acquisition step obliquely, and reading them as a stack would shift
+    slice ``k`` by ``k`` times the step across the plane.  Half a pixel is allowed.
+    """
+    offsets = points - points[0]
+    across = offsets - np.outer(offsets @ normal, normal)
+    drift = float(np.linalg.norm(across, axis=1).max())
+    if drift <= pixel_mm / 2:
+        return
+    extent = float(abs(offsets[-1] @ normal)) or 1.0
+    angle = np.degrees(np.arctan2(float(np.linalg.norm(across[-1])), extent))
+    raise InvalidSeriesError(
+        f"gantry tilt or a sheared stack: the slice positions drift {drift:.2f} mm across the "
+        f"image plane (about {angle:.1f} degrees from its normal); send the series "
+        "resampled to slices along the normal"
+    )
 
 
 def _decoded_pixels(ds: Dataset) -> npt.NDArray[Any]:
@@ -182,67 +229,25 @@ def read_or_refuse(read: Callable[[], _T]) -> _T:
 def load_volume(items: Iterable[Dataset | Path | str]) -> ImageVolume:
     """Read the slices of one series into a HU volume sorted along the slice normal.
 
-    Localizers and images outside the main stack are left out (:func:`main_stack`).
+    Localizers, other objects, duplicates and the images of other stacks or
+    reconstructions are left out (:func:`~cad_node.imaging.stacks.main_stack`).
 
     Raises
     ------
     InvalidSeriesError
-        One slice only, several series, two stacks of one size, missing PixelSpacing,
-        different Rows/Columns, duplicate positions or inconsistent slice spacing;
-        a malformed file (see :data:`MALFORMED_DATASET_ERRORS`).
+        One slice only, several series, two stacks or reconstructions of one size,
+        missing PixelSpacing, different Rows/Columns, two images at one position,
+        missing slices, uneven slice spacing, a gantry tilt; a malformed file (see
+        :data:`MALFORMED_DATASET_ERRORS`).
     """
     return read_or_refuse(lambda: _load_volume(items))
 
 
-def _image_type(ds: Dataset) -> tuple[str, ...]:
-    value = ds.get("ImageType") or ()
-    return (value,) if isinstance(value, str) else tuple(str(v) for v in value)
-
-
-def _stack_key(ds: Dataset) -> tuple[object, ...]:
-    """What the images of one stack share: orientation (to 0.01) and matrix."""
-    orientation = ds.get("ImageOrientationPatient")
-    rounded = (
-        tuple(round(float(v), 2) for v in orientation)
-        if orientation is not None and len(orientation) == 6
-        else None
-    )
-    return (rounded, ds.get("Rows"), ds.get("Columns"))
-
-
-def main_stack(datasets: Sequence[Dataset]) -> list[Dataset]:
-    """The images of a series that form its volume: localizers (ImageType LOCALIZER) and
-    images of another orientation or matrix than the largest stack are left out.
-
-    Raises
-    ------
-    InvalidSeriesError
-        When two or more stacks are equally large: which one to read is not clear.
-    """
-    stacks: dict[tuple[object, ...], list[Dataset]] = {}
-    for ds in datasets:
-        if "LOCALIZER" not in _image_type(ds):
-            stacks.setdefault(_stack_key(ds), []).append(ds)
-    sizes = sorted((len(stack) for stack in stacks.values()), reverse=True)
-    if len(sizes) > 1 and sizes[0] == sizes[1]:
-        raise InvalidSeriesError(
-            f"the series holds {len(stacks)} stacks of other orientation or matrix, the "
-            f"largest two of {sizes[0]} images each: send each as a series of its own"
-        )
-    main = max(stacks.values(), key=len) if stacks else []
-    if len(main) < len(datasets):
-        logger.info(
-            "series %s: %d of %d images left out of the volume (localizers, other "
-            "orientation or matrix)",
-            datasets[0].get("SeriesInstanceUID", "?"),
-            len(datasets) - len(main),
-            len(datasets),
-        )
-    return main
-
-
 def _load_volume(items: Iterable[Dataset | Path | str]) -> ImageVolume:
-    datasets = main_stack([_read(item) for item in items])
+    datasets = [_read(item) for item in items]
+    if any(has_functional_groups(ds) for ds in datasets):  # Enhanced CT/MR, PS3.3 C.7.6.16
+        return volume_of_series(datasets)
+    datasets = main_stack(datasets)
     if len(datasets) < 2:
         raise InvalidSeriesError(f"a volume needs at least 2 slices, got {len(datasets)}")
     series_uids = {str(ds.get("SeriesInstanceUID", "")) for ds in datasets}
@@ -252,10 +257,12 @@ def _load_volume(items: Iterable[Dataset | Path | str]) -> ImageVolume:
     _check_matrix(datasets)
     row_spacing, column_spacing = _pixel_spacing(datasets)
     normal = np.cross(orientation[:3], orientation[3:])
-    positions = np.array([_floats(ds, "ImagePositionPatient", 3) @ normal for ds in datasets])
+    points = np.array([_floats(ds, "ImagePositionPatient", 3) for ds in datasets])
+    positions = points @ normal
     order = np.argsort(positions, kind="stable")
     datasets = [datasets[i] for i in order]
     slice_spacing = _slice_spacing(positions[order])
+    _check_tilt(points[order], normal, min(row_spacing, column_spacing))
     voxels = _stack_slices(datasets)
     spacing = (slice_spacing, row_spacing, column_spacing)
     first = datasets[0]

@@ -44,7 +44,12 @@ from cad_node.ingest.bounds import (
 )
 from cad_node.ingest.inflate import InflatingSource
 from cad_node.ingest.spool import is_safe_uid
-from cad_node.routing.attributes import ROUTING_KEYWORDS, JsonValue, extract_attributes
+from cad_node.routing.attributes import (
+    ROUTING_KEYWORDS,
+    JsonValue,
+    extract_attributes,
+    has_functional_groups,
+)
 from cad_node.store.instances import InstanceRecord
 
 _FIRST_PIXEL_DATA_TAG = 0x7FE00008
@@ -474,7 +479,8 @@ def _description(header: Dataset, calling_ae_title: str) -> _Description:
     pydicom has decoded already (SOP Class UID, Specific Character Set), its
     value; a different byte anywhere gives a fresh decode.
     """
-    key = _key(header)
+    # A multi-frame image's routing values may lie in its functional groups, not in the key.
+    key = None if has_functional_groups(header) else _key(header)
     if key is None:
         return _decoded_description(header, calling_ae_title)
     return _cached_description(key, calling_ae_title)

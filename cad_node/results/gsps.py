@@ -19,6 +19,7 @@ a text label ("Nodule 1: 12.3 mm, p=0.87", "Mass 1: 87%").  Every referenced
 image also carries the text "NOT FOR CLINICAL USE" across its top.
 """
 
+import logging
 import pkgutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -48,6 +49,8 @@ from cad_node.results.sources import (
     sources_by_slice,
 )
 from cad_node.results.uids import ResultUids
+
+logger = logging.getLogger(__name__)
 
 CONTENT_LABEL = "CADMARKS"
 """Content Label (0070,0080) of every presentation state (VR CS)."""
@@ -492,6 +495,10 @@ def build_gsps(
     """
     with build_errors_translated("presentation state", uids.job_key):
         if not result.findings:
+            return []
+        if volume.frame_numbers is not None:
+            # A graphic annotation without ReferencedFrameNumber would show on every frame.
+            logger.warning("job %s: no presentation state of a multi-frame image", uids.job_key)
             return []
         images = volume_marked_images(source_images, volume, result, uids)
         return build_presentation_states(images, uids, options)

@@ -4,7 +4,9 @@ One RGB Secondary Capture image (PS3.3 A.8.1) per slice that holds the centre
 of at least one finding: the CT slice in a lung window, each finding's mask
 contour in a bright colour, a label per finding ("Nodule 1: 12.3 mm, p=0.87")
 and a "NOT FOR CLINICAL USE" banner.  The images go into their own series of
-the source study; Burned In Annotation (0028,0301) is YES.
+the source study; Burned In Annotation (0028,0301) is YES.  The Source Image Sequence
+names the slice's image, and its frame when the volume was read from a multi-frame
+image (ReferencedFrameNumber, PS3.3 Table 10-3).
 
 Text is drawn with Pillow (a dependency of highdicom).
 """
@@ -319,7 +321,8 @@ def _sc_image(
     options: ResultOptions,
 ) -> hd.sc.SCImage:
     orientation = volume.image_orientation_patient
-    return secondary_capture(
+    _, frame_number = volume.source_frame(image.slice_index)
+    sc = secondary_capture(
         image.pixels,
         source=source,
         sop_instance_uid=uids.overlay_sop_instance_uid(image.slice_index),
@@ -336,6 +339,9 @@ def _sc_image(
         ),
         options=options,
     )
+    if frame_number is not None:
+        sc.SourceImageSequence[0].ReferencedFrameNumber = frame_number
+    return sc
 
 
 def _describe(

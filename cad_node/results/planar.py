@@ -22,7 +22,11 @@ from cad_node.results.options import ResultOptions
 from cad_node.results.planar_overlay import build_explanation_images, build_planar_overlays
 from cad_node.results.planar_seg import build_planar_segs, planar_headers
 from cad_node.results.planar_sr import Explanation, build_planar_sr
-from cad_node.results.sources import build_errors_translated
+from cad_node.results.sources import (
+    build_errors_translated,
+    derivation_notes,
+    keep_character_set,
+)
 from cad_node.results.uids import ResultUids
 
 
@@ -39,6 +43,9 @@ class PlanarObjects:
     """One burned-in Secondary Capture per source image with findings (if asked for)."""
     explanations: list[Dataset]
     """One Secondary Capture per explanation map, the heatmap blended over its image."""
+    warnings: tuple[str, ...] = ()
+    """What the objects derived from the sources because their senders left it out (UIDs
+    only): the job records it for the admin."""
 
 
 def build_planar_objects(  # noqa: PLR0917  # positional order agreed with the worker
@@ -84,6 +91,7 @@ def build_planar_objects(  # noqa: PLR0917  # positional order agreed with the w
         if result.study_instance_uid != image_set.study_instance_uid:
             raise ValueError("the result is of another study than the image set")
         headers = planar_headers(datasets, image_set)
+        warnings = derivation_notes(datasets, list(headers.values()))
         segs = build_planar_segs(headers, image_set, result, uids, options)
         explanation_images = build_explanation_images(headers, image_set, result, uids, options)
         explanations = [
@@ -103,6 +111,12 @@ def build_planar_objects(  # noqa: PLR0917  # positional order agreed with the w
         overlays = (
             build_planar_overlays(headers, image_set, result, uids, options) if overlay else []
         )
+    for built in (*segs, sr, *overlays, *explanation_images):
+        keep_character_set(built, datasets)
     return PlanarObjects(
-        seg=list(segs), sr=sr, overlays=list(overlays), explanations=list(explanation_images)
+        seg=list(segs),
+        sr=sr,
+        overlays=list(overlays),
+        explanations=list(explanation_images),
+        warnings=tuple(warnings),
     )

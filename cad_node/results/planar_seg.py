@@ -28,6 +28,7 @@ from cad_node.results.sources import (
     complete_planar_header,
     fill_type_2,
     header_copy,
+    outside_highdicom_character_sets,
     patient_names_kept_out_of_logs,
     pin_creation_datetime,
     resolve_content_datetime,
@@ -141,6 +142,7 @@ def _prepared(source: Dataset) -> Dataset:
     if not had_slice_thickness:
         del header.SliceThickness
     complete_planar_header(header)
+    (header,) = outside_highdicom_character_sets([header])
     return header
 
 

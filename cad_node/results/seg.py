@@ -1,10 +1,13 @@
 """DICOM Segmentation (PS3.3 A.51) of a model's findings, built with highdicom.
 
 One BINARY segment per finding ("Nodule 1", "Nodule 2" ...), frames only where
-a segment has pixels, every frame referencing the CT slice it lies on.
+a segment has pixels, every frame referencing the CT slice it lies on: the image, or
+for a volume read from one multi-frame image (Enhanced CT) that image's frame
+(ReferencedFrameNumber, PS3.3 Table 10-3).
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import highdicom as hd
 import numpy as np
@@ -17,6 +20,8 @@ from cad_node.results import codes
 from cad_node.results.options import ResultOptions
 from cad_node.results.sources import (
     build_errors_translated,
+    keep_character_set,
+    outside_highdicom_character_sets,
     patient_names_kept_out_of_logs,
     pin_creation_datetime,
     resolve_content_datetime,
@@ -84,12 +89,39 @@ def _slices_with_mask(findings: Sequence[Finding]) -> list[int]:
     return sorted(slices)
 
 
+@dataclass(frozen=True, slots=True)
+class _Planes:
+    """Where the SEG's pixel array holds each volume slice that has a mask."""
+
+    plane_of: Mapping[int, int]
+    """Volume slice -> plane (index down axis 0) of the pixel array."""
+    count: int
+    source_images: list[Dataset]
+    """What highdicom pairs the planes with: one image per plane, or one multi-frame image."""
+
+
+def _planes(volume: ImageVolume, sources: Sequence[Dataset], slices: Sequence[int]) -> _Planes:
+    """Single-frame sources: one plane per slice with a mask, paired with its image.
+
+    Slices from one multi-frame image: one plane per frame of it, in frame order, since
+    highdicom pairs plane ``i`` with frame ``i + 1`` (the empty ones are omitted).
+    """
+    if volume.frame_numbers is None:
+        return _Planes(
+            {k: i for i, k in enumerate(slices)}, len(slices), [sources[k] for k in slices]
+        )
+    frame_numbers = volume.frame_numbers
+    return _Planes(
+        {k: frame_numbers[k] - 1 for k in slices}, int(sources[0].NumberOfFrames), [sources[0]]
+    )
+
+
 def _stacked_segments(
-    findings: Sequence[Finding], slices: Sequence[int], frame_shape: tuple[int, int]
+    findings: Sequence[Finding], planes: _Planes, frame_shape: tuple[int, int]
 ) -> npt.NDArray[np.bool_]:
-    """``array[i, r, c, s]``: finding ``s`` covers pixel (r, c) of volume slice ``slices[i]``."""
-    plane_of = {k: i for i, k in enumerate(slices)}
-    array = np.zeros((len(slices), *frame_shape, len(findings)), dtype=np.bool_)
+    """``array[i, r, c, s]``: finding ``s`` covers pixel (r, c) of plane ``i``."""
+    plane_of = planes.plane_of
+    array = np.zeros((planes.count, *frame_shape, len(findings)), dtype=np.bool_)
     for s, finding in enumerate(findings):
         k0, r0, c0 = finding.mask.offset
         _, dr, dc = finding.mask.mask.shape
@@ -100,10 +132,10 @@ def _stacked_segments(
 
 
 def _label_map(
-    findings: Sequence[Finding], slices: Sequence[int], frame_shape: tuple[int, int]
+    findings: Sequence[Finding], planes: _Planes, frame_shape: tuple[int, int]
 ) -> npt.NDArray[np.uint8] | None:
     """``array[i, r, c]``: the number (from 1) of the finding covering pixel (r, c) of
-    volume slice ``slices[i]``; None when two findings share a pixel or there are over 255.
+    plane ``i``; None when two findings share a pixel or there are over 255.
 
     highdicom turns it into the same BINARY frames as :func:`_stacked_segments` with
     a fifth of the memory: no per-segment axis, and no int64 sum over it to check
@@ -111,8 +143,8 @@ def _label_map(
     """
     if len(findings) > np.iinfo(np.uint8).max:
         return None
-    plane_of = {k: i for i, k in enumerate(slices)}
-    array = np.zeros((len(slices), *frame_shape), dtype=np.uint8)
+    plane_of = planes.plane_of
+    array = np.zeros((planes.count, *frame_shape), dtype=np.uint8)
     for number, finding in enumerate(findings, start=1):
         k0, r0, c0 = finding.mask.offset
         _, dr, dc = finding.mask.mask.shape
@@ -126,13 +158,13 @@ def _label_map(
 
 
 def _segment_pixels(
-    findings: Sequence[Finding], slices: Sequence[int], frame_shape: tuple[int, int]
+    findings: Sequence[Finding], planes: _Planes, frame_shape: tuple[int, int]
 ) -> npt.NDArray[np.uint8] | npt.NDArray[np.bool_]:
     """The SEG's pixel array: a label map, or one boolean plane per finding if they overlap."""
-    label_map = _label_map(findings, slices, frame_shape)
+    label_map = _label_map(findings, planes, frame_shape)
     if label_map is not None:
         return label_map
-    return _stacked_segments(findings, slices, frame_shape)
+    return _stacked_segments(findings, planes, frame_shape)
 
 
 def _pin_dimension_organization_uid(seg: Dataset, uid: str) -> None:
@@ -196,13 +228,13 @@ def _build_seg(
         raise ValueError("a SEG needs at least one finding")
     for finding in result.findings:
         _check_inside(finding, volume.shape)
-    sources = sources_by_slice(source_images, volume)
-    slices = _slices_with_mask(result.findings)
+    sources = outside_highdicom_character_sets(sources_by_slice(source_images, volume))
+    planes = _planes(volume, sources, _slices_with_mask(result.findings))
     when = resolve_content_datetime(options.content_datetime)
     with patient_names_kept_out_of_logs():
         seg = hd.seg.Segmentation(
-            source_images=[sources[k] for k in slices],
-            pixel_array=_segment_pixels(result.findings, slices, volume.shape[1:]),
+            source_images=planes.source_images,
+            pixel_array=_segment_pixels(result.findings, planes, volume.shape[1:]),
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=[
                 _segment_description(finding, i, result.model, uids)
@@ -229,4 +261,5 @@ def _build_seg(
         )
     _pin_dimension_organization_uid(seg, uids.seg_dimension_organization_uid)
     pin_creation_datetime(seg, when)
+    keep_character_set(seg, source_images)
     return seg

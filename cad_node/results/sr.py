@@ -6,7 +6,9 @@ slice through the finding's centre, with diameter, volume and certainty.  When
 the SEG is given, a TID 1411 volumetric group with the same Tracking UID
 references the finding's segment: TID 1410 allows either an image region or a
 segment reference, not both, and OHIF merges groups by Tracking UID.  A report
-without findings holds one TID 1501 group saying "Nodule: Absent".
+without findings holds one TID 1501 group saying "Nodule: Absent".  On a volume read
+from one multi-frame image the SCOORD names the frame (ReferencedFrameNumber,
+PS3.3 C.18.4).
 """
 
 import math
@@ -24,7 +26,11 @@ from cad_node.results.options import ResultOptions
 from cad_node.results.seg import segment_label
 from cad_node.results.sources import (
     build_errors_translated,
+    distinct_sources,
+    frame_header,
     header_copy,
+    keep_character_set,
+    outside_highdicom_character_sets,
     patient_names_kept_out_of_logs,
     pin_creation_datetime,
     resolve_content_datetime,
@@ -120,12 +126,14 @@ def _planar_group(
     model: ModelIdentity,
 ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
     """PS3.16 TID 1410 with a 2D SCOORD on the slice through the finding's centre."""
+    _, frame_number = volume.source_frame(k)
     region = hd.sr.ImageRegion(
         graphic_type=hd.sr.GraphicTypeValues.CIRCLE,
         graphic_data=_circle(finding, k, volume),
         source_image=hd.sr.SourceImageForRegion(
             referenced_sop_class_uid=source.SOPClassUID,
             referenced_sop_instance_uid=source.SOPInstanceUID,
+            referenced_frame_numbers=None if frame_number is None else [frame_number],
         ),
     )
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
@@ -221,6 +229,16 @@ def _image_library_slices(result: ModelResult, volume: ImageVolume) -> list[int]
     return sorted(drawn_on) or [volume.shape[0] // 2]
 
 
+def _image_library(
+    sources: Sequence[Dataset], volume: ImageVolume, slices: Sequence[int]
+) -> list[Dataset]:
+    """The images of the Image Library, once each.  A multi-frame image is described by
+    the first of ``slices`` (PS3.16 TID 1602 has one entry per image, not per frame)."""
+    if volume.frame_numbers is None:
+        return [sources[k] for k in slices]
+    return [frame_header(sources[slices[0]], volume, slices[0])]
+
+
 def _no_finding_group(
     result: ModelResult, uids: ResultUids
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
@@ -276,7 +294,7 @@ def build_sr(  # noqa: PLR0917  # positional order agreed with the worker's call
         When the inputs cannot make a valid SR.
     """
     with build_errors_translated("SR", uids.job_key):
-        return _build_sr(
+        sr = _build_sr(
             source_images=source_images,
             volume=volume,
             result=result,
@@ -285,6 +303,8 @@ def build_sr(  # noqa: PLR0917  # positional order agreed with the worker's call
             options=options,
             predecessors=predecessors,
         )
+    keep_character_set(sr, source_images)
+    return sr
 
 
 def _build_sr(
@@ -297,7 +317,7 @@ def _build_sr(
     options: ResultOptions,
     predecessors: Sequence[Dataset],
 ) -> hd.sr.Comprehensive3DSR:
-    sources = sources_by_slice(source_images, volume)
+    sources = outside_highdicom_character_sets(sources_by_slice(source_images, volume))
     groups = _finding_groups(result, sources, volume, seg, uids) or [
         _no_finding_group(result, uids)
     ]
@@ -305,9 +325,9 @@ def _build_sr(
         observation_context=observation_context(options),
         procedure_reported=codes.PROCEDURE_CT_CHEST,
         imaging_measurements=groups,
-        referenced_images=[sources[k] for k in _image_library_slices(result, volume)],
+        referenced_images=_image_library(sources, volume, _image_library_slices(result, volume)),
     )
-    evidence = [*sources, *([header_copy(seg)] if seg is not None else [])]
+    evidence = [*distinct_sources(sources), *([header_copy(seg)] if seg is not None else [])]
     return comprehensive_3d_sr(
         report, evidence, codes.PROCEDURE_CT_CHEST, uids, options, predecessors
     )

@@ -18,7 +18,7 @@ from cad_node.routing.attributes import (
     ROUTING_KEYWORDS,
     JsonValue,
     extract_attributes,
-    merge_missing,
+    series_attributes,
 )
 from cad_node.routing.match import RouteDecision, route
 from cad_node.routing.rules import Rule, keywords_of
@@ -104,7 +104,7 @@ def read_series(folder: Path, calling_ae_title: str) -> tuple[list[SeriesHeaders
             continue
         uid = str(dataset.get("SeriesInstanceUID", "")) or "(no SeriesInstanceUID)"
         found = extract_attributes(dataset, calling_ae_title)
-        attributes[uid] = merge_missing(attributes.get(uid, {}), found)
+        attributes[uid] = series_attributes(attributes[uid], found) if uid in attributes else found
         counts[uid] = counts.get(uid, 0) + 1
     series = [SeriesHeaders(uid, attributes[uid], counts[uid]) for uid in sorted(attributes)]
     return series, skipped

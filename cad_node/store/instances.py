@@ -20,8 +20,9 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement, Executable
 from sqlalchemy.types import TypeEngine
 
+from cad_node.domain.stacks import StackRank
 from cad_node.domain.states import SeriesState
-from cad_node.routing.attributes import JsonValue, merge_missing
+from cad_node.routing.attributes import JsonValue, attributes_rank, series_attributes
 from cad_node.store.schema import Instance, Series, Study
 
 _UID_MAX_LENGTH = 64
@@ -264,6 +265,7 @@ class _SeriesRow:
     """The columns of a series row that recording instances changes."""
 
     series_instance_uid: str
+    modality: str
     state: str
     revision: int
     instance_count: int
@@ -280,12 +282,30 @@ class _SeriesRow:
         self.revision = revision
         self.instance_count += 1
         self.last_received_at = max(self.last_received_at, now)
-        if self.expected_count is None and record.expected_count is not None:
-            self.expected_count = record.expected_count
-        merged = merge_missing(self.attributes, record.attributes)
-        if merged != self.attributes:
-            self.attributes = merged
+        self._take_attributes(record)
         self.changed = True
+
+    def _take_attributes(self, record: InstanceRecord) -> None:
+        """Let the stack's images speak for the series (:func:`series_attributes`).
+
+        Only they set the expected count (:func:`_expected_count`), and ImagesInAcquisition
+        counts them only: each other instance (scout, screen capture) adds one to it.
+        """
+        stored_rank = attributes_rank(self.attributes)
+        record_rank = attributes_rank(record.attributes)
+        if record_rank > stored_rank:
+            expected = _expected_count(record)
+            others = self.instance_count - 1  # every instance before ranked lower
+            self.expected_count = None if expected is None else expected + others
+            self.modality = record.modality or self.modality
+        elif record_rank < stored_rank:
+            if self.expected_count is not None:
+                self.expected_count += 1
+        elif self.expected_count is None:
+            self.expected_count = _expected_count(record)
+        attributes = series_attributes(self.attributes, record.attributes)
+        if attributes != self.attributes:
+            self.attributes = attributes
 
     def note_resend(self, now: datetime) -> None:
         if self.state == SeriesState.RECEIVING and now > self.last_received_at:
@@ -683,12 +703,20 @@ def _new_series_row(record: InstanceRecord, now: datetime) -> dict[str, Any]:
         "state": SeriesState.RECEIVING,
         "revision": 1,
         "instance_count": 0,
-        "expected_count": record.expected_count,
+        "expected_count": _expected_count(record),
         "calling_ae_title": record.calling_ae_title,
         "attributes": dict(record.attributes),
         "first_received_at": now,
         "last_received_at": now,
     }
+
+
+def _expected_count(record: InstanceRecord) -> int | None:
+    """The series' expected count as ``record`` gives it: an image of the stack only (not a
+    scout with ImagesInAcquisition 1, nor a multi-frame screen capture)."""
+    if attributes_rank(record.attributes) != StackRank.IMAGE:
+        return None
+    return record.expected_count
 
 
 def _instance_row(record: InstanceRecord, series_revision: int, now: datetime) -> dict[str, Any]:

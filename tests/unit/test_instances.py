@@ -393,3 +393,68 @@ def test_the_driver_statements_cover_every_column_the_rows_set() -> None:
 
     assert tuple(instances._instance_row(record, 1, T0)) == instances._INSTANCE_KEYS
     assert tuple(instances._new_series_row(record, T0)) == instances._NEW_SERIES_KEYS
+
+
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+AXIAL = {
+    "CallingAETitle": "SCANNER",
+    "Modality": "CT",
+    "SOPClassUID": CT_IMAGE_STORAGE,
+    "ImageType": ["ORIGINAL", "PRIMARY", "AXIAL"],
+    "ImageOrientationPatient": [1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+    "SliceThickness": 1.25,
+}
+SCOUT = AXIAL | {
+    "ImageType": ["ORIGINAL", "PRIMARY", "LOCALIZER"],
+    "ImageOrientationPatient": [1.0, 0.0, 0.0, 0.0, 0.0, -1.0],
+    "SliceThickness": 3.0,
+    "KVP": 120.0,
+}
+CAPTURE = {"CallingAETitle": "SCANNER", "Modality": "OT", "SOPClassUID": SECONDARY_CAPTURE}
+
+
+def _recorded(journal: Journal, *records: InstanceRecord) -> RecordOutcome:
+    with journal.sessionmaker.begin() as session:
+        return record_instances(session, list(records), T0)[-1]
+
+
+@pytest.mark.parametrize("one_batch", [True, False])
+def test_a_scout_sent_first_gives_way_to_the_stack(any_journal: Journal, one_batch: bool) -> None:
+    scout = make_record(1, attributes=SCOUT, expected_count=1)
+    axial = [make_record(n, attributes=AXIAL, expected_count=3) for n in (2, 3)]
+    if one_batch:
+        outcome = _recorded(any_journal, scout, *axial)
+    else:
+        outcome = [_recorded(any_journal, r) for r in (scout, *axial)][-1]
+
+    assert (outcome.instance_count, outcome.expected_count) == (3, 4)  # 3 axial + the scout
+    assert not outcome.expected_count_reached
+    with any_journal.sessionmaker() as session:
+        series = series_row(session)
+    assert series.attributes == AXIAL  # the scout's KVP is no attribute of the stack
+    assert series.expected_count == 4
+
+
+def test_a_capture_first_gives_way_and_the_modality_follows(any_journal: Journal) -> None:
+    capture = make_record(1, sop_class_uid=SECONDARY_CAPTURE, attributes=CAPTURE, expected_count=1)
+    outcome = _recorded(any_journal, capture)
+    assert outcome.expected_count is None  # a screen capture never completes the series
+
+    _recorded(any_journal, make_record(2, attributes=AXIAL))
+
+    with any_journal.sessionmaker() as session:
+        series = series_row(session)
+    assert (series.modality, series.attributes) == ("CT", AXIAL)
+
+
+def test_a_scout_or_capture_after_the_stack_changes_nothing_but_the_count(
+    any_journal: Journal,
+) -> None:
+    _recorded(any_journal, make_record(1, attributes=AXIAL, expected_count=2))
+    capture = make_record(3, sop_class_uid=SECONDARY_CAPTURE, attributes=CAPTURE)
+    outcome = _recorded(any_journal, make_record(2, attributes=SCOUT, expected_count=1), capture)
+
+    assert (outcome.instance_count, outcome.expected_count) == (3, 4)
+    with any_journal.sessionmaker() as session:
+        series = series_row(session)
+    assert (series.modality, series.attributes) == ("CT", AXIAL)

@@ -7,6 +7,7 @@ import pytest
 
 from cad_node.results import build_seg
 from cad_node.results import seg as seg_module
+from cad_node.results.sources import sources_by_slice
 from tests.unit.test_results_objects import (
     NODULES,
     OPTIONS,
@@ -23,16 +24,19 @@ OVERLAPPING = (
 )
 
 
-def _slices(case: Case) -> list[int]:
-    return seg_module._slices_with_mask(case.result.findings)
+def _planes(case: Case) -> seg_module._Planes:
+    sources = sources_by_slice(case.series, case.volume)
+    return seg_module._planes(
+        case.volume, sources, seg_module._slices_with_mask(case.result.findings)
+    )
 
 
 def test_the_label_map_numbers_each_finding_where_its_mask_lies() -> None:
     case = make_case(NODULES)
-    slices = _slices(case)
+    planes = _planes(case)
 
-    label_map = seg_module._label_map(case.result.findings, slices, case.volume.shape[1:])
-    stacked = seg_module._stacked_segments(case.result.findings, slices, case.volume.shape[1:])
+    label_map = seg_module._label_map(case.result.findings, planes, case.volume.shape[1:])
+    stacked = seg_module._stacked_segments(case.result.findings, planes, case.volume.shape[1:])
 
     assert label_map is not None
     assert label_map.dtype == np.uint8
@@ -44,7 +48,7 @@ def test_the_label_map_numbers_each_finding_where_its_mask_lies() -> None:
 def test_overlapping_findings_get_no_label_map() -> None:
     case = make_case(OVERLAPPING)
 
-    assert seg_module._label_map(case.result.findings, _slices(case), case.volume.shape[1:]) is None
+    assert seg_module._label_map(case.result.findings, _planes(case), case.volume.shape[1:]) is None
 
 
 def test_the_seg_from_the_label_map_is_byte_identical_to_the_one_from_the_stack(

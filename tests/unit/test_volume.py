@@ -1,13 +1,14 @@
 """load_volume: sorting along the slice normal, HU, spacing, affine, and each invalid series."""
 
 import random
+from copy import deepcopy
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import RLELossless
+from pydicom.uid import RLELossless, SecondaryCaptureImageStorage, XRayRadiationDoseSRStorage
 
 from cad_node.errors import InvalidSeriesError
 from cad_node.imaging.volume import load_volume
@@ -83,11 +84,37 @@ def test_one_slice_is_refused(series: SyntheticSeries) -> None:
         load_volume(series.paths[:1])
 
 
-def test_gap_gives_inconsistent_spacing(series: SyntheticSeries) -> None:
+def test_a_gap_names_the_slices_missing(series: SyntheticSeries) -> None:
     paths = list(series.paths)
     del paths[5]
-    with pytest.raises(InvalidSeriesError, match="inconsistent slice spacing"):
+    del paths[7:9]
+    with pytest.raises(InvalidSeriesError, match=r"3 slice\(s\) missing in 2 gap\(s\)"):
         load_volume(paths)
+
+
+def test_uneven_spacing_is_refused(series: SyntheticSeries) -> None:
+    datasets = _datasets(series)
+    position = datasets[4].ImagePositionPatient
+    datasets[4].ImagePositionPatient = [position[0], position[1], float(position[2]) + 1.5]
+    with pytest.raises(InvalidSeriesError, match=r"uneven gaps from 3\.500 to 6\.500 mm"):
+        load_volume(datasets)
+
+
+def test_a_gantry_tilt_is_refused(series: SyntheticSeries) -> None:
+    datasets = _datasets(series)
+    for ds in datasets:  # 12 degrees: y moves with z, the image plane stays axial
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [x, y + z * np.tan(np.radians(12)), z]
+    with pytest.raises(InvalidSeriesError, match=r"gantry tilt.*about 12.0 degrees"):
+        load_volume(datasets)
+
+
+def test_positions_rounded_to_the_hundredth_are_no_tilt(series: SyntheticSeries) -> None:
+    datasets = _datasets(series)
+    for k, ds in enumerate(datasets):
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [x + 0.01 * (k % 2), y - 0.01 * (k % 3 == 0), z]
+    assert load_volume(datasets).sop_instance_uids == series.sop_instance_uids
 
 
 def _coronal_localizer(series: SyntheticSeries) -> Dataset:
@@ -182,3 +209,103 @@ def test_unreadable_file_is_an_invalid_series(series: SyntheticSeries, tmp_path:
     junk.write_bytes(b"not dicom")
     with pytest.raises(InvalidSeriesError, match="cannot read"):
         load_volume([*series.paths[:3], junk])
+
+
+def _copy(ds: Dataset, number: int) -> Dataset:
+    copy = deepcopy(ds)
+    copy.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.88.{number}"
+    copy.InstanceNumber = 100 + number
+    return copy
+
+
+def test_a_secondary_capture_and_a_dose_report_are_left_out(series: SyntheticSeries) -> None:
+    datasets = _datasets(series)
+    capture = _copy(datasets[0], 1)
+    capture.SOPClassUID = SecondaryCaptureImageStorage
+    capture.ImagePositionPatient = [0, 0, 999]
+    report = Dataset()
+    report.SOPClassUID = XRayRadiationDoseSRStorage
+    report.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.88.2"
+    report.SeriesInstanceUID = series.series_instance_uid
+
+    volume = load_volume([capture, report, *datasets])
+
+    assert volume.sop_instance_uids == series.sop_instance_uids
+
+
+def test_exact_duplicates_are_read_once(series: SyntheticSeries) -> None:
+    datasets = _datasets(series)
+    resent = _copy(datasets[3], 1)  # the same image under a new SOP Instance UID
+    recoded = _copy(datasets[5], 2)
+    recoded.compress(RLELossless)  # the same pixels in another transfer syntax
+
+    volume = load_volume([resent, recoded, *datasets, datasets[7]])
+
+    assert volume.sop_instance_uids == series.sop_instance_uids
+    assert np.array_equal(volume.voxels, series.hu.astype(np.float32))
+
+
+def test_other_pixels_at_one_position_are_refused(series: SyntheticSeries) -> None:
+    datasets = _datasets(series)
+    other = _copy(datasets[3], 1)
+    other.RescaleIntercept = -1000
+    with pytest.raises(InvalidSeriesError, match="2 or more slices share the same position"):
+        load_volume([*datasets, other])
+
+
+def _reconstruction(datasets: list[Dataset], kernel: str, first: int) -> list[Dataset]:
+    copies = [_copy(ds, first + k) for k, ds in enumerate(datasets)]
+    for ds in copies:
+        ds.ConvolutionKernel = kernel
+    return copies
+
+
+def test_the_largest_reconstruction_is_read(series: SyntheticSeries) -> None:
+    datasets = _datasets(series)
+    for ds in datasets:
+        ds.ConvolutionKernel = "B30f"
+    lung = _reconstruction(datasets[2:10], "B70f", 1)
+    for ds in lung:
+        ds.RescaleIntercept = -1000  # other pixels: no duplicates
+
+    volume = load_volume([*lung, *datasets])
+
+    assert volume.sop_instance_uids == series.sop_instance_uids
+
+
+def test_two_reconstructions_of_one_size_are_refused(series: SyntheticSeries) -> None:
+    datasets = _datasets(series)
+    lung = _reconstruction(datasets, "B70f", 1)
+    for ds in lung:
+        ds.RescaleIntercept = -1000
+    with pytest.raises(
+        InvalidSeriesError,
+        match=r"2 reconstructions .* by ConvolutionKernel B70f, STANDARD, the largest two of 12",
+    ):
+        load_volume([*datasets, *lung])
+
+
+def test_a_second_phase_is_told_apart_by_acquisition_number(series: SyntheticSeries) -> None:
+    datasets = _datasets(series)
+    for ds in datasets:
+        ds.AcquisitionNumber = 1
+    arterial = [_copy(ds, k) for k, ds in enumerate(datasets[:5])]
+    for ds in arterial:
+        ds.AcquisitionNumber = 2
+        ds.RescaleIntercept = -1000
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [x, y, z + 1.0]  # positions of its own, inside the stack
+
+    volume = load_volume([*arterial, *datasets])
+
+    assert volume.sop_instance_uids == series.sop_instance_uids
+
+
+def test_acquisitions_one_after_the_other_are_one_stack(series: SyntheticSeries) -> None:
+    datasets = _datasets(series)
+    for k, ds in enumerate(datasets):
+        ds.AcquisitionNumber = 1 + k // 4  # axial (sequential) mode: 4 slices per rotation
+
+    volume = load_volume(datasets)
+
+    assert volume.sop_instance_uids == series.sop_instance_uids
