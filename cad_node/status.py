@@ -87,7 +87,7 @@ def _series_table(session: Session, limit: int) -> str:
 
 
 def _jobs_table(session: Session, limit: int) -> str:
-    jobs = session.scalars(select(Job).order_by(Job.id.desc()).limit(limit))
+    jobs = list(session.scalars(select(Job).order_by(Job.id.desc()).limit(limit)))
     rows = [
         (
             j.id,
@@ -96,12 +96,19 @@ def _jobs_table(session: Session, limit: int) -> str:
             j.model_name,
             j.state,
             "-" if j.finding_count is None else j.finding_count,
+            len(j.warnings or ()),
             j.error or "",
         )
         for j in jobs
     ]
-    header = ("Job", "SeriesInstanceUID", "Rev", "Model", "State", "Findings", "Error")
-    return _table("Jobs", header, rows)
+    header = ("Job", "SeriesInstanceUID", "Rev", "Model", "State", "Findings", "Warnings", "Error")
+    return "\n\n".join(filter(None, [_table("Jobs", header, rows), _job_warnings(jobs)]))
+
+
+def _job_warnings(jobs: Sequence[Job]) -> str:
+    """What each job of the table derived or left out (its ``warnings``), one line each."""
+    lines = [f"job {j.id}: {note}" for j in jobs for note in j.warnings or ()]
+    return "\n".join(["Job warnings", *lines]) if lines else ""
 
 
 def _deliveries_table(session: Session, limit: int) -> str:

@@ -26,9 +26,9 @@ from cad_node.errors import ModelError
 from cad_node.imaging.isolation import SCRATCH_DIR, DecodingLimits, IsolatedDecoder
 from cad_node.ingest.bounds import DataSetLimits
 from cad_node.models.registry import ModelRegistry
-from cad_node.pipeline.work import JobInput, JobTimings, Worker
+from cad_node.pipeline.work import JobInput, JobRun, Worker
 from cad_node.store.db import make_engine, session_factory
-from cad_node.store.jobs import StoredResult, renew_lease
+from cad_node.store.jobs import renew_lease
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class LeasedWorker(Worker):
     heartbeat_seconds: float | None = None
     """Seconds between renewals; ``None``: a third of ``lease_seconds``."""
 
-    def _run(self, job_input: JobInput) -> tuple[list[StoredResult], int, JobTimings]:
+    def _run(self, job_input: JobInput) -> JobRun:
         interval = self.heartbeat_seconds or self.lease_seconds / 3
         with LeaseHeartbeat(lambda: self._renew(job_input.job_id), interval):
             return super()._run(job_input)

@@ -70,6 +70,8 @@ class JobOut(_Row):
     finished_at: datetime | None
     error: str | None
     finding_count: int | None
+    warnings: list[str] | None
+    """What the run derived or left out (UIDs only); null: none."""
 
 
 class DeliveryOut(_Row):

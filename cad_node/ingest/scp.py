@@ -3,6 +3,9 @@
 An instance is acknowledged (0x0000) only after its bytes are fsync'd in the
 spool and its row is committed in the journal; every other outcome is a
 precise PS3.4 Annex B.2.3 status, never a dropped association.
+
+Everything that depends on pynetdicom's internals, and the choice of receive
+path by its version, is :mod:`cad_node.ingest.pynetdicom_adapter`'s.
 """
 
 import logging
@@ -12,11 +15,10 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from io import BytesIO
 from typing import Any, cast
 
 from pydicom import Dataset
-from pynetdicom import AE, VerificationPresentationContexts, _config, evt
+from pynetdicom import AE, VerificationPresentationContexts, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event, EventHandlerType
@@ -40,8 +42,15 @@ from cad_node.ingest.incoming import (
     status_with_comment,
 )
 from cad_node.ingest.journal_writer import GroupCommitter, JournalWriter
+from cad_node.ingest.pynetdicom_adapter import (
+    ReceivePath,
+    configure,
+    install,
+    receive_path,
+    register_server,
+    write_data_set,
+)
 from cad_node.ingest.spool import Spool
-from cad_node.ingest.transport import check_pynetdicom_version, use_ingest_sockets
 from cad_node.security.peers import PeerPolicy, PeerService
 from cad_node.security.tls import handshake_in_association_thread, server_context
 
@@ -70,24 +79,12 @@ DCMTK senders then send 128 KiB P-DATA-TF PDUs (their largest) instead of
 """
 
 
-def configure_pynetdicom() -> None:
-    """Process-wide pynetdicom settings the node relies on.
-
-    Identifier logging is off because identifiers carry patient data; the
-    unrestricted storage service accepts storage SOP classes newer than
-    pynetdicom knows (each with the first transfer syntax proposed).
-
-    pynetdicom's standard event handlers describe every PDU and DIMSE message
-    for its INFO and DEBUG log, whether that log is on or not (each C-STORE-RQ's
-    description copies its whole data set to see that it is not empty): they
-    are bound only while the ``pynetdicom`` logger is on at INFO.
-    """
-    check_pynetdicom_version()
-    _config.LOG_REQUEST_IDENTIFIERS = False
-    _config.LOG_RESPONSE_IDENTIFIERS = False
-    _config.UNRESTRICTED_STORAGE_SERVICE = True
-    describes = logging.getLogger("pynetdicom").isEnabledFor(logging.INFO)
-    _config.LOG_HANDLER_LEVEL = "standard" if describes else "none"
+def configure_pynetdicom() -> ReceivePath:
+    """Process-wide pynetdicom settings the node relies on, for the receive path the installed
+    pynetdicom gets (:mod:`cad_node.ingest.pynetdicom_adapter`; never a refusal)."""
+    path = receive_path()
+    configure(path)
+    return path
 
 
 class StorageSCP:
@@ -158,7 +155,7 @@ class StorageSCP:
         limits: DataSetLimits | None = None,
         connection_limits: ConnectionLimits | None = None,
     ) -> None:
-        configure_pynetdicom()
+        self._receive_path = configure_pynetdicom()
         shares_socket = shares_socket or listening_fd is not None
         self._connection_limits = connection_limits or ConnectionLimits()
         self._server_class = type(
@@ -253,16 +250,14 @@ class StorageSCP:
             ssl_context=self._ssl_context,
             server_class=self._server_class,
         )
-        use_ingest_sockets(server, self._store_service, self._connection_limits)
+        install(server, self._receive_path, self._store_service, self._connection_limits)
         handshake_in_association_thread(server)
         threading.Thread(
             target=server.serve_forever,
             name=f"storage-scp-{server.server_address[1]}",
             daemon=True,
         ).start()
-        # As start_server does: the server's shutdown() removes itself from this list
-        # (pynetdicom 3.0.x, checked by check_pynetdicom_version).
-        self._ae._servers.append(server)
+        register_server(self._ae, server)
         self._server = server
         logger.info(
             "Storage SCP %s listening on %s:%d%s",
@@ -341,14 +336,14 @@ class StorageSCP:
     def handle_store(self, event: Event) -> int | Dataset:
         """EVT_C_STORE: store one instance and answer its status (PS3.4 B.2.3).
 
-        pynetdicom's path, for an association the streamed path does not serve
-        (:mod:`cad_node.ingest.streaming`): the data set arrives whole.  The
-        broad ``except`` belongs here only: whatever goes wrong becomes a
-        status, so the peer never sees a dropped association.
+        pynetdicom's path: every C-STORE on a pynetdicom the fast path does not know, and
+        on the fast path those it leaves to pynetdicom (:mod:`cad_node.ingest.streaming`).
+        The broad ``except`` belongs here only: whatever goes wrong becomes a status, so
+        the peer never sees a dropped association.
         """
         try:
             incoming = self._store_service.begin(_store_request(event))
-            incoming.write([cast(BytesIO, cast(C_STORE, event.request).DataSet).getbuffer()])
+            write_data_set(event, incoming, self._store_service.limits.max_instance_bytes)
             return status_with_comment(incoming.finish(), incoming.error_comment)
         except Exception as exc:  # top of the SCP handler: any failure is a status
             logger.error(

@@ -42,8 +42,9 @@ it relies on private details of pynetdicom 3.0 (the socket's ``_is_connected``
 and ``event_queue``, the DUL's ``_run_loop_delay``, queues and ``_read_pdu_data``,
 copied in :meth:`IngestDUL._read_pdu_data`, the association reactor's loop,
 copied in :meth:`IngestAssociation._run_reactor`, the association's
-``_accepted_cx``, the DIMSE provider's ``maximum_pdu_size`` and ``assoc``), so
-:func:`check_pynetdicom_version` refuses other series.
+``_accepted_cx``, the DIMSE provider's ``maximum_pdu_size`` and ``assoc``), so only
+:mod:`cad_node.ingest.pynetdicom_adapter` imports it, and only on the series it was
+written for (other versions run pynetdicom's supported path).
 """
 
 import logging
@@ -60,7 +61,6 @@ from collections.abc import Callable
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any, cast
 
-import pynetdicom
 from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
@@ -93,31 +93,13 @@ DUL_LOGGER = logging.getLogger("pynetdicom.dul")
 logger = logging.getLogger(__name__)
 """Connections refused or cut off by the bounds (one line each, never patient data)."""
 
-SUPPORTED_PYNETDICOM = "3.0."
-"""The pynetdicom release series whose private details this module relies on."""
-
 IDLE_WAIT_SECONDS = 0.02
 """How long either thread of an idle association waits before it looks at its timers
 (ARTIM, network timeout) and at whether it was told to stop."""
 
 
 class UnsupportedPynetdicomError(RuntimeError):
-    """The installed pynetdicom is not a release this adapter was written for."""
-
-
-def check_pynetdicom_version(version: str = pynetdicom.__version__) -> None:
-    """Raise unless ``version`` is of the series this adapter was written for.
-
-    Raises
-    ------
-    UnsupportedPynetdicomError
-        If ``version`` does not start with :data:`SUPPORTED_PYNETDICOM`.
-    """
-    if not version.startswith(SUPPORTED_PYNETDICOM):
-        raise UnsupportedPynetdicomError(
-            f"cad_node.ingest.transport supports pynetdicom {SUPPORTED_PYNETDICOM}x, "
-            f"found {version}: check its AssociationSocket and DUL reactor, then update"
-        )
+    """pynetdicom made an association of other classes than this adapter was written for."""
 
 
 class WakingQueue(queue.Queue[Any]):
@@ -406,7 +388,8 @@ class IngestDUL(DULServiceProvider):
         self.assoc.is_established = False
         self.assoc._kill = True
         self._kill_thread = True
-        self.to_user_queue.put(None)  # what receive_pdu returns when its wait times out
+        # None is what receive_pdu returns when its wait times out; the queue's type omits it.
+        self.to_user_queue.put(None)  # type: ignore[arg-type]
 
     def _read_pdu_data(self) -> None:
         """pynetdicom 3.0's ``_read_pdu_data``, the PDU read into one buffer once its length

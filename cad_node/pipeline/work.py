@@ -83,6 +83,17 @@ class JobTimings:
     write: float
 
 
+@dataclass(frozen=True, slots=True)
+class JobRun:
+    """What one job's run produced, for the journal."""
+
+    stored: list[StoredResult]
+    finding_count: int
+    timings: JobTimings
+    warnings: tuple[str, ...] = ()
+    """What was derived or left out on the way (UIDs only), shown to the admin."""
+
+
 @dataclass
 class Worker:
     """Claims queued jobs one at a time and runs them to results."""
@@ -107,7 +118,7 @@ class Worker:
         if job_input is None:
             return False
         try:
-            stored, finding_count, timings = self._run(job_input)
+            run = self._run(job_input)
         except (DecodingAbortedError, DataSetTooLargeError) as exc:
             self._quarantine(job_input, str(exc))
             return True
@@ -129,24 +140,13 @@ class Worker:
             complete_job(
                 session,
                 job,
-                stored,
-                finding_count,
+                run.stored,
+                run.finding_count,
                 self.clock(),
-                stage_seconds=asdict(timings),
+                stage_seconds=asdict(run.timings),
+                warnings=run.warnings,
             )
-        logger.info(
-            "job %d done: series %s, %d findings, %d objects; load %.1fs inference %.1fs "
-            "seg %.2fs sr %.2fs write %.2fs",
-            job_input.job_id,
-            job_input.series_instance_uid,
-            finding_count,
-            len(stored),
-            timings.load,
-            timings.inference,
-            timings.seg,
-            timings.sr,
-            timings.write,
-        )
+        _log_done(job_input, run)
         return True
 
     def close(self) -> None:
@@ -221,7 +221,7 @@ class Worker:
             return None
         return job
 
-    def _run(self, job_input: JobInput) -> tuple[list[StoredResult], int, JobTimings]:
+    def _run(self, job_input: JobInput) -> JobRun:
         started = time.perf_counter()
         # The child decodes the pixels: here the headers suffice (results, de-identification).
         # Read before the model is loaded: a file over the bounds fails fast.
@@ -240,9 +240,10 @@ class Worker:
             loaded = time.perf_counter()
             planar = model.predict(image_set)
             inferred = time.perf_counter()
-            objects, seg_seconds, sr_seconds = self._build_planar(
+            objects, seg_seconds, warnings = self._build_planar(
                 job_input, datasets, image_set, planar
             )
+            sr_seconds = 0.0
             finding_count = len(planar.findings)
         elif reads_volumes(model):
             volume = self._load_volume(job_input, datasets)
@@ -251,6 +252,7 @@ class Worker:
             result = model.predict(volume)
             inferred = time.perf_counter()
             objects, seg_seconds, sr_seconds = self._build(job_input, datasets, volume, result)
+            warnings = tuple(left_out_notes(job_input.series_instance_uid, datasets, volume))
             finding_count = len(result.findings)
         else:
             raise _unknown_input_kind(model)
@@ -263,7 +265,7 @@ class Worker:
             sr=sr_seconds,
             write=time.perf_counter() - built,
         )
-        return stored, finding_count, timings
+        return JobRun(stored, finding_count, timings, warnings)
 
     def _load_volume(self, job_input: JobInput, datasets: Sequence[Dataset]) -> ImageVolume:
         if self.decoder is None:
@@ -315,8 +317,9 @@ class Worker:
         datasets: Sequence[Dataset],
         image_set: ImageSet,
         result: PlanarResult,
-    ) -> tuple[dict[str, tuple[ResultKind, Dataset]], float, float]:
-        """A study model's objects by file name stem, and the seconds it took (all as SEG)."""
+    ) -> tuple[dict[str, tuple[ResultKind, Dataset]], float, tuple[str, ...]]:
+        """A study model's objects by file name stem, the seconds they took (all counted as
+        SEG), and their warnings."""
         started = time.perf_counter()
         predecessors = [dcmread(path) for path in job_input.predecessor_paths if path.exists()]
         uids = result_uids(job_input.job_key)
@@ -345,7 +348,7 @@ class Worker:
         for kind, datasets_of_kind in numbered:
             for number, dataset in enumerate(datasets_of_kind, start=1):
                 objects[f"{kind.value}-{number}"] = (kind, dataset)
-        return objects, time.perf_counter() - started, 0.0
+        return objects, time.perf_counter() - started, built.warnings
 
     def _write(
         self, job_input: JobInput, objects: Mapping[str, tuple[ResultKind, Dataset]]
@@ -375,6 +378,39 @@ class Worker:
         kinds = self.result_kinds if job_input.result_kinds is None else job_input.result_kinds
         wanted = {kind, ResultKind.SR} if kind is ResultKind.EXPLANATION else {kind}
         return tuple(name for name in job_input.destinations if wanted & set(kinds.get(name, ())))
+
+
+def left_out_notes(
+    series_instance_uid: str, datasets: Sequence[Dataset], volume: ImageVolume
+) -> list[str]:
+    """For a job's warnings: how many of the series' instances the volume left out (localizers,
+    other objects, other stacks, duplicates: :func:`cad_node.imaging.stacks.main_stack`)."""
+    received = {str(ds.get("SOPInstanceUID", "")) for ds in datasets}
+    left_out = received - set(volume.sop_instance_uids)
+    if not left_out:
+        return []
+    return [
+        f"series {series_instance_uid}: {len(left_out)} of {len(received)} instances left out "
+        f"of the volume (localizers, other objects or stacks, duplicates)"
+    ]
+
+
+def _log_done(job_input: JobInput, run: JobRun) -> None:
+    timings = run.timings
+    logger.info(
+        "job %d done: series %s, %d findings, %d objects, %d warnings; load %.1fs "
+        "inference %.1fs seg %.2fs sr %.2fs write %.2fs",
+        job_input.job_id,
+        job_input.series_instance_uid,
+        run.finding_count,
+        len(run.stored),
+        len(run.warnings),
+        timings.load,
+        timings.inference,
+        timings.seg,
+        timings.sr,
+        timings.write,
+    )
 
 
 def _unknown_input_kind(model: CadModel) -> ModelError:

@@ -126,8 +126,10 @@ def complete_job(
     now: datetime,
     *,
     stage_seconds: Mapping[str, float] | None = None,
+    warnings: Sequence[str] = (),
 ) -> None:
-    """Journal the results, one pending delivery per (result, destination), and close the job."""
+    """Journal the results, one pending delivery per (result, destination), and close the job
+    with the ``warnings`` of its run (what was derived or left out; UIDs only)."""
     for stored in results:
         result = Result(
             job_id=job.id,
@@ -154,6 +156,7 @@ def complete_job(
     job.finished_at = now
     job.finding_count = finding_count
     job.stage_seconds = dict(stage_seconds) if stage_seconds is not None else None
+    job.warnings = list(warnings) or None
     job.lease_expires_at = None
     job.error = None
 

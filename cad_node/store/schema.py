@@ -128,6 +128,9 @@ class Job(Base):
     stage_seconds: Mapped[dict[str, Any] | None] = mapped_column(
         comment="seconds per stage of the run: load, inference, seg, sr, write"
     )
+    warnings: Mapped[list[str] | None] = mapped_column(
+        comment="what the run derived or left out, for the admin (UIDs only); null: none"
+    )
 
 
 class Result(Base):

@@ -5,7 +5,6 @@ import socket
 import struct
 from pathlib import Path
 
-import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
@@ -16,8 +15,6 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # m
 from cad_node.ingest.scp import MAXIMUM_PDU_LENGTH
 from cad_node.ingest.transport import (
     IngestSocket,
-    UnsupportedPynetdicomError,
-    check_pynetdicom_version,
     use_ingest_sockets,
 )
 from tests.conftest import NODE_AE_TITLE, NodeFactory, dataset_bytes, pydicom_file
@@ -107,9 +104,3 @@ def test_a_peer_gone_mid_pdu_ends_only_its_association(make_node: NodeFactory) -
     assert assoc.is_established
     assert assoc.send_c_echo().Status == 0x0000
     assoc.release()
-
-
-def test_the_adapter_refuses_a_pynetdicom_it_was_not_written_for() -> None:
-    check_pynetdicom_version()  # the installed one
-    with pytest.raises(UnsupportedPynetdicomError, match=r"found 3\.1\.0"):
-        check_pynetdicom_version("3.1.0")

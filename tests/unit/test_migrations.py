@@ -33,14 +33,15 @@ from cad_node.store.migrations import (
 from cad_node.store.migrations.runner import RELEASE_TABLES, migration_transaction
 from cad_node.store.schema import Base, Instance, Job, Result, Series, Study
 
-HEAD = "0003"
+HEAD = "0004"
 NEW_COLUMNS = {
     ("instances", "image_laterality"),
     ("instances", "view_position"),
     ("jobs", "series_group"),
+    ("jobs", "warnings"),
     ("series", "quarantine_reason"),
 }
-"""What revisions 0002 and 0003 add to the journal of 0.1.0 (revision 0001)."""
+"""What revisions 0002 to 0004 add to the journal of 0.1.0 (revision 0001)."""
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 STUDY_UID = "1.2.826.0.1.3680043.8.498.10"
@@ -50,6 +51,7 @@ RESULT_UID = "1.2.826.0.1.3680043.8.498.13"
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+JOB_WARNING = f"PatientOrientation derived for {SOP_INSTANCE_UID}"
 LOCK_WAIT_SECONDS = 0.5
 """How long a blocked migration is watched before the lock is released."""
 
@@ -157,7 +159,7 @@ def add_head_rows(session: Session) -> None:
     instance = release_rows()["instances"]
     session.add(Instance(**instance, image_laterality="L", view_position="CC"))
     job = {**release_rows()["jobs"], "state": JobState.DONE}
-    session.add(Job(**job, id=1, series_group=[SERIES_UID]))
+    session.add(Job(**job, id=1, series_group=[SERIES_UID], warnings=[JOB_WARNING]))
     session.flush()
     session.add(
         Result(
@@ -259,6 +261,22 @@ def test_downgrade_to_0001_drops_the_new_columns_and_keeps_the_rows(
     create_schema(empty_engine)
     assert journal_revision(empty_engine) == HEAD
     assert differences(empty_engine) == []
+
+
+def test_0004_adds_job_warnings_and_its_downgrade_keeps_the_jobs(empty_engine: Engine) -> None:
+    upgrade_to(empty_engine, "0003")
+    insert_release_rows(empty_engine)
+    upgrade_to(empty_engine, "0004")
+    with Session(empty_engine) as session, session.begin():
+        job = session.scalars(select(Job)).one()
+        assert job.warnings is None  # a job of 0003 recorded none
+        job.warnings = [JOB_WARNING]
+    with Session(empty_engine) as session:
+        assert session.scalars(select(Job.warnings)).one() == [JOB_WARNING]
+
+    downgrade_journal(empty_engine, "0003")
+    assert "warnings" not in column_names(empty_engine, "jobs")
+    assert row_counts(empty_engine, "jobs") == {"jobs": 1}
 
 
 def test_sqlite_enforces_foreign_keys_again_after_a_migration(tmp_path: Path) -> None:

@@ -81,7 +81,7 @@ const isAdmin = () => me && me.role === "admin";
 
 function jobRow(row, job, actions) {
   for (const v of [job.id, job.state, job.rule_name, job.model_name, job.series_instance_uid,
-    when(job.created_at), job.finding_count, job.error]) cell(row, v);
+    when(job.created_at), job.finding_count, (job.warnings || []).join("; "), job.error]) cell(row, v);
   if (actions) {
     const span = document.createElement("span");
     span.append(
@@ -92,7 +92,7 @@ function jobRow(row, job, actions) {
     cell(row, span);
   }
 }
-const JOB_HEADINGS = ["id", "state", "rule", "model", "series", "created", "findings", "error"];
+const JOB_HEADINGS = ["id", "state", "rule", "model", "series", "created", "findings", "warnings", "error"];
 
 function deliveryRow(row, d, actions) {
   for (const v of [d.id, d.state, d.destination, d.sop_instance_uid, d.attempts,
