@@ -155,7 +155,8 @@ class Assembler:
         One job reads every series of the group, so the four views or both eyes
         are assessed together; the other members record which series carries it.
         """
-        anchor, *others = group.receiving
+        anchor = self._group_anchor(group)
+        others = [series for series in group.receiving if series is not anchor]
         outcome = self._complete_and_route(session, anchor, now, group)
         rule = next((r for r in self.rules() if r.name == outcome.rule_name), None)
         mode = RuleMode.ACTIVE if rule is None else model_mode(session, rule.model)
@@ -169,6 +170,15 @@ class Assembler:
             )
             self._audit(session, series, now=now, rule=rule, mode=mode, job_id=outcome.job_id)
         return outcome
+
+    def _group_anchor(self, group: StudyGroup) -> Series:
+        """The oldest receiving series a rule matches, else the oldest: a tomosynthesis
+        series that arrived before its study's 2D views must not leave the study unrouted."""
+        rules = self.rules()
+        for series in group.receiving:
+            if not self._is_own_result(series) and route(series.attributes, rules).rule:
+                return series
+        return group.receiving[0]
 
     def _audit(
         self,

@@ -17,6 +17,7 @@ from tests.conftest import FakeClock, Journal
 
 STUDY = "1.2.826.0.1.3680043.8.498.20"
 MAMMOGRAPHY_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
+BREAST_TOMOSYNTHESIS = "1.2.840.10008.5.1.4.1.1.13.1.3"
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 GROUPS = {"MG": StudyGrouping.FOUR_VIEWS, "OP": StudyGrouping.QUIET}
 
@@ -140,6 +141,55 @@ def test_a_later_series_of_the_study_is_read_with_the_earlier_ones(
         mammogram(1, 1, "R", "CC").series_instance_uid,
         mammogram(2, 1, "L", "CC").series_instance_uid,
     ]
+
+
+def test_a_group_is_routed_by_a_series_a_rule_takes_not_by_whichever_came_first(
+    journal: Journal, clock: FakeClock
+) -> None:
+    two_d_only = Rule.model_validate(
+        {
+            "name": "screening-mammography",
+            "when": {"keyword": "SOPClassUID", "equals": MAMMOGRAPHY_FOR_PRESENTATION},
+            "model": "mammo_screening",
+            "destinations": ["pacs"],
+        }
+    )
+    assembler = Assembler(
+        sessions=journal.sessionmaker,
+        rules=lambda: (two_d_only,),
+        quiet_seconds=10.0,
+        clock=clock,
+        study_groups=GROUPS,
+    )
+    tomosynthesis = replace(
+        mammogram(1, 1, "R", "CC"),
+        sop_class_uid=BREAST_TOMOSYNTHESIS,
+        attributes={
+            "Modality": "MG",
+            "SOPClassUID": BREAST_TOMOSYNTHESIS,
+        },
+    )
+    receive(journal, clock, tomosynthesis)
+    clock.advance(1)
+    views = [
+        mammogram(2, n, side, view)
+        for n, (side, view) in enumerate(
+            (("R", "CC"), ("R", "MLO"), ("L", "CC"), ("L", "MLO")), start=1
+        )
+    ]
+    receive(
+        journal,
+        clock,
+        *[
+            replace(v, attributes={**v.attributes, "SOPClassUID": MAMMOGRAPHY_FOR_PRESENTATION})
+            for v in views
+        ],
+    )
+
+    assert len(assembler.sweep()) == 1
+    (job,) = jobs(journal)
+    assert job.series_instance_uid == views[0].series_instance_uid
+    assert job.model_name == "mammo_screening"
 
 
 def test_ungrouped_modalities_still_complete_per_series(
