@@ -6,9 +6,11 @@ eye) is read as a set of planar images of one study, possibly from several
 series: an :class:`ImageSet`.  Models answer with a :class:`PlanarResult`:
 regions on single images (:class:`PlanarFinding`), one assessment per breast
 or eye (:class:`Assessment`), and the activation maps that explain them
-(:class:`ExplanationMap`).
+(:class:`ExplanationMap`).  An image is an instance, or one frame of a multi-frame
+instance (a stereo pair of one eye): :data:`ImageReference` names it.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -51,10 +53,21 @@ ICDR_GRADES: tuple[str, ...] = (
 REFERABLE_ICDR_GRADE = 2
 """Moderate NPDR or worse is referable diabetic retinopathy (Gulshan 2016)."""
 
+ImageReference = tuple[str, int | None]
+"""(SOP Instance UID, frame number) of one image of an :class:`ImageSet`: the frame number
+(from 1, as Referenced Frame Number, PS3.3 C.12.1.1.4.1) when the image is one frame of
+a multi-frame instance, else None."""
+
+
+def check_frame_number(frame_number: int | None) -> None:
+    """Raise ValueError unless ``frame_number`` is None or a frame number (1 or more)."""
+    if frame_number is not None and frame_number < 1:
+        raise ValueError(f"frame numbers start at 1, got {frame_number}")
+
 
 @dataclass(frozen=True, slots=True, eq=False)
 class PlanarImage:
-    """One 2D image (one frame) of an :class:`ImageSet`, in its stored orientation.
+    """One 2D image (an instance, or one frame of one) of an :class:`ImageSet`, as stored.
 
     ``pixels[r, c]`` is row ``r``, column ``c`` as stored (no flip applied);
     grayscale images are 2D, colour images are ``(rows, columns, 3)`` RGB.
@@ -71,12 +84,21 @@ class PlanarImage:
     """ViewPosition (0018,5101), e.g. "CC" or "MLO"; empty for photographs."""
     photometric_interpretation: str = "MONOCHROME2"
     frame_of_reference_uid: str | None = None
+    frame_number: int | None = None
+    """The frame (from 1) of a multi-frame instance this image is, e.g. one photograph of
+    a stereo pair; None when the instance holds this one image."""
 
     def __post_init__(self) -> None:
         if self.pixels.ndim not in (2, 3) or (self.pixels.ndim == 3 and self.pixels.shape[2] != 3):
             raise ValueError(f"pixels must be (rows, columns) or RGB, got {self.pixels.shape}")
         if self.pixel_spacing_mm is not None and min(self.pixel_spacing_mm) <= 0:
             raise ValueError(f"pixel spacing must be positive, got {self.pixel_spacing_mm}")
+        check_frame_number(self.frame_number)
+
+    @property
+    def reference(self) -> ImageReference:
+        """(SOP Instance UID, frame number): what identifies the image within its set."""
+        return (self.sop_instance_uid, self.frame_number)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -86,6 +108,13 @@ class PlanarImage:
     @property
     def is_colour(self) -> bool:
         return self.pixels.ndim == 3
+
+
+def frame_numbers_of(images: Sequence[PlanarImage]) -> tuple[int | None, ...]:
+    """:attr:`Assessment.frame_numbers` of an assessment that read ``images``."""
+    if all(image.frame_number is None for image in images):
+        return ()
+    return tuple(image.frame_number for image in images)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -99,15 +128,21 @@ class ImageSet:
     def __post_init__(self) -> None:
         if not self.images:
             raise ValueError("an image set needs at least one image")
-        uids = [image.sop_instance_uid for image in self.images]
-        if len(set(uids)) != len(uids):
-            raise ValueError("an image set holds each SOP instance once")
+        references = [image.reference for image in self.images]
+        if len(set(references)) != len(references):
+            raise ValueError("an image set holds each SOP instance (or frame of one) once")
+        framed = {image.sop_instance_uid for image in self.images if image.frame_number}
+        if any(
+            image.frame_number is None and image.sop_instance_uid in framed for image in self.images
+        ):
+            raise ValueError("an instance's images are all frames or it is one image")
 
-    def image(self, sop_instance_uid: str) -> PlanarImage:
+    def image(self, sop_instance_uid: str, frame_number: int | None = None) -> PlanarImage:
+        """The image of ``sop_instance_uid`` (its frame ``frame_number`` if multi-frame)."""
         for image in self.images:
-            if image.sop_instance_uid == sop_instance_uid:
+            if image.reference == (sop_instance_uid, frame_number):
                 return image
-        raise KeyError(sop_instance_uid)
+        raise KeyError((sop_instance_uid, frame_number))
 
     def of_laterality(self, laterality: Laterality) -> tuple[PlanarImage, ...]:
         return tuple(image for image in self.images if image.laterality is laterality)
@@ -182,10 +217,18 @@ class PlanarFinding:
     """Area of the mask in mm²; None when the image has no pixel spacing."""
     diameter_mm: float | None = None
     """Largest extent in mm (mammography lesions); None when not measured."""
+    frame_number: int | None = None
+    """The image's frame of a multi-frame instance (:attr:`PlanarImage.frame_number`)."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.probability <= 1.0:
             raise ValueError(f"probability must be within [0, 1], got {self.probability}")
+        check_frame_number(self.frame_number)
+
+    @property
+    def image_reference(self) -> ImageReference:
+        """The :attr:`PlanarImage.reference` of the image the finding is on."""
+        return (self.sop_instance_uid, self.frame_number)
 
     @property
     def centre_rc(self) -> tuple[float, float]:
@@ -204,12 +247,20 @@ class ExplanationMap:
     method: str
     target: str
     """What the map explains, in words, e.g. "breast suspicion" or "ICDR grade 3"."""
+    frame_number: int | None = None
+    """The source image's frame of a multi-frame instance (:attr:`PlanarImage.frame_number`)."""
 
     def __post_init__(self) -> None:
         if self.heatmap.ndim != 2:
             raise ValueError("heatmap must be 2D")
         if self.heatmap.size and not (0.0 <= float(self.heatmap.min()) <= 1.0 + 1e-6):
             raise ValueError("heatmap values must be within [0, 1]")
+        check_frame_number(self.frame_number)
+
+    @property
+    def image_reference(self) -> ImageReference:
+        """The :attr:`PlanarImage.reference` of the map's source image."""
+        return (self.sop_instance_uid, self.frame_number)
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +279,9 @@ class Assessment:
     """DR: the probability of each ICDR grade."""
     threshold: float | None = None
     """Breast suspicion: the operating threshold the model was validated at."""
+    frame_numbers: tuple[int | None, ...] = ()
+    """Per entry of ``sop_instance_uids``, the frame read of a multi-frame instance (else
+    None); empty when no image read is a frame."""
 
     def __post_init__(self) -> None:
         if self.kind is AssessmentKind.DIABETIC_RETINOPATHY:
@@ -235,6 +289,16 @@ class Assessment:
                 raise ValueError(f"an ICDR grade must be 0-4, got {self.grade}")
         elif not 0.0 <= self.score <= 1.0:
             raise ValueError(f"a suspicion score must be within [0, 1], got {self.score}")
+        if self.frame_numbers and len(self.frame_numbers) != len(self.sop_instance_uids):
+            raise ValueError("frame_numbers needs one entry per SOP Instance UID")
+        for frame_number in self.frame_numbers:
+            check_frame_number(frame_number)
+
+    @property
+    def image_references(self) -> tuple[ImageReference, ...]:
+        """The :attr:`PlanarImage.reference` of each image read."""
+        frames = self.frame_numbers or (None,) * len(self.sop_instance_uids)
+        return tuple(zip(self.sop_instance_uids, frames, strict=True))
 
     @property
     def referable(self) -> bool | None:

@@ -8,9 +8,11 @@ per image instance, in the order given, in their stored orientation:
   values are brighter, as in MONOCHROME2 (PS3.3 C.7.6.3.1.2);
 - colour pixels come out as RGB; YBR_FULL and YBR_FULL_422 (JPEG baseline) are
   converted with pydicom's ``convert_color_space`` (PS3.3 C.7.6.3.1.2);
-- of a multi-frame instance only the first frame is read: an
-  :class:`ImageSet` holds each SOP instance once and a :class:`PlanarImage` has no
-  frame number, and colour fundus cameras write one photograph per instance.
+- each frame of a multi-frame photograph (colour, or Ophthalmic Photography: a camera
+  that stores both fields or a stereo pair of one eye in one instance) is one
+  :class:`PlanarImage` with its frame number, up to :data:`MAX_PHOTOGRAPH_FRAMES`;
+  a multi-frame grayscale image of another SOP class (Breast Tomosynthesis, PS3.3 A.83)
+  is a volume, not a 2D view, and is refused naming its SOP class.
 
 Instances without pixels of their own (SR, PR, KO) and segmentations (SEG) are skipped.
 When both a For Processing and a For Presentation mammogram of the same
@@ -30,9 +32,12 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels.processing import apply_modality_lut, convert_color_space
 from pydicom.pixels.utils import pixel_array
 from pydicom.uid import (
+    UID,
     DigitalIntraOralXRayImageStorageForProcessing,
     DigitalMammographyXRayImageStorageForProcessing,
     DigitalXRayImageStorageForProcessing,
+    OphthalmicPhotography8BitImageStorage,
+    OphthalmicPhotography16BitImageStorage,
 )
 
 from cad_node.domain.planar import ImageSet, Laterality, PlanarImage
@@ -51,6 +56,14 @@ FOR_PROCESSING_SOP_CLASSES = frozenset(
         DigitalIntraOralXRayImageStorageForProcessing,
     }
 )
+
+PHOTOGRAPH_SOP_CLASSES = frozenset(
+    {OphthalmicPhotography8BitImageStorage, OphthalmicPhotography16BitImageStorage}
+)
+"""Classes whose frames are photographs (PS3.3 A.39) even when grayscale (red-free)."""
+
+MAX_PHOTOGRAPH_FRAMES = 16
+"""The most frames of one photograph instance read; more is a video or an angiogram."""
 
 _YBR_FULL = frozenset({"YBR_FULL", "YBR_FULL_422"})
 _LATERALITIES = {"R": Laterality.RIGHT, "L": Laterality.LEFT}
@@ -103,10 +116,15 @@ def pixel_spacing_of(ds: Dataset) -> tuple[float, float] | None:
     return None
 
 
-def _first_frame(ds: Dataset) -> npt.NDArray[np.generic]:
+def number_of_frames(ds: Dataset) -> int:
+    """NumberOfFrames (0028,0008), 1 when absent or empty."""
+    return int(ds.get("NumberOfFrames", 1) or 1)
+
+
+def _stored_frame(ds: Dataset, index: int) -> npt.NDArray[np.generic]:
     # raw=True: colour stays in its stored space, converted below where the standard says how
     try:
-        return pixel_array(ds, index=0, raw=True)
+        return pixel_array(ds, index=index, raw=True)
     except (AttributeError, ValueError, NotImplementedError, RuntimeError) as exc:
         raise InvalidSeriesError(f"cannot decode the pixels of {_uid(ds)}: {exc}") from exc
 
@@ -149,10 +167,8 @@ def _colour(ds: Dataset, frame: npt.NDArray[np.generic]) -> npt.NDArray[np.float
     return np.array(frame, dtype=np.float32, copy=True)
 
 
-def _pixels(ds: Dataset) -> npt.NDArray[np.float32]:
-    frame = _first_frame(ds)
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        logger.debug("image %s: %s frames, the first one read", _uid(ds), ds.NumberOfFrames)
+def _pixels(ds: Dataset, index: int) -> npt.NDArray[np.float32]:
+    frame = _stored_frame(ds, index)
     if int(ds.get("SamplesPerPixel", 1)) == 3:
         return _colour(ds, frame)
     if int(ds.get("SamplesPerPixel", 1)) == 1:
@@ -160,8 +176,45 @@ def _pixels(ds: Dataset) -> npt.NDArray[np.float32]:
     raise InvalidSeriesError(f"image {_uid(ds)} has {ds.SamplesPerPixel} samples per pixel")
 
 
-def _planar_image(ds: Dataset) -> PlanarImage:
-    pixels = _pixels(ds)
+def is_photograph(ds: Dataset) -> bool:
+    """Whether each frame of ``ds`` is a photograph: a colour or Ophthalmic Photography image."""
+    colour = int(ds.get("SamplesPerPixel", 1)) == 3
+    return colour or str(ds.get("SOPClassUID", "")) in PHOTOGRAPH_SOP_CLASSES
+
+
+def frame_numbers_read(ds: Dataset) -> list[int | None]:
+    """The frames of ``ds`` read as images: [None] for a single frame, else 1 ... n.
+
+    Raises
+    ------
+    InvalidSeriesError
+        A multi-frame image that is no photograph (a Breast Tomosynthesis image is a
+        volume), or a photograph of more than :data:`MAX_PHOTOGRAPH_FRAMES` frames.
+    """
+    frames = number_of_frames(ds)
+    if frames == 1:
+        return [None]
+    sop_class_uid = UID(str(ds.get("SOPClassUID", "")))
+    if not is_photograph(ds):
+        raise InvalidSeriesError(
+            f"image {_uid(ds)} is a {sop_class_uid.name} ({sop_class_uid}) of {frames} "
+            "grayscale frames: not a 2D view, which is all a planar model reads"
+        )
+    if frames > MAX_PHOTOGRAPH_FRAMES:
+        raise InvalidSeriesError(
+            f"image {_uid(ds)} is a {sop_class_uid.name} of {frames} frames: at most "
+            f"{MAX_PHOTOGRAPH_FRAMES} photographs per instance are read"
+        )
+    return list(range(1, frames + 1))
+
+
+def _planar_images(ds: Dataset) -> list[PlanarImage]:
+    """One image per frame read (:func:`frame_numbers_read`)."""
+    return [_planar_image(ds, frame_number) for frame_number in frame_numbers_read(ds)]
+
+
+def _planar_image(ds: Dataset, frame_number: int | None) -> PlanarImage:
+    pixels = _pixels(ds, 0 if frame_number is None else frame_number - 1)
     frame_of_reference = ds.get("FrameOfReferenceUID")
     return PlanarImage(
         sop_instance_uid=str(ds.SOPInstanceUID),
@@ -173,6 +226,7 @@ def _planar_image(ds: Dataset) -> PlanarImage:
         view_position=str(ds.get("ViewPosition", "") or "").strip().upper(),
         photometric_interpretation="RGB" if pixels.ndim == 3 else "MONOCHROME2",
         frame_of_reference_uid=str(frame_of_reference) if frame_of_reference else None,
+        frame_number=frame_number,
     )
 
 
@@ -199,6 +253,22 @@ def prefer_for_presentation(datasets: Sequence[Dataset]) -> list[Dataset]:
     return kept
 
 
+def is_volume(ds: Dataset) -> bool:
+    """A multi-frame image whose frames are no photographs (Breast Tomosynthesis)."""
+    return number_of_frames(ds) > 1 and not is_photograph(ds)
+
+
+def without_volumes(datasets: Sequence[Dataset]) -> list[Dataset]:
+    """Leave out volumes (a tomosynthesis series in a study with its 2D views), unless
+    nothing else is left: then :func:`frame_numbers_read` refuses them, naming the class."""
+    kept = [ds for ds in datasets if not is_volume(ds)]
+    if not kept:
+        return list(datasets)
+    if len(kept) < len(datasets):
+        logger.info("%d multi-frame volume(s) left out of the 2D images", len(datasets) - len(kept))
+    return kept
+
+
 def _single_value(datasets: Sequence[Dataset], keyword: str) -> str:
     values = sorted({str(ds.get(keyword, "") or "") for ds in datasets})
     if len(values) != 1:
@@ -218,6 +288,7 @@ def load_image_set(items: Iterable[Dataset | Path | str]) -> ImageSet:
     InvalidSeriesError
         An unreadable file or undecodable pixels, no image instance left, images of
         several studies or modalities, an unsupported PhotometricInterpretation, a
+        multi-frame image that is no photograph (:func:`frame_numbers_read`), a
         malformed file (see :data:`cad_node.imaging.volume.MALFORMED_DATASET_ERRORS`).
     """
     return read_or_refuse(lambda: _load_image_set(items))
@@ -232,9 +303,9 @@ def _load_image_set(items: Iterable[Dataset | Path | str]) -> ImageSet:
         )
     study_instance_uid = _single_value(images, "StudyInstanceUID")
     modality = _single_value(images, "Modality")
-    images = prefer_for_presentation(images)
+    images = without_volumes(prefer_for_presentation(images))
     return ImageSet(
         study_instance_uid=study_instance_uid,
         modality=modality,
-        images=tuple(_planar_image(ds) for ds in images),
+        images=tuple(image for ds in images for image in _planar_images(ds)),
     )

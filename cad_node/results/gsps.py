@@ -169,10 +169,18 @@ def planar_marked_images(
 
     A grayscale image keeps the window of its header; without one (and unless
     MONOCHROME1, whose pixels the image set holds inverted) it gets the
-    window the burned-in overlay uses: percentiles of its values.
+    window the burned-in overlay uses: percentiles of its values.  A frame of a
+    multi-frame photograph is left out: the annotation would show on every frame.
     """
     images: list[MarkedImage] = []
     for entry in findings_by_image(image_set, result):
+        if entry.image.frame_number is not None:
+            logger.warning(
+                "image %s: no presentation state of frame %d of a multi-frame image",
+                entry.image.sop_instance_uid,
+                entry.image.frame_number,
+            )
+            continue
         header = headers[entry.image.sop_instance_uid]
         marks = tuple(
             Mark(

@@ -9,7 +9,9 @@ CLINICAL USE" banner; Burned In Annotation is YES.
 Per explanation map, one more image: the heatmap in a jet-like colour map
 blended over the image (alpha :data:`HEATMAP_ALPHA`), the banner and a caption
 ("Grad-CAM: breast suspicion NOT FOR CLINICAL USE").  Both reference their
-source image and share the SC helpers of :mod:`cad_node.results.overlay`.
+source image (with its Referenced Frame Number when it is one frame of a
+multi-frame photograph, PS3.3 C.7.6.1.1.4) and share the SC helpers of
+:mod:`cad_node.results.overlay`.
 """
 
 from collections.abc import Mapping
@@ -219,18 +221,24 @@ def build_planar_overlays(
             f"Model findings burned in, {NOT_FOR_CLINICAL_USE}",
             f"{NOT_FOR_CLINICAL_USE}; {labels}",
         )
-        captures.append(
-            secondary_capture(
-                render_findings(entry, result, header),
-                source=header,
-                sop_instance_uid=uids.planar_overlay_sop_instance_uid(entry.image_index),
-                instance_number=number,
-                series=series,
-                description=description,
-                options=options,
-            )
+        capture = secondary_capture(
+            render_findings(entry, result, header),
+            source=header,
+            sop_instance_uid=uids.planar_overlay_sop_instance_uid(entry.image_index),
+            instance_number=number,
+            series=series,
+            description=description,
+            options=options,
         )
+        captures.append(_of_frame(capture, entry.image.frame_number))
     return captures
+
+
+def _of_frame(capture: hd.sc.SCImage, frame_number: int | None) -> hd.sc.SCImage:
+    """``capture`` with its source reference narrowed to ``frame_number`` (if any)."""
+    if frame_number is not None:
+        capture.SourceImageSequence[0].ReferencedFrameNumber = frame_number
+    return capture
 
 
 def build_explanation_images(
@@ -258,7 +266,7 @@ def build_explanation_images(
     captures: list[hd.sc.SCImage] = []
     for index, explanation in enumerate(result.explanations):
         try:
-            image = image_set.image(explanation.sop_instance_uid)
+            image = image_set.image(explanation.sop_instance_uid, explanation.frame_number)
         except KeyError:
             raise ValueError(f"explanation {index} is of an image outside the image set") from None
         header = headers[image.sop_instance_uid]
@@ -268,15 +276,14 @@ def build_explanation_images(
             f"{explanation.method} heatmap blended over the image, {NOT_FOR_CLINICAL_USE}",
             f"{NOT_FOR_CLINICAL_USE}; {explanation_text(explanation)}",
         )
-        captures.append(
-            secondary_capture(
-                render_explanation(explanation, image, header),
-                source=header,
-                sop_instance_uid=uids.explanation_sop_instance_uid(index),
-                instance_number=index + 1,
-                series=series,
-                description=description,
-                options=options,
-            )
+        capture = secondary_capture(
+            render_explanation(explanation, image, header),
+            source=header,
+            sop_instance_uid=uids.explanation_sop_instance_uid(index),
+            instance_number=index + 1,
+            series=series,
+            description=description,
+            options=options,
         )
+        captures.append(_of_frame(capture, image.frame_number))
     return captures

@@ -7,7 +7,10 @@ SEG ("Only a single frame is supported when the source image has no Frame of
 Reference UID"), so a planar result makes one SEG per source image that holds
 findings, all in one series (``uids.seg_series_instance_uid``).  Each finding on
 the image is one BINARY segment (one frame); its Tracking UID is shared with
-the finding's SR groups.
+the finding's SR groups.  An image that is one frame of a multi-frame photograph
+gets its own SEG too: highdicom is shown that frame as a one-frame image, and each
+SEG frame then names its source frame (Referenced Frame Number in the Derivation
+Image and Source Image Sequences, PS3.3 C.8.20.3.1).
 """
 
 from collections.abc import Mapping, Sequence
@@ -86,12 +89,12 @@ def findings_by_image(image_set: ImageSet, result: PlanarResult) -> list[ImageFi
     ValueError
         When a finding is on an image outside the set, or its mask leaves the image.
     """
-    position = {image.sop_instance_uid: i for i, image in enumerate(image_set.images)}
+    position = {image.reference: i for i, image in enumerate(image_set.images)}
     grouped: dict[int, list[int]] = {}
     for index, finding in enumerate(result.findings):
-        if finding.sop_instance_uid not in position:
+        if finding.image_reference not in position:
             raise ValueError(f"finding {index} is on an image outside the image set")
-        image_index = position[finding.sop_instance_uid]
+        image_index = position[finding.image_reference]
         check_inside(finding, image_set.images[image_index].shape)
         grouped.setdefault(image_index, []).append(index)
     return [
@@ -124,13 +127,21 @@ def planar_headers(datasets: Sequence[Dataset], image_set: ImageSet) -> dict[str
         source = by_uid.get(image.sop_instance_uid)
         if source is None:
             raise ValueError(f"no source dataset for image {image.sop_instance_uid}")
-        if (int(source.Rows), int(source.Columns)) != image.shape:
-            raise ValueError(
-                f"source image {image.sop_instance_uid} is {source.Rows}x{source.Columns}, "
-                f"the image set's {image.shape[0]}x{image.shape[1]}"
-            )
-        headers[image.sop_instance_uid] = _prepared(source)
+        _check_source(source, image)
+        if image.sop_instance_uid not in headers:  # the frames of one instance share it
+            headers[image.sop_instance_uid] = _prepared(source)
     return headers
+
+
+def _check_source(source: Dataset, image: PlanarImage) -> None:
+    """Raise ValueError unless ``source`` has the image's size and frame."""
+    if (int(source.Rows), int(source.Columns)) != image.shape:
+        raise ValueError(
+            f"source image {image.sop_instance_uid} is {source.Rows}x{source.Columns}, "
+            f"the image set's {image.shape[0]}x{image.shape[1]}"
+        )
+    if (image.frame_number or 1) > int(source.get("NumberOfFrames") or 1):
+        raise ValueError(f"source image {image.sop_instance_uid} has no frame {image.frame_number}")
 
 
 def _prepared(source: Dataset) -> Dataset:
@@ -146,20 +157,23 @@ def _prepared(source: Dataset) -> Dataset:
     return header
 
 
-def highdicom_source(header: Dataset) -> Dataset:
+def highdicom_source(header: Dataset, frame_number: int | None = None) -> Dataset:
     """A header highdicom 0.28 takes as the single source frame of a SEG.
 
     highdicom reads the Pixel Measures of a multi-frame IOD from the Shared
     Functional Groups, which a classic multi-frame image such as an Ophthalmic
-    Photography 8 Bit Image (PS3.3 A.39.1, one frame) does not have: give it
-    one from PixelSpacing, or a 1 mm placeholder when the image has none.
-    Either is dropped from the SEG again (see :func:`_without_position`).
+    Photography 8 Bit Image (PS3.3 A.39.1) does not have: give it one from
+    PixelSpacing, or a 1 mm placeholder when the image has none.  Either is
+    dropped from the SEG again (see :func:`_without_position`).  Of an image of
+    several frames, frame ``frame_number`` is shown as a one-frame image, which
+    :func:`reference_source_frame` names in the SEG afterwards.
     """
     if "NumberOfFrames" not in header or "SharedFunctionalGroupsSequence" in header:
         return header
-    if int(header.NumberOfFrames) != 1:
-        raise ValueError("multi-frame planar source images are not supported")
+    if int(header.NumberOfFrames) != 1 and frame_number is None:
+        raise ValueError("a frame of a multi-frame planar source image needs its frame number")
     adapted = header_copy(header)
+    adapted.NumberOfFrames = 1
     measures = Dataset()
     measures.PixelSpacing = header.get("PixelSpacing") or [1.0, 1.0]
     group = Dataset()
@@ -227,6 +241,23 @@ def _without_position(seg: Dataset, source: Dataset, dimension_organization_uid:
         item.DimensionOrganizationUID = dimension_organization_uid
 
 
+def reference_source_frame(seg: Dataset, frame_number: int | None) -> None:
+    """Name the source frame in every source reference of ``seg`` (PS3.3 C.8.20.3.1).
+
+    highdicom built ``seg`` from one frame shown as a one-frame image
+    (:func:`highdicom_source`): without Referenced Frame Number its references
+    would mean every frame of the source.
+    """
+    if frame_number is None:
+        return
+    for item in seg.get("SourceImageSequence", []):
+        item.ReferencedFrameNumber = frame_number
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        for derivation in frame.get("DerivationImageSequence", []):
+            for item in derivation.SourceImageSequence:
+                item.ReferencedFrameNumber = frame_number
+
+
 def _content_description(modality: str) -> str:
     return f"{modality} lesion candidates, {NOT_FOR_CLINICAL_USE}"
 
@@ -247,7 +278,7 @@ def build_image_seg(
     when = resolve_content_datetime(options.content_datetime)
     with patient_names_kept_out_of_logs():
         seg = hd.seg.Segmentation(
-            source_images=[highdicom_source(header)],
+            source_images=[highdicom_source(header, entry.image.frame_number)],
             pixel_array=_stacked_segments(findings, entry.image.shape),
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=[
@@ -281,6 +312,7 @@ def build_image_seg(
             series_time=when.time(),
         )
     _without_position(seg, header, uids.planar_seg_dimension_organization_uid(seg_index))
+    reference_source_frame(seg, entry.image.frame_number)
     if any(
         codes.finding_type_code(f.finding_type).scheme_designator == codes.PRIVATE_SCHEME_DESIGNATOR
         for f in findings

@@ -16,6 +16,9 @@ photographs of both eyes):
 - per explanation map, an IMAGE item (DCM 130401 "Visual explanation")
   referencing the explanation Secondary Capture and a TEXT comment, in the
   group of the assessment (or else the finding) of the same image.
+
+An image that is one frame of a multi-frame photograph is referenced with its
+Referenced Frame Number (PS3.3 C.18.4) wherever the report names it.
 """
 
 from collections.abc import Mapping, Sequence
@@ -33,6 +36,7 @@ from cad_node.domain.planar import (
     Assessment,
     AssessmentKind,
     ExplanationMap,
+    ImageReference,
     ImageSet,
     Laterality,
     PlanarFinding,
@@ -175,6 +179,7 @@ def _region_group(
         source_image=hd.sr.SourceImageForRegion(
             referenced_sop_class_uid=source.SOPClassUID,
             referenced_sop_instance_uid=source.SOPInstanceUID,
+            referenced_frame_numbers=_frames([finding.frame_number]),
         ),
     )
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
@@ -206,6 +211,7 @@ def _segment_group(
         source_image=hd.sr.SourceImageForSegmentation(
             referenced_sop_class_uid=source.SOPClassUID,
             referenced_sop_instance_uid=source.SOPInstanceUID,
+            referenced_frame_numbers=_frames([finding.frame_number]),
         ),
     )
     # The SR Image Reference Macro (PS3.3 C.18.4) forbids Referenced Segment
@@ -221,13 +227,20 @@ def _segment_group(
     )
 
 
-def _segs_by_source(segs: Sequence[Dataset]) -> dict[str, Dataset]:
-    """Each planar SEG by the SOP Instance UID of its one source image."""
-    by_source: dict[str, Dataset] = {}
+def _frames(frame_numbers: Sequence[int | None]) -> list[int] | None:
+    """Referenced Frame Numbers of frames of a multi-frame image; None for a whole image."""
+    numbers = [number for number in frame_numbers if number is not None]
+    return numbers or None
+
+
+def _segs_by_source(segs: Sequence[Dataset]) -> dict[ImageReference, Dataset]:
+    """Each planar SEG by the image (instance, or frame of one) it segments."""
+    by_source: dict[ImageReference, Dataset] = {}
     for seg in segs:
-        for series in seg.ReferencedSeriesSequence:
-            for item in series.ReferencedInstanceSequence:
-                by_source[str(item.ReferencedSOPInstanceUID)] = seg
+        for item in seg.SourceImageSequence:
+            frame = item.get("ReferencedFrameNumber")
+            reference = (str(item.ReferencedSOPInstanceUID), None if frame is None else int(frame))
+            by_source[reference] = seg
     return by_source
 
 
@@ -243,7 +256,7 @@ def _finding_groups(
             uid=tracking_uid, identifier=finding_label(finding, index)
         )
         own: list[_Group] = [_region_group(finding, tracking, context)]
-        seg = seg_of.get(finding.sop_instance_uid)
+        seg = seg_of.get(finding.image_reference)
         if seg is not None:
             own.append(_segment_group(finding, tracking, tracking_uid, seg, context))
         groups.append(own)
@@ -308,17 +321,30 @@ def _assessment_group(
         finding_sites=[_finding_site(context.family, assessment.laterality)],
         measurements=measurements,
         qualitative_evaluations=evaluations,
-        source_images=[_group_source(uid, context) for uid in assessment.sop_instance_uids],
+        source_images=_group_sources(assessment.image_references, context),
     )
 
 
-def _group_source(sop_instance_uid: str, context: _Context) -> hd.sr.SourceImageForMeasurementGroup:
+def _group_sources(
+    references: Sequence[ImageReference], context: _Context
+) -> list[hd.sr.SourceImageForMeasurementGroup]:
+    """One source image item per instance read, listing the frames read of a multi-frame one."""
+    frames: dict[str, list[int | None]] = {}
+    for sop_instance_uid, frame_number in references:
+        frames.setdefault(sop_instance_uid, []).append(frame_number)
+    return [_group_source(uid, numbers, context) for uid, numbers in frames.items()]
+
+
+def _group_source(
+    sop_instance_uid: str, frame_numbers: Sequence[int | None], context: _Context
+) -> hd.sr.SourceImageForMeasurementGroup:
     header = context.headers.get(sop_instance_uid)
     if header is None:
         raise ValueError(f"an assessment read image {sop_instance_uid}, not in the image set")
     return hd.sr.SourceImageForMeasurementGroup(
         referenced_sop_class_uid=header.SOPClassUID,
         referenced_sop_instance_uid=header.SOPInstanceUID,
+        referenced_frame_numbers=_frames(frame_numbers),
     )
 
 
@@ -352,22 +378,22 @@ def _own_explanation_group(
             identifier=f"Visual explanation {index + 1}",
         ),
         algorithm_id=context.algorithm,
-        source_images=[_group_source(explanation.explanation.sop_instance_uid, context)],
+        source_images=_group_sources([explanation.explanation.image_reference], context),
     )
 
 
 def _holder(
-    sop_instance_uid: str,
+    reference: ImageReference,
     result: PlanarResult,
     assessment_groups: Sequence[_Group],
     finding_groups: Sequence[Sequence[_Group]],
 ) -> _Group | None:
     """The group an explanation of an image goes into: its assessment's, else its finding's."""
     for assessment, group in zip(result.assessments, assessment_groups, strict=True):
-        if sop_instance_uid in assessment.sop_instance_uids:
+        if reference in assessment.image_references:
             return group
     for finding, groups in zip(result.findings, finding_groups, strict=True):
-        if finding.sop_instance_uid == sop_instance_uid:
+        if finding.image_reference == reference:
             return groups[0]
     return None
 
@@ -382,8 +408,8 @@ def _attach_explanations(
     """Add each explanation to its holder's group; the groups made for those without one."""
     own: list[_Group] = []
     for index, explanation in enumerate(explanations):
-        uid = explanation.explanation.sop_instance_uid
-        holder = _holder(uid, result, assessment_groups, finding_groups)
+        reference = explanation.explanation.image_reference
+        holder = _holder(reference, result, assessment_groups, finding_groups)
         if holder is None:
             holder = _own_explanation_group(explanation, index, context)
             own.append(holder)
@@ -418,6 +444,12 @@ def _report_groups(
     own = _attach_explanations(explanations, result, assessment_groups, finding_groups, context)
     groups = [g for pair in finding_groups for g in pair] + [*assessment_groups, *own]
     return groups or [_no_finding_group(context, context.uids)]
+
+
+def _image_headers(headers: Mapping[str, Dataset], image_set: ImageSet) -> list[Dataset]:
+    """The header of each instance of the set once (the frames of one instance share it)."""
+    uids = dict.fromkeys(image.sop_instance_uid for image in image_set.images)
+    return [headers[uid] for uid in uids]
 
 
 def procedure_code(family: str) -> Code:
@@ -471,10 +503,10 @@ def build_planar_sr(
         observation_context=observation_context(options),
         procedure_reported=procedure,
         imaging_measurements=_report_groups(result, segs, explanations, context),
-        referenced_images=[headers[image.sop_instance_uid] for image in image_set.images],
+        referenced_images=_image_headers(headers, image_set),
     )
     evidence = [
-        *(headers[image.sop_instance_uid] for image in image_set.images),
+        *_image_headers(headers, image_set),
         *(header_copy(seg) for seg in segs),
         *(header_copy(e.image) for e in explanations),
     ]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydicom import dcmread
 from scipy import ndimage
 
 from cad_node import NOT_FOR_CLINICAL_USE
@@ -139,3 +140,29 @@ def test_eye_comes_from_the_optic_disc_when_the_header_does_not_say(
 ) -> None:
     for image in exam[0].images:
         assert infer_laterality(image.pixels) is image.laterality
+
+
+def test_each_frame_of_a_stereo_pair_is_graded_into_its_eye(
+    model: FundusModel, tmp_path: Path
+) -> None:
+    write_study(generate_fundus(FundusSpec(seed=990_001, grades=(0, 3))), tmp_path)
+    severe = load_truth(tmp_path).eye("L")
+    photograph = dcmread(tmp_path / severe.file)
+    shifted = np.roll(photograph.pixel_array, 3, axis=1)  # the other view of the pair
+    photograph.NumberOfFrames = 2
+    photograph.PixelData = photograph.PixelData + shifted.tobytes()
+    photograph.save_as(tmp_path / severe.file, enforce_file_format=True)
+    image_set = load_image_set(sorted(tmp_path.glob("*.dcm")))
+
+    result = model.predict(image_set)
+
+    left = next(a for a in result.assessments if a.laterality is Laterality.LEFT)
+    assert left.image_references == ((severe.sop_instance_uid, 1), (severe.sop_instance_uid, 2))
+    assert left.grade is not None
+    assert left.grade >= REFERABLE_ICDR_GRADE
+    on_left = {f.frame_number for f in result.findings if f.laterality is Laterality.LEFT}
+    assert on_left == {1, 2}
+    (explanation,) = [
+        e for e in result.explanations if e.sop_instance_uid == severe.sop_instance_uid
+    ]
+    assert explanation.frame_number in {1, 2}

@@ -158,7 +158,7 @@ def test_rescale_slope_and_intercept_are_applied(tmp_path: Path) -> None:
     assert image.laterality is None
 
 
-def test_multi_frame_photograph_gives_its_first_frame(tmp_path: Path) -> None:
+def test_multi_frame_photograph_gives_each_frame(tmp_path: Path) -> None:
     first, second = _fundus_pixels(5), _fundus_pixels(6)
     ds = fundus_dataset(
         first,
@@ -171,8 +171,11 @@ def test_multi_frame_photograph_gives_its_first_frame(tmp_path: Path) -> None:
     ds.NumberOfFrames = 2
     ds.PixelData = first.tobytes() + second.tobytes()
     image_set = load_image_set([_write(ds, tmp_path / "frames.dcm")])
-    assert len(image_set.images) == 1
+    assert [image.frame_number for image in image_set.images] == [1, 2]
+    assert {image.sop_instance_uid for image in image_set.images} == {ds.SOPInstanceUID}
     np.testing.assert_array_equal(image_set.images[0].pixels, first.astype(np.float32))
+    np.testing.assert_array_equal(image_set.images[1].pixels, second.astype(np.float32))
+    assert image_set.image(ds.SOPInstanceUID, 2) is image_set.images[1]
 
 
 def test_datasets_are_read_and_pixels_owned(tmp_path: Path) -> None:

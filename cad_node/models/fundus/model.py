@@ -13,6 +13,9 @@ For each colour fundus photograph of a study (:class:`~cad_node.domain.planar.Im
 
 Each eye gets one DIABETIC_RETINOPATHY :class:`Assessment` from the mean grade
 probabilities of its photographs: ``grade`` = argmax, ``score`` = expected grade.
+Each frame of a multi-frame photograph (both fields, or a stereo pair, of one eye in
+one instance) is a photograph of its own: graded, segmented and explained alone, and
+averaged into its eye's grade like the photographs of separate instances.
 Each eye graded 1 or worse gets a Grad-CAM++ :class:`ExplanationMap` (MONAI's
 ``GradCAMpp``, the gradient-weighted class-activation map with higher-order
 weights) of its predicted grade, target layer
@@ -49,6 +52,7 @@ from cad_node.domain.planar import (
     PlanarImage,
     PlanarMask,
     PlanarResult,
+    frame_numbers_of,
 )
 from cad_node.errors import InvalidSeriesError, ModelError
 from cad_node.models.base import InputKind
@@ -138,6 +142,7 @@ def lesion_finding(
         mask=PlanarMask.from_full(mask),
         probability=float(np.clip(probabilities[mask].mean(), 0.0, 1.0)),
         area_mm2=area,
+        frame_number=image.frame_number,
     )
 
 
@@ -242,6 +247,7 @@ class FundusModel:
                     laterality=laterality,
                     score=float(np.dot(probabilities, np.arange(len(ICDR_GRADES)))),
                     sop_instance_uids=tuple(o.image.sop_instance_uid for o in photos),
+                    frame_numbers=frame_numbers_of([o.image for o in photos]),
                     grade=int(np.argmax(probabilities)),
                     class_probabilities=tuple(round(float(p), 6) for p in probabilities),
                 )
@@ -260,6 +266,7 @@ class FundusModel:
             heatmap=np.clip(heatmap, 0.0, 1.0).astype(np.float32),
             method=EXPLANATION_METHOD,
             target=f"ICDR grade {grade}",
+            frame_number=output.image.frame_number,
         )
 
     def explanations(
