@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
@@ -98,7 +99,11 @@ webdriver = (
     if os.environ.get("CI")
     else pytest.importorskip("selenium.webdriver")
 )
-from selenium.common.exceptions import WebDriverException  # noqa: E402 - after the importorskip
+from selenium.common.exceptions import (  # noqa: E402 - after the importorskip
+    ElementNotInteractableException,
+    StaleElementReferenceException,
+    WebDriverException,
+)
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
@@ -355,6 +360,13 @@ class ViewportOnScreen:
         return min(cut, key=lambda nodule: math.dist(nodule.centre, (x, y)))
 
 
+def _shown(element: WebElement) -> bool:
+    try:
+        return bool(element.is_displayed())
+    except StaleElementReferenceException:
+        return False
+
+
 class OhifViewer:
     """OHIF in a browser, used as a radiologist uses it: clicks, double-clicks, panels."""
 
@@ -387,8 +399,21 @@ class OhifViewer:
                 "the first-visit dialogs",
             )
         for button in buttons:
-            for element in self.driver.find_elements(By.XPATH, button):
+            wait_for(partial(self._clicked_away, button), 20, f"{button} to close")
+
+    def _clicked_away(self, xpath: str) -> bool:
+        """Click each shown match of ``xpath``; True once none is shown.
+
+        A dialog's button can be in the page before it takes clicks (it fades in), and
+        the tour's button can go stale as the next step replaces it: try again then.
+        """
+        shown = [
+            element for element in self.driver.find_elements(By.XPATH, xpath) if _shown(element)
+        ]
+        for element in shown:
+            with suppress(ElementNotInteractableException, StaleElementReferenceException):
                 element.click()
+        return not shown
 
     def viewport(self) -> ViewportOnScreen | None:
         geometry = self.driver.execute_script(GEOMETRY_SCRIPT, self._nodules)
