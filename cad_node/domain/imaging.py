@@ -69,3 +69,24 @@ class ImageVolume:
         """Patient coordinates (mm) of the continuous voxel index ``(k, r, c)``."""
         point = self.affine @ np.array([index[0], index[1], index[2], 1.0])
         return (float(point[0]), float(point[1]), float(point[2]))
+
+
+def slice_affine(
+    origin: npt.NDArray[np.float64],
+    orientation: npt.NDArray[np.float64],
+    normal: npt.NDArray[np.float64],
+    spacing: tuple[float, float, float],
+) -> npt.NDArray[np.float64]:
+    """The 4x4 matrix from a (slice, row, column) index to patient mm (LPS).
+
+    ``origin`` is the first slice's ImagePositionPatient, ``orientation`` the six
+    ImageOrientationPatient cosines, ``normal`` their cross product, ``spacing``
+    (slice, row, column) in mm. PS3.3 C.7.6.2.1.1: the column index moves along the
+    row direction cosines.
+    """
+    affine = np.eye(4)
+    affine[:3, 0] = normal * spacing[0]
+    affine[:3, 1] = orientation[3:] * spacing[1]
+    affine[:3, 2] = orientation[:3] * spacing[2]
+    affine[:3, 3] = origin
+    return affine

@@ -19,7 +19,7 @@ import numpy.typing as npt
 from pydicom import Dataset
 from pydicom.pixels.utils import iter_pixels
 
-from cad_node.domain.imaging import ImageVolume
+from cad_node.domain.imaging import ImageVolume, slice_affine
 from cad_node.errors import InvalidSeriesError
 
 logger = logging.getLogger(__name__)
@@ -161,21 +161,6 @@ def _hounsfield_frames(ds: Dataset, frames: Sequence[FrameGeometry]) -> npt.NDAr
     return voxels
 
 
-def _affine(
-    origin: npt.NDArray[np.float64],
-    orientation: npt.NDArray[np.float64],
-    normal: npt.NDArray[np.float64],
-    spacing: tuple[float, float, float],
-) -> npt.NDArray[np.float64]:
-    # PS3.3 C.7.6.2.1.1: the column index moves along the row direction cosines
-    affine = np.eye(4)
-    affine[:3, 0] = normal * spacing[0]
-    affine[:3, 1] = orientation[3:] * spacing[1]
-    affine[:3, 2] = orientation[:3] * spacing[2]
-    affine[:3, 3] = origin
-    return affine
-
-
 def volume_from_frames(ds: Dataset) -> ImageVolume:
     """The HU volume of one multi-frame image, its frames sorted along the slice normal.
 
@@ -199,7 +184,7 @@ def volume_from_frames(ds: Dataset) -> ImageVolume:
     return ImageVolume(
         voxels=_hounsfield_frames(ds, frames),
         spacing_mm=spacing,
-        affine=_affine(frames[0].image_position_patient, orientation, normal, spacing),
+        affine=slice_affine(frames[0].image_position_patient, orientation, normal, spacing),
         sop_instance_uids=(str(ds.SOPInstanceUID),) * len(frames),
         series_instance_uid=str(ds.SeriesInstanceUID),
         frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "")),

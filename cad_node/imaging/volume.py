@@ -19,7 +19,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
 
-from cad_node.domain.imaging import ImageVolume
+from cad_node.domain.imaging import ImageVolume, slice_affine
 from cad_node.errors import InvalidSeriesError
 from cad_node.imaging.multiframe import has_functional_groups, volume_of_series
 from cad_node.imaging.stacks import main_stack
@@ -198,21 +198,6 @@ def _stack_slices(datasets: Sequence[Dataset]) -> npt.NDArray[np.float32]:
     return voxels
 
 
-def _affine(
-    origin: npt.NDArray[np.float64],
-    orientation: npt.NDArray[np.float64],
-    normal: npt.NDArray[np.float64],
-    spacing: tuple[float, float, float],
-) -> npt.NDArray[np.float64]:
-    # PS3.3 C.7.6.2.1.1: column index moves along the row direction cosines
-    affine = np.eye(4)
-    affine[:3, 0] = normal * spacing[0]
-    affine[:3, 1] = orientation[3:] * spacing[1]
-    affine[:3, 2] = orientation[:3] * spacing[2]
-    affine[:3, 3] = origin
-    return affine
-
-
 def read_or_refuse(read: Callable[[], _T]) -> _T:
     """``read()``, with pydicom's errors on a malformed file turned into InvalidSeriesError.
 
@@ -269,7 +254,9 @@ def _load_volume(items: Iterable[Dataset | Path | str]) -> ImageVolume:
     return ImageVolume(
         voxels=voxels,
         spacing_mm=spacing,
-        affine=_affine(_floats(first, "ImagePositionPatient", 3), orientation, normal, spacing),
+        affine=slice_affine(
+            _floats(first, "ImagePositionPatient", 3), orientation, normal, spacing
+        ),
         sop_instance_uids=tuple(str(ds.SOPInstanceUID) for ds in datasets),
         series_instance_uid=series_uids.pop(),
         frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "")),

@@ -17,20 +17,19 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from pydicom.data import data_manager
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE
-from sqlalchemy import create_engine, select
-from sqlalchemy.orm import Session
+from sqlalchemy import select
 
 from cad_node.domain.states import JobState, SeriesState
 from cad_node.store.schema import Job, Series
 from tests.conftest import NODE_AE_TITLE
 from tests.integration.peers import NodeProcess, running_node, wait_for, write_config
+from tests.integration.test_spine import query
 from tests.synthetic import write_ct_series
 
 pytestmark = pytest.mark.slow
@@ -130,19 +129,9 @@ def echo(port: int) -> int | None:
         assoc.release()
 
 
-def query(node: NodeProcess, statement: Any) -> list[Any]:
-    storage = Path(str(node.config["storage_dir"]))
-    engine = create_engine(f"sqlite:///{storage / 'journal.sqlite'}")
-    try:
-        with Session(engine) as session:
-            return list(session.scalars(statement).all())
-    finally:
-        engine.dispose()
-
-
 def settled(node: NodeProcess) -> bool:
-    series = query(node, select(Series.state))
-    jobs = query(node, select(Job.state))
+    series = query(node.config, select(Series.state))
+    jobs = query(node.config, select(Job.state))
     return all(s in SETTLED for s in series) and all(j in JOB_ENDED for j in jobs)
 
 
@@ -182,13 +171,15 @@ def test_every_corpus_file_gets_a_status_and_every_series_settles(
     wait_for(lambda: settled(node), SETTLE_SECONDS, "every series settled and every job ended")
     assert node.process.poll() is None, f"the node died: {node.log()[-3000:]}"
     assert echo(node.port) == 0
-    for series in query(node, select(Series)):
+    for series in query(node.config, select(Series)):
         reason = series.quarantine_reason or series.routing_explanation
         assert reason, f"series {series.series_instance_uid} ({series.state}) has no reason"
     series_counts = status_counts(cad_node_status(node), "series")
     assert set(series_counts) <= set(SETTLED), series_counts
     assert series_counts.get(SeriesState.ROUTED, 0) >= 1, series_counts
-    assert sum(series_counts.values()) == len(query(node, select(Series.series_instance_uid)))
+    assert sum(series_counts.values()) == len(
+        query(node.config, select(Series.series_instance_uid))
+    )
     report(outcomes, series_counts)
     assert "Traceback" not in node.log()
 

@@ -11,14 +11,12 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pydicom
 import pytest
 from pydicom import uid
 from pydicom.dataset import Dataset
-from sqlalchemy import create_engine, select
-from sqlalchemy.orm import Session
+from sqlalchemy import select
 
 from cad_node.domain.states import DeliveryState, JobState
 from cad_node.store.schema import Delivery, Instance, Job, Result
@@ -26,6 +24,7 @@ from tests.conftest import storescu
 from tests.dicom_validation import assert_valid_dicom
 from tests.integration.peers import NodeProcess, running_node, wait_for, write_config
 from tests.integration.peers import storescp as running_storescp
+from tests.integration.test_spine import query
 from tests.synthetic import SyntheticSeries, write_ct_series
 
 pytestmark = pytest.mark.slow
@@ -157,25 +156,15 @@ def run_tool(command: list[str]) -> str | None:
     return f"{' '.join(command[:-2])}: {done.stdout}{done.stderr}"
 
 
-def query(node: NodeProcess, statement: Any) -> list[Any]:
-    storage = Path(str(node.config["storage_dir"]))
-    engine = create_engine(f"sqlite:///{storage / 'journal.sqlite'}")
-    try:
-        with Session(engine) as session:
-            return list(session.scalars(statement).all())
-    finally:
-        engine.dispose()
-
-
 def delivered(node: NodeProcess, series_instance_uid: str) -> bool:
     """The series' job is done and each of its results acknowledged by the destination."""
-    jobs = query(node, select(Job).where(Job.series_instance_uid == series_instance_uid))
+    jobs = query(node.config, select(Job).where(Job.series_instance_uid == series_instance_uid))
     for job in jobs:
         assert job.state != JobState.FAILED, f"the job failed: {job.error}"
     if not jobs or any(job.state != JobState.DONE for job in jobs):
         return False
     states = query(
-        node,
+        node.config,
         select(Delivery.state)
         .join(Result, Result.id == Delivery.result_id)
         .join(Job, Job.id == Result.job_id)
@@ -199,7 +188,7 @@ def test_syntax_in_seg_and_sr_out(name: str, sent: dict[str, Sent], peers: Peers
     copy = sent[name]
     assert copy.failure is None, copy.failure
     stored = query(
-        peers.node,
+        peers.node.config,
         select(Instance.transfer_syntax_uid).where(
             Instance.series_instance_uid == copy.series_instance_uid
         ),
