@@ -8,8 +8,9 @@ own loaders (``load_volume`` / ``load_image_set``, as the worker does), and time
 - load: ``dcmread`` of every instance + the loader (DICOM -> volume or image set);
 - predict: ``model.predict(...)`` after one warm-up call, ``--repeats`` times
   (median and min), and the share of it spent in the network's forward calls;
-- results: the SEG and SR (``build_seg`` / ``build_sr``) or the planar objects
-  (``build_planar_objects``), with ``result_uids("bench/...")`` and ``ResultOptions()``;
+- results: every result object the worker sends to a SEG/SR destination (SEGs, SR,
+  Parametric Maps, explanation images, KOS) from ``build_volume_objects`` /
+  ``build_planar_objects``, with ``result_uids("bench/...")`` and ``ResultOptions()``;
 - peak RSS of this process while the family was measured (``VmHWM``, reset
   through ``/proc/self/clear_refs`` before each family), and peak GPU memory on CUDA.
 
@@ -54,10 +55,10 @@ from cad_node.models.manifest import MANIFEST_NAME, WeightsFormat, sha256_of
 from cad_node.models.registry import ModelRegistry
 from cad_node.models.runtime import default_device, is_cuda
 from cad_node.results import (
+    ResultObjects,
     ResultOptions,
     build_planar_objects,
-    build_seg,
-    build_sr,
+    build_volume_objects,
     result_uids,
 )
 
@@ -155,21 +156,31 @@ def predict(model: CadModel, model_input: ModelInput) -> Prediction:
 def build_results(
     headers: Sequence[Dataset], model_input: ModelInput, prediction: Prediction, model_name: str
 ) -> int:
-    """Build the job's DICOM objects as the worker does; returns how many."""
+    """Build the job's DICOM objects as the worker does (no burned-in images or presentation
+    states); returns how many."""
     uids = result_uids(f"bench/inference/{model_name}")
     options = ResultOptions().for_model(model_name)
+    built: ResultObjects
     if isinstance(prediction, PlanarResult) and isinstance(model_input, ImageSet):
-        built = build_planar_objects(headers, model_input, prediction, uids, options, overlay=False)
-        return len(built.seg) + 1 + len(built.explanations)
-    if isinstance(prediction, ModelResult) and isinstance(model_input, ImageVolume):
-        seg = (
-            build_seg(headers, model_input, prediction, uids, options)
-            if prediction.findings
-            else None
-        )
-        build_sr(headers, model_input, prediction, seg, uids, options)
-        return 2 if seg is not None else 1
-    raise ValueError("the prediction does not match the model input")
+        built = build_planar_objects(headers, model_input, prediction, uids, options)
+    elif isinstance(prediction, ModelResult) and isinstance(model_input, ImageVolume):
+        built = build_volume_objects(headers, model_input, prediction, uids, options)
+    else:
+        raise ValueError("the prediction does not match the model input")
+    return object_count(built)
+
+
+def object_count(objects: ResultObjects) -> int:
+    """How many DICOM objects one run built."""
+    return (
+        len(objects.segs)
+        + 1
+        + len(objects.parametric_maps)
+        + len(objects.explanations)
+        + (objects.kos is not None)
+        + len(objects.overlays)
+        + len(objects.states)
+    )
 
 
 def output_signature(prediction: Prediction) -> tuple[float, ...]:

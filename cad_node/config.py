@@ -220,6 +220,16 @@ class ResultSettings(_Settings):
         f"CAD {{model}} marks PR {NOT_FOR_CLINICAL_USE}"
     )
     """The Softcopy Presentation State series (result kind ``gsps``)."""
+    parametric_map_series_number: int = Field(default=9806, ge=1, le=_IS_MAX)
+    parametric_map_series_description: Annotated[
+        LongString, AfterValidator(_check_not_for_clinical_use)
+    ] = f"CAD {{model}} heatmaps {NOT_FOR_CLINICAL_USE}"
+    """The Parametric Map series of explanation maps (result kind ``parametric_map``)."""
+    kos_series_number: int = Field(default=9807, ge=1, le=_IS_MAX)
+    kos_series_description: Annotated[LongString, AfterValidator(_check_not_for_clinical_use)] = (
+        f"CAD {{model}} key images {NOT_FOR_CLINICAL_USE}"
+    )
+    """The Key Object Selection series flagging the images with findings (result kind ``kos``)."""
     manufacturer: LongString = Field(default="cad-node project", min_length=1)
     manufacturer_model_name: LongString = Field(default="cad-node", min_length=1)
     device_serial_number: LongString = "cad-node-0"
@@ -236,10 +246,13 @@ class ResultSettings(_Settings):
             self.overlay_series_number,
             self.explanation_series_number,
             self.gsps_series_number,
+            self.parametric_map_series_number,
+            self.kos_series_number,
         )
         if len(set(numbers)) != len(numbers):
             raise ValueError(
-                "seg, sr, overlay, explanation and gsps series numbers must all differ, "
+                "seg, sr, overlay, explanation, gsps, parametric map and kos series numbers "
+                "must all differ, "
                 f"got {numbers}"
             )
         return self

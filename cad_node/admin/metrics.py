@@ -87,7 +87,7 @@ class JournalCollector(Collector):
         return metric
 
     def _stage_seconds(self, session: Session) -> Metric:
-        """Time per stage of finished jobs (load, inference, seg, sr, write), per model."""
+        """Time per stage of finished jobs (load, inference, build, write), per model."""
         query = select(Job.model_name, Job.stage_seconds).where(
             Job.state == JobState.DONE, Job.stage_seconds.is_not(None)
         )

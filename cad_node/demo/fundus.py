@@ -62,8 +62,8 @@ def synthesize_fundus(seed: int, grades: tuple[int, int], folder: Path) -> Fundu
 
 
 def _grade(group: Dataset) -> int:
-    """The ICDR grade of a group's 99CADNODE "ICDRn" code."""
-    return int(coded_values(group)[codes.ICDR_GRADE.value].removeprefix("ICDR"))
+    """The ICDR grade of a group's diabetic retinopathy code."""
+    return codes.icdr_grade_of(coded_values(group)[codes.ICDR_GRADE.value])
 
 
 def eye_report(sr: Dataset, eye: EyeTruth) -> EyeReport:

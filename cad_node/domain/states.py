@@ -45,6 +45,11 @@ class ResultKind(StrEnum):
     """
     GSPS = "gsps"
     """Softcopy Presentation States drawing the findings over the source images (where asked)."""
+    PARAMETRIC_MAP = "parametric_map"
+    """Parametric Maps of a classifier's activation maps (float heatmaps, IHE AIR); the SR
+    references them, so they go wherever the SR goes."""
+    KOS = "kos"
+    """The Key Object Selection document flagging the images with findings (where asked)."""
 
 
 class DeliveryState(StrEnum):

@@ -15,9 +15,9 @@ from pathlib import Path
 from pydicom import Dataset, dcmread
 from sqlalchemy.orm import Session, sessionmaker
 
-from cad_node.domain import ModelResult
 from cad_node.domain.imaging import ImageVolume
-from cad_node.domain.planar import ImageSet, PlanarResult
+from cad_node.domain.planar import ImageSet
+from cad_node.domain.results import ModelReport, planar_report, volume_report
 from cad_node.domain.states import JobState, ResultKind
 from cad_node.errors import CadNodeError, InvalidSeriesError, ModelError
 from cad_node.imaging.isolation import DecodingAbortedError, IsolatedDecoder
@@ -27,12 +27,8 @@ from cad_node.ingest.bounds import DataSetLimits, DataSetTooLargeError
 from cad_node.models.base import CadModel, reads_image_sets, reads_volumes
 from cad_node.models.registry import ModelRegistry
 from cad_node.pipeline.files import read_datasets, read_headers, write_dataset_atomically
-from cad_node.results.gsps import build_gsps, build_planar_gsps
+from cad_node.results.build import ResultObjects, build_result_objects, study_of
 from cad_node.results.options import ResultOptions
-from cad_node.results.overlay import build_overlays
-from cad_node.results.planar import build_planar_objects
-from cad_node.results.seg import build_seg
-from cad_node.results.sr import build_sr
 from cad_node.results.uids import result_uids
 from cad_node.security.redaction import redact
 from cad_node.security.remote import behind_deidentification
@@ -78,8 +74,8 @@ class JobTimings:
 
     load: float
     inference: float
-    seg: float
-    sr: float
+    build: float
+    """All result objects: SEG, SR, maps, KOS, and overlays and states where asked for."""
     write: float
 
 
@@ -234,38 +230,33 @@ class Worker:
         model = behind_deidentification(  # a remote model sees de-identified data only
             self.registry, model, datasets, self.storage_dir, job_input.job_id
         )
+        warnings: tuple[str, ...] = ()
         if reads_image_sets(model):
             image_set = self._load_image_set(job_input, datasets)
             _drop_pixel_data(datasets)
             loaded = time.perf_counter()
-            planar = model.predict(image_set)
-            inferred = time.perf_counter()
-            objects, seg_seconds, warnings = self._build_planar(
-                job_input, datasets, image_set, planar
-            )
-            sr_seconds = 0.0
-            finding_count = len(planar.findings)
+            report = planar_report(image_set, model.predict(image_set))
         elif reads_volumes(model):
             volume = self._load_volume(job_input, datasets)
             _drop_pixel_data(datasets)
             loaded = time.perf_counter()
-            result = model.predict(volume)
-            inferred = time.perf_counter()
-            objects, seg_seconds, sr_seconds = self._build(job_input, datasets, volume, result)
+            report = volume_report(volume, model.predict(volume), study_of(datasets, volume))
             warnings = tuple(left_out_notes(job_input.series_instance_uid, datasets, volume))
-            finding_count = len(result.findings)
         else:
             raise _unknown_input_kind(model)
+        inferred = time.perf_counter()
+        built_objects = self._build(job_input, datasets, report)
+        objects = _by_stem(built_objects)
+        warnings = (*warnings, *built_objects.warnings)
         built = time.perf_counter()
         stored = self._write(job_input, objects)
         timings = JobTimings(
             load=loaded - started,
             inference=inferred - loaded,
-            seg=seg_seconds,
-            sr=sr_seconds,
+            build=built - inferred,
             write=time.perf_counter() - built,
         )
-        return JobRun(stored, finding_count, timings, warnings)
+        return JobRun(stored, len(report.findings), timings, warnings)
 
     def _load_volume(self, job_input: JobInput, datasets: Sequence[Dataset]) -> ImageVolume:
         if self.decoder is None:
@@ -278,77 +269,22 @@ class Worker:
         return self.decoder.load_image_set(job_input.instance_paths)
 
     def _build(
-        self,
-        job_input: JobInput,
-        datasets: Sequence[Dataset],
-        volume: ImageVolume,
-        result: ModelResult,
-    ) -> tuple[dict[str, tuple[ResultKind, Dataset]], float, float]:
-        """The job's objects by file name stem, and the seconds for the SEG and the SR.
-
-        The overlay images and presentation states count into the SEG's seconds: drawn
-        from the same masks.
-        """
-        uids = result_uids(job_input.job_key)
-        options = self.result_options.at(job_input.created_at).for_model(job_input.model_name)
-        started = time.perf_counter()
-        seg = build_seg(datasets, volume, result, uids, options) if result.findings else None
-        overlays = []
-        if result.findings and self._wanted(ResultKind.OVERLAY, job_input):
-            overlays = build_overlays(datasets, volume, result, uids, options)
-        states: list[Dataset] = []
-        if result.findings and self._wanted(ResultKind.GSPS, job_input):
-            states = build_gsps(datasets, volume, result, uids, options)
-        seg_done = time.perf_counter()
+        self, job_input: JobInput, datasets: Sequence[Dataset], report: ModelReport
+    ) -> ResultObjects:
+        """Every object of the job's report; overlays, presentation states and the KOS only
+        where a destination receives them."""
         predecessors = [dcmread(path) for path in job_input.predecessor_paths if path.exists()]
-        sr = build_sr(datasets, volume, result, seg, uids, options, predecessors)
-        objects: dict[str, tuple[ResultKind, Dataset]] = {ResultKind.SR.value: (ResultKind.SR, sr)}
-        if seg is not None:
-            objects[ResultKind.SEG.value] = (ResultKind.SEG, seg)
-        for number, image in enumerate(overlays, start=1):
-            objects[f"{ResultKind.OVERLAY.value}-{number}"] = (ResultKind.OVERLAY, image)
-        for number, state in enumerate(states, start=1):
-            objects[f"{ResultKind.GSPS.value}-{number}"] = (ResultKind.GSPS, state)
-        return objects, seg_done - started, time.perf_counter() - seg_done
-
-    def _build_planar(
-        self,
-        job_input: JobInput,
-        datasets: Sequence[Dataset],
-        image_set: ImageSet,
-        result: PlanarResult,
-    ) -> tuple[dict[str, tuple[ResultKind, Dataset]], float, tuple[str, ...]]:
-        """A study model's objects by file name stem, the seconds they took (all counted as
-        SEG), and their warnings."""
-        started = time.perf_counter()
-        predecessors = [dcmread(path) for path in job_input.predecessor_paths if path.exists()]
-        uids = result_uids(job_input.job_key)
         options = self.result_options.at(job_input.created_at).for_model(job_input.model_name)
-        built = build_planar_objects(
+        return build_result_objects(
             datasets,
-            image_set,
-            result,
-            uids,
+            report,
+            result_uids(job_input.job_key),
             options,
             predecessors,
             overlay=self._wanted(ResultKind.OVERLAY, job_input),
+            gsps=self._wanted(ResultKind.GSPS, job_input),
+            kos=self._wanted(ResultKind.KOS, job_input),
         )
-        states: list[Dataset] = []
-        if result.findings and self._wanted(ResultKind.GSPS, job_input):
-            states = build_planar_gsps(datasets, image_set, result, uids, options)
-        objects: dict[str, tuple[ResultKind, Dataset]] = {
-            ResultKind.SR.value: (ResultKind.SR, built.sr)
-        }
-        numbered = (
-            (ResultKind.SEG, built.seg),
-            (ResultKind.OVERLAY, built.overlays),
-            (ResultKind.EXPLANATION, built.explanations),
-            (ResultKind.GSPS, states),
-        )
-        for kind, datasets_of_kind in numbered:
-            for number, dataset in enumerate(datasets_of_kind, start=1):
-                objects[f"{kind.value}-{number}"] = (kind, dataset)
-        return objects, time.perf_counter() - started, built.warnings
 
     def _write(
         self, job_input: JobInput, objects: Mapping[str, tuple[ResultKind, Dataset]]
@@ -376,8 +312,32 @@ class Worker:
 
     def _destinations_for(self, kind: ResultKind, job_input: JobInput) -> tuple[str, ...]:
         kinds = self.result_kinds if job_input.result_kinds is None else job_input.result_kinds
-        wanted = {kind, ResultKind.SR} if kind is ResultKind.EXPLANATION else {kind}
+        wanted = {kind, ResultKind.SR} if kind in _FOLLOW_THE_SR else {kind}
         return tuple(name for name in job_input.destinations if wanted & set(kinds.get(name, ())))
+
+
+_FOLLOW_THE_SR = frozenset({ResultKind.EXPLANATION, ResultKind.PARAMETRIC_MAP})
+"""Kinds that go wherever the SR goes: the SR references them."""
+
+
+def _by_stem(objects: ResultObjects) -> dict[str, tuple[ResultKind, Dataset]]:
+    """The job's objects by file name stem: "sr", "seg-1", "overlay-2" ..."""
+    by_stem: dict[str, tuple[ResultKind, Dataset]] = {
+        ResultKind.SR.value: (ResultKind.SR, objects.sr)
+    }
+    if objects.kos is not None:
+        by_stem[ResultKind.KOS.value] = (ResultKind.KOS, objects.kos)
+    numbered = (
+        (ResultKind.SEG, objects.segs),
+        (ResultKind.PARAMETRIC_MAP, objects.parametric_maps),
+        (ResultKind.EXPLANATION, objects.explanations),
+        (ResultKind.OVERLAY, objects.overlays),
+        (ResultKind.GSPS, objects.states),
+    )
+    for kind, datasets in numbered:
+        for number, dataset in enumerate(datasets, start=1):
+            by_stem[f"{kind.value}-{number}"] = (kind, dataset)
+    return by_stem
 
 
 def left_out_notes(
@@ -399,7 +359,7 @@ def _log_done(job_input: JobInput, run: JobRun) -> None:
     timings = run.timings
     logger.info(
         "job %d done: series %s, %d findings, %d objects, %d warnings; load %.1fs "
-        "inference %.1fs seg %.2fs sr %.2fs write %.2fs",
+        "inference %.1fs build %.2fs write %.2fs",
         job_input.job_id,
         job_input.series_instance_uid,
         run.finding_count,
@@ -407,8 +367,7 @@ def _log_done(job_input: JobInput, run: JobRun) -> None:
         len(run.warnings),
         timings.load,
         timings.inference,
-        timings.seg,
-        timings.sr,
+        timings.build,
         timings.write,
     )
 

@@ -1,48 +1,43 @@
-"""Result objects: DICOM SEG and TID 1500 SR of a model's findings, built with highdicom.
+"""Result objects of a model run, built with highdicom: one builder per DICOM object.
 
-The worker's use::
+Every model's answer becomes a :class:`~cad_node.domain.results.ModelReport` (the
+findings, assessments and explanation maps on the images it read), and every object
+comes from it, the same for a CT volume and a 2D image set::
 
-    uids = result_uids(job_key)  # stored with the job: a retry rebuilds the same objects
-    seg = build_seg(sources, volume, result, uids, options, content_datetime=job_created_at)
-    sr = build_sr(sources, volume, result, seg, uids, options, predecessors,
-                  content_datetime=job_created_at)
+    report = volume_report(volume, result, study_uid)   # or planar_report(image_set, result)
+    objects = build_result_objects(datasets, report, result_uids(job_key),
+                                   options.at(job_time), predecessors, overlay=..., gsps=...)
+    send(objects.sr, *objects.segs, *objects.parametric_maps, objects.kos, ...)
 
-    overlays = build_overlays(sources, volume, result, uids, options)  # if a destination asks
-    states = build_gsps(sources, volume, result, uids, options)  # presentation states, likewise
+- SEG (:mod:`~cad_node.results.seg`), TID 1500 SR (:mod:`~cad_node.results.sr`),
+  Parametric Maps of explanation maps (:mod:`~cad_node.results.pmap`), the Key Object
+  Selection of the images with findings (:mod:`~cad_node.results.kos`);
+- for viewers that show none of those: burned-in Secondary Captures
+  (:mod:`~cad_node.results.overlay`) and presentation states (:mod:`~cad_node.results.gsps`).
 
-Mammography and fundus results (a :class:`~cad_node.domain.planar.PlanarResult`
-over an image set) go through one call that returns the SEGs, the SR, the
-overlays and the explanation images::
-
-    objects = build_planar_objects(sources, image_set, result, uids, options, predecessors,
-                                   overlay=True)
-
-Their presentation states come from ``build_planar_gsps(sources, image_set, result, uids,
-options)``.
-
-With no finding, skip the SEG (it needs a segment) and pass ``seg=None``.
-Both raise ``cad_node.errors.ResultBuildError`` on inputs they cannot use.
-A core module: imports highdicom, pydicom and numpy, never a network,
-database or deep-learning library.
+Each carries IHE AI Results' Evidence Creator content: the algorithm's Contributing
+Equipment item and TID 4019 (:mod:`~cad_node.results.algorithm`), public codes
+(:mod:`~cad_node.results.codes`) and Tracking UIDs stable across re-runs
+(:mod:`~cad_node.results.tracking`).  Builders raise ``cad_node.errors.ResultBuildError``
+on inputs they cannot use.  A core package: imports highdicom, pydicom, numpy, Pillow and
+scikit-image, never a network, database or deep-learning library.
 """
 
-from cad_node.results.gsps import build_gsps, build_planar_gsps
+from cad_node.results.build import (
+    ResultObjects,
+    build_planar_objects,
+    build_result_objects,
+    build_volume_objects,
+)
 from cad_node.results.options import ResultOptions
-from cad_node.results.overlay import build_overlays
-from cad_node.results.planar import PlanarObjects, build_planar_objects
-from cad_node.results.seg import build_seg
-from cad_node.results.sr import build_sr
 from cad_node.results.uids import ResultUids, result_uids
 
 __all__ = [
-    "PlanarObjects",
+    "ResultObjects",
     "ResultOptions",
     "ResultUids",
-    "build_gsps",
-    "build_overlays",
-    "build_planar_gsps",
     "build_planar_objects",
-    "build_seg",
-    "build_sr",
+    "build_result_objects",
+    "build_volume_objects",
     "result_uids",
 ]

@@ -6,22 +6,24 @@ A.33).  One presentation state per group of source images that one state can
 hold (same series, same size, same photometric interpretation), in one series
 of the source study:
 
-- a Grayscale Softcopy Presentation State (A.33.1) for CT and mammography, with
-  the VOI the overlay uses (the lung window for CT, the image's own window for
-  a mammogram) and Presentation LUT Shape INVERSE for MONOCHROME1 images;
+- a Grayscale Softcopy Presentation State (A.33.1) for grayscale images, with the
+  VOI the burned-in overlay uses (the image's window, e.g. a CT's lung window; else
+  its header's own, or percentiles of its values) and Presentation LUT Shape INVERSE
+  for MONOCHROME1 images;
 - a Color Softcopy Presentation State (A.33.2) for colour photographs (fundus),
   with the source's ICC profile, or sRGB when it has none.
 
-Per finding, on the image that shows it (a CT slice through its centre, or its
-planar source image): a closed POLYLINE outlining its mask in PIXEL units, with
-the finding's Tracking ID and UID (those of its SEG segment and SR group), and
-a text label ("Nodule 1: 12.3 mm, p=0.87", "Mass 1: 87%").  Every referenced
-image also carries the text "NOT FOR CLINICAL USE" across its top.
+Per finding, on its display image (:attr:`RegionFinding.display_image`): closed
+POLYLINEs outlining its mask in PIXEL units, with the finding's Tracking ID and UID
+(those of its SEG segment and SR groups), and a text label ("Nodule 1: 12.3 mm, 87%").
+Every referenced image also carries the text "NOT FOR CLINICAL USE" across its top.
+A frame of a multi-frame image is left out: an annotation without Referenced Frame
+Number would show on every frame.
 """
 
 import logging
 import pkgutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypedDict
 
@@ -30,24 +32,25 @@ import numpy as np
 import numpy.typing as npt
 from pydicom import Dataset
 from pydicom.valuerep import DA, TM
-from skimage import measure
 
 from cad_node import NOT_FOR_CLINICAL_USE
-from cad_node.domain import Finding, ImageVolume, ModelResult
-from cad_node.domain.planar import ImageSet, PlanarMask, PlanarResult
+from cad_node.domain import ModelIdentity
+from cad_node.domain.results import LUNG_WINDOW, ModelReport, Window, images_with_findings
+from cad_node.results.algorithm import add_algorithm_equipment
 from cad_node.results.options import ResultOptions
-from cad_node.results.overlay import LUNG_WINDOW, centre_slice, finding_text
-from cad_node.results.planar_overlay import DISPLAY_PERCENTILES, finding_caption, voi_window
-from cad_node.results.planar_seg import finding_label, findings_by_image, planar_headers
-from cad_node.results.planar_sr import polygon_outline
-from cad_node.results.seg import segment_label
+from cad_node.results.outlines import region_outlines
+from cad_node.results.overlay import (
+    finding_caption,
+    percentile_window,
+    voi_window,
+)
 from cad_node.results.sources import (
     build_errors_translated,
     patient_names_kept_out_of_logs,
     pin_creation_datetime,
     resolve_content_datetime,
-    sources_by_slice,
 )
+from cad_node.results.tracking import Tracking
 from cad_node.results.uids import ResultUids
 
 logger = logging.getLogger(__name__)
@@ -69,15 +72,13 @@ LUNG_WINDOW_EXPLANATION = "LUNG"
 SRGB_PROFILE = "_icc_profiles/sRGB_v4_ICC_preference.icc"
 """The sRGB colour space profile in the highdicom package (its own default)."""
 _ICC_DEVICE_CLASSES = (b"scnr", b"spac")
-MAX_OUTLINES = 64
-"""Most outlines drawn per finding (its largest regions)."""
 _LABEL_HEIGHT_FRACTION = 0.05
 """Height of a label's bounding box, as a fraction of the image's rows."""
 
 
 @dataclass(frozen=True, slots=True)
 class Mark:
-    """One finding drawn on one source image: its outline and its label."""
+    """One finding drawn on one source image: its outlines and its label."""
 
     finding_index: int
     outlines: tuple[npt.NDArray[np.float64], ...]
@@ -94,111 +95,62 @@ class MarkedImage:
 
     header: Dataset
     marks: tuple[Mark, ...]
-    voi: tuple[float, float, str] | None = None
-    """(centre, width, VOI LUT function) to show it in; None: the header's own, if any."""
+    voi: Window | None = None
+    """The window to show it in; None: the header's own, if any."""
 
 
-# --- outlines ----------------------------------------------------------------------------------
+# --- marks -------------------------------------------------------------------------------------
 
 
-def region_outlines(mask: PlanarMask) -> tuple[npt.NDArray[np.float64], ...]:
-    """Closed POLYLINE outlines of the 8-connected regions of ``mask``, largest first.
-
-    A fundus finding is the union of many spots: each gets its outline, at
-    most :data:`MAX_OUTLINES` of them.
-    """
-    labels = measure.label(mask.mask, connectivity=2)  # type: ignore[no-untyped-call]  # skimage ships no hints for it
-    sizes = np.bincount(labels.ravel())[1:]
-    order = np.argsort(-sizes, kind="stable")[:MAX_OUTLINES]
-    return tuple(polygon_outline(PlanarMask(mask.offset, labels == label + 1)) for label in order)
-
-
-def _slice_mask(finding: Finding, slice_index: int) -> PlanarMask | None:
-    """The finding's mask on one slice as a planar mask; None when it has no pixel there."""
-    k0, r0, c0 = finding.mask.offset
-    local = slice_index - k0
-    if not 0 <= local < finding.mask.mask.shape[0] or not finding.mask.mask[local].any():
-        return None
-    return PlanarMask((r0, c0), finding.mask.mask[local].copy())
-
-
-def marked_slice(finding: Finding, slice_count: int) -> int:
-    """The slice a finding is drawn on: its centre's, else its mask's largest slice."""
-    centre = centre_slice(finding, slice_count)
-    if _slice_mask(finding, centre) is not None:
-        return centre
-    areas = finding.mask.mask.reshape(finding.mask.mask.shape[0], -1).sum(axis=1)
-    return min(finding.mask.offset[0] + int(np.argmax(areas)), slice_count - 1)
-
-
-def _volume_mark(finding: Finding, index: int, slice_index: int, uids: ResultUids) -> Mark:
-    mask = _slice_mask(finding, slice_index)
+def _mark(report: ModelReport, finding_index: int, image_index: int, tracking: Tracking) -> Mark:
+    finding = report.findings[finding_index]
+    mask = finding.mask_on(image_index)
     if mask is None:
-        raise ValueError(f"finding {index} has no pixel on slice {slice_index}")
+        raise ValueError(f"finding {finding_index} has no mask on its display image")
     return Mark(
-        finding_index=index,
+        finding_index=finding_index,
         outlines=region_outlines(mask),
-        text=finding_text(finding, index),
-        tracking_id=segment_label(finding, index),
-        tracking_uid=uids.tracking_uid(index),
+        text=finding_caption(finding, tracking.identifier),
+        tracking_id=tracking.identifier,
+        tracking_uid=tracking.uid,
     )
 
 
-def volume_marked_images(
-    source_images: Sequence[Dataset], volume: ImageVolume, result: ModelResult, uids: ResultUids
+def presentation_window(report: ModelReport, image_index: int, header: Dataset) -> Window | None:
+    """The window a state sets for an image: its own (a CT's lung window); else, for a
+    grayscale image whose header has none (and unless MONOCHROME1, whose pixels the
+    report holds inverted), the percentiles the burned-in overlay uses; else None."""
+    image = report.grid.images[image_index]
+    if image.window is not None:
+        return image.window
+    monochrome1 = str(header.get("PhotometricInterpretation", "")) == "MONOCHROME1"
+    if image.is_colour or monochrome1 or voi_window(header) is not None:
+        return None
+    return percentile_window(image.pixels)
+
+
+def marked_images(
+    report: ModelReport, headers: Sequence[Dataset], tracking: Sequence[Tracking]
 ) -> list[MarkedImage]:
-    """The CT slices with findings, in slice order, each with its marks and the lung window."""
-    sources = sources_by_slice(source_images, volume)
-    by_slice: dict[int, list[Mark]] = {}
-    for index, finding in enumerate(result.findings):
-        slice_index = marked_slice(finding, volume.shape[0])
-        by_slice.setdefault(slice_index, []).append(_volume_mark(finding, index, slice_index, uids))
-    window = (LUNG_WINDOW[0], LUNG_WINDOW[1], "LINEAR")
-    return [MarkedImage(sources[k], tuple(marks), window) for k, marks in sorted(by_slice.items())]
+    """The images displaying findings, in grid order, each with its marks and window.
 
-
-def _percentile_window(pixels: npt.NDArray[np.float32]) -> tuple[float, float, str]:
-    low, high = np.percentile(pixels.astype(np.float64), DISPLAY_PERCENTILES)
-    return float((low + high) / 2.0 + 0.5), float(max(high - low, 1.0) + 1.0), "LINEAR"
-
-
-def planar_marked_images(
-    headers: Mapping[str, Dataset], image_set: ImageSet, result: PlanarResult, uids: ResultUids
-) -> list[MarkedImage]:
-    """The planar source images with findings, in image set order, each with its marks.
-
-    A grayscale image keeps the window of its header; without one (and unless
-    MONOCHROME1, whose pixels the image set holds inverted) it gets the
-    window the burned-in overlay uses: percentiles of its values.  A frame of a
-    multi-frame photograph is left out: the annotation would show on every frame.
+    A frame of a multi-frame instance is left out (logged by UID): the annotation
+    would show on every frame.
     """
     images: list[MarkedImage] = []
-    for entry in findings_by_image(image_set, result):
-        if entry.image.frame_number is not None:
+    for index in images_with_findings(report):
+        image = report.grid.images[index]
+        if image.frame_number is not None:
             logger.warning(
                 "image %s: no presentation state of frame %d of a multi-frame image",
-                entry.image.sop_instance_uid,
-                entry.image.frame_number,
+                image.sop_instance_uid,
+                image.frame_number,
             )
             continue
-        header = headers[entry.image.sop_instance_uid]
-        marks = tuple(
-            Mark(
-                finding_index=i,
-                outlines=region_outlines(result.findings[i].mask),
-                text=finding_caption(
-                    finding_label(result.findings[i], i), result.findings[i].probability
-                ),
-                tracking_id=finding_label(result.findings[i], i),
-                tracking_uid=uids.tracking_uid(i),
-            )
-            for i in entry.finding_indexes
+        marks = tuple(_mark(report, i, index, tracking[i]) for i in report.findings_on(index))
+        images.append(
+            MarkedImage(headers[index], marks, presentation_window(report, index, headers[index]))
         )
-        voi = None
-        monochrome1 = str(header.get("PhotometricInterpretation", "")) == "MONOCHROME1"
-        if not entry.image.is_colour and not monochrome1 and voi_window(header) is None:
-            voi = _percentile_window(entry.image.pixels)
-        images.append(MarkedImage(header, marks, voi))
     return images
 
 
@@ -323,17 +275,16 @@ def _voi_transformations(group: Sequence[MarkedImage]) -> list[hd.pr.SoftcopyVOI
         window = image.voi or voi_window(image.header)
         if window is None:
             continue
-        items.append(
-            hd.pr.SoftcopyVOILUTTransformation(
-                window_center=window[0],
-                window_width=window[1],
-                window_explanation=LUNG_WINDOW_EXPLANATION
-                if (window[0], window[1]) == LUNG_WINDOW
-                else None,
-                voi_lut_function=window[2] if window[2] != "LINEAR" else None,
-                referenced_images=hd.ReferencedImageSequence(referenced_images=[image.header]),
-            )
+        item = hd.pr.SoftcopyVOILUTTransformation(
+            window_center=window.centre,
+            window_width=window.width,
+            voi_lut_function=window.function if window.function != "LINEAR" else None,
+            referenced_images=hd.ReferencedImageSequence(referenced_images=[image.header]),
         )
+        if window == LUNG_WINDOW:
+            # Set here: highdicom splits a str window_explanation into its letters ("L\\U\\N\\G").
+            item.WindowCenterWidthExplanation = [LUNG_WINDOW_EXPLANATION]
+        items.append(item)
     return items
 
 
@@ -444,8 +395,9 @@ def series_laterality(group: Sequence[MarkedImage]) -> str:
     return ""
 
 
-def _finish(state: Dataset, laterality: str, options: ResultOptions) -> None:
-    """Pin the dates to the options' content date/time; add what highdicom leaves out.
+def _finish(state: Dataset, laterality: str, model: ModelIdentity, options: ResultOptions) -> None:
+    """Pin the dates to the options' content date/time; add what highdicom leaves out and
+    the algorithm's Contributing Equipment item (IHE AIR).
 
     The presentation's creation date/time is its content date/time (PS3.3
     C.11.10); Content Date/Time are not in the IOD.
@@ -458,41 +410,31 @@ def _finish(state: Dataset, laterality: str, options: ResultOptions) -> None:
     state.PresentationCreationTime = TM(when.time())
     state.SeriesDate = DA(when.date())
     state.SeriesTime = TM(when.time())
+    add_algorithm_equipment(state, model, options.manufacturer, when)
     pin_creation_datetime(state, when)
 
 
 def build_presentation_states(
-    images: Sequence[MarkedImage], uids: ResultUids, options: ResultOptions
-) -> list[Dataset]:
-    """One presentation state per group of ``images`` (see :func:`state_groups`)."""
-    states: list[Dataset] = []
-    for index, group in enumerate(state_groups(images)):
-        identity = _StateIdentity(uids.gsps_sop_instance_uid(index), index + 1)
-        state = presentation_state(group, identity, uids, options)
-        _finish(state, series_laterality(group), options)
-        states.append(state)
-    return states
-
-
-def build_gsps(
-    source_images: Sequence[Dataset],
-    volume: ImageVolume,
-    result: ModelResult,
+    report: ModelReport,
+    headers: Sequence[Dataset],
+    tracking: Sequence[Tracking],
     uids: ResultUids,
     options: ResultOptions,
 ) -> list[Dataset]:
-    """Grayscale Softcopy Presentation States (PS3.3 A.33.1) of a volume result.
+    """Grayscale or Color Softcopy Presentation States (PS3.3 A.33.1, A.33.2) of a report.
 
     Parameters
     ----------
-    source_images
-        The series' instance headers (Pixel Data is not needed).
-    volume
-        The volume the model ran on.
-    result
-        What the model found; with no finding there is no presentation state.
+    report
+        What the model said; with no finding (or only findings on frames of
+        multi-frame images) there is no presentation state.
+    headers
+        The prepared header of each grid image (``sources.prepared_headers``).
+    tracking
+        Per finding, its Tracking Identifier and UID, given to its marks.
     uids
-        The job's UIDs: the series is ``uids.gsps_series_instance_uid``.
+        The job's UIDs: the series is ``uids.gsps_series_instance_uid``, state ``i``
+        (see :func:`state_groups`) is ``uids.gsps_sop_instance_uid(i)``.
     options
         Series number and description, equipment and content date/time.
 
@@ -502,37 +444,10 @@ def build_gsps(
         When the inputs cannot make valid objects.
     """
     with build_errors_translated("presentation state", uids.job_key):
-        if not result.findings:
-            return []
-        if volume.frame_numbers is not None:
-            # A graphic annotation without ReferencedFrameNumber would show on every frame.
-            logger.warning("job %s: no presentation state of a multi-frame image", uids.job_key)
-            return []
-        images = volume_marked_images(source_images, volume, result, uids)
-        return build_presentation_states(images, uids, options)
-
-
-def build_planar_gsps(
-    datasets: Sequence[Dataset],
-    image_set: ImageSet,
-    result: PlanarResult,
-    uids: ResultUids,
-    options: ResultOptions,
-) -> list[Dataset]:
-    """Grayscale or Color Softcopy Presentation States of a planar result.
-
-    ``datasets`` are the source instances (headers suffice; not modified), as for
-    ``cad_node.results.planar.build_planar_objects``.  With no finding there is
-    no presentation state.
-
-    Raises
-    ------
-    ResultBuildError
-        When the inputs cannot make valid objects.
-    """
-    with build_errors_translated("presentation state", uids.job_key):
-        headers = planar_headers(datasets, image_set)
-        images = planar_marked_images(headers, image_set, result, uids)
-        if not images:
-            return []
-        return build_presentation_states(images, uids, options)
+        states: list[Dataset] = []
+        for index, group in enumerate(state_groups(marked_images(report, headers, tracking))):
+            identity = _StateIdentity(uids.gsps_sop_instance_uid(index), index + 1)
+            state = presentation_state(group, identity, uids, options)
+            _finish(state, series_laterality(group), report.model, options)
+            states.append(state)
+        return states

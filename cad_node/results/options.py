@@ -2,6 +2,7 @@
 
 import datetime
 from dataclasses import dataclass, replace
+from typing import TypedDict
 
 from cad_node import NOT_FOR_CLINICAL_USE, __version__
 
@@ -27,7 +28,29 @@ _DESCRIPTIONS = (
     "overlay_series_description",
     "explanation_series_description",
     "gsps_series_description",
+    "parametric_map_series_description",
+    "kos_series_description",
 )
+_SERIES_NUMBERS = (
+    "seg_series_number",
+    "sr_series_number",
+    "overlay_series_number",
+    "explanation_series_number",
+    "gsps_series_number",
+    "parametric_map_series_number",
+    "kos_series_number",
+)
+
+
+class EquipmentArguments(TypedDict):
+    """The General Equipment arguments (PS3.3 C.7.5.1) every highdicom object takes."""
+
+    manufacturer: str
+    manufacturer_model_name: str
+    software_versions: str
+    device_serial_number: str
+    institution_name: str | None
+    institutional_department_name: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +74,14 @@ class ResultOptions:
     gsps_series_number: int = 9005
     gsps_series_description: str = f"cad-node {MODEL_PLACEHOLDER} marks PR {NOT_FOR_CLINICAL_USE}"
     """Of the Softcopy Presentation State series (graphic annotations on the source images)."""
+    parametric_map_series_number: int = 9006
+    parametric_map_series_description: str = (
+        f"cad-node {MODEL_PLACEHOLDER} heatmaps {NOT_FOR_CLINICAL_USE}"
+    )
+    """Of the Parametric Map series of explanation maps (float heatmaps, IHE AIR)."""
+    kos_series_number: int = 9007
+    kos_series_description: str = f"cad-node {MODEL_PLACEHOLDER} key images {NOT_FOR_CLINICAL_USE}"
+    """Of the Key Object Selection series flagging the images with findings."""
     manufacturer: str = "cad-node project"
     manufacturer_model_name: str = "cad-node"
     software_versions: str = __version__
@@ -67,6 +98,17 @@ class ResultOptions:
     def at(self, content_datetime: datetime.datetime) -> "ResultOptions":
         """These options with the date/time of one job's objects."""
         return replace(self, content_datetime=content_datetime)
+
+    def equipment_arguments(self) -> EquipmentArguments:
+        """This installation as the equipment of an object, as highdicom's constructors take it."""
+        return EquipmentArguments(
+            manufacturer=self.manufacturer,
+            manufacturer_model_name=self.manufacturer_model_name,
+            software_versions=self.software_versions,
+            device_serial_number=self.device_serial_number,
+            institution_name=self.institution_name,
+            institutional_department_name=self.institutional_department_name,
+        )
 
     def for_model(self, model_name: str) -> "ResultOptions":
         """These options with ``{model}`` in the series descriptions replaced by ``model_name``.
@@ -88,33 +130,13 @@ class ResultOptions:
         )
 
     def __post_init__(self) -> None:
-        for name in (
-            "seg_series_number",
-            "sr_series_number",
-            "overlay_series_number",
-            "explanation_series_number",
-            "gsps_series_number",
-        ):
-            number = getattr(self, name)
+        numbers = [getattr(self, name) for name in _SERIES_NUMBERS]
+        for name, number in zip(_SERIES_NUMBERS, numbers, strict=True):
             if not 1 <= number <= _IS_MAX:
                 raise ValueError(f"{name} must be within 1..{_IS_MAX}, got {number}")
-        if self.seg_series_number == self.sr_series_number:
-            raise ValueError("seg_series_number and sr_series_number must differ")
-        if self.overlay_series_number in (self.seg_series_number, self.sr_series_number):
-            raise ValueError("overlay_series_number must differ from the SEG's and the SR's")
-        if self.explanation_series_number in (
-            self.seg_series_number,
-            self.sr_series_number,
-            self.overlay_series_number,
-        ):
-            raise ValueError("explanation_series_number must differ from the other series'")
-        if self.gsps_series_number in (
-            self.seg_series_number,
-            self.sr_series_number,
-            self.overlay_series_number,
-            self.explanation_series_number,
-        ):
-            raise ValueError("gsps_series_number must differ from the other series'")
+        for position, (name, number) in enumerate(zip(_SERIES_NUMBERS, numbers, strict=True)):
+            if number in numbers[:position]:
+                raise ValueError(f"{name} must differ from the other series' numbers ({number})")
         for name in _DESCRIPTIONS:
             if NOT_FOR_CLINICAL_USE not in getattr(self, name):
                 raise ValueError(f"{name} must contain {NOT_FOR_CLINICAL_USE!r}")

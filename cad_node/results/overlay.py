@@ -1,14 +1,21 @@
-"""Secondary Capture images with the findings burned in, for viewers that show no SEG or SR.
+"""Secondary Capture images of a report: findings burned in, and explanation maps blended in.
 
-One RGB Secondary Capture image (PS3.3 A.8.1) per slice that holds the centre
-of at least one finding: the CT slice in a lung window, each finding's mask
-contour in a bright colour, a label per finding ("Nodule 1: 12.3 mm, p=0.87")
-and a "NOT FOR CLINICAL USE" banner.  The images go into their own series of
-the source study; Burned In Annotation (0028,0301) is YES.  The Source Image Sequence
-names the slice's image, and its frame when the volume was read from a multi-frame
-image (ReferencedFrameNumber, PS3.3 Table 10-3).
+For viewers that show no SEG or SR, one RGB Secondary Capture image (PS3.3 A.8.1)
+per source image that displays a finding (:attr:`RegionFinding.display_image`, a CT
+slice or a mammography view alike): the image as the node shows it (through its
+window, e.g. a CT's lung window; else its header's VOI window or the percentiles of
+its values; a colour photograph as it is), each finding's mask contour in its colour,
+a caption per finding ("Nodule 1: 12.3 mm, 87%", "Mass 1: 87%") and a "NOT FOR
+CLINICAL USE" banner; Burned In Annotation (0028,0301) is YES.
 
-Text is drawn with Pillow (a dependency of highdicom).
+Per explanation map of the report, one more image: the heatmap in a jet-like colour
+map blended over its image (alpha :data:`HEATMAP_ALPHA`), the banner and a caption
+("Grad-CAM: breast suspicion NOT FOR CLINICAL USE").
+
+Every image references its source image, with its Referenced Frame Number when it
+is one frame of a multi-frame instance (PS3.3 C.7.6.1.1.4, Table 10-3), and names
+the algorithm in its Contributing Equipment Sequence (IHE AIR).  Text is drawn with
+Pillow (a dependency of highdicom).
 """
 
 import datetime
@@ -20,23 +27,43 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
 from pydicom import Dataset
+from pydicom.multival import MultiValue
 from pydicom.valuerep import DA, TM
 
 from cad_node import NOT_FOR_CLINICAL_USE
-from cad_node.domain import Finding, ImageVolume, ModelResult
+from cad_node.domain import ModelIdentity
+from cad_node.domain.planar import ExplanationMap
+from cad_node.domain.results import (
+    LUNG_WINDOW,
+    MeasurementKind,
+    ModelReport,
+    RegionFinding,
+    SourceImage,
+    Window,
+    images_with_findings,
+)
+from cad_node.results.algorithm import add_algorithm_equipment
 from cad_node.results.options import ResultOptions
-from cad_node.results.seg import segment_label
 from cad_node.results.sources import (
     build_errors_translated,
     patient_names_kept_out_of_logs,
     pin_creation_datetime,
     resolve_content_datetime,
-    sources_by_slice,
 )
+from cad_node.results.sr import explanation_text
+from cad_node.results.tracking import Tracking
 from cad_node.results.uids import ResultUids
 
-LUNG_WINDOW = (-600.0, 1500.0)
-"""(centre, width) in HU of the lung window the slices are shown in (PS3.3 C.11.2.1.2)."""
+__all__ = [  # LUNG_WINDOW is re-exported for the CT demo and its tests
+    "BANNER_COLOUR",
+    "CONTOUR_COLOURS",
+    "LUNG_WINDOW",
+    "build_explanation_images",
+    "build_overlays",
+    "contour",
+    "lung_window",
+]
+
 CONTOUR_COLOURS: tuple[tuple[int, int, int], ...] = (
     (255, 255, 0),
     (255, 165, 0),
@@ -45,54 +72,115 @@ CONTOUR_COLOURS: tuple[tuple[int, int, int], ...] = (
     (0, 255, 0),
     (255, 0, 0),
 )
-"""RGB of the contours, cycled over the findings like the SEG's ``SEGMENT_COLOURS``."""
+"""RGB of the contours, cycled over the findings like the SEG's segment colours."""
 BANNER_COLOUR = (170, 0, 0)
 BANNER_TEXT = NOT_FOR_CLINICAL_USE
+HEATMAP_ALPHA = 0.4
+"""Weight of the heatmap colour in an explanation image."""
+DISPLAY_PERCENTILES = (0.5, 99.5)
+"""Window of a grayscale image without a usable window: these percentiles of its values."""
+DIAMETER_KINDS = (MeasurementKind.EQUIVALENT_SPHERE_DIAMETER, MeasurementKind.LARGEST_EXTENT)
+"""Measurements a caption gives as the finding's size, the first one found."""
 _ORIENTATION_LETTERS = (("L", "R"), ("P", "A"), ("H", "F"))
 """PS3.3 C.7.6.1.1.1: letters of the +x, +y, +z (and opposite) patient directions."""
+_PLACEHOLDER_ORIENTATION = ("L", "P")
+"""Given to highdicom when the real orientation is none of its one-letter values (e.g. "FR")."""
+_SMALLEST_FONT = 6
 
 
-@dataclass(frozen=True, slots=True)
-class OverlayImage:
-    """One burned-in image before it becomes a DICOM object: the slice and its findings."""
-
-    slice_index: int
-    finding_indexes: tuple[int, ...]
-    pixels: npt.NDArray[np.uint8]
-    """``(rows, columns, 3)`` RGB."""
+# --- captions -----------------------------------------------------------------------------------
 
 
-def centre_slice(finding: Finding, slice_count: int) -> int:
-    """The volume slice that holds a finding's centre."""
-    return min(max(round(finding.centre_index[0]), 0), slice_count - 1)
+def finding_caption(finding: RegionFinding, label: str) -> str:
+    """The text next to a finding: "Nodule 1: 12.3 mm, 87%", or "Mass 1: 87%" without a size."""
+    probability = f"{100.0 * finding.probability:.0f}%"
+    for kind in DIAMETER_KINDS:
+        size = finding.measurement(kind)
+        if size is not None:
+            return f"{label}: {size:.1f} mm, {probability}"
+    return f"{label}: {probability}"
 
 
-def findings_by_slice(findings: Sequence[Finding], slice_count: int) -> dict[int, list[int]]:
-    """For each slice holding a finding's centre, the indexes of those findings, slices in order."""
-    grouped: dict[int, list[int]] = {}
-    for index, finding in enumerate(findings):
-        grouped.setdefault(centre_slice(finding, slice_count), []).append(index)
-    return dict(sorted(grouped.items()))
+def explanation_caption(explanation: ExplanationMap) -> str:
+    """The caption under an explanation image: "Grad-CAM: ICDR grade 3 NOT FOR CLINICAL USE"."""
+    return f"{explanation.method}: {explanation.target} {NOT_FOR_CLINICAL_USE}"
 
 
-def lung_window(hu: npt.NDArray[np.floating], centre: float, width: float) -> npt.NDArray[np.uint8]:
-    """Grey levels of a slice in Hounsfield units, linear window (PS3.3 C.11.2.1.2.1)."""
-    low = centre - width / 2.0
-    scaled = (hu.astype(np.float64) - low) / width * 255.0
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+# --- grey levels -------------------------------------------------------------------------------
 
 
-def mask_on_slice(
-    finding: Finding, slice_index: int, shape: tuple[int, int]
-) -> npt.NDArray[np.bool_]:
-    """The finding's mask on one slice, in the full ``(rows, columns)`` frame."""
-    plane = np.zeros(shape, dtype=np.bool_)
-    k0, r0, c0 = finding.mask.offset
-    local = slice_index - k0
-    if 0 <= local < finding.mask.mask.shape[0]:
-        _, dr, dc = finding.mask.mask.shape
-        plane[r0 : r0 + dr, c0 : c0 + dc] = finding.mask.mask[local]
-    return plane
+def _voi_linear(
+    values: npt.NDArray[np.float64], centre: float, width: float
+) -> npt.NDArray[np.float64]:
+    """PS3.3 C.11.2.1.2.1 LINEAR, scaled to 0..1."""
+    if width <= 1.0:
+        return (values > centre - 0.5).astype(np.float64)
+    return np.clip((values - (centre - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0)
+
+
+def _voi(values: npt.NDArray[np.float64], window: Window) -> npt.NDArray[np.float64]:
+    """The VOI LUT function (PS3.3 C.11.2.1.2) of a window, output 0..1."""
+    if window.function == "LINEAR_EXACT":
+        return np.clip((values - window.centre) / window.width + 0.5, 0.0, 1.0)
+    if window.function == "SIGMOID":
+        return 1.0 / (1.0 + np.exp(-4.0 * (values - window.centre) / window.width))
+    return _voi_linear(values, window.centre, window.width)
+
+
+def windowed(values: npt.NDArray[np.floating], window: Window) -> npt.NDArray[np.uint8]:
+    """Grey levels 0..255 of ``values`` through ``window``."""
+    return np.rint(_voi(values.astype(np.float64), window) * 255.0).astype(np.uint8)
+
+
+def lung_window(
+    hu: npt.NDArray[np.floating], centre: float, width: float, function: str = "LINEAR"
+) -> npt.NDArray[np.uint8]:
+    """Grey levels of a slice in Hounsfield units: ``lung_window(hu, *LUNG_WINDOW)``."""
+    return windowed(hu, Window(centre, width, function))
+
+
+def _first(value: object) -> float:
+    """The first value of a DS that may hold several (one per window)."""
+    if isinstance(value, MultiValue | list | tuple):
+        value = value[0]
+    return float(str(value))
+
+
+def voi_window(header: Dataset) -> Window | None:
+    """The first window of the header's VOI LUT module, or None when unusable.
+
+    A MONOCHROME1 image is inverted when read, so its window (stated for the
+    stored polarity) does not apply: None.
+    """
+    if str(header.get("PhotometricInterpretation", "")) == "MONOCHROME1":
+        return None
+    centre, width = header.get("WindowCenter"), header.get("WindowWidth")
+    if centre is None or width is None or centre == "" or width == "":
+        return None
+    function = str(header.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
+    return Window(_first(centre), max(_first(width), 1.0), function)
+
+
+def percentile_window(pixels: npt.NDArray[np.floating]) -> Window:
+    """A LINEAR window over the :data:`DISPLAY_PERCENTILES` of ``pixels``."""
+    low, high = np.percentile(pixels.astype(np.float64), DISPLAY_PERCENTILES)
+    return Window(float((low + high) / 2.0 + 0.5), float(max(high - low, 1.0) + 1.0))
+
+
+def display_window(image: SourceImage, header: Dataset) -> Window:
+    """The window a grayscale image is shown through: its own, its header's, or percentiles."""
+    return image.window or voi_window(header) or percentile_window(image.pixels)
+
+
+def display_rgb(image: SourceImage, header: Dataset) -> npt.NDArray[np.uint8]:
+    """``(rows, columns, 3)`` RGB of an image as the node shows it; colour ones as they are."""
+    if image.is_colour:
+        return np.clip(np.rint(image.pixels), 0, 255).astype(np.uint8)
+    grey = windowed(image.pixels, display_window(image, header))
+    return np.repeat(grey[:, :, np.newaxis], 3, axis=2)
+
+
+# --- drawing -----------------------------------------------------------------------------------
 
 
 def _shifted(mask: npt.NDArray[np.bool_], dr: int, dc: int) -> npt.NDArray[np.bool_]:
@@ -115,10 +203,9 @@ def contour(mask: npt.NDArray[np.bool_], thickness: int = 1) -> npt.NDArray[np.b
     return line
 
 
-def finding_text(finding: Finding, finding_index: int) -> str:
-    """The label burned in next to a finding: "Nodule 1: 12.3 mm, p=0.87"."""
-    label = segment_label(finding, finding_index)
-    return f"{label}: {finding.diameter_mm:.1f} mm, p={finding.probability:.2f}"
+def contour_colour(finding_index: int) -> tuple[int, int, int]:
+    """The contour and caption colour of finding ``finding_index``."""
+    return CONTOUR_COLOURS[finding_index % len(CONTOUR_COLOURS)]
 
 
 def _font(rows: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
@@ -127,17 +214,6 @@ def _font(rows: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
 
 def _banner_height(rows: int) -> int:
     return max(10, rows // 20)
-
-
-def draw_banner(draw: ImageDraw.ImageDraw, columns: int, rows: int) -> None:
-    """The "NOT FOR CLINICAL USE" banner across the top of an image of ``rows`` x ``columns``."""
-    height = _banner_height(rows)
-    draw.rectangle((0, 0, columns - 1, height - 1), fill=BANNER_COLOUR)
-    font = fitted_font(draw, BANNER_TEXT, columns - 4, max(8, height * 3 // 4))
-    draw.text((columns / 2, height / 2), BANNER_TEXT, fill=(255, 255, 255), font=font, anchor="mm")
-
-
-_SMALLEST_FONT = 6
 
 
 def fitted_font(
@@ -154,12 +230,21 @@ def fitted_font(
         size -= 1
 
 
-def _label_span(mask: npt.NDArray[np.bool_], finding: Finding) -> tuple[float, float, float]:
-    """(left, right, y) of the finding on the slice: its contour, or its centre when missed."""
-    columns = np.flatnonzero(mask.any(axis=0))
-    if columns.size == 0:
-        return finding.centre_index[2], finding.centre_index[2], finding.centre_index[1]
-    return float(columns.min()), float(columns.max()), finding.centre_index[1]
+def draw_banner(draw: ImageDraw.ImageDraw, columns: int, rows: int) -> None:
+    """The "NOT FOR CLINICAL USE" banner across the top of an image of ``rows`` x ``columns``."""
+    height = _banner_height(rows)
+    draw.rectangle((0, 0, columns - 1, height - 1), fill=BANNER_COLOUR)
+    font = fitted_font(draw, BANNER_TEXT, columns - 4, max(8, height * 3 // 4))
+    draw.text((columns / 2, height / 2), BANNER_TEXT, fill=(255, 255, 255), font=font, anchor="mm")
+
+
+def _draw_caption(draw: ImageDraw.ImageDraw, text: str, columns: int, rows: int) -> None:
+    """``text`` white on black across the bottom of the image."""
+    height = _banner_height(rows)
+    draw.rectangle((0, rows - height, columns - 1, rows - 1), fill=(0, 0, 0))
+    font = fitted_font(draw, text, columns - 4, max(8, height * 3 // 5))
+    position = (columns / 2, rows - height / 2)
+    draw.text(position, text, fill=(255, 255, 255), font=font, anchor="mm")
 
 
 def draw_label(
@@ -169,7 +254,7 @@ def draw_label(
     colour: tuple[int, int, int],
     shape: tuple[int, int],
 ) -> None:
-    """The label right of the finding, or left of it where the image ends first."""
+    """``text`` right of the span (left, right, y), or left of it where the image ends first."""
     rows, columns = shape
     font = _font(rows)
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
@@ -183,39 +268,99 @@ def draw_label(
     draw.text((x, y), text, fill=colour, font=font)
 
 
-def render_slice(
-    volume: ImageVolume, slice_index: int, findings: Sequence[Finding], indexes: Sequence[int]
+def _label_span(mask: npt.NDArray[np.bool_], finding: RegionFinding) -> tuple[float, float, float]:
+    """(left, right, y) of the finding's mask on its image, at the height of its centre."""
+    columns = np.flatnonzero(mask.any(axis=0))
+    return float(columns.min()), float(columns.max()), finding.centre[1]
+
+
+def render_findings(
+    report: ModelReport, image_index: int, header: Dataset, tracking: Sequence[Tracking]
 ) -> npt.NDArray[np.uint8]:
-    """RGB ``(rows, columns, 3)``: slice ``slice_index`` with contours, labels and the banner."""
-    shape = volume.shape[1:]
-    grey = lung_window(volume.voxels[slice_index], *LUNG_WINDOW)
-    image = Image.fromarray(np.repeat(grey[:, :, np.newaxis], 3, axis=2), mode="RGB")
-    draw = ImageDraw.Draw(image)
-    masks = {i: mask_on_slice(findings[i], slice_index, shape) for i in indexes}
+    """RGB ``(rows, columns, 3)`` of one image with its findings' contours, captions, banner."""
+    image = report.grid.images[image_index]
+    shape = image.shape
+    indexes = report.findings_on(image_index)
+    masks = {i: _mask_on(report.findings[i], image_index, shape) for i in indexes}
+    picture = Image.fromarray(display_rgb(image, header), mode="RGB")
+    draw = ImageDraw.Draw(picture)
     for i in indexes:
-        span = _label_span(masks[i], findings[i])
-        draw_label(draw, finding_text(findings[i], i), span, contour_colour(i), shape)
-    rgb = np.asarray(image, dtype=np.uint8).copy()
-    # Contours go over the labels: on a small image a label may not fit beside its finding.
+        finding = report.findings[i]
+        text = finding_caption(finding, tracking[i].identifier)
+        draw_label(draw, text, _label_span(masks[i], finding), contour_colour(i), shape)
+    rgb = np.asarray(picture, dtype=np.uint8).copy()
+    # Contours go over the captions: on a small image a caption may not fit beside its finding.
     thickness = max(1, shape[0] // 256)
     for i in indexes:
         rgb[contour(masks[i], thickness)] = contour_colour(i)
-    image = Image.fromarray(rgb, mode="RGB")
-    draw_banner(ImageDraw.Draw(image), shape[1], shape[0])
-    return np.asarray(image, dtype=np.uint8).copy()
+    picture = Image.fromarray(rgb, mode="RGB")
+    draw_banner(ImageDraw.Draw(picture), shape[1], shape[0])
+    return np.asarray(picture, dtype=np.uint8).copy()
 
 
-def contour_colour(finding_index: int) -> tuple[int, int, int]:
-    """The contour and label colour of finding ``finding_index``."""
-    return CONTOUR_COLOURS[finding_index % len(CONTOUR_COLOURS)]
+def _mask_on(
+    finding: RegionFinding, image_index: int, shape: tuple[int, int]
+) -> npt.NDArray[np.bool_]:
+    mask = finding.mask_on(image_index)
+    if mask is None:
+        raise ValueError(f"a finding has no mask on its display image {image_index}")
+    return mask.paste(shape)
 
 
-def render_overlays(volume: ImageVolume, findings: Sequence[Finding]) -> list[OverlayImage]:
-    """The burned-in images of ``findings``, one per slice holding a finding's centre."""
-    return [
-        OverlayImage(k, tuple(indexes), render_slice(volume, k, findings, indexes))
-        for k, indexes in findings_by_slice(findings, volume.shape[0]).items()
-    ]
+def jet(values: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+    """A jet-like colour map: 0 dark blue, 0.5 green, 1 dark red; ``(..., 3)`` in 0..1."""
+    v = np.clip(values.astype(np.float64), 0.0, 1.0)[..., np.newaxis]
+    centres = np.array([0.75, 0.5, 0.25])  # where red, green and blue peak
+    colours: npt.NDArray[np.float64] = np.clip(1.5 - np.abs(4.0 * (v - centres)), 0.0, 1.0)
+    return colours
+
+
+def render_explanation(
+    explanation: ExplanationMap, image: SourceImage, header: Dataset
+) -> npt.NDArray[np.uint8]:
+    """RGB of the heatmap blended over the image, with the banner and the caption."""
+    base = display_rgb(image, header).astype(np.float64)
+    colour = jet(explanation.heatmap) * 255.0
+    blended = (1.0 - HEATMAP_ALPHA) * base + HEATMAP_ALPHA * colour
+    picture = Image.fromarray(np.clip(np.rint(blended), 0, 255).astype(np.uint8), mode="RGB")
+    draw = ImageDraw.Draw(picture)
+    rows, columns = image.shape
+    draw_banner(draw, columns, rows)
+    _draw_caption(draw, explanation_caption(explanation), columns, rows)
+    return np.asarray(picture, dtype=np.uint8).copy()
+
+
+# --- the Secondary Capture ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureSeries:
+    """The series a Secondary Capture image goes into."""
+
+    series_instance_uid: str
+    series_number: int
+    series_description: str
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureDescription:
+    """What a Secondary Capture image says about itself (PS3.3 C.7.6.1, C.8.6.1)."""
+
+    derivation_description: str
+    image_comments: str
+    patient_orientation: tuple[str, ...]
+    """PatientOrientation (0020,0020) of the pixels; empty when the source gives none."""
+    laterality: str = ""
+    """Laterality (0020,0060) of a paired body part (R or L); empty otherwise."""
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureSource:
+    """The image a capture shows: its header, its frame, and the model that drew on it."""
+
+    header: Dataset
+    frame_number: int | None
+    model: ModelIdentity
 
 
 def _orientation(direction: Sequence[float]) -> str:
@@ -229,36 +374,12 @@ def _orientation(direction: Sequence[float]) -> str:
     return "".join(letters)
 
 
-def _source_reference(source: Dataset) -> Dataset:
-    item = Dataset()
-    item.ReferencedSOPClassUID = source.SOPClassUID
-    item.ReferencedSOPInstanceUID = source.SOPInstanceUID
-    return item
-
-
-@dataclass(frozen=True, slots=True)
-class CaptureSeries:
-    """The series a burned-in Secondary Capture image goes into."""
-
-    series_instance_uid: str
-    series_number: int
-    series_description: str
-
-
-@dataclass(frozen=True, slots=True)
-class CaptureDescription:
-    """What a burned-in image says about itself (PS3.3 C.7.6.1, C.8.6.1)."""
-
-    derivation_description: str
-    image_comments: str
-    patient_orientation: tuple[str, ...]
-    """PatientOrientation (0020,0020) of the pixels; empty when the source gives none."""
-    laterality: str = ""
-    """Laterality (0020,0060) of a paired body part (R or L); empty otherwise."""
-
-
-_PLACEHOLDER_ORIENTATION = ("L", "P")
-"""Given to highdicom when the real orientation is none of its one-letter values (e.g. "FR")."""
+def patient_orientation(report: ModelReport, header: Dataset) -> tuple[str, ...]:
+    """The orientation of an image's rows and columns: from its volume, else its header."""
+    if report.grid.volume is not None:
+        cosines = report.grid.volume.image_orientation_patient
+        return (_orientation(cosines[:3]), _orientation(cosines[3:]))
+    return tuple(str(value) for value in header.get("PatientOrientation") or [])
 
 
 def _highdicom_orientation(orientation: Sequence[str]) -> tuple[str, str]:
@@ -268,26 +389,35 @@ def _highdicom_orientation(orientation: Sequence[str]) -> tuple[str, str]:
     return _PLACEHOLDER_ORIENTATION
 
 
+def _source_reference(source: CaptureSource) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = source.header.SOPClassUID
+    item.ReferencedSOPInstanceUID = source.header.SOPInstanceUID
+    if source.frame_number is not None:
+        item.ReferencedFrameNumber = source.frame_number
+    return item
+
+
 def secondary_capture(
     pixels: npt.NDArray[np.uint8],
     *,
-    source: Dataset,
+    source: CaptureSource,
     sop_instance_uid: str,
     instance_number: int,
     series: CaptureSeries,
     description: CaptureDescription,
     options: ResultOptions,
 ) -> hd.sc.SCImage:
-    """An RGB Secondary Capture image (PS3.3 A.8.1) of ``pixels`` in the study of ``source``.
+    """An RGB Secondary Capture image (PS3.3 A.8.1) of ``pixels`` in the study of its source.
 
-    Burned In Annotation is YES, the Source Image Sequence references
-    ``source``, and every date and time is the options' content date/time, so a
-    rebuilt image is byte-identical.
+    Burned In Annotation is YES, the Source Image Sequence references the source
+    image, the Contributing Equipment Sequence names the model, and every date and
+    time is the options' content date/time, so a rebuilt image is byte-identical.
     """
     when = resolve_content_datetime(options.content_datetime)
     with patient_names_kept_out_of_logs():
         sc = hd.sc.SCImage.from_ref_dataset(
-            ref_dataset=source,
+            ref_dataset=source.header,
             pixel_array=pixels,
             photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
             bits_allocated=8,
@@ -296,58 +426,20 @@ def secondary_capture(
             series_number=series.series_number,
             sop_instance_uid=sop_instance_uid,
             instance_number=instance_number,
-            manufacturer=options.manufacturer,
+            **options.equipment_arguments(),
             patient_orientation=_highdicom_orientation(description.patient_orientation),
             transfer_syntax_uid=hd.UID("1.2.840.10008.1.2.1"),
             series_description=series.series_description,
-            manufacturer_model_name=options.manufacturer_model_name,
-            software_versions=options.software_versions,
-            device_serial_number=options.device_serial_number,
-            institution_name=options.institution_name,
-            institutional_department_name=options.institutional_department_name,
         )
-    _describe(sc, description, source, when)
+    _describe(sc, description, when)
+    sc.SourceImageSequence = [_source_reference(source)]
+    add_algorithm_equipment(sc, source.model, options.manufacturer, when)
     pin_creation_datetime(sc, when)
     return sc
 
 
-def _sc_image(
-    image: OverlayImage,
-    *,
-    instance_number: int,
-    source: Dataset,
-    volume: ImageVolume,
-    uids: ResultUids,
-    options: ResultOptions,
-) -> hd.sc.SCImage:
-    orientation = volume.image_orientation_patient
-    _, frame_number = volume.source_frame(image.slice_index)
-    sc = secondary_capture(
-        image.pixels,
-        source=source,
-        sop_instance_uid=uids.overlay_sop_instance_uid(image.slice_index),
-        instance_number=instance_number,
-        series=CaptureSeries(
-            uids.overlay_series_instance_uid,
-            options.overlay_series_number,
-            options.overlay_series_description,
-        ),
-        description=CaptureDescription(
-            derivation_description=f"Model findings burned in, {NOT_FOR_CLINICAL_USE}",
-            image_comments=f"{NOT_FOR_CLINICAL_USE}; findings {list(image.finding_indexes)}",
-            patient_orientation=(_orientation(orientation[:3]), _orientation(orientation[3:])),
-        ),
-        options=options,
-    )
-    if frame_number is not None:
-        sc.SourceImageSequence[0].ReferencedFrameNumber = frame_number
-    return sc
-
-
-def _describe(
-    sc: Dataset, description: CaptureDescription, source: Dataset, when: datetime.datetime
-) -> None:
-    """Attributes highdicom leaves out: what the image shows and where it came from."""
+def _describe(sc: Dataset, description: CaptureDescription, when: datetime.datetime) -> None:
+    """Attributes highdicom leaves out: what the image shows, and when it was captured."""
     sc.BurnedInAnnotation = "YES"
     # PatientOrientation may hold letters highdicom refuses ("FR") or be empty (Type 2C).
     sc.PatientOrientation = list(description.patient_orientation) or ""
@@ -362,29 +454,48 @@ def _describe(
     sc.TimeOfSecondaryCapture = TM(when.time())
     sc.DerivationDescription = description.derivation_description
     sc.ImageComments = description.image_comments
-    sc.SourceImageSequence = [_source_reference(source)]
+
+
+def _description(
+    report: ModelReport, image_index: int, header: Dataset, derivation: str, comments: str
+) -> CaptureDescription:
+    laterality = report.grid.images[image_index].laterality
+    return CaptureDescription(
+        derivation_description=derivation,
+        image_comments=comments,
+        patient_orientation=patient_orientation(report, header),
+        laterality=laterality.value if laterality is not None else "",
+    )
+
+
+def _source(report: ModelReport, image_index: int, header: Dataset) -> CaptureSource:
+    return CaptureSource(header, report.grid.images[image_index].frame_number, report.model)
+
+
+# --- the builders ------------------------------------------------------------------------------
 
 
 def build_overlays(
-    source_images: Sequence[Dataset],
-    volume: ImageVolume,
-    result: ModelResult,
+    report: ModelReport,
+    headers: Sequence[Dataset],
+    tracking: Sequence[Tracking],
     uids: ResultUids,
     options: ResultOptions,
 ) -> list[hd.sc.SCImage]:
-    """RGB Secondary Capture images (PS3.3 A.8.1) with the findings of ``result`` burned in.
+    """One burned-in RGB Secondary Capture image per image displaying a finding, in grid order.
 
     Parameters
     ----------
-    source_images
-        The series' instance headers (see ``cad_node.results.sources``); the
-        grey levels come from ``volume``, so Pixel Data is not needed.
-    volume
-        The volume the model ran on, in Hounsfield units.
-    result
-        What the model found; with no finding there is no image.
+    report
+        What the model said; with no finding there is no image.
+    headers
+        The prepared header of each grid image (``sources.prepared_headers``); the
+        pixels come from the report, so Pixel Data is not needed.
+    tracking
+        Per finding, its Tracking Identifier: the caption's label.
     uids
-        The job's UIDs: the series is ``uids.overlay_series_instance_uid``.
+        The job's UIDs: the series is ``uids.overlay_series_instance_uid``, the image of
+        grid image ``i`` is ``uids.overlay_sop_instance_uid(i)``.
     options
         Series number and description, equipment and content date/time.
 
@@ -394,16 +505,82 @@ def build_overlays(
         When the inputs cannot make valid images.
     """
     with build_errors_translated("overlay", uids.job_key):
-        sources = sources_by_slice(source_images, volume)
-        images = render_overlays(volume, result.findings)
-        return [
-            _sc_image(
-                image,
-                instance_number=number,
-                source=sources[image.slice_index],
-                volume=volume,
-                uids=uids,
-                options=options,
+        series = CaptureSeries(
+            uids.overlay_series_instance_uid,
+            options.overlay_series_number,
+            options.overlay_series_description,
+        )
+        captures: list[hd.sc.SCImage] = []
+        for number, index in enumerate(images_with_findings(report), start=1):
+            header = headers[index]
+            labels = ", ".join(tracking[i].identifier for i in report.findings_on(index))
+            description = _description(
+                report,
+                index,
+                header,
+                f"Model findings burned in, {NOT_FOR_CLINICAL_USE}",
+                f"{NOT_FOR_CLINICAL_USE}; {labels}",
             )
-            for number, image in enumerate(images, start=1)
-        ]
+            captures.append(
+                secondary_capture(
+                    render_findings(report, index, header, tracking),
+                    source=_source(report, index, header),
+                    sop_instance_uid=uids.overlay_sop_instance_uid(index),
+                    instance_number=number,
+                    series=series,
+                    description=description,
+                    options=options,
+                )
+            )
+        return captures
+
+
+def build_explanation_images(
+    report: ModelReport, headers: Sequence[Dataset], uids: ResultUids, options: ResultOptions
+) -> list[hd.sc.SCImage]:
+    """One Secondary Capture per explanation map of ``report``, in its order.
+
+    The images go into ``uids.explanation_series_instance_uid``; map ``i`` gets
+    ``uids.explanation_sop_instance_uid(i)``.
+
+    Raises
+    ------
+    ResultBuildError
+        When a map is of an image outside the grid.
+    """
+    with build_errors_translated("explanation image", uids.job_key):
+        series = CaptureSeries(
+            uids.explanation_series_instance_uid,
+            options.explanation_series_number,
+            options.explanation_series_description,
+        )
+        captures: list[hd.sc.SCImage] = []
+        for number, explanation in enumerate(report.explanations):
+            index = _image_of(report, explanation, number)
+            header = headers[index]
+            description = _description(
+                report,
+                index,
+                header,
+                f"{explanation.method} heatmap blended over the image, {NOT_FOR_CLINICAL_USE}",
+                f"{NOT_FOR_CLINICAL_USE}; {explanation_text(explanation)}",
+            )
+            captures.append(
+                secondary_capture(
+                    render_explanation(explanation, report.grid.images[index], header),
+                    source=_source(report, index, header),
+                    sop_instance_uid=uids.explanation_sop_instance_uid(number),
+                    instance_number=number + 1,
+                    series=series,
+                    description=description,
+                    options=options,
+                )
+            )
+        return captures
+
+
+def _image_of(report: ModelReport, explanation: ExplanationMap, number: int) -> int:
+    try:
+        return report.grid.index_of(explanation.image_reference)
+    except KeyError:
+        raise ValueError(f"explanation {number} is of an image outside the grid") from None

@@ -30,6 +30,7 @@ from pydicom.uid import (
 from pydicom.valuerep import DA, DT, TM
 
 from cad_node.domain import ImageVolume
+from cad_node.domain.results import ResultGrid, SourceImage
 from cad_node.errors import ResultBuildError
 
 _TYPE_2_EMPTY_DEFAULTS: tuple[str, ...] = (
@@ -361,20 +362,76 @@ def distinct_sources(sources: Sequence[Dataset]) -> list[Dataset]:
     return list(by_uid.values())
 
 
+_HIGHDICOM_MODEL_NAME = "highdicom"
+"""Manufacturer's Model Name of the Contributing Equipment item highdicom writes of itself."""
+
+
 def pin_creation_datetime(dataset: Dataset, when: datetime.datetime) -> None:
     """Replace the creation times highdicom takes from the clock by ``when``.
 
     highdicom stamps InstanceCreationDate/Time (PS3.3 C.12.1) and its own
     Contributing Equipment item with ``datetime.now()``; pinning them to the
-    job's time makes a rebuilt object byte-identical to the first one.
+    job's time makes a rebuilt object byte-identical to the first one.  The source's
+    acquisition equipment item keeps its own date/time.
     """
     dataset.InstanceCreationDate = DA(when.date())
     dataset.InstanceCreationTime = TM(when.time())
     for item in dataset.get("ContributingEquipmentSequence", []):
-        if "ContributionDateTime" in item:
+        if item.get("ManufacturerModelName") == _HIGHDICOM_MODEL_NAME:
             item.ContributionDateTime = DT(when)
 
 
 def resolve_content_datetime(content_datetime: datetime.datetime | None) -> datetime.datetime:
     """The given content date/time, or now (then a rebuild is not byte-identical)."""
     return content_datetime if content_datetime is not None else datetime.datetime.now()
+
+
+def prepared_headers(datasets: Sequence[Dataset], grid: ResultGrid) -> list[Dataset]:
+    """Prepared header copies of the grid's source images, index ``i`` being image ``i``.
+
+    Datasets of images outside the grid (a localizer in the series) are ignored; the
+    frames of one multi-frame instance share one copy; the caller's datasets are not
+    modified.
+
+    Raises
+    ------
+    ValueError
+        When an image of the grid has no dataset, or one of another series, frame of
+        reference or size.
+    """
+    if grid.volume is not None:
+        return outside_highdicom_character_sets(sources_by_slice(datasets, grid.volume))
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in datasets}
+    prepared: dict[str, Dataset] = {}
+    for image in grid.images:
+        source = by_uid.get(image.sop_instance_uid)
+        if source is None:
+            raise ValueError(f"no source dataset for image {image.sop_instance_uid}")
+        _check_planar_source(source, image)
+        if image.sop_instance_uid not in prepared:
+            prepared[image.sop_instance_uid] = _prepared_planar(source)
+    return [prepared[image.sop_instance_uid] for image in grid.images]
+
+
+def _check_planar_source(source: Dataset, image: SourceImage) -> None:
+    """Raise ValueError unless ``source`` has the image's size and frame."""
+    if (int(source.Rows), int(source.Columns)) != image.shape:
+        raise ValueError(
+            f"source image {image.sop_instance_uid} is {source.Rows}x{source.Columns}, "
+            f"the image set's {image.shape[0]}x{image.shape[1]}"
+        )
+    if (image.frame_number or 1) > int(source.get("NumberOfFrames") or 1):
+        raise ValueError(f"source image {image.sop_instance_uid} has no frame {image.frame_number}")
+
+
+def _prepared_planar(source: Dataset) -> Dataset:
+    header = header_copy(source)
+    had_slice_thickness = "SliceThickness" in header
+    # fill_type_2 also gives SliceThickness a value, which a projection or a
+    # photograph does not have: take that one back.
+    fill_type_2(header, slice_thickness_mm=1.0)
+    if not had_slice_thickness:
+        del header.SliceThickness
+    complete_planar_header(header)
+    (header,) = outside_highdicom_character_sets([header])
+    return header

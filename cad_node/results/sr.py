@@ -1,18 +1,34 @@
-"""TID 1500 Measurement Report (Comprehensive 3D SR, PS3.3 A.35.13) of a model's findings.
+"""TID 1500 Measurement Report (Comprehensive 3D SR, PS3.3 A.35.13) of a model's report.
 
-Per finding, a TID 1410 planar ROI group that viewers can draw (OHIF needs a
-2D SCOORD, a Tracking UID per group and an Image Library): a CIRCLE on the CT
-slice through the finding's centre, with diameter, volume and certainty.  When
-the SEG is given, a TID 1411 volumetric group with the same Tracking UID
-references the finding's segment: TID 1410 allows either an image region or a
-segment reference, not both, and OHIF merges groups by Tracking UID.  A report
-without findings holds one TID 1501 group saying "Nodule: Absent".  On a volume read
-from one multi-frame image the SCOORD names the frame (ReferencedFrameNumber,
-PS3.3 C.18.4).
+One report per model run, the same for a CT volume and a 2D image set (mammography
+views, fundus photographs):
+
+- per finding, a TID 1410 planar ROI group that viewers draw (OHIF needs a 2D SCOORD,
+  a Tracking UID per group and an Image Library), on the finding's display image: a
+  CIRCLE of the area the mask covers there when the finding spans several images (a
+  nodule over CT slices), else a closed POLYLINE outlining the mask.  It holds the
+  finding type, category, finding site with laterality, TID 4019 algorithm
+  identification, the measurements (each with its measurement method where one says
+  what it is, e.g. an equivalent-sphere diameter) and the Certainty of Finding;
+- when a SEG holds the finding's segment (same Tracking UID), a second group with the
+  same Tracking UID references it: TID 1411 for a volume's SEG, TID 1410 with the
+  segment frame for a single image's SEG (a group takes a region or a segment, not both;
+  OHIF merges groups by Tracking UID);
+- per assessment, a TID 1501 group for one breast (probability of cancer, operating
+  threshold, verdict) or one eye (DR grade, referable DR, the probability of each grade),
+  listing the images it read;
+- per explanation map, IMAGE items (DCM 130401 "Visual explanation") referencing its
+  Parametric Map (and its Secondary Capture, when there is one) and a comment, in the
+  group of the assessment (else the finding) of the same image, else in a group of its own;
+- without findings and assessments, one TID 1501 group answering "Finding: Absent".
+
+A frame of a multi-frame image is referenced with its Referenced Frame Number (PS3.3
+C.18.4) wherever the report names it.
 """
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import highdicom as hd
 import numpy as np
@@ -20,25 +36,32 @@ import numpy.typing as npt
 from pydicom import Dataset
 from pydicom.sr.coding import Code
 
-from cad_node.domain import Finding, ImageVolume, ModelIdentity, ModelResult
-from cad_node.results import codes
+from cad_node.domain.planar import (
+    ICDR_GRADES,
+    Assessment,
+    AssessmentKind,
+    ExplanationMap,
+    ImageReference,
+    Laterality,
+)
+from cad_node.domain.results import Measurement, ModelReport, RegionFinding
+from cad_node.results import algorithm, codes
 from cad_node.results.options import ResultOptions
-from cad_node.results.seg import segment_label
+from cad_node.results.outlines import polygon_outline
 from cad_node.results.sources import (
     build_errors_translated,
     distinct_sources,
     frame_header,
     header_copy,
-    keep_character_set,
-    outside_highdicom_character_sets,
     patient_names_kept_out_of_logs,
     pin_creation_datetime,
     resolve_content_datetime,
-    sources_by_slice,
 )
+from cad_node.results.tracking import Tracking
 from cad_node.results.uids import ResultUids, device_observer_uid
 
-NO_FINDING_TRACKING_IDENTIFIER = "No nodule found"
+NO_FINDING_TRACKING_IDENTIFIER = "No finding"
+"""Tracking Identifier of the "Finding: Absent" group of a report with nothing to say."""
 
 _Group = (
     hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
@@ -47,14 +70,28 @@ _Group = (
 )
 
 
-def algorithm_identification(model: ModelIdentity) -> hd.sr.AlgorithmIdentification:
-    """PS3.16 TID 4019; the parameters carry the weights hash and "NOT FOR CLINICAL USE"."""
-    return hd.sr.AlgorithmIdentification(
-        name=model.name,
-        version=model.version,
-        parameters=[model.parameters],
-        family=codes.ALGORITHM_FAMILY,
-    )
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """An explanation map with the objects that carry it: its Parametric Map (float values,
+    IHE AIR) and, when built, the Secondary Capture that shows it over its image."""
+
+    explanation: ExplanationMap
+    parametric_map: Dataset
+    image: Dataset | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    """What every group of one report shares."""
+
+    report: ModelReport
+    headers: Sequence[Dataset]
+    """One prepared header per grid image."""
+    algorithm: hd.sr.AlgorithmIdentification
+    uids: ResultUids
+
+
+# --- report context ----------------------------------------------------------------------------
 
 
 def observation_context(options: ResultOptions) -> hd.sr.ObservationContext:
@@ -74,219 +111,467 @@ def observation_context(options: ResultOptions) -> hd.sr.ObservationContext:
     )
 
 
-def centre_slice(finding: Finding) -> int:
-    """The volume slice the finding's SCOORD lies on: the mask slice nearest its centre."""
-    k0 = finding.mask.offset[0]
-    occupied = k0 + np.flatnonzero(finding.mask.mask.any(axis=(1, 2)))
-    nearest = np.argmin(np.abs(occupied - finding.centre_index[0]))
-    return int(occupied[nearest])
+def laterality_code(laterality: Laterality | None) -> Code | None:
+    """SCT "Right" or "Left" (PS3.16 CID 244), None for an unpaired site."""
+    if laterality is None:
+        return None
+    return codes.RIGHT if laterality is Laterality.RIGHT else codes.LEFT
 
 
-def _circle(finding: Finding, k: int, volume: ImageVolume) -> npt.NDArray[np.float64]:
-    """CIRCLE graphic data (PS3.3 C.18.6.1.2): centre, then a point on the perimeter.
+def _finding_sites(context: _Context, laterality: Laterality | None) -> list[hd.sr.FindingSite]:
+    """The finding site of the report's region with its laterality; none without a region."""
+    region = codes.region_code(context.report.region)
+    if region is None:
+        return []
+    return [hd.sr.FindingSite(region, laterality=laterality_code(laterality))]
 
-    Image coordinates are (column, row) with (0.5, 0.5) the centre of the first
-    pixel (PS3.3 C.10.5.1.2); the radius is that of the circle with the area the
-    mask covers on slice ``k``.
+
+def _tracking_identifier(tracking: Tracking) -> hd.sr.TrackingIdentifier:
+    return hd.sr.TrackingIdentifier(uid=tracking.uid, identifier=tracking.identifier)
+
+
+def _frames(frame_numbers: Sequence[int | None]) -> list[int] | None:
+    """Referenced Frame Numbers of frames of a multi-frame image; None for a whole image."""
+    numbers = [number for number in frame_numbers if number is not None]
+    return numbers or None
+
+
+# --- finding groups ----------------------------------------------------------------------------
+
+
+def _circle(finding: RegionFinding, context: _Context) -> npt.NDArray[np.float64]:
+    """CIRCLE graphic data (PS3.3 C.18.6.1.2): the finding's centre, then a point on the
+    perimeter of the circle with the area its mask covers on the display image.
+
+    Image coordinates are (column, row), (0.5, 0.5) the centre of the first pixel
+    (PS3.3 C.10.5.1.2).
     """
-    _, row_spacing, column_spacing = volume.spacing_mm
-    area_mm2 = (
-        float(finding.mask.mask[k - finding.mask.offset[0]].sum()) * row_spacing * column_spacing
-    )
-    radius_columns = math.sqrt(area_mm2 / math.pi) / column_spacing
-    x = finding.centre_index[2] + 0.5
-    y = finding.centre_index[1] + 0.5
+    index = finding.display_image
+    mask = finding.mask_on(index)
+    pixels = float(mask.mask.sum()) if mask is not None else 1.0
+    row_spacing, column_spacing = context.report.grid.images[index].pixel_spacing_mm or (1.0, 1.0)
+    radius_columns = math.sqrt(pixels * row_spacing * column_spacing / math.pi) / column_spacing
+    x = finding.centre[2] + 0.5
+    y = finding.centre[1] + 0.5
     return np.array([[x, y], [x + radius_columns, y]], dtype=np.float64)
 
 
-def _measurements(finding: Finding) -> list[hd.sr.Measurement]:
-    """Diameter (mm), volume (mm3) and certainty (%) with UCUM units (PS3.16 TID 300)."""
+def _image_region(finding: RegionFinding, context: _Context) -> hd.sr.ImageRegion:
+    """The finding's SCOORD on its display image: a circle for a finding over several
+    images (viewers draw a CT nodule so), the mask's outline for a finding on one."""
+    index = finding.display_image
+    header = context.headers[index]
+    mask = finding.mask_on(index)
+    if len(finding.masks) > 1 or mask is None:
+        graphic_type, graphic_data = hd.sr.GraphicTypeValues.CIRCLE, _circle(finding, context)
+    else:
+        graphic_type, graphic_data = hd.sr.GraphicTypeValues.POLYLINE, polygon_outline(mask)
+    return hd.sr.ImageRegion(
+        graphic_type=graphic_type,
+        graphic_data=graphic_data,
+        source_image=hd.sr.SourceImageForRegion(
+            referenced_sop_class_uid=header.SOPClassUID,
+            referenced_sop_instance_uid=header.SOPInstanceUID,
+            referenced_frame_numbers=_frames([context.report.grid.images[index].frame_number]),
+        ),
+    )
+
+
+def _measurement(measurement: Measurement) -> hd.sr.Measurement:
+    """PS3.16 TID 300 with its UCUM unit and, where one applies, its Measurement Method."""
+    name, unit = codes.measurement_concept(measurement.kind)
+    return hd.sr.Measurement(
+        name=name,
+        value=float(f"{measurement.value:.6g}"),
+        unit=unit,
+        method=codes.measurement_method(measurement.kind),
+    )
+
+
+def _percent(name: Code, probability: float) -> hd.sr.Measurement:
+    return hd.sr.Measurement(name=name, value=round(100.0 * probability, 2), unit=codes.PERCENT)
+
+
+def _finding_measurements(finding: RegionFinding) -> list[hd.sr.Measurement]:
     return [
-        hd.sr.Measurement(
-            name=codes.DIAMETER, value=round(finding.diameter_mm, 2), unit=codes.MILLIMETER
-        ),
-        hd.sr.Measurement(
-            name=codes.VOLUME, value=round(finding.volume_mm3, 2), unit=codes.CUBIC_MILLIMETER
-        ),
-        hd.sr.Measurement(
-            name=codes.CERTAINTY_OF_FINDING,
-            value=round(100.0 * finding.probability, 2),
-            unit=codes.PERCENT,
-        ),
+        *(_measurement(m) for m in finding.measurements),
+        _percent(codes.CERTAINTY_OF_FINDING, finding.probability),
     ]
 
 
-def _planar_group(
-    *,
-    finding: Finding,
-    source: Dataset,
-    volume: ImageVolume,
-    k: int,
-    tracking: hd.sr.TrackingIdentifier,
-    model: ModelIdentity,
+def _region_group(
+    finding: RegionFinding, tracking: Tracking, context: _Context
 ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
-    """PS3.16 TID 1410 with a 2D SCOORD on the slice through the finding's centre."""
-    _, frame_number = volume.source_frame(k)
-    region = hd.sr.ImageRegion(
-        graphic_type=hd.sr.GraphicTypeValues.CIRCLE,
-        graphic_data=_circle(finding, k, volume),
-        source_image=hd.sr.SourceImageForRegion(
-            referenced_sop_class_uid=source.SOPClassUID,
-            referenced_sop_instance_uid=source.SOPInstanceUID,
-            referenced_frame_numbers=None if frame_number is None else [frame_number],
-        ),
-    )
+    """PS3.16 TID 1410 with the finding's 2D SCOORD and its measurements."""
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=tracking,
-        referenced_region=region,
+        tracking_identifier=_tracking_identifier(tracking),
+        referenced_region=_image_region(finding, context),
         finding_type=codes.finding_type_code(finding.finding_type),
         finding_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
-        algorithm_id=algorithm_identification(model),
-        finding_sites=[hd.sr.FindingSite(codes.LUNG)],
-        measurements=_measurements(finding),
+        algorithm_id=context.algorithm,
+        finding_sites=_finding_sites(context, finding.laterality),
+        measurements=_finding_measurements(finding),
     )
 
 
-def _segment_number(seg: Dataset, tracking_uid: str) -> int:
-    for item in seg.SegmentSequence:
-        if item.get("TrackingUID") == tracking_uid:
-            return int(item.SegmentNumber)
-    raise ValueError(f"the SEG has no segment with Tracking UID {tracking_uid}")
+def _segment_of(segs: Sequence[Dataset], tracking_uid: str) -> tuple[Dataset, int] | None:
+    """The SEG and Segment Number of the segment with ``tracking_uid``, if a SEG holds one."""
+    for seg in segs:
+        for item in seg.SegmentSequence:
+            if item.get("TrackingUID") == tracking_uid:
+                return seg, int(item.SegmentNumber)
+    return None
 
 
-def _volumetric_group(
-    *,
-    finding: Finding,
-    seg: Dataset,
-    volume: ImageVolume,
-    tracking: hd.sr.TrackingIdentifier,
-    tracking_uid: str,
-    model: ModelIdentity,
+def _segment_frame(seg: Dataset, segment_number: int) -> int:
+    """The number of the first frame of ``seg`` that holds segment ``segment_number``."""
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    for frame, item in enumerate(seg.PerFrameFunctionalGroupsSequence, start=1):
+        # One segment alone may be identified in the shared groups (PS3.3 C.7.6.16).
+        identification = item.get("SegmentIdentificationSequence") or shared.get(
+            "SegmentIdentificationSequence"
+        )
+        if int(identification[0].ReferencedSegmentNumber) == segment_number:
+            return frame
+    raise ValueError(f"the SEG has no frame of segment {segment_number}")
+
+
+def _volumetric_segment_group(
+    finding: RegionFinding, tracking: Tracking, segment: tuple[Dataset, int], context: _Context
 ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
-    """PS3.16 TID 1411 referencing the finding's segment (matched by Tracking UID)."""
-    segment = hd.sr.ReferencedSegment(
+    """PS3.16 TID 1411 referencing the finding's segment of a volume's SEG."""
+    seg, segment_number = segment
+    series_instance_uid = context.report.grid.images[finding.display_image].series_instance_uid
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=_tracking_identifier(tracking),
+        referenced_segment=hd.sr.ReferencedSegment(
+            sop_class_uid=seg.SOPClassUID,
+            sop_instance_uid=seg.SOPInstanceUID,
+            segment_number=segment_number,
+            source_series=hd.sr.SourceSeriesForSegmentation(series_instance_uid),
+        ),
+        finding_type=codes.finding_type_code(finding.finding_type),
+        finding_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+        algorithm_id=context.algorithm,
+        finding_sites=_finding_sites(context, finding.laterality),
+    )
+
+
+def _planar_segment_group(
+    finding: RegionFinding, tracking: Tracking, segment: tuple[Dataset, int], context: _Context
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """PS3.16 TID 1410 referencing the segment frame of a single image's SEG."""
+    seg, segment_number = segment
+    index = finding.display_image
+    header = context.headers[index]
+    reference = hd.sr.ReferencedSegmentationFrame(
         sop_class_uid=seg.SOPClassUID,
         sop_instance_uid=seg.SOPInstanceUID,
-        segment_number=_segment_number(seg, tracking_uid),
-        source_series=hd.sr.SourceSeriesForSegmentation(volume.series_instance_uid),
+        frame_number=_segment_frame(seg, segment_number),
+        segment_number=segment_number,
+        source_image=hd.sr.SourceImageForSegmentation(
+            referenced_sop_class_uid=header.SOPClassUID,
+            referenced_sop_instance_uid=header.SOPInstanceUID,
+            referenced_frame_numbers=_frames([context.report.grid.images[index].frame_number]),
+        ),
     )
-    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=tracking,
-        referenced_segment=segment,
+    # The SR Image Reference Macro (PS3.3 C.18.4) forbids Referenced Segment
+    # Number beside Referenced Frame Number: the frame identifies its segment.
+    del reference[0].ReferencedSOPSequence[0].ReferencedSegmentNumber
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=_tracking_identifier(tracking),
+        referenced_segment=reference,
         finding_type=codes.finding_type_code(finding.finding_type),
         finding_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
-        algorithm_id=algorithm_identification(model),
-        finding_sites=[hd.sr.FindingSite(codes.LUNG)],
+        algorithm_id=context.algorithm,
+        finding_sites=_finding_sites(context, finding.laterality),
     )
 
 
 def _finding_groups(
-    result: ModelResult,
-    sources: Sequence[Dataset],
-    volume: ImageVolume,
-    seg: Dataset | None,
-    uids: ResultUids,
-) -> list[_Group]:
-    groups: list[_Group] = []
-    for index, finding in enumerate(result.findings):
-        tracking_uid = uids.tracking_uid(index)
-        tracking = hd.sr.TrackingIdentifier(
-            uid=tracking_uid, identifier=segment_label(finding, index)
-        )
-        k = centre_slice(finding)
-        groups.append(
-            _planar_group(
-                finding=finding,
-                source=sources[k],
-                volume=volume,
-                k=k,
-                tracking=tracking,
-                model=result.model,
-            )
-        )
-        if seg is not None:
-            groups.append(
-                _volumetric_group(
-                    finding=finding,
-                    seg=seg,
-                    volume=volume,
-                    tracking=tracking,
-                    tracking_uid=tracking_uid,
-                    model=result.model,
-                )
-            )
+    tracking: Sequence[Tracking], segs: Sequence[Dataset], context: _Context
+) -> list[list[_Group]]:
+    """Per finding, its groups: the SCOORD one, then the segment one when a SEG holds it."""
+    findings = context.report.findings
+    if len(tracking) != len(findings):
+        raise ValueError(f"{len(tracking)} tracking identities for {len(findings)} findings")
+    groups: list[list[_Group]] = []
+    for finding, identity in zip(findings, tracking, strict=True):
+        own: list[_Group] = [_region_group(finding, identity, context)]
+        segment = _segment_of(segs, identity.uid)
+        if segment is not None and context.report.grid.volume is not None:
+            own.append(_volumetric_segment_group(finding, identity, segment, context))
+        elif segment is not None:
+            own.append(_planar_segment_group(finding, identity, segment, context))
+        groups.append(own)
     return groups
 
 
-def _image_library_slices(result: ModelResult, volume: ImageVolume) -> list[int]:
-    """Slices listed in the Image Library (PS3.16 TID 1600): those the SCOORDs are drawn on.
-
-    TID 1500 requires the library and TID 1600 an entry, so a report without
-    findings lists the middle slice.  Listing every slice would cost seconds
-    and a megabyte for a 300-slice CT.
-    """
-    drawn_on = {centre_slice(finding) for finding in result.findings}
-    return sorted(drawn_on) or [volume.shape[0] // 2]
+# --- assessment groups -------------------------------------------------------------------------
 
 
-def _image_library(
-    sources: Sequence[Dataset], volume: ImageVolume, slices: Sequence[int]
-) -> list[Dataset]:
-    """The images of the Image Library, once each.  A multi-frame image is described by
-    the first of ``slices`` (PS3.16 TID 1602 has one entry per image, not per frame)."""
-    if volume.frame_numbers is None:
-        return [sources[k] for k in slices]
-    return [frame_header(sources[slices[0]], volume, slices[0])]
+def assessment_label(assessment: Assessment) -> str:
+    """Tracking Identifier of an assessment group: "Right breast suspicion", ..."""
+    side = "Right" if assessment.laterality is Laterality.RIGHT else "Left"
+    if assessment.kind is AssessmentKind.BREAST_SUSPICION:
+        return f"{side} breast suspicion"
+    return f"{side} eye ({assessment.laterality.eye}) diabetic retinopathy"
 
 
-def _no_finding_group(
-    result: ModelResult, uids: ResultUids
+def _suspicion_content(
+    assessment: Assessment,
+) -> tuple[list[hd.sr.Measurement], list[hd.sr.QualitativeEvaluation]]:
+    """Probability of cancer and threshold (%), and the verdict at the threshold."""
+    measurements = [_percent(codes.PROBABILITY_OF_CANCER, assessment.score)]
+    evaluations: list[hd.sr.QualitativeEvaluation] = []
+    if assessment.threshold is not None:
+        measurements.append(_percent(codes.THRESHOLD_VALUE, assessment.threshold))
+        verdict = codes.SUSPICIOUS if assessment.suspicious else codes.NOT_SUSPICIOUS
+        evaluations.append(hd.sr.QualitativeEvaluation(codes.BREAST_SUSPICION, verdict))
+    return measurements, evaluations
+
+
+def _retinopathy_content(
+    assessment: Assessment,
+) -> tuple[list[hd.sr.Measurement], list[hd.sr.QualitativeEvaluation]]:
+    """DR grade and referable DR (coded), and the probability of each grade (%)."""
+    grade = int(assessment.grade or 0)
+    evaluations = [
+        hd.sr.QualitativeEvaluation(codes.ICDR_GRADE, codes.icdr_grade_code(grade)),
+        hd.sr.QualitativeEvaluation(
+            codes.REFERABLE_DR, codes.YES if assessment.referable else codes.NO
+        ),
+    ]
+    measurements = [
+        _percent(codes.icdr_probability_code(g, ICDR_GRADES[g]), p)
+        for g, p in enumerate(assessment.class_probabilities[: len(ICDR_GRADES)])
+    ]
+    return measurements, evaluations
+
+
+def _assessment_group(
+    assessment: Assessment, index: int, context: _Context
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """PS3.16 TID 1501: TID 1500 needs a group; this one answers "Nodule: Absent"."""
+    """PS3.16 TID 1501 of one breast or one eye, its source images being those it read."""
+    if assessment.kind is AssessmentKind.BREAST_SUSPICION:
+        measurements, evaluations = _suspicion_content(assessment)
+    else:
+        measurements, evaluations = _retinopathy_content(assessment)
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=uids.summary_tracking_uid, identifier=NO_FINDING_TRACKING_IDENTIFIER
+            uid=context.uids.assessment_tracking_uid(index),
+            identifier=assessment_label(assessment),
         ),
-        algorithm_id=algorithm_identification(result.model),
-        finding_sites=[hd.sr.FindingSite(codes.LUNG)],
-        qualitative_evaluations=[
-            hd.sr.QualitativeEvaluation(name=codes.NODULE, value=codes.ABSENT)
-        ],
+        algorithm_id=context.algorithm,
+        finding_sites=_finding_sites(context, assessment.laterality),
+        measurements=measurements,
+        qualitative_evaluations=evaluations,
+        source_images=_group_sources(assessment.image_references, context),
     )
 
 
-def build_sr(  # noqa: PLR0917  # positional order agreed with the worker's caller
-    source_images: Sequence[Dataset],
-    volume: ImageVolume,
-    result: ModelResult,
-    seg: Dataset | None,
+def _group_sources(
+    references: Sequence[ImageReference], context: _Context
+) -> list[hd.sr.SourceImageForMeasurementGroup]:
+    """One source image item per instance read, listing the frames read of a multi-frame one."""
+    frames: dict[str, list[int | None]] = {}
+    for sop_instance_uid, frame_number in references:
+        frames.setdefault(sop_instance_uid, []).append(frame_number)
+    return [_group_source(uid, numbers, context) for uid, numbers in frames.items()]
+
+
+def _group_source(
+    sop_instance_uid: str, frame_numbers: Sequence[int | None], context: _Context
+) -> hd.sr.SourceImageForMeasurementGroup:
+    header = _header_of(sop_instance_uid, context)
+    return hd.sr.SourceImageForMeasurementGroup(
+        referenced_sop_class_uid=header.SOPClassUID,
+        referenced_sop_instance_uid=header.SOPInstanceUID,
+        referenced_frame_numbers=_frames(frame_numbers),
+    )
+
+
+def _header_of(sop_instance_uid: str, context: _Context) -> Dataset:
+    for image, header in zip(context.report.grid.images, context.headers, strict=True):
+        if image.sop_instance_uid == sop_instance_uid:
+            return header
+    raise ValueError(f"a group names image {sop_instance_uid}, not one the model read")
+
+
+# --- explanations ------------------------------------------------------------------------------
+
+
+def explanation_text(explanation: ExplanationMap) -> str:
+    """The comment next to an explanation: "Grad-CAM activation map: ICDR grade 3"."""
+    return f"{explanation.method} activation map: {explanation.target}"
+
+
+def _visual_explanation(dataset: Dataset) -> hd.sr.ImageContentItem:
+    return hd.sr.ImageContentItem(
+        name=codes.VISUAL_EXPLANATION,
+        referenced_sop_class_uid=dataset.SOPClassUID,
+        referenced_sop_instance_uid=dataset.SOPInstanceUID,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+
+
+def _explanation_items(explanation: Explanation) -> list[hd.sr.ContentItem]:
+    """IMAGE items of the Parametric Map (and the Secondary Capture), then the comment."""
+    shown = [explanation.parametric_map]
+    if explanation.image is not None:
+        shown.append(explanation.image)
+    text = hd.sr.TextContentItem(
+        name=codes.COMMENT,
+        value=explanation_text(explanation.explanation),
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+    return [*(_visual_explanation(dataset) for dataset in shown), text]
+
+
+def _own_explanation_group(
+    explanation: Explanation, index: int, context: _Context
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """A TID 1501 group for an explanation of an image no assessment or finding is on."""
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=context.uids.explanation_tracking_uid(index),
+            identifier=f"Visual explanation {index + 1}",
+        ),
+        algorithm_id=context.algorithm,
+        source_images=_group_sources([explanation.explanation.image_reference], context),
+    )
+
+
+def _holder(
+    reference: ImageReference,
+    context: _Context,
+    assessment_groups: Sequence[_Group],
+    finding_groups: Sequence[Sequence[_Group]],
+) -> _Group | None:
+    """The group an explanation of an image goes into: its assessment's, else the first
+    finding's drawn on that image."""
+    report = context.report
+    for assessment, group in zip(report.assessments, assessment_groups, strict=True):
+        if reference in assessment.image_references:
+            return group
+    index = report.grid.index_of(reference)
+    for finding, groups in zip(report.findings, finding_groups, strict=True):
+        if finding.display_image == index:
+            return groups[0]
+    return None
+
+
+def _attach_explanations(
+    explanations: Sequence[Explanation],
+    context: _Context,
+    assessment_groups: Sequence[_Group],
+    finding_groups: Sequence[Sequence[_Group]],
+) -> list[_Group]:
+    """Add each explanation to its holder's group; the groups made for those without one."""
+    own: list[_Group] = []
+    for index, explanation in enumerate(explanations):
+        reference = explanation.explanation.image_reference
+        holder = _holder(reference, context, assessment_groups, finding_groups)
+        if holder is None:
+            holder = _own_explanation_group(explanation, index, context)
+            own.append(holder)
+        holder[0].ContentSequence.extend(_explanation_items(explanation))
+    return own
+
+
+# --- the report --------------------------------------------------------------------------------
+
+
+def _no_finding_group(context: _Context) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """PS3.16 TID 1501 answering "Finding: Absent" at the report's finding site."""
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=context.uids.summary_tracking_uid, identifier=NO_FINDING_TRACKING_IDENTIFIER
+        ),
+        algorithm_id=context.algorithm,
+        finding_sites=_finding_sites(context, None),
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.FINDING, codes.ABSENT)],
+    )
+
+
+def _report_groups(
+    tracking: Sequence[Tracking],
+    segs: Sequence[Dataset],
+    explanations: Sequence[Explanation],
+    context: _Context,
+) -> list[_Group]:
+    finding_groups = _finding_groups(tracking, segs, context)
+    assessment_groups = [
+        _assessment_group(assessment, i, context)
+        for i, assessment in enumerate(context.report.assessments)
+    ]
+    own = _attach_explanations(explanations, context, assessment_groups, finding_groups)
+    absent = [] if finding_groups or assessment_groups else [_no_finding_group(context)]
+    return [*(g for pair in finding_groups for g in pair), *assessment_groups, *absent, *own]
+
+
+def _library_slices(report: ModelReport) -> list[int]:
+    """The slices of a volume in the Image Library (PS3.16 TID 1600): those the SCOORDs are
+    drawn on, else the middle one (TID 1600 needs an entry).  Listing every slice would
+    cost seconds and a megabyte for a 300-slice CT."""
+    drawn_on = {finding.display_image for finding in report.findings}
+    return sorted(drawn_on) or [len(report.grid.images) // 2]
+
+
+def image_library(report: ModelReport, headers: Sequence[Dataset]) -> list[Dataset]:
+    """The Image Library's images, each once: a volume's display slices, or every image of an
+    image set.  A multi-frame volume image is described by its first display frame (TID 1602
+    has one entry per image, not per frame)."""
+    volume = report.grid.volume
+    if volume is None:
+        return distinct_sources(headers)
+    slices = _library_slices(report)
+    if volume.frame_numbers is None:
+        return [headers[k] for k in slices]
+    return [frame_header(headers[slices[0]], volume, slices[0])]
+
+
+def _uses_private_codes(dataset: Dataset) -> bool:
+    return any(
+        element.keyword == "CodingSchemeDesignator"
+        and element.value == codes.PRIVATE_SCHEME_DESIGNATOR
+        for element in dataset.iterall()
+    )
+
+
+def build_sr(  # noqa: PLR0917  # positional order agreed with build_result_objects
+    report: ModelReport,
+    headers: Sequence[Dataset],
+    tracking: Sequence[Tracking],
+    segs: Sequence[Dataset],
+    explanations: Sequence[Explanation],
     uids: ResultUids,
     options: ResultOptions,
     predecessors: Sequence[Dataset] = (),
 ) -> hd.sr.Comprehensive3DSR:
-    """A TID 1500 Measurement Report of ``result`` (PS3.16 TID 1500).
+    """A TID 1500 Measurement Report of ``report`` (module docstring).
 
     Parameters
     ----------
-    source_images
-        The series' instances, headers suffice; not modified.  They all go into
-        the Current Requested Procedure Evidence; the Image Library (TID 1600)
-        lists the slices the SCOORDs are drawn on (the middle slice if none).
-    volume
-        The volume the model ran on.
-    result
-        What the model found; no finding still makes a valid report.
-    seg
-        The SEG built from the same result (``build_seg``), referenced per
-        finding; ``None`` when there is none.
-    uids
-        The job's UIDs; group ``i`` gets ``uids.tracking_uid(i)``.
-    options
-        Series number, description, equipment and content date/time (set it
-        with ``options.at(job_time)`` so a rebuilt object is byte-identical).
+    report
+        What the model said; no finding still makes a valid report.
+    headers
+        One prepared header per grid image (:func:`~cad_node.results.sources.prepared_headers`);
+        every instance goes into the evidence.
+    tracking
+        Per finding, its Tracking UID and Identifier (:func:`~cad_node.results.tracking.
+        finding_tracking`), shared with the SEG segments.
+    segs
+        The SEGs of the same report, their segments matched to findings by Tracking UID.
+    explanations
+        Per explanation map, its Parametric Map and Secondary Capture, referenced from the
+        groups and listed in the evidence.
+    uids, options
+        The job's UIDs, and the series, equipment and content date/time (set it with
+        ``options.at(job_time)`` so a rebuilt SR is byte-identical).
     predecessors
-        Earlier SRs of this series (a re-run after a late image), listed in the
-        Predecessor Documents Sequence (PS3.3 C.17.2.3).
+        Earlier SRs of the same series and model (Predecessor Documents Sequence, PS3.3
+        C.17.2.3).
 
     Raises
     ------
@@ -294,81 +579,57 @@ def build_sr(  # noqa: PLR0917  # positional order agreed with the worker's call
         When the inputs cannot make a valid SR.
     """
     with build_errors_translated("SR", uids.job_key):
-        sr = _build_sr(
-            source_images=source_images,
-            volume=volume,
-            result=result,
-            seg=seg,
-            uids=uids,
-            options=options,
-            predecessors=predecessors,
+        context = _Context(report, headers, algorithm.report_algorithm(report.model), uids)
+        procedure = codes.procedure_code(report.procedure)
+        content = hd.sr.MeasurementReport(
+            observation_context=observation_context(options),
+            procedure_reported=procedure,
+            imaging_measurements=_report_groups(tracking, segs, explanations, context),
+            referenced_images=image_library(report, headers),
         )
-    keep_character_set(sr, source_images)
-    return sr
+        evidence = [
+            *distinct_sources(headers),
+            *(header_copy(seg) for seg in segs),
+            *(header_copy(e.parametric_map) for e in explanations),
+            *(header_copy(e.image) for e in explanations if e.image is not None),
+        ]
+        return _comprehensive_3d_sr(
+            content, evidence, procedure, report, uids, options, predecessors
+        )
 
 
-def _build_sr(
-    *,
-    source_images: Sequence[Dataset],
-    volume: ImageVolume,
-    result: ModelResult,
-    seg: Dataset | None,
-    uids: ResultUids,
-    options: ResultOptions,
-    predecessors: Sequence[Dataset],
-) -> hd.sr.Comprehensive3DSR:
-    sources = outside_highdicom_character_sets(sources_by_slice(source_images, volume))
-    groups = _finding_groups(result, sources, volume, seg, uids) or [
-        _no_finding_group(result, uids)
-    ]
-    report = hd.sr.MeasurementReport(
-        observation_context=observation_context(options),
-        procedure_reported=codes.PROCEDURE_CT_CHEST,
-        imaging_measurements=groups,
-        referenced_images=_image_library(sources, volume, _image_library_slices(result, volume)),
-    )
-    evidence = [*distinct_sources(sources), *([header_copy(seg)] if seg is not None else [])]
-    return comprehensive_3d_sr(
-        report, evidence, codes.PROCEDURE_CT_CHEST, uids, options, predecessors
-    )
-
-
-def comprehensive_3d_sr(  # noqa: PLR0917  # the parts of one report, in reading order
-    report: hd.sr.MeasurementReport,
+def _comprehensive_3d_sr(  # noqa: PLR0917  # the parts of one report, in reading order
+    content: hd.sr.MeasurementReport,
     evidence: Sequence[Dataset],
     procedure: Code,
+    report: ModelReport,
     uids: ResultUids,
     options: ResultOptions,
     predecessors: Sequence[Dataset],
 ) -> hd.sr.Comprehensive3DSR:
-    """The Comprehensive 3D SR holding ``report``, with the job's UIDs, equipment and date.
-
-    Shared by the CT and the planar (mammography, fundus) reports; the caller adds
-    what only it needs (e.g. a private coding scheme declaration).
-    """
+    """The Comprehensive 3D SR holding ``content``, with the job's UIDs, equipment and date,
+    and the algorithm's Contributing Equipment item (IHE AIR)."""
     when = resolve_content_datetime(options.content_datetime)
     with patient_names_kept_out_of_logs():
         sr = hd.sr.Comprehensive3DSR(
             evidence=evidence,
-            content=report,
+            content=content,
             series_instance_uid=uids.sr_series_instance_uid,
             series_number=options.sr_series_number,
             sop_instance_uid=uids.sr_sop_instance_uid,
             instance_number=1,
-            manufacturer=options.manufacturer,
+            **options.equipment_arguments(),
             is_complete=True,
-            institution_name=options.institution_name,
-            institutional_department_name=options.institutional_department_name,
             performed_procedure_codes=[procedure],
             previous_versions=[header_copy(p) for p in predecessors] or None,
             series_description=options.sr_series_description,
-            manufacturer_model_name=options.manufacturer_model_name,
-            software_versions=options.software_versions,
-            device_serial_number=options.device_serial_number,
             content_date=when.date(),
             content_time=when.time(),
             series_date=when.date(),
             series_time=when.time(),
         )
+    algorithm.add_algorithm_equipment(sr, report.model, options.manufacturer, when)
+    if _uses_private_codes(sr):
+        codes.declare_private_coding_scheme(sr)
     pin_creation_datetime(sr, when)
     return sr

@@ -28,8 +28,6 @@ class ResultUids:
 
     job_key: str
     seg_series_instance_uid: str
-    seg_sop_instance_uid: str
-    seg_dimension_organization_uid: str
     sr_series_instance_uid: str
     sr_sop_instance_uid: str
     summary_tracking_uid: str
@@ -49,25 +47,20 @@ class ResultUids:
         """Series Instance UID of the job's burned-in Secondary Capture images."""
         return _derived_uid(self.job_key, "overlay", "series")
 
-    def overlay_sop_instance_uid(self, slice_index: int) -> str:
-        """SOP Instance UID of the burned-in image of volume slice ``slice_index``."""
-        if slice_index < 0:
-            raise ValueError(f"slice index must not be negative, got {slice_index}")
-        return _derived_uid(self.job_key, "overlay", "instance", str(slice_index))
+    def overlay_sop_instance_uid(self, image_index: int) -> str:
+        """SOP Instance UID of the burned-in image of grid image ``image_index`` (a CT slice,
+        a view)."""
+        return _derived_uid(self.job_key, "overlay", "instance", _index(image_index))
 
-    # Planar image sets (mammography, fundus): one SEG per source image with findings.
+    def seg_sop_instance_uid(self, seg_index: int) -> str:
+        """SOP Instance UID of SEG ``seg_index``: a volume's one SEG is 0; a planar image set
+        has one SEG per image with findings (highdicom needs one frame per SEG without a
+        Frame of Reference), all in ``seg_series_instance_uid``."""
+        return _derived_uid(self.job_key, "seg", "instance", _index(seg_index))
 
-    def planar_seg_sop_instance_uid(self, seg_index: int) -> str:
-        """SOP Instance UID of SEG ``seg_index`` of a planar image set (one per source image).
-
-        The SEGs share ``seg_series_instance_uid``; a source image without a
-        Frame of Reference makes a SEG of its own (highdicom needs one frame).
-        """
-        return _derived_uid(self.job_key, "planar-seg", "instance", _index(seg_index))
-
-    def planar_seg_dimension_organization_uid(self, seg_index: int) -> str:
+    def seg_dimension_organization_uid(self, seg_index: int) -> str:
         """Dimension Organization UID (PS3.3 C.7.6.17) of SEG ``seg_index``."""
-        return _derived_uid(self.job_key, "planar-seg", "dimension-organization", _index(seg_index))
+        return _derived_uid(self.job_key, "seg", "dimension-organization", _index(seg_index))
 
     def assessment_tracking_uid(self, assessment_index: int) -> str:
         """Tracking UID of the SR group of a per-breast or per-eye assessment."""
@@ -77,13 +70,6 @@ class ResultUids:
         """Tracking UID of the SR group of an explanation map that no other group holds."""
         return _derived_uid(self.job_key, "explanation-tracking", _index(explanation_index))
 
-    def planar_overlay_sop_instance_uid(self, image_index: int) -> str:
-        """SOP Instance UID of the burned-in image of image ``image_index`` of the image set.
-
-        The images go into ``overlay_series_instance_uid``.
-        """
-        return _derived_uid(self.job_key, "planar-overlay", "instance", _index(image_index))
-
     @property
     def explanation_series_instance_uid(self) -> str:
         """Series Instance UID of the job's explanation images (heatmaps over the image)."""
@@ -92,6 +78,33 @@ class ResultUids:
     def explanation_sop_instance_uid(self, explanation_index: int) -> str:
         """SOP Instance UID of the Secondary Capture of explanation map ``explanation_index``."""
         return _derived_uid(self.job_key, "explanation", "instance", _index(explanation_index))
+
+    # Parametric Maps of explanation maps, and the Key Object Selection of a job.
+
+    @property
+    def parametric_map_series_instance_uid(self) -> str:
+        """Series Instance UID of the job's Parametric Maps (one per explanation map)."""
+        return _derived_uid(self.job_key, "parametric-map", "series")
+
+    def parametric_map_sop_instance_uid(self, explanation_index: int) -> str:
+        """SOP Instance UID of the Parametric Map of explanation map ``explanation_index``."""
+        return _derived_uid(self.job_key, "parametric-map", "instance", _index(explanation_index))
+
+    def parametric_map_dimension_organization_uid(self, explanation_index: int) -> str:
+        """Dimension Organization UID (PS3.3 C.7.6.17) of Parametric Map ``explanation_index``."""
+        return _derived_uid(
+            self.job_key, "parametric-map", "dimension-organization", _index(explanation_index)
+        )
+
+    @property
+    def kos_series_instance_uid(self) -> str:
+        """Series Instance UID of the job's Key Object Selection document."""
+        return _derived_uid(self.job_key, "kos", "series")
+
+    @property
+    def kos_sop_instance_uid(self) -> str:
+        """SOP Instance UID of the job's Key Object Selection document."""
+        return _derived_uid(self.job_key, "kos", "instance")
 
     # Presentation states (result kind ``gsps``): one per group of source images.
 
@@ -118,8 +131,6 @@ def result_uids(job_key: str) -> ResultUids:
     return ResultUids(
         job_key=job_key,
         seg_series_instance_uid=_derived_uid(job_key, "seg", "series"),
-        seg_sop_instance_uid=_derived_uid(job_key, "seg", "instance"),
-        seg_dimension_organization_uid=_derived_uid(job_key, "seg", "dimension-organization"),
         sr_series_instance_uid=_derived_uid(job_key, "sr", "series"),
         sr_sop_instance_uid=_derived_uid(job_key, "sr", "instance"),
         summary_tracking_uid=_derived_uid(job_key, "sr", "summary-tracking"),
@@ -129,3 +140,9 @@ def result_uids(job_key: str) -> ResultUids:
 def device_observer_uid(manufacturer_model_name: str, device_serial_number: str) -> str:
     """Device Observer UID (DCM 121012, PS3.16 TID 1004) of one cad-node installation."""
     return _derived_uid("device", manufacturer_model_name, device_serial_number)
+
+
+def algorithm_device_uid(name: str, version: str, weights_sha256: str) -> str:
+    """Device UID (0018,1002) of one model version: changes with its name, version or weights
+    (IHE AIR's Contributing Equipment item of the algorithm)."""
+    return _derived_uid("algorithm", name, version, weights_sha256)

@@ -1,9 +1,9 @@
 """The node's own SEG and SR, sent back to it (a PACS that forwards everything), are not routed.
 
 Real ``cad-node serve`` on 127.0.0.1 and DCMTK storescu. The SEG and SR are built
-by the node's own builders with the node's ``results`` settings, as a job would
-build them; a rule that matches them all the same routes them only when it sets
-``include_own_results`` (docs/security.md, "Own results").
+by the node's own builder (``build_volume_objects``) with the node's ``results``
+settings, as a job would build them; a rule that matches them all the same routes them
+only when it sets ``include_own_results`` (docs/security.md, "Own results").
 """
 
 from pathlib import Path
@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from cad_node.config import load_settings
 from cad_node.domain.states import SeriesState
 from cad_node.pipeline.assemble import OWN_RESULT
-from cad_node.results import build_seg, build_sr
+from cad_node.results.build import build_volume_objects
 from cad_node.store.schema import Series
 from tests.conftest import storescu
 from tests.integration.peers import running_node, wait_for, write_config
@@ -34,12 +34,12 @@ def own_results(config_path: Path, folder: Path) -> tuple[Path, Path, Path]:
     """A small CT series (one file of it), and the SEG and SR the node makes of it."""
     case = make_case()
     options = load_settings(config_path).result_options()
-    seg = build_seg(case.series, case.volume, case.result, case.uids, options)
-    sr = build_sr(case.series, case.volume, case.result, seg, case.uids, options)
+    objects = build_volume_objects(case.series, case.volume, case.result, case.uids, options)
+    (seg,) = objects.segs
     return (
         write(case.series[0], folder / "ct.dcm"),
         write(seg, folder / "seg.dcm"),
-        write(sr, folder / "sr.dcm"),
+        write(objects.sr, folder / "sr.dcm"),
     )
 
 

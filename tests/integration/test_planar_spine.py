@@ -18,6 +18,7 @@ from sqlalchemy import select
 
 from cad_node.domain.findings import FindingType
 from cad_node.domain.states import DeliveryState, JobState
+from cad_node.results import codes
 from cad_node.store.schema import Delivery, Job
 from cad_node.synth import fundus, mammo
 from tests import sr_content as content
@@ -38,8 +39,12 @@ COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 BREAST, RETINA = "76752008", "5665001"
 SIDE = {"R": "24028007", "L": "7771000"}
 IMAGE_REGION = "111030"
-SUSPICION, ICDR_GRADE, REFERABLE_DR = "SUSPICION", "ICDRGRADE", "REFERABLEDR"
-YES, NO = "373066001", "373067005"
+SUSPICION, ICDR_GRADE, REFERABLE_DR = (
+    codes.BREAST_SUSPICION.value,
+    codes.ICDR_GRADE.value,
+    codes.REFERABLE_DR.value,
+)
+YES, NO = codes.YES.value, codes.NO.value
 
 MARK_TOLERANCE_MM = 10.0
 """How far a lesion mark's centre may lie from the lesion's edge and still count."""
@@ -129,8 +134,8 @@ def test_four_view_mammogram_in_two_series_gives_one_study_result(
         if SUSPICION in content.coded(g)
     }
     assert verdicts == {
-        SIDE[malignant.laterality.value]: "SUSPICIOUS",
-        SIDE[normal.laterality.value]: "NOTSUSPICIOUS",
+        SIDE[malignant.laterality.value]: codes.SUSPICIOUS.value,
+        SIDE[normal.laterality.value]: codes.NOT_SUSPICIOUS.value,
     }
 
     views = {v.sop_instance_uid: v for v in truth.views}
@@ -178,8 +183,8 @@ def test_fundus_pair_gives_a_grade_per_eye(
     od_grade, od_referable = grades[SIDE["R"]]
     os_grade, os_referable = grades[SIDE["L"]]
     # The card's quadratic kappa allows a grade off by one; referral must be right.
-    assert abs(int(od_grade.removeprefix("ICDR")) - truth.eye("R").grade) <= 1
-    assert abs(int(os_grade.removeprefix("ICDR")) - truth.eye("L").grade) <= 1
+    assert abs(codes.icdr_grade_of(od_grade) - truth.eye("R").grade) <= 1
+    assert abs(codes.icdr_grade_of(os_grade) - truth.eye("L").grade) <= 1
     assert (od_referable, os_referable) == (YES, NO)
 
     lesion_sites = {content.site(g) for g in content.groups(sr) if content.items(g, IMAGE_REGION)}

@@ -14,6 +14,7 @@ from bench.inference import (
     FamilyResult,
     NetworkClock,
     Timing,
+    build_results,
     changes,
     compare_with_last,
     export_torchscript,
@@ -25,6 +26,9 @@ from bench.inference import (
 )
 from cad_node.domain.findings import ModelIdentity
 from cad_node.domain.planar import Assessment, AssessmentKind, Laterality, PlanarResult
+from cad_node.imaging.planar import load_image_set
+from tests.unit import test_planar_results as planar
+from tests.unit.test_results_objects import make_case
 
 MACHINE = {"cpu": "AMD EPYC", "cores": "2", "ram": "23.5 GiB"}
 
@@ -244,3 +248,15 @@ def test_an_output_that_changed_between_runs_is_marked_in_both_tables() -> None:
 
     assert "| 3 / 5 (**output changed between runs**) |" in study_table([result])
     assert "3 / 1 (**output changed between runs**) vs 3 / 1 |" in reference_table([result])
+
+
+def test_results_count_every_object_the_worker_sends_to_a_seg_and_sr_destination() -> None:
+    case = make_case()  # three nodules: one SEG, the SR, the KOS
+    assert build_results(case.series, case.volume, case.result, "lung_nodule_ct") == 3
+    datasets = planar.headers_only(planar._mammo_datasets())
+    image_set = load_image_set(planar._mammo_datasets())
+    result = planar._mammo_result(image_set)
+    # two views with findings: two SEGs; one map: a Parametric Map and its image; SR; KOS
+    assert build_results(datasets, image_set, result, "mammo_screening") == 6
+    with pytest.raises(ValueError, match="does not match"):
+        build_results(datasets, case.volume, result, "mammo_screening")

@@ -10,7 +10,7 @@ from bench.processing import destination_names, parse_job_done, required_results
 
 JOB_DONE_LINE = (
     "2026-11-25 17:02:03,250 INFO cad_node.pipeline.work: job 7 done: series 1.2.3, "
-    "3 findings, 2 objects; load 0.4s inference 21.3s seg 0.52s sr 0.14s write 0.03s"
+    "3 findings, 2 objects; load 0.4s inference 21.3s build 0.66s write 0.03s"
 )
 
 
@@ -32,7 +32,7 @@ def test_parse_job_done_reads_every_stage_and_the_log_time() -> None:
 
     assert job is not None
     assert (job.job_id, job.findings, job.objects) == (7, 3, 2)
-    assert job.stages == {"load": 0.4, "inference": 21.3, "seg": 0.52, "sr": 0.14, "write": 0.03}
+    assert job.stages == {"load": 0.4, "inference": 21.3, "build": 0.66, "write": 0.03}
     assert job.logged_at == datetime(2026, 11, 25, 17, 2, 3, 250000).timestamp()
     assert parse_job_done("2026-11-25 17:02:03,250 INFO x: job 7 failed: boom") is None
 

@@ -1,5 +1,6 @@
-"""Specific Character Sets (PS3.3 C.12.1.1.2, PS3.5 6.1): text the SEG and SR copy from the
-source images comes back as the same strings, under a Specific Character Set that encodes it.
+"""Specific Character Sets (PS3.3 C.12.1.1.2, PS3.5 6.1): text the result objects copy from
+the source images comes back as the same strings, under a Specific Character Set that
+encodes it.
 
 Names are those of pydicom's character set test files (``pydicom.data.get_charset_files``);
 the study descriptions are ours, in each repertoire.
@@ -15,12 +16,11 @@ from pydicom import Dataset
 from pydicom.data import get_charset_files
 
 from cad_node.imaging.planar import load_image_set
-from cad_node.results import build_seg, build_sr
-from cad_node.results.planar import build_planar_objects
+from cad_node.results.build import build_planar_objects, build_volume_objects
 from cad_node.results.uids import result_uids
 from tests.dicom_validation import assert_valid_dicom
 from tests.unit import test_planar_results as planar
-from tests.unit.test_results_objects import OPTIONS, Case, make_case
+from tests.unit.test_results_objects import OPTIONS, Case, every_object, make_case
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +50,8 @@ CHARSETS = {
 
 COPIED_TEXT = ("PatientName", "ReferringPhysicianName", "StudyDescription")
 """Patient and General Study attributes (PS3.3 C.7.1.1, C.7.2.1) the results copy as text."""
+OPTIONAL_TEXT = frozenset({"StudyDescription"})
+"""Type 3: the SEG, SR and presentation states copy it, a Secondary Capture or KOS need not."""
 
 
 def example_name(charset: Charset) -> str:
@@ -85,25 +87,31 @@ def assert_same_text(result: Dataset, source: Dataset, charset: Charset, path: P
     assert_valid_dicom(path)
     read = pydicom.dcmread(path)
     for keyword in COPIED_TEXT:
+        if keyword in OPTIONAL_TEXT and keyword not in read:
+            continue
         assert str(read[keyword].value) == str(source[keyword].value), (path.name, keyword)
     assert read.SpecificCharacterSet == charset.written, path.name
 
 
 @pytest.mark.parametrize("charset_name", list(CHARSETS))
-def test_ct_seg_and_sr_keep_the_text_of_each_character_set(
-    charset_name: str, tmp_path: Path
-) -> None:
+def test_ct_objects_keep_the_text_of_each_character_set(charset_name: str, tmp_path: Path) -> None:
     charset = CHARSETS[charset_name]
     case: Case = make_case()
     sources = written_in(charset, case.series)
-    seg = build_seg(sources, case.volume, case.result, case.uids, OPTIONS)
-    sr = build_sr(sources, case.volume, case.result, seg, case.uids, OPTIONS)
-    assert_same_text(seg, sources[0], charset, tmp_path / "seg.dcm")
-    assert_same_text(sr, sources[0], charset, tmp_path / "sr.dcm")
+    objects = build_volume_objects(
+        sources, case.volume, case.result, case.uids, OPTIONS, overlay=True, gsps=True
+    )
+    for copied in (*objects.segs, objects.sr, *objects.states):
+        assert "StudyDescription" in copied, copied.Modality
+    assert len(every_object(objects)) == 1 + 1 + 1 + len(objects.overlays) + len(objects.states)
+    assert objects.overlays
+    assert objects.states
+    for number, dataset in enumerate(every_object(objects)):
+        assert_same_text(dataset, sources[0], charset, tmp_path / f"object{number}.dcm")
 
 
 @pytest.mark.parametrize("charset_name", list(CHARSETS))
-def test_mammography_segs_and_sr_keep_the_text_of_each_character_set(
+def test_mammography_objects_keep_the_text_of_each_character_set(
     charset_name: str, tmp_path: Path
 ) -> None:
     charset = CHARSETS[charset_name]
@@ -111,8 +119,16 @@ def test_mammography_segs_and_sr_keep_the_text_of_each_character_set(
     image_set = load_image_set(sources)
     result = planar._mammo_result(image_set)
     objects = build_planar_objects(
-        sources, image_set, result, result_uids("mammo-job"), planar.OPTIONS, overlay=False
+        sources,
+        image_set,
+        result,
+        result_uids("mammo-job"),
+        planar.OPTIONS,
+        overlay=True,
+        gsps=True,
     )
-    for number, seg in enumerate(objects.seg):
-        assert_same_text(seg, sources[0], charset, tmp_path / f"seg{number}.dcm")
-    assert_same_text(objects.sr, sources[0], charset, tmp_path / "sr.dcm")
+    assert objects.segs
+    assert objects.parametric_maps
+    assert objects.kos is not None
+    for number, dataset in enumerate(every_object(objects)):
+        assert_same_text(dataset, sources[0], charset, tmp_path / f"object{number}.dcm")

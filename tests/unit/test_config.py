@@ -195,7 +195,9 @@ def test_destination_results_default_to_both_and_accept_one() -> None:
     destination = DestinationSettings.model_validate({**PACS, "results": ["sr"]})
     assert destination.results == (ResultKind.SR,)
     with pytest.raises(
-        ValidationError, match="Input should be 'seg', 'sr', 'overlay', 'explanation' or 'gsps'"
+        ValidationError,
+        match="Input should be 'seg', 'sr', 'overlay', 'explanation', 'gsps', 'parametric_map' "
+        "or 'kos'",
     ):
         DestinationSettings.model_validate({**PACS, "results": ["pdf"]})
 

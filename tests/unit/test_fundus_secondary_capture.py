@@ -13,17 +13,20 @@ import torch
 from pydicom import Dataset, dcmread
 from pydicom.uid import SecondaryCaptureImageStorage
 
+from cad_node.domain.results import AnatomicRegion
 from cad_node.imaging.planar import load_image_set
 from cad_node.models.base import reads_image_sets
 from cad_node.models.registry import ModelRegistry
+from cad_node.results import codes
+from cad_node.results.build import build_planar_objects
 from cad_node.results.options import ResultOptions
-from cad_node.results.planar import build_planar_objects
 from cad_node.results.uids import result_uids
 from cad_node.synth import fundus
 from tests import sr_content as content
 from tests.dicom_validation import assert_valid_dicom
+from tests.unit.test_results_objects import every_object
 
-RETINA = "5665001"
+RETINA = codes.region_code(AnatomicRegion.RETINA).value
 
 
 def as_secondary_capture(path: Path) -> Dataset:
@@ -57,15 +60,16 @@ def test_secondary_capture_fundus_pair_gives_valid_retina_results(tmp_path: Path
         result_uids("test/1/fundus_dr"),
         ResultOptions().at(datetime.datetime(2026, 11, 25, 20, 0)),
         overlay=True,
+        gsps=True,
     )
 
     out = tmp_path / "results"
     out.mkdir()
-    written = [objects.sr, *objects.seg, *objects.overlays, *objects.explanations]
-    for number, dataset in enumerate(written):
+    for number, dataset in enumerate(every_object(objects)):
         path = out / f"{number}.dcm"
         dataset.save_as(path, enforce_file_format=True)
         assert_valid_dicom(path)
     sites = {content.site(group)[0] for group in content.groups(objects.sr)}
     assert sites == {RETINA}
-    assert objects.seg, "the severe eye's lesions are segmented"
+    assert objects.segs, "the severe eye's lesions are segmented"
+    assert len(objects.parametric_maps) == len(result.explanations)

@@ -1,5 +1,6 @@
 """Multi-frame images (Legacy Converted Enhanced CT): routing attributes from the functional
-groups, the volume from the frames, and SEG, SR and overlay referencing the right frames."""
+groups, the volume from the frames, and the SEG, SR, KOS, burned-in images and presentation
+states of a volume model's result referencing the right frames."""
 
 import io
 from collections.abc import Sequence
@@ -14,14 +15,13 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from cad_node.config import load_rules
 from cad_node.domain import ImageVolume, ModelResult
+from cad_node.domain.results import ModelReport, volume_report
 from cad_node.errors import InvalidSeriesError
 from cad_node.imaging.multiframe import volume_from_frames
 from cad_node.imaging.volume import load_volume
 from cad_node.ingest.header import decode_header, instance_record
-from cad_node.results import build_seg, build_sr
-from cad_node.results.overlay import build_overlays
+from cad_node.results.build import ResultObjects, build_volume_objects
 from cad_node.results.sources import sources_by_slice
-from cad_node.results.sr import centre_slice
 from cad_node.results.uids import result_uids
 from cad_node.routing.attributes import extract_attributes
 from cad_node.routing.match import route
@@ -32,9 +32,11 @@ from tests.unit.test_results_objects import (
     OPTIONS,
     SLICES,
     _affine,
+    every_object,
     make_ct_series,
     make_finding,
     write_and_read,
+    write_every_object,
 )
 
 SHIPPED_RULES = Path(__file__).parents[2] / "config" / "rules.yaml"
@@ -88,6 +90,24 @@ def result(volume: ImageVolume) -> ModelResult:
 
 def header_of(dataset: Dataset) -> Dataset:
     return pydicom.dcmread(io.BytesIO(encoded(dataset)), stop_before_pixels=True)
+
+
+@pytest.fixture(scope="module")
+def objects(enhanced_ct: Dataset, volume: ImageVolume, result: ModelResult) -> ResultObjects:
+    return build_volume_objects(
+        [header_of(enhanced_ct)],
+        volume,
+        result,
+        result_uids("mf-1"),
+        OPTIONS,
+        overlay=True,
+        gsps=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def report(enhanced_ct: Dataset, volume: ImageVolume, result: ModelResult) -> ModelReport:
+    return volume_report(volume, result, str(enhanced_ct.StudyInstanceUID))
 
 
 def test_the_volume_is_the_frames_sorted_from_the_feet(
@@ -180,10 +200,23 @@ def source_frame_of(seg_frame: Dataset) -> int:
     return int(derivation.SourceImageSequence[0].ReferencedFrameNumber)
 
 
+def test_every_object_of_the_frames_is_valid(objects: ResultObjects, tmp_path: Path) -> None:
+    written = write_every_object(objects, tmp_path, sr_templates=True)
+
+    assert len(written) == len(every_object(objects))
+    assert objects.segs
+    assert objects.kos is not None
+    assert objects.overlays
+
+
 def test_seg_frames_reference_the_source_frames_they_segment(
-    enhanced_ct: Dataset, volume: ImageVolume, result: ModelResult, tmp_path: Path
+    enhanced_ct: Dataset,
+    volume: ImageVolume,
+    result: ModelResult,
+    objects: ResultObjects,
+    tmp_path: Path,
 ) -> None:
-    seg = build_seg([header_of(enhanced_ct)], volume, result, result_uids("mf-1"), OPTIONS)
+    (seg,) = objects.segs
 
     read_back = write_and_read(seg, tmp_path / "seg.dcm")
     slice_of_frame = {f: k for k, f in enumerate(volume.frame_numbers or ())}
@@ -202,25 +235,25 @@ def test_seg_frames_reference_the_source_frames_they_segment(
         assert pixels[i].sum() == finding.mask.mask[local].sum()
 
 
-def test_sr_regions_name_the_frame_through_the_finding_centre(
-    enhanced_ct: Dataset, volume: ImageVolume, result: ModelResult, tmp_path: Path
+def test_sr_regions_name_the_frame_of_the_finding_display_slice(
+    enhanced_ct: Dataset,
+    volume: ImageVolume,
+    report: ModelReport,
+    objects: ResultObjects,
+    tmp_path: Path,
 ) -> None:
-    header = header_of(enhanced_ct)
-    uids = result_uids("mf-1")
-    seg = build_seg([header], volume, result, uids, OPTIONS)
+    sr = objects.sr
 
-    sr = build_sr([header], volume, result, seg, uids, OPTIONS)
-
-    report = hd.sr.srread(write_path(sr, tmp_path / "sr.dcm")).content
-    assert isinstance(report, hd.sr.MeasurementReport)
-    groups = report.get_planar_roi_measurement_groups()
-    assert len(groups) == len(result.findings)
-    for group, finding in zip(groups, result.findings, strict=True):
+    content = hd.sr.srread(write_path(sr, tmp_path / "sr.dcm")).content
+    assert isinstance(content, hd.sr.MeasurementReport)
+    groups = content.get_planar_roi_measurement_groups()
+    assert len(groups) == len(report.findings)
+    for group, finding in zip(groups, report.findings, strict=True):
         assert isinstance(group.roi, hd.sr.ImageRegion)
         source = group.roi.ContentSequence[0].ReferencedSOPSequence[0]
         assert source.ReferencedSOPInstanceUID == enhanced_ct.SOPInstanceUID
         frame_numbers = volume.frame_numbers or ()
-        assert source.ReferencedFrameNumber == frame_numbers[centre_slice(finding)]
+        assert source.ReferencedFrameNumber == frame_numbers[finding.display_image]
     evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
     instances = [
         item.ReferencedSOPInstanceUID for s in evidence for item in s.ReferencedSOPSequence
@@ -234,17 +267,22 @@ def write_path(dataset: Dataset, path: Path) -> Path:
 
 
 def test_overlays_name_the_frame_they_show(
-    enhanced_ct: Dataset, volume: ImageVolume, result: ModelResult, tmp_path: Path
+    enhanced_ct: Dataset,
+    volume: ImageVolume,
+    report: ModelReport,
+    objects: ResultObjects,
+    tmp_path: Path,
 ) -> None:
-    images = build_overlays([header_of(enhanced_ct)], volume, result, result_uids("mf-1"), OPTIONS)
+    images = objects.overlays
 
-    assert images
-    frame_numbers = set(volume.frame_numbers or ())
-    for number, image in enumerate(images):
+    frame_numbers = volume.frame_numbers or ()
+    shown = sorted({finding.display_image for finding in report.findings})
+    assert len(images) == len(shown)
+    for number, (image, k) in enumerate(zip(images, shown, strict=True)):
         read_back = write_and_read(image, tmp_path / f"sc{number}.dcm")
         reference = read_back.SourceImageSequence[0]
         assert reference.ReferencedSOPInstanceUID == enhanced_ct.SOPInstanceUID
-        assert reference.ReferencedFrameNumber in frame_numbers
+        assert reference.ReferencedFrameNumber == frame_numbers[k]
 
 
 def test_a_source_with_fewer_frames_than_the_volume_is_refused(
@@ -255,3 +293,18 @@ def test_a_source_with_fewer_frames_than_the_volume_is_refused(
 
     with pytest.raises(ValueError, match="no frame"):
         sources_by_slice([header], volume)
+
+
+def test_a_rerun_keeps_the_tracking_uids_of_the_lesions_on_the_frames(
+    enhanced_ct: Dataset, volume: ImageVolume, result: ModelResult, objects: ResultObjects
+) -> None:
+    earlier = pydicom.dcmread(io.BytesIO(encoded(objects.sr)))
+
+    later = build_volume_objects(
+        [header_of(enhanced_ct)], volume, result, result_uids("mf-2"), OPTIONS, [earlier]
+    )
+
+    (seg,) = objects.segs
+    (again,) = later.segs
+    kept = [str(item.TrackingUID) for item in seg.SegmentSequence]
+    assert [str(item.TrackingUID) for item in again.SegmentSequence] == kept

@@ -1,8 +1,9 @@
 """Multi-frame planar images: Ophthalmic Photography of several frames, Breast Tomosynthesis.
 
 A two-frame OP instance (a stereo pair of the left eye) is read as two images of the
-set; the SEG, SR, burned-in and explanation images built from findings on its frames
-are written, read back, validated with dciodvfy and name the right frames.  A Breast
+set; the SEGs, SR, Parametric Map, KOS, burned-in and explanation images built from
+findings on its frames are written, read back, validated with dciodvfy and name the
+right frames.  A Breast
 Tomosynthesis image routes on its functional groups, stays unrouted by the shipped
 rules, and is refused by the 2D loader.
 """
@@ -39,8 +40,8 @@ from cad_node.domain.planar import (
 )
 from cad_node.errors import InvalidSeriesError
 from cad_node.imaging.planar import MAX_PHOTOGRAPH_FRAMES, load_image_set
-from cad_node.results.gsps import build_planar_gsps
-from cad_node.results.planar import PlanarObjects, build_planar_objects
+from cad_node.results import codes
+from cad_node.results.build import ResultObjects, build_planar_objects
 from cad_node.results.uids import ResultUids, result_uids
 from cad_node.routing.attributes import extract_attributes
 from cad_node.routing.match import route
@@ -55,10 +56,12 @@ from tests.unit.test_planar_results import (
     encode,
     headers_only,
 )
+from tests.unit.test_results_objects import write_every_object
 
 SHIPPED_RULES = Path(__file__).parents[2] / "config" / "rules.yaml"
 STUDY = StudyInfo.from_seed(8, "fundus")
-IMAGE_REGION, SEGMENT, IMAGE_LIBRARY, VISUAL_EXPLANATION = "111030", "121214", "111028", "130401"
+IMAGE_REGION, SEGMENT, IMAGE_LIBRARY = "111030", "121214", "111028"
+VISUAL_EXPLANATION = codes.VISUAL_EXPLANATION.value
 SOURCE_OF_SEGMENTATION, SOURCE_OF_GROUP = "121233", "121112"
 
 
@@ -160,21 +163,16 @@ class Stereo:
         self.image_set = load_image_set(self.datasets)
         self.result = stereo_result(self.image_set)
         self.uids: ResultUids = result_uids("stereo-job")
-        self.objects: PlanarObjects = build_planar_objects(
+        self.objects: ResultObjects = build_planar_objects(
             headers_only(self.datasets),
             self.image_set,
             self.result,
             self.uids,
             OPTIONS,
             overlay=True,
+            gsps=True,
         )
-        self.read: dict[str, Dataset] = {}
-        everything = [*self.objects.seg, self.objects.sr, *self.objects.overlays]
-        for number, dataset in enumerate([*everything, *self.objects.explanations]):
-            path = folder / f"object{number}.dcm"
-            dataset.save_as(path, enforce_file_format=True)
-            assert_valid_dicom(path)
-            self.read[str(dataset.SOPInstanceUID)] = pydicom.dcmread(path)
+        self.read = write_every_object(self.objects, folder, sr_templates=True)
 
     @property
     def os_uid(self) -> str:
@@ -296,7 +294,7 @@ def test_a_photograph_of_more_frames_than_read_is_refused() -> None:
 
 
 def test_each_seg_references_the_frame_its_findings_are_on(stereo: Stereo) -> None:
-    segs = stereo.written(stereo.objects.seg)
+    segs = stereo.written(stereo.objects.segs)
     assert len(segs) == 2  # frame 1 (microaneurysm), frame 2 (haemorrhage), in set order
     for seg, (finding, frame) in zip(
         segs, ((stereo.result.findings[1], 1), (stereo.result.findings[0], 2)), strict=True
@@ -355,6 +353,24 @@ def test_sr_eye_group_lists_the_frames_it_read_and_the_library_each_instance_onc
     assert isinstance(report, hd.sr.MeasurementReport)
 
 
+def test_a_rerun_keeps_the_tracking_uids_of_the_lesions_on_each_frame(stereo: Stereo) -> None:
+    earlier = pydicom.dcmread(io.BytesIO(encode(stereo.objects.sr)))
+
+    later = build_planar_objects(
+        headers_only(stereo.datasets),
+        stereo.image_set,
+        stereo.result,
+        result_uids("stereo-job-rerun"),
+        OPTIONS,
+        [earlier],
+    )
+
+    def tracking_uids(objects: ResultObjects) -> list[str]:
+        return [str(i.TrackingUID) for seg in objects.segs for i in seg.SegmentSequence]
+
+    assert tracking_uids(later) == tracking_uids(stereo.objects)
+
+
 # --- burned-in, explanation, presentation state ---------------------------------------------
 
 
@@ -369,12 +385,37 @@ def test_burned_in_and_explanation_images_reference_their_frame(stereo: Stereo) 
     )
 
 
+def test_parametric_map_references_the_explained_frame(stereo: Stereo) -> None:
+    (parametric_map,) = stereo.written(stereo.objects.parametric_maps)
+    assert source_frames(parametric_map) == {2}
+    assert {str(item.ReferencedSOPInstanceUID) for item in parametric_map.SourceImageSequence} == {
+        stereo.os_uid
+    }
+
+
+def test_kos_flags_the_frames_with_findings(stereo: Stereo) -> None:
+    kos = stereo.objects.kos
+    assert kos is not None
+    flagged = [
+        (str(i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID), referenced_frames(i))
+        for i in kos.ContentSequence
+        if i.ValueType == "IMAGE"
+    ]
+    assert {uid for uid, _ in flagged} == {stereo.os_uid}
+    assert sorted(frame for _, frames in flagged for frame in frames) == [1, 2]
+
+
 def test_no_presentation_state_of_frames_and_the_reason_logged(
     stereo: Stereo, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="cad_node.results.gsps"):
-        states = build_planar_gsps(
-            headers_only(stereo.datasets), stereo.image_set, stereo.result, stereo.uids, OPTIONS
+        objects = build_planar_objects(
+            headers_only(stereo.datasets),
+            stereo.image_set,
+            stereo.result,
+            stereo.uids,
+            OPTIONS,
+            gsps=True,
         )
-    assert states == []
+    assert objects.states == []
     assert "multi-frame" in caplog.text

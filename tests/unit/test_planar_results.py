@@ -1,11 +1,12 @@
-"""SEG, SR, burned-in and explanation images of planar results: written, read back, validated.
+"""Every result object of planar results: written, read back, validated.
 
 Two synthetic studies: a four-view screening mammogram (MG, 12-bit grayscale,
 no Frame of Reference) with a mass and a calcification cluster on the right
 breast, and a fundus exam (OP, RGB) with haemorrhage, microaneurysm and hard
 exudate findings on the left eye.  Every object is written, read back and
 checked with dciodvfy; the geometry checks tie SEG frames and SR outlines to
-the finding masks on the right source images.
+the finding masks on the right source images.  The objects come from
+:func:`~cad_node.results.build.build_planar_objects`, as the worker builds them.
 """
 
 import datetime
@@ -26,6 +27,7 @@ from pydicom.uid import SecondaryCaptureImageStorage, SegmentationStorage
 from cad_node import NOT_FOR_CLINICAL_USE
 from cad_node.domain.findings import FindingType, ModelIdentity
 from cad_node.domain.planar import (
+    ICDR_GRADES,
     Assessment,
     AssessmentKind,
     ExplanationMap,
@@ -35,16 +37,25 @@ from cad_node.domain.planar import (
     PlanarMask,
     PlanarResult,
 )
+from cad_node.domain.results import (
+    AnatomicRegion,
+    MeasurementKind,
+    ModelReport,
+    finding_label,
+    planar_report,
+)
 from cad_node.errors import ResultBuildError
 from cad_node.imaging.planar import load_image_set
+from cad_node.results import codes
+from cad_node.results.build import ResultObjects, build_planar_objects
 from cad_node.results.options import ResultOptions
 from cad_node.results.overlay import BANNER_COLOUR, CONTOUR_COLOURS
-from cad_node.results.planar import PlanarObjects, build_planar_objects
-from cad_node.results.planar_overlay import jet
-from cad_node.results.uids import ResultUids, result_uids
+from cad_node.results.seg import SEG_CONTENT_LABEL
+from cad_node.results.tracking import Tracking, finding_tracking
+from cad_node.results.uids import ResultUids, algorithm_device_uid, result_uids
 from cad_node.synth.dicom_planar import StudyInfo, fundus_dataset, mammogram_dataset
 from tests import sr_content as content
-from tests.dicom_validation import assert_valid_dicom
+from tests.unit.test_results_objects import every_object, write_every_object
 
 WHEN = datetime.datetime(2026, 11, 25, 19, 30, 5, 250000)
 OPTIONS = ResultOptions().at(WHEN)
@@ -268,20 +279,23 @@ class Case:
     image_set: ImageSet
     result: PlanarResult
     uids: ResultUids
-    objects: PlanarObjects
+    objects: ResultObjects
     read: dict[str, Dataset]
     """Every object written, validated and read back, by SOP Instance UID."""
 
+    @property
+    def report(self) -> ModelReport:
+        return planar_report(self.image_set, self.result)
 
-def _written(objects: PlanarObjects, folder: Path) -> dict[str, Dataset]:
-    read: dict[str, Dataset] = {}
-    everything = [*objects.seg, objects.sr, *objects.overlays, *objects.explanations]
-    for number, dataset in enumerate(everything):
-        path = folder / f"object{number}.dcm"
-        dataset.save_as(path, enforce_file_format=True)
-        assert_valid_dicom(path)
-        read[str(dataset.SOPInstanceUID)] = pydicom.dcmread(path)
-    return read
+    @property
+    def tracking(self) -> tuple[Tracking, ...]:
+        return finding_tracking(self.report, self.uids)
+
+
+def _written(
+    objects: ResultObjects, folder: Path, *, sr_templates: bool = False
+) -> dict[str, Dataset]:
+    return write_every_object(objects, folder, sr_templates=sr_templates)
 
 
 def _case(
@@ -289,24 +303,29 @@ def _case(
     make_result: Callable[[ImageSet], PlanarResult],
     job_key: str,
     folder: Path,
+    *,
+    sr_templates: bool = False,
 ) -> Case:
     image_set = load_image_set(datasets)
     result = make_result(image_set)
     uids = result_uids(job_key)
     objects = build_planar_objects(
-        headers_only(datasets), image_set, result, uids, OPTIONS, overlay=True
+        headers_only(datasets), image_set, result, uids, OPTIONS, overlay=True, gsps=True
     )
-    return Case(datasets, image_set, result, uids, objects, _written(objects, folder))
+    read = _written(objects, folder, sr_templates=sr_templates)
+    return Case(datasets, image_set, result, uids, objects, read)
 
 
 @pytest.fixture(scope="module")
 def mammo(tmp_path_factory: pytest.TempPathFactory) -> Case:
-    return _case(_mammo_datasets(), _mammo_result, "mammo-job", tmp_path_factory.mktemp("mg"))
+    folder = tmp_path_factory.mktemp("mg")
+    return _case(_mammo_datasets(), _mammo_result, "mammo-job", folder, sr_templates=True)
 
 
 @pytest.fixture(scope="module")
 def fundus(tmp_path_factory: pytest.TempPathFactory) -> Case:
-    return _case(_fundus_datasets(), _fundus_result, "fundus-job", tmp_path_factory.mktemp("op"))
+    folder = tmp_path_factory.mktemp("op")
+    return _case(_fundus_datasets(), _fundus_result, "fundus-job", folder, sr_templates=True)
 
 
 @pytest.fixture(params=["mammo", "fundus"])
@@ -335,40 +354,68 @@ def _sr(case: Case) -> Dataset:
 
 def test_objects_are_valid_and_belong_to_the_source_study(case: Case) -> None:
     objects = case.objects
-    assert len(case.read) == len(objects.seg) + 1 + len(objects.overlays) + len(
-        objects.explanations
-    )
+    assert len(case.read) == len(every_object(objects))  # distinct SOP Instance UIDs
     for dataset in case.read.values():
         assert dataset.StudyInstanceUID == case.image_set.study_instance_uid
         assert NOT_FOR_CLINICAL_USE in dataset.SeriesDescription
-        assert (str(dataset.ContentDate), str(dataset.ContentTime)) == ("20261125", "193005.250000")
-    assert len(objects.explanations) == len(case.result.explanations)
+        assert str(dataset.InstanceCreationDate) == "20261125"
+        assert str(dataset.InstanceCreationTime) == "193005.250000"
+        if dataset.Modality != "PR":  # a presentation state has its own creation date
+            assert (str(dataset.ContentDate), str(dataset.ContentTime)) == (
+                "20261125",
+                "193005.250000",
+            )
     assert (
-        len(objects.seg)
-        == len(objects.overlays)
-        == len({f.sop_instance_uid for f in case.result.findings})
+        len(objects.explanations) == len(objects.parametric_maps) == len(case.result.explanations)
     )
+    assert (
+        len(objects.segs)
+        == len(objects.overlays)
+        == len({f.image_reference for f in case.result.findings})
+    )
+    assert objects.kos is not None
+    assert objects.states
+
+
+def test_every_object_names_the_algorithm_as_contributing_equipment(case: Case) -> None:
+    model = case.result.model
+    device_uid = algorithm_device_uid(model.name, model.version, model.weights_sha256)
+    for dataset in case.read.values():
+        (item,) = [
+            i
+            for i in dataset.get("ContributingEquipmentSequence", [])
+            if i.PurposeOfReferenceCodeSequence[0].CodeValue == codes.PROCESSING_ALGORITHM.value
+        ]
+        assert item.DeviceUID == device_uid, dataset.Modality
 
 
 def test_objects_are_byte_identical_when_rebuilt(case: Case) -> None:
     again = build_planar_objects(
-        headers_only(case.datasets), case.image_set, case.result, case.uids, OPTIONS, overlay=True
+        headers_only(case.datasets),
+        case.image_set,
+        case.result,
+        case.uids,
+        OPTIONS,
+        overlay=True,
+        gsps=True,
     )
-    first = [*case.objects.seg, case.objects.sr, *case.objects.overlays, *case.objects.explanations]
-    second = [*again.seg, again.sr, *again.overlays, *again.explanations]
-    assert [encode(ds) for ds in second] == [encode(ds) for ds in first]
+    first = every_object(case.objects)
+    assert [encode(ds) for ds in every_object(again)] == [encode(ds) for ds in first]
 
 
 # --- SEG -----------------------------------------------------------------------------------------
 
 
 def _segs(case: Case) -> list[Dataset]:
-    return [case.read[str(seg.SOPInstanceUID)] for seg in case.objects.seg]
+    return [case.read[str(seg.SOPInstanceUID)] for seg in case.objects.segs]
 
 
 def test_seg_per_source_image_holds_its_findings_masks(case: Case) -> None:
+    tracking = case.tracking
     for number, seg in enumerate(_segs(case), start=1):
         assert seg.SOPClassUID == SegmentationStorage
+        assert seg.SOPInstanceUID == case.uids.seg_sop_instance_uid(number - 1)
+        assert seg.ContentLabel == SEG_CONTENT_LABEL
         assert seg.SeriesInstanceUID == case.uids.seg_series_instance_uid
         assert seg.InstanceNumber == number
         (series,) = seg.ReferencedSeriesSequence
@@ -392,7 +439,7 @@ def test_seg_per_source_image_holds_its_findings_masks(case: Case) -> None:
             np.testing.assert_array_equal(
                 pixels[frame].astype(bool), finding.mask.paste(image.shape)
             )
-            assert seg.SegmentSequence[segment - 1].TrackingUID == case.uids.tracking_uid(index)
+            assert seg.SegmentSequence[segment - 1].TrackingUID == tracking[index].uid
 
 
 def test_seg_reads_back_with_highdicom(case: Case) -> None:
@@ -409,13 +456,14 @@ def test_seg_reads_back_with_highdicom(case: Case) -> None:
 
 def test_mammo_segments_say_type_site_algorithm_and_not_for_clinical_use(mammo: Case) -> None:
     items = [item for seg in _segs(mammo) for item in seg.SegmentSequence]
-    assert [str(i.SegmentLabel) for i in items] == ["Mass 1", "Calcification Cluster 2"]
+    labels = [finding_label(f, i) for i, f in enumerate(mammo.report.findings)]
+    assert [str(i.SegmentLabel) for i in items] == labels == ["Mass 1", "Calcification Cluster 2"]
     assert [str(i.SegmentedPropertyTypeCodeSequence[0].CodeValue) for i in items] == [
-        "4147007",
-        "111105",
+        codes.MASS.value,
+        codes.CALCIFICATION_CLUSTER.value,
     ]
     for item in items:
-        assert item.AnatomicRegionSequence[0].CodeValue == "76752008"
+        assert item.AnatomicRegionSequence[0].CodeValue == codes.BREAST.value
         assert NOT_FOR_CLINICAL_USE in item.SegmentDescription
         algorithm = item.SegmentationAlgorithmIdentificationSequence[0]
         assert algorithm.AlgorithmName == MAMMO_MODEL.name
@@ -429,7 +477,23 @@ def test_mammo_segments_say_type_site_algorithm_and_not_for_clinical_use(mammo: 
         assert list(seg.PatientOrientation) == list(source.PatientOrientation)
 
 
-def test_fundus_segments_use_colour_sources_and_the_private_scheme(fundus: Case) -> None:
+def _declared_schemes(dataset: Dataset) -> set[str]:
+    return {
+        str(i.CodingSchemeDesignator) for i in dataset.get("CodingSchemeIdentificationSequence", [])
+    }
+
+
+def _uses_private_codes(dataset: Dataset) -> bool:
+    return any(
+        element.keyword == "CodingSchemeDesignator"
+        and element.value == codes.PRIVATE_SCHEME_DESIGNATOR
+        for element in dataset.iterall()
+    )
+
+
+def test_fundus_segments_use_colour_sources_and_declare_a_private_scheme_they_use(
+    fundus: Case,
+) -> None:
     (seg,) = _segs(fundus)
     source = fundus.image_set.image(
         str(seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID)
@@ -440,13 +504,17 @@ def test_fundus_segments_use_colour_sources_and_the_private_scheme(fundus: Case)
         for c in (i.SegmentedPropertyTypeCodeSequence[0] for i in seg.SegmentSequence)
     ]
     assert types == [
-        ("SCT", "50960005"),
-        ("99CADNODE", "MICROANEURYSM"),
-        ("99CADNODE", "HARDEXUDATE"),
+        (code.scheme_designator, code.value)
+        for code in (
+            codes.finding_type_code(FindingType.HAEMORRHAGE),
+            codes.finding_type_code(FindingType.MICROANEURYSM),
+            codes.finding_type_code(FindingType.HARD_EXUDATE),
+        )
     ]
-    (scheme,) = seg.CodingSchemeIdentificationSequence
-    assert scheme.CodingSchemeDesignator == "99CADNODE"
-    assert all(i.AnatomicRegionSequence[0].CodeValue == "5665001" for i in seg.SegmentSequence)
+    private = _uses_private_codes(seg)
+    assert (codes.PRIVATE_SCHEME_DESIGNATOR in _declared_schemes(seg)) == private
+    retina = codes.region_code(AnatomicRegion.RETINA).value
+    assert all(i.AnatomicRegionSequence[0].CodeValue == retina for i in seg.SegmentSequence)
 
 
 # --- SR ------------------------------------------------------------------------------------------
@@ -484,11 +552,14 @@ def test_sr_is_a_tid_1500_report_over_the_whole_image_set(case: Case) -> None:
         for series in sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
         for item in series.ReferencedSOPSequence
     }
+    objects = case.objects
     expected = {image.sop_instance_uid for image in case.image_set.images} | {
-        str(ds.SOPInstanceUID) for ds in (*case.objects.seg, *case.objects.explanations)
+        str(ds.SOPInstanceUID)
+        for ds in (*objects.segs, *objects.parametric_maps, *objects.explanations)
     }
     assert evidence == expected
-    assert "99CADNODE" in {i.CodingSchemeDesignator for i in sr.CodingSchemeIdentificationSequence}
+    private = _uses_private_codes(sr)
+    assert (codes.PRIVATE_SCHEME_DESIGNATOR in _declared_schemes(sr)) == private
     report = hd.sr.srread(io.BytesIO(encode(sr))).content
     assert isinstance(report, hd.sr.MeasurementReport)
     assert len(report.get_planar_roi_measurement_groups()) == 2 * len(case.result.findings)
@@ -496,9 +567,10 @@ def test_sr_is_a_tid_1500_report_over_the_whole_image_set(case: Case) -> None:
 
 def test_sr_outlines_lie_on_the_masks_of_the_right_images(case: Case) -> None:
     regions = _region_groups(_sr(case))
+    tracking = case.tracking
     assert len(regions) == len(case.result.findings)
     for index, (group, finding) in enumerate(zip(regions, case.result.findings, strict=True)):
-        assert content.tracking_uid(group) == case.uids.tracking_uid(index)
+        assert content.tracking_uid(group) == tracking[index].uid
         scoord = content.item(group, "111030")
         assert scoord.GraphicType == "POLYLINE"
         reference = scoord.ContentSequence[0].ReferencedSOPSequence[0]
@@ -522,12 +594,14 @@ def test_sr_outline_of_a_solid_lesion_encloses_its_area(mammo: Case) -> None:
 
 
 def test_sr_finding_groups_carry_type_site_and_measurements(mammo: Case) -> None:
+    area = codes.measurement_concept(MeasurementKind.AREA)[0].value
+    extent = codes.measurement_concept(MeasurementKind.LARGEST_EXTENT)[0].value
     for group, finding in zip(_region_groups(_sr(mammo)), mammo.result.findings, strict=True):
-        assert content.site(group) == ("76752008", "24028007")  # breast, right
+        assert content.site(group) == (codes.BREAST.value, codes.RIGHT.value)
         numbers = content.numbers(group)
-        assert numbers["42798000"] == pytest.approx(finding.area_mm2, abs=1e-3)
-        assert numbers["81827009"] == pytest.approx(finding.diameter_mm, abs=0.01)
-        assert numbers["111012"] == pytest.approx(100 * finding.probability)
+        assert numbers[area] == pytest.approx(finding.area_mm2, abs=1e-3)
+        assert numbers[extent] == pytest.approx(finding.diameter_mm, abs=0.01)
+        assert numbers[codes.CERTAINTY_OF_FINDING.value] == pytest.approx(100 * finding.probability)
         algorithm = {
             content.code(i): str(i.TextValue)
             for i in group.ContentSequence
@@ -536,15 +610,16 @@ def test_sr_finding_groups_carry_type_site_and_measurements(mammo: Case) -> None
         assert algorithm["111001"] == MAMMO_MODEL.name
         assert NOT_FOR_CLINICAL_USE in algorithm["111002"]
     types = [content.coded(g)["121071"] for g in _region_groups(_sr(mammo))]
-    assert types == ["4147007", "111105"]
+    assert types == [codes.MASS.value, codes.CALCIFICATION_CLUSTER.value]
 
 
 def test_sr_segment_groups_reference_the_segment_frames(case: Case) -> None:
-    segs = {str(seg.SOPInstanceUID): seg for seg in case.objects.seg}
+    segs = {str(seg.SOPInstanceUID): seg for seg in case.objects.segs}
     groups = _segment_groups(_sr(case))
+    tracking = case.tracking
     assert len(groups) == len(case.result.findings)
     for index, group in enumerate(groups):
-        assert content.tracking_uid(group) == case.uids.tracking_uid(index)
+        assert content.tracking_uid(group) == tracking[index].uid
         reference = content.item(group, "121214").ReferencedSOPSequence[0]
         seg = segs[str(reference.ReferencedSOPInstanceUID)]
         assert "ReferencedSegmentNumber" not in reference  # the frame says which segment
@@ -553,7 +628,7 @@ def test_sr_segment_groups_reference_the_segment_frames(case: Case) -> None:
             seg.SharedFunctionalGroupsSequence[0].SegmentIdentificationSequence
         )
         segment = int(identification[0].ReferencedSegmentNumber)
-        assert seg.SegmentSequence[segment - 1].TrackingUID == case.uids.tracking_uid(index)
+        assert seg.SegmentSequence[segment - 1].TrackingUID == tracking[index].uid
 
 
 def _assessment_groups(case: Case) -> list[Dataset]:
@@ -566,12 +641,14 @@ def _assessment_groups(case: Case) -> list[Dataset]:
 
 def test_sr_breast_assessments_give_probability_threshold_and_verdict(mammo: Case) -> None:
     right, left = _assessment_groups(mammo)
-    assert content.site(right) == ("76752008", "24028007")
-    assert content.site(left) == ("76752008", "7771000")
-    assert content.numbers(right) == {"111047": 82.0, "122411": 50.0}
-    assert content.numbers(left) == {"111047": 7.0, "122411": 50.0}
-    assert content.coded(right)["SUSPICION"] == "SUSPICIOUS"
-    assert content.coded(left)["SUSPICION"] == "NOTSUSPICIOUS"
+    assert content.site(right) == (codes.BREAST.value, codes.RIGHT.value)
+    assert content.site(left) == (codes.BREAST.value, codes.LEFT.value)
+    probability, threshold = codes.PROBABILITY_OF_CANCER.value, codes.THRESHOLD_VALUE.value
+    assert content.numbers(right) == {probability: 82.0, threshold: 50.0}
+    assert content.numbers(left) == {probability: 7.0, threshold: 50.0}
+    verdict = codes.BREAST_SUSPICION.value
+    assert content.coded(right)[verdict] == codes.SUSPICIOUS.value
+    assert content.coded(left)[verdict] == codes.NOT_SUSPICIOUS.value
     read = [
         str(i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
         for i in content.items(right, "121112")
@@ -581,27 +658,34 @@ def test_sr_breast_assessments_give_probability_threshold_and_verdict(mammo: Cas
 
 def test_sr_dr_assessments_give_grade_referral_and_grade_probabilities(fundus: Case) -> None:
     right, left = _assessment_groups(fundus)
-    assert content.site(right) == ("5665001", "24028007")
-    assert content.site(left) == ("5665001", "7771000")
-    assert (content.coded(right)["ICDRGRADE"], content.coded(right)["REFERABLEDR"]) == (
-        "ICDR0",
-        "373067005",
+    assert content.site(right) == (codes.RETINA.value, codes.RIGHT.value)
+    assert content.site(left) == (codes.RETINA.value, codes.LEFT.value)
+    grade, referable = codes.ICDR_GRADE.value, codes.REFERABLE_DR.value
+    assert (content.coded(right)[grade], content.coded(right)[referable]) == (
+        codes.icdr_grade_code(0, ICDR_GRADES[0]).value,
+        codes.NO.value,
     )
-    assert (content.coded(left)["ICDRGRADE"], content.coded(left)["REFERABLEDR"]) == (
-        "ICDR3",
-        "373066001",
+    assert (content.coded(left)[grade], content.coded(left)[referable]) == (
+        codes.icdr_grade_code(3, ICDR_GRADES[3]).value,
+        codes.YES.value,
     )
-    grade = next(i for i in left.ContentSequence if content.code(i) == "ICDRGRADE")
-    assert grade.ConceptCodeSequence[0].CodeMeaning == "Severe non-proliferative DR"
+    severe = next(i for i in left.ContentSequence if content.code(i) == grade)
+    assert (
+        severe.ConceptCodeSequence[0].CodeMeaning
+        == codes.icdr_grade_code(3, ICDR_GRADES[3]).meaning
+    )
     assert content.numbers(left) == {
-        f"ICDRP{g}": pytest.approx(100 * p)
+        codes.icdr_probability_code(g, ICDR_GRADES[g]).value: pytest.approx(100 * p)
         for g, p in enumerate(fundus.result.assessments[1].class_probabilities)
     }
 
 
 def test_sr_references_each_explanation_image_from_its_assessment(case: Case) -> None:
     groups = _assessment_groups(case)
-    for explanation, image in zip(case.result.explanations, case.objects.explanations, strict=True):
+    objects = case.objects
+    for explanation, parametric_map, image in zip(
+        case.result.explanations, objects.parametric_maps, objects.explanations, strict=True
+    ):
         (holder,) = [
             g
             for g, a in zip(groups, case.result.assessments, strict=True)
@@ -609,22 +693,22 @@ def test_sr_references_each_explanation_image_from_its_assessment(case: Case) ->
         ]
         references = [
             str(i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
-            for i in content.items(holder, "130401")
+            for i in content.items(holder, codes.VISUAL_EXPLANATION.value)
         ]
+        assert str(parametric_map.SOPInstanceUID) in references
         assert str(image.SOPInstanceUID) in references
-        texts = [str(i.TextValue) for i in content.items(holder, "121106")]
+        texts = [str(i.TextValue) for i in content.items(holder, codes.COMMENT.value)]
         assert f"Grad-CAM activation map: {explanation.target}" in texts
 
 
 def test_fundus_sr_codes_lesions_on_the_left_retina(fundus: Case) -> None:
     regions = _region_groups(_sr(fundus))
     assert [content.coded(g)["121071"] for g in regions] == [
-        "50960005",
-        "MICROANEURYSM",
-        "HARDEXUDATE",
+        codes.finding_type_code(f.finding_type).value for f in fundus.result.findings
     ]
-    assert all(content.site(g) == ("5665001", "7771000") for g in regions)
-    assert all("81827009" not in content.numbers(g) for g in regions)  # no diameter given
+    assert all(content.site(g) == (codes.RETINA.value, codes.LEFT.value) for g in regions)
+    extent = codes.measurement_concept(MeasurementKind.LARGEST_EXTENT)[0].value
+    assert all(extent not in content.numbers(g) for g in regions)  # no diameter given
 
 
 # --- burned-in and explanation images ------------------------------------------------------------
@@ -640,6 +724,11 @@ def test_overlays_show_contours_banner_and_reference_their_image(case: Case) -> 
     for capture in (case.read[str(ds.SOPInstanceUID)] for ds in case.objects.overlays):
         assert capture.SOPClassUID == SecondaryCaptureImageStorage
         assert capture.SeriesInstanceUID == case.uids.overlay_series_instance_uid
+        reference = capture.SourceImageSequence[0]
+        image_index = case.report.grid.index_of(
+            (str(reference.ReferencedSOPInstanceUID), reference.get("ReferencedFrameNumber"))
+        )
+        assert capture.SOPInstanceUID == case.uids.overlay_sop_instance_uid(image_index)
         assert capture.BurnedInAnnotation == "YES"
         source = _source_of(case, capture)
         assert capture.Laterality == source.ImageLaterality
@@ -654,18 +743,6 @@ def test_overlays_show_contours_banner_and_reference_their_image(case: Case) -> 
             coloured = np.all(pixels == CONTOUR_COLOURS[index % len(CONTOUR_COLOURS)], axis=2)
             full = finding.mask.paste(coloured.shape)
             assert coloured[full].sum() >= 4  # the contour runs on the mask's border pixels
-
-
-def test_mammo_overlay_keeps_the_mlo_orientation_and_the_window(mammo: Case) -> None:
-    mlo = next(
-        mammo.read[str(ds.SOPInstanceUID)]
-        for ds in mammo.objects.overlays
-        if _source_of(mammo, mammo.read[str(ds.SOPInstanceUID)]).ViewPosition == "MLO"
-    )
-    assert list(mlo.PatientOrientation) == ["P", "FL"]
-    grey = mlo.pixel_array[MG_SHAPE[0] - 10, MG_SHAPE[1] // 2]
-    assert grey[0] == grey[1] == grey[2]
-    assert 100 < int(grey[0]) <= 255  # bright end of the synthetic gradient, windowed
 
 
 def test_explanations_blend_the_heatmap_and_say_what_they_explain(case: Case) -> None:
@@ -686,17 +763,48 @@ def test_explanations_blend_the_heatmap_and_say_what_they_explain(case: Case) ->
         assert (caption > 128).any()
 
 
-def test_jet_runs_from_blue_through_green_to_red() -> None:
-    low, middle, high = jet(np.array([0.0, 0.5, 1.0], dtype=np.float32))
-    assert low.argmax() == 2
-    assert middle.argmax() == 1
-    assert high.argmax() == 0
+# --- key images and presentation states ---------------------------------------------------------
+
+
+def test_kos_flags_the_images_with_findings_and_names_the_sr(case: Case) -> None:
+    kos = case.read[case.uids.kos_sop_instance_uid]
+    assert kos.SeriesInstanceUID == case.uids.kos_series_instance_uid
+    flagged = [
+        str(i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+        for i in kos.ContentSequence
+        if i.ValueType == "IMAGE"
+    ]
+    with_findings = [
+        image.sop_instance_uid
+        for image in case.image_set.images
+        if any(f.sop_instance_uid == image.sop_instance_uid for f in case.result.findings)
+    ]
+    assert flagged == with_findings
+    (document,) = [i for i in kos.ContentSequence if i.ValueType == "COMPOSITE"]
+    sr = document.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+    assert sr == case.uids.sr_sop_instance_uid
+
+
+def test_presentation_states_mark_each_finding_on_its_image_with_its_tracking(
+    case: Case,
+) -> None:
+    marked: dict[str, set[str]] = {}
+    for state in case.objects.states:
+        read = case.read[str(state.SOPInstanceUID)]
+        for annotation in read.GraphicAnnotationSequence:
+            images = {str(i.ReferencedSOPInstanceUID) for i in annotation.ReferencedImageSequence}
+            for graphic in annotation.get("GraphicObjectSequence", []):
+                if "TrackingUID" in graphic:
+                    assert graphic.TrackingID in {t.identifier for t in case.tracking}
+                    marked.setdefault(str(graphic.TrackingUID), set()).update(images)
+    for finding, tracking in zip(case.result.findings, case.tracking, strict=True):
+        assert marked[tracking.uid] == {finding.sop_instance_uid}
 
 
 # --- other inputs --------------------------------------------------------------------------------
 
 
-def test_without_findings_and_overlays_only_the_sr_and_explanations_are_built(
+def test_without_findings_and_overlays_only_the_sr_and_the_explanations_are_built(
     mammo: Case, tmp_path: Path
 ) -> None:
     result = PlanarResult(
@@ -714,8 +822,10 @@ def test_without_findings_and_overlays_only_the_sr_and_explanations_are_built(
         OPTIONS,
         overlay=False,
     )
-    assert objects.seg == []
-    assert objects.overlays == []
+    assert objects.segs == []
+    assert objects.overlays == objects.states == []
+    assert objects.kos is None
+    assert len(objects.parametric_maps) == len(objects.explanations) == 1
     read = _written(objects, tmp_path)
     assert len(_assessment_groups_of(read[str(objects.sr.SOPInstanceUID)])) == 2
 
@@ -738,14 +848,23 @@ def test_nothing_to_say_still_makes_a_valid_report(fundus: Case, tmp_path: Path)
     )
     uids = result_uids("nothing")
     objects = build_planar_objects(
-        headers_only(fundus.datasets), fundus.image_set, result, uids, OPTIONS, overlay=True
+        headers_only(fundus.datasets),
+        fundus.image_set,
+        result,
+        uids,
+        OPTIONS,
+        overlay=True,
+        gsps=True,
     )
+    assert objects.segs == objects.overlays == objects.states == []
     (group,) = content.groups(_written(objects, tmp_path)[uids.sr_sop_instance_uid])
     assert content.tracking_uid(group) == uids.summary_tracking_uid
-    assert content.coded(group)["121071"] == "272519000"  # Finding: Absent
+    assert content.coded(group)[codes.FINDING.value] == codes.ABSENT.value
 
 
-def test_rerun_lists_its_predecessor(mammo: Case, tmp_path: Path) -> None:
+def test_rerun_lists_its_predecessor_and_keeps_the_lesions_tracking_uids(
+    mammo: Case, tmp_path: Path
+) -> None:
     earlier = pydicom.dcmread(io.BytesIO(encode(mammo.objects.sr)))
     uids = result_uids("mammo-job-rerun")
     objects = build_planar_objects(
@@ -763,6 +882,10 @@ def test_rerun_lists_its_predecessor(mammo: Case, tmp_path: Path) -> None:
     assert [i.ReferencedSOPInstanceUID for i in series.ReferencedSOPSequence] == [
         earlier.SOPInstanceUID
     ]
+    # IHE AIR: the same lesion keeps its identity across re-runs.
+    kept = [t.uid for t in mammo.tracking]
+    assert [content.tracking_uid(g) for g in _region_groups(read)] == kept
+    assert [str(i.TrackingUID) for seg in objects.segs for i in seg.SegmentSequence] == kept
 
 
 @pytest.mark.parametrize(
@@ -794,7 +917,9 @@ def test_unusable_inputs_are_refused(mammo: Case, change: str, message: str) -> 
     else:
         result = PlanarResult(MAMMO_MODEL, "2.25.2", (), ())
     with pytest.raises(ResultBuildError, match=message):
-        build_planar_objects(datasets, mammo.image_set, result, mammo.uids, OPTIONS, overlay=True)
+        build_planar_objects(
+            datasets, mammo.image_set, result, mammo.uids, OPTIONS, overlay=True, gsps=True
+        )
 
 
 def test_fundus_without_pixel_spacing_reports_no_mm(tmp_path: Path) -> None:
@@ -822,12 +947,13 @@ def test_fundus_without_pixel_spacing_reports_no_mm(tmp_path: Path) -> None:
     result = PlanarResult(FUNDUS_MODEL, image_set.study_instance_uid, (finding,), ())
     uids = result_uids("no-spacing")
     objects = build_planar_objects(
-        headers_only(datasets), image_set, result, uids, OPTIONS, overlay=True
+        headers_only(datasets), image_set, result, uids, OPTIONS, overlay=True, gsps=True
     )
     read = _written(objects, tmp_path)
     (region,) = _region_groups(read[uids.sr_sop_instance_uid])
-    assert content.numbers(region) == {"111012": 70.0}  # certainty only: no area, no diameter
-    assert content.coded(region)["121071"] == "SOFTEXUDATE"
+    certainty_only = {codes.CERTAINTY_OF_FINDING.value: 70.0}
+    assert content.numbers(region) == certainty_only  # no area, no diameter
+    assert content.coded(region)["121071"] == codes.SOFT_EXUDATE.value
 
 
 def test_building_keeps_the_patient_name_out_of_warnings(mammo: Case) -> None:
@@ -836,10 +962,15 @@ def test_building_keeps_the_patient_name_out_of_warnings(mammo: Case) -> None:
         ds.PatientName = "Zyxwvut"  # one component: highdicom warns, quoting it
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        build_planar_objects(
-            sources, mammo.image_set, mammo.result, mammo.uids, OPTIONS, overlay=True
+        objects = build_planar_objects(
+            sources, mammo.image_set, mammo.result, mammo.uids, OPTIONS, overlay=True, gsps=True
         )
     assert not [w for w in caught if "Zyxwvut" in str(w.message)]
+    assert not [w for w in objects.warnings if "Zyxwvut" in w]
+
+
+BACKSLASH = "\\"
+"""The separator of a multi-valued element's values as DICOM writes them."""
 
 
 def _without(datasets: list[Dataset], keyword: str) -> list[Dataset]:
@@ -860,6 +991,15 @@ def test_mammograms_without_patient_orientation_get_it_from_laterality_and_view(
     for seg in _segs(case):
         source_uid = str(seg.SourceImageSequence[0].ReferencedSOPInstanceUID)
         assert list(seg.PatientOrientation) == stated[source_uid]
+    for overlay in (case.read[str(ds.SOPInstanceUID)] for ds in case.objects.overlays):
+        source_uid = str(overlay.SourceImageSequence[0].ReferencedSOPInstanceUID)
+        assert list(overlay.PatientOrientation) == stated[source_uid]
+    # The job records what was derived, one line per image, by UID only.
+    assert sorted(case.objects.warnings) == sorted(
+        f"image {uid}: PatientOrientation absent, {BACKSLASH.join(orientation)} derived"
+        for uid, orientation in stated.items()
+    )
+    assert mammo.objects.warnings == ()
 
 
 def test_a_one_frame_ophthalmic_photograph_without_number_of_frames_is_read_as_one_frame(

@@ -1,7 +1,11 @@
-"""Softcopy Presentation States (result kind ``gsps``) of lung, mammography and fundus results."""
+"""Softcopy Presentation States (result kind ``gsps``) of lung CT, mammography and fundus
+reports."""
 
+import copy
+import dataclasses
 import io
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,35 +23,35 @@ from skimage.draw import polygon2mask
 
 from cad_node import NOT_FOR_CLINICAL_USE
 from cad_node.config import ResultSettings
-from cad_node.domain import ModelResult
-from cad_node.domain.planar import ImageSet, PlanarResult
-from cad_node.errors import ResultBuildError
+from cad_node.domain.findings import FindingType
+from cad_node.domain.planar import ImageSet, Laterality, PlanarFinding, PlanarMask, PlanarResult
+from cad_node.domain.results import LUNG_WINDOW, ModelReport, planar_report, volume_report
 from cad_node.imaging.planar import load_image_set
+from cad_node.results import codes
 from cad_node.results.gsps import (
     CONTENT_LABEL,
     MARKS_LAYER,
     WARNING_LAYER,
-    build_gsps,
-    build_planar_gsps,
-    marked_slice,
+    build_presentation_states,
 )
 from cad_node.results.options import ResultOptions
-from cad_node.results.overlay import LUNG_WINDOW, finding_text, mask_on_slice
-from cad_node.results.planar_overlay import finding_caption
-from cad_node.results.planar_seg import finding_label
-from cad_node.results.uids import ResultUids, result_uids
+from cad_node.results.overlay import finding_caption
+from cad_node.results.sources import prepared_headers
+from cad_node.results.tracking import Tracking, finding_tracking
+from cad_node.results.uids import ResultUids, algorithm_device_uid, result_uids
 from tests.dicom_validation import assert_valid_dicom
 from tests.unit.test_planar_results import (
-    OPTIONS as PLANAR_OPTIONS,
-)
-from tests.unit.test_planar_results import (
+    FUNDUS_MODEL,
+    OP_SHAPE,
+    OP_SPACING_MM,
     _fundus_datasets,
     _fundus_result,
     _mammo_datasets,
     _mammo_result,
     headers_only,
 )
-from tests.unit.test_results_objects import OPTIONS, Case, Nodule, make_case
+from tests.unit.test_planar_results import OPTIONS as PLANAR_OPTIONS
+from tests.unit.test_results_objects import OPTIONS, Nodule, make_case
 
 
 def _written(states: Sequence[Dataset], folder: Path) -> list[Dataset]:
@@ -135,145 +139,68 @@ def _assert_common(state: Dataset, uids: ResultUids, study_instance_uid: str) ->
     assert warned == _referenced(state)
 
 
-# --- lung CT -----------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def lung() -> Case:
-    return make_case()
-
-
-@pytest.fixture(scope="module")
-def lung_states(lung: Case, tmp_path_factory: pytest.TempPathFactory) -> list[Dataset]:
-    states = build_gsps(lung.series, lung.volume, lung.result, lung.uids, OPTIONS)
-    return _written(states, tmp_path_factory.mktemp("gsps-lung"))
-
-
-def test_lung_state_references_the_slices_with_findings(
-    lung: Case, lung_states: list[Dataset]
-) -> None:
-    (state,) = lung_states  # one CT series: one presentation state
-    slices = {
-        lung.volume.sop_instance_uids[marked_slice(finding, lung.volume.shape[0])]
-        for finding in lung.result.findings
-    }
-    assert state.SOPClassUID == GrayscaleSoftcopyPresentationStateStorage
-    assert state.SOPInstanceUID == lung.uids.gsps_sop_instance_uid(0)
-    assert state.SeriesNumber == OPTIONS.gsps_series_number
-    assert _referenced(state) == slices
-    _assert_common(state, lung.uids, str(lung.series[0].StudyInstanceUID))
-
-
-def test_lung_outlines_lie_on_the_masks_and_labels_name_the_findings(
-    lung: Case, lung_states: list[Dataset]
-) -> None:
-    (state,) = lung_states
-    labels = _labels(state)
-    for index, finding in enumerate(lung.result.findings):
-        slice_index = marked_slice(finding, lung.volume.shape[0])
-        outlines = _outlines(state, lung.uids.tracking_uid(index))
-        assert outlines, f"finding {index} has no outline"
-        mask = mask_on_slice(finding, slice_index, lung.volume.shape[1:])
-        for image_uid, points in outlines:
-            assert image_uid == lung.volume.sop_instance_uids[slice_index]
-            _assert_outline_on_mask(points, mask)
-        assert labels[lung.uids.tracking_uid(index)] == finding_text(finding, index)
-
-
-def test_lung_state_shows_the_lung_window_on_the_date_of_the_job(
-    lung_states: list[Dataset],
-) -> None:
-    (state,) = lung_states
-    for item in state.SoftcopyVOILUTSequence:
-        assert (float(item.WindowCenter), float(item.WindowWidth)) == LUNG_WINDOW
-    assert len(state.SoftcopyVOILUTSequence) == len(_referenced(state))
-    assert state.PresentationLUTShape == "IDENTITY"
-    when = OPTIONS.content_datetime
-    assert when is not None
-    assert state.PresentationCreationDate == when.strftime("%Y%m%d")
-    assert state.InstanceCreationDate == when.strftime("%Y%m%d")
-
-
-def test_lung_rebuild_is_identical_and_no_finding_gives_no_state(lung: Case) -> None:
-    first = build_gsps(lung.series, lung.volume, lung.result, lung.uids, OPTIONS)
-    again = build_gsps(lung.series, lung.volume, lung.result, lung.uids, OPTIONS)
-    assert [_encode(s) for s in first] == [_encode(s) for s in again]
-    empty = ModelResult(
-        model=lung.result.model,
-        findings=(),
-        series_instance_uid=lung.result.series_instance_uid,
-    )
-    assert build_gsps(lung.series, lung.volume, empty, lung.uids, OPTIONS) == []
-
-
-def test_two_findings_on_one_slice_share_an_image(tmp_path: Path) -> None:
-    case = make_case(
-        (Nodule((-8.0, -6.0, -12.5), 3.0, 0.9), Nodule((8.0, 9.0, -12.5), 3.0, 0.4)),
-        job_key="job-twins",
-    )
-    (state,) = _written(
-        build_gsps(case.series, case.volume, case.result, case.uids, OPTIONS), tmp_path
-    )
-    (marks,) = _annotations(state, MARKS_LAYER)
-    assert len(marks.TextObjectSequence) == 2
-    assert len(_referenced(state)) == 1
-
-
-def test_a_series_other_than_the_volume_is_refused(lung: Case) -> None:
-    with pytest.raises(ResultBuildError):
-        build_gsps(lung.series[1:], lung.volume, lung.result, lung.uids, OPTIONS)
-
-
-# --- mammography and fundus --------------------------------------------------------------------
+# --- inputs ------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class PlanarCase:
+class Built:
+    """A report with what the builder needs, the datasets it came from, and its states."""
+
     datasets: list[Dataset]
-    image_set: ImageSet
-    result: PlanarResult
+    report: ModelReport
+    headers: list[Dataset]
+    tracking: tuple[Tracking, ...]
     uids: ResultUids
-    states: list[Dataset]
+    options: ResultOptions
+
+    def states(self) -> list[Dataset]:
+        return build_presentation_states(
+            self.report, self.headers, self.tracking, self.uids, self.options
+        )
 
 
-def _planar_case(
-    datasets: list[Dataset], result: PlanarResult, image_set: ImageSet, job_key: str, folder: Path
-) -> PlanarCase:
-    uids = result_uids(job_key)
-    states = build_planar_gsps(headers_only(datasets), image_set, result, uids, PLANAR_OPTIONS)
-    return PlanarCase(datasets, image_set, result, uids, _written(states, folder))
+def _built(
+    datasets: list[Dataset], report: ModelReport, uids: ResultUids, options: ResultOptions
+) -> Built:
+    headers = prepared_headers(headers_only(datasets), report.grid)
+    return Built(datasets, report, headers, finding_tracking(report, uids), uids, options)
 
 
-@pytest.fixture(scope="module")
-def mammo(tmp_path_factory: pytest.TempPathFactory) -> PlanarCase:
-    datasets = _mammo_datasets()
+def ct_built(nodules: Sequence[Nodule] | None = None, job_key: str = "job-1") -> Built:
+    case = make_case(job_key=job_key) if nodules is None else make_case(nodules, job_key)
+    report = volume_report(case.volume, case.result, str(case.series[0].StudyInstanceUID))
+    return _built(case.series, report, case.uids, OPTIONS)
+
+
+def planar_built(
+    datasets: list[Dataset], result_of: Callable[[ImageSet], PlanarResult], job_key: str
+) -> Built:
     image_set = load_image_set(datasets)
-    folder = tmp_path_factory.mktemp("gsps-mg")
-    return _planar_case(datasets, _mammo_result(image_set), image_set, "mammo-gsps", folder)
+    report = planar_report(image_set, result_of(image_set))
+    return _built(datasets, report, result_uids(job_key), PLANAR_OPTIONS)
 
 
-@pytest.fixture(scope="module")
-def fundus(tmp_path_factory: pytest.TempPathFactory) -> PlanarCase:
-    datasets = _fundus_datasets()
-    image_set = load_image_set(datasets)
-    folder = tmp_path_factory.mktemp("gsps-op")
-    return _planar_case(datasets, _fundus_result(image_set), image_set, "fundus-gsps", folder)
+def _image_uid(built: Built, image_index: int) -> str:
+    return built.report.grid.images[image_index].sop_instance_uid
 
 
-def _assert_planar_marks(case: PlanarCase, state: Dataset) -> None:
+def _assert_marks(built: Built, state: Dataset) -> None:
+    """Each finding displayed on a referenced image: outlines on its mask there, its caption."""
     labels = _labels(state)
-    for index, finding in enumerate(case.result.findings):
-        if finding.sop_instance_uid not in _referenced(state):
+    for index, finding in enumerate(built.report.findings):
+        image_uid = _image_uid(built, finding.display_image)
+        if image_uid not in _referenced(state):
             continue
-        shape = case.image_set.image(finding.sop_instance_uid).shape
-        full = finding.mask.paste(shape)
-        outlines = _outlines(state, case.uids.tracking_uid(index))
-        regions = {image_uid for image_uid, _ in outlines}
-        assert regions == {finding.sop_instance_uid}
+        mask = finding.mask_on(finding.display_image)
+        assert mask is not None
+        full = mask.paste(built.report.grid.images[finding.display_image].shape)
+        outlines = _outlines(state, built.tracking[index].uid)
+        assert outlines, f"finding {index} has no outline"
+        assert {uid for uid, _ in outlines} == {image_uid}
         for _, points in outlines:
             _assert_outline_on_region(points, full)
-        expected = finding_caption(finding_label(finding, index), finding.probability)
-        assert labels[case.uids.tracking_uid(index)] == expected
+        expected = finding_caption(finding, built.tracking[index].identifier)
+        assert labels[built.tracking[index].uid] == expected
 
 
 def _assert_outline_on_region(points: npt.NDArray[np.float64], mask: npt.NDArray[np.bool_]) -> None:
@@ -293,13 +220,131 @@ def _grown(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
     return grown
 
 
-def test_mammo_state_is_grayscale_with_the_images_own_window(mammo: PlanarCase) -> None:
-    (state,) = mammo.states  # the four views are one series of one size
-    with_findings = {finding.sop_instance_uid for finding in mammo.result.findings}
+# --- lung CT -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lung() -> Built:
+    return ct_built()
+
+
+@pytest.fixture(scope="module")
+def lung_states(lung: Built, tmp_path_factory: pytest.TempPathFactory) -> list[Dataset]:
+    return _written(lung.states(), tmp_path_factory.mktemp("gsps-lung"))
+
+
+def test_lung_state_references_the_display_slices(lung: Built, lung_states: list[Dataset]) -> None:
+    (state,) = lung_states  # one CT series: one presentation state
+    slices = {_image_uid(lung, finding.display_image) for finding in lung.report.findings}
+    assert len(slices) == 3
     assert state.SOPClassUID == GrayscaleSoftcopyPresentationStateStorage
-    assert _referenced(state) == with_findings
-    _assert_common(state, mammo.uids, mammo.image_set.study_instance_uid)
-    _assert_planar_marks(mammo, state)
+    assert state.SOPInstanceUID == lung.uids.gsps_sop_instance_uid(0)
+    assert state.SeriesNumber == OPTIONS.gsps_series_number
+    assert _referenced(state) == slices
+    _assert_common(state, lung.uids, lung.report.grid.study_instance_uid)
+
+
+def test_lung_outlines_lie_on_the_masks_and_labels_name_the_findings(
+    lung: Built, lung_states: list[Dataset]
+) -> None:
+    (state,) = lung_states
+    _assert_marks(lung, state)
+    for index, finding in enumerate(lung.report.findings):
+        assert _labels(state)[lung.tracking[index].uid].startswith(f"Nodule {index + 1}: ")
+        for image_uid, points in _outlines(state, lung.tracking[index].uid):
+            mask = finding.mask_on(finding.display_image)
+            assert mask is not None
+            _assert_outline_on_mask(points, mask.paste(lung.report.grid.images[0].shape))
+            assert image_uid == _image_uid(lung, finding.display_image)
+
+
+def test_marks_carry_the_findings_tracking(lung: Built, lung_states: list[Dataset]) -> None:
+    (state,) = lung_states
+    for annotation in _annotations(state, MARKS_LAYER):
+        for item in [*annotation.GraphicObjectSequence, *annotation.TextObjectSequence]:
+            assert Tracking(str(item.TrackingUID), str(item.TrackingID)) in lung.tracking
+
+
+def test_lung_state_shows_the_lung_window_on_the_date_of_the_job(
+    lung_states: list[Dataset],
+) -> None:
+    (state,) = lung_states
+    for item in state.SoftcopyVOILUTSequence:
+        assert (float(item.WindowCenter), float(item.WindowWidth)) == LUNG_WINDOW[:2]
+        assert item.WindowCenterWidthExplanation == "LUNG"
+    assert len(state.SoftcopyVOILUTSequence) == len(_referenced(state))
+    assert state.PresentationLUTShape == "IDENTITY"
+    when = OPTIONS.content_datetime
+    assert when is not None
+    assert state.PresentationCreationDate == when.strftime("%Y%m%d")
+    assert state.InstanceCreationDate == when.strftime("%Y%m%d")
+
+
+def test_every_state_names_the_algorithm_as_contributing_equipment(
+    lung: Built, lung_states: list[Dataset]
+) -> None:
+    model = lung.report.model
+    device = algorithm_device_uid(model.name, model.version, model.weights_sha256)
+    for state in lung_states:
+        (item,) = [i for i in state.ContributingEquipmentSequence if i.get("DeviceUID") == device]
+        (purpose,) = item.PurposeOfReferenceCodeSequence
+        assert purpose.CodeValue == codes.PROCESSING_ALGORITHM.value
+        assert item.ContributionDateTime == "20261125143015.123456"
+
+
+def test_lung_rebuild_is_identical_and_no_finding_gives_no_state(lung: Built) -> None:
+    assert [_encode(s) for s in lung.states()] == [_encode(s) for s in lung.states()]
+    empty = dataclasses.replace(lung, report=dataclasses.replace(lung.report, findings=()))
+    assert empty.states() == []
+
+
+def test_two_findings_on_one_slice_share_an_image(tmp_path: Path) -> None:
+    built = ct_built(
+        (Nodule((-8.0, -6.0, -12.5), 3.0, 0.9), Nodule((8.0, 9.0, -12.5), 3.0, 0.4)),
+        job_key="job-twins",
+    )
+    (state,) = _written(built.states(), tmp_path)
+    (marks,) = _annotations(state, MARKS_LAYER)
+    assert len(marks.TextObjectSequence) == 2
+    assert len(_referenced(state)) == 1
+
+
+# --- mammography and fundus --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mammo() -> Built:
+    return planar_built(_mammo_datasets(), _mammo_result, "mammo-gsps")
+
+
+@pytest.fixture(scope="module")
+def mammo_states(mammo: Built, tmp_path_factory: pytest.TempPathFactory) -> list[Dataset]:
+    return _written(mammo.states(), tmp_path_factory.mktemp("gsps-mg"))
+
+
+@pytest.fixture(scope="module")
+def fundus() -> Built:
+    return planar_built(_fundus_datasets(), _fundus_result, "fundus-gsps")
+
+
+@pytest.fixture(scope="module")
+def fundus_states(fundus: Built, tmp_path_factory: pytest.TempPathFactory) -> list[Dataset]:
+    return _written(fundus.states(), tmp_path_factory.mktemp("gsps-op"))
+
+
+def _with_findings(built: Built) -> set[str]:
+    return {_image_uid(built, finding.display_image) for finding in built.report.findings}
+
+
+def test_mammo_state_is_grayscale_with_the_images_own_window(
+    mammo: Built, mammo_states: list[Dataset]
+) -> None:
+    (state,) = mammo_states  # the four views are one series of one size
+    assert state.SOPClassUID == GrayscaleSoftcopyPresentationStateStorage
+    assert _referenced(state) == _with_findings(mammo)
+    assert state.Laterality == "R"
+    _assert_common(state, mammo.uids, mammo.report.grid.study_instance_uid)
+    _assert_marks(mammo, state)
     for item in state.SoftcopyVOILUTSequence:
         (image,) = item.ReferencedImageSequence
         source = next(
@@ -310,48 +355,112 @@ def test_mammo_state_is_grayscale_with_the_images_own_window(mammo: PlanarCase) 
         assert float(item.WindowWidth) > 1.0
 
 
-def test_fundus_states_are_colour_one_per_series_with_an_icc_profile(fundus: PlanarCase) -> None:
-    with_findings = {finding.sop_instance_uid for finding in fundus.result.findings}
+def test_mammo_labels_give_size_and_probability(mammo: Built, mammo_states: list[Dataset]) -> None:
+    (state,) = mammo_states
+    mass = _labels(state)[mammo.tracking[0].uid]
+    assert mass.startswith("Mass 1: ")
+    assert mass.endswith(" mm, 87%")
+
+
+def test_fundus_states_are_colour_one_per_series_with_an_icc_profile(
+    fundus: Built, fundus_states: list[Dataset]
+) -> None:
+    with_findings = _with_findings(fundus)
     series = {
         str(ds.SeriesInstanceUID) for ds in fundus.datasets if ds.SOPInstanceUID in with_findings
     }
-    assert len(fundus.states) == len(series)
-    for number, state in enumerate(fundus.states):
+    assert len(fundus_states) == len(series)
+    for number, state in enumerate(fundus_states):
         assert state.SOPClassUID == ColorSoftcopyPresentationStateStorage
         assert state.SOPInstanceUID == fundus.uids.gsps_sop_instance_uid(number)
         assert len(state.ICCProfile) > 0
         assert "SoftcopyVOILUTSequence" not in state
         sides = {
             f.laterality.value
-            for f in fundus.result.findings
-            if f.laterality is not None and f.sop_instance_uid in _referenced(state)
+            for f in fundus.report.findings
+            if f.laterality is not None
+            and _image_uid(fundus, f.display_image) in _referenced(state)
         }
         assert sides == {state.Laterality}  # one eye per series
-        _assert_common(state, fundus.uids, fundus.image_set.study_instance_uid)
-        _assert_planar_marks(fundus, state)
-    assert set().union(*(_referenced(state) for state in fundus.states)) == with_findings
+        _assert_common(state, fundus.uids, fundus.report.grid.study_instance_uid)
+        _assert_marks(fundus, state)
+    assert set().union(*(_referenced(state) for state in fundus_states)) == with_findings
 
 
-def test_fundus_spots_each_get_an_outline(fundus: PlanarCase) -> None:
+def test_fundus_spots_each_get_an_outline(fundus: Built, fundus_states: list[Dataset]) -> None:
     index = next(
-        i for i, f in enumerate(fundus.result.findings) if f.finding_type.name == "MICROANEURYSM"
+        i
+        for i, f in enumerate(fundus.report.findings)
+        if f.finding_type is FindingType.MICROANEURYSM
     )
     outlines = [
         points
-        for state in fundus.states
-        for _, points in _outlines(state, fundus.uids.tracking_uid(index))
+        for state in fundus_states
+        for _, points in _outlines(state, fundus.tracking[index].uid)
     ]
     assert len(outlines) == 4  # four separate spots
+    assert _labels(fundus_states[0])[fundus.tracking[index].uid] == "Retinal microaneurysm 2: 58%"
 
 
-def test_planar_rebuild_is_identical(mammo: PlanarCase) -> None:
-    headers = headers_only(mammo.datasets)
-    first, again = (
-        build_planar_gsps(headers, mammo.image_set, mammo.result, mammo.uids, PLANAR_OPTIONS)
-        for _ in range(2)
-    )
+def test_planar_rebuild_is_identical(mammo: Built) -> None:
+    first, again = mammo.states(), mammo.states()
     assert first
     assert [_encode(s) for s in again] == [_encode(s) for s in first]
+
+
+def test_monochrome1_images_are_shown_inverse(tmp_path: Path) -> None:
+    datasets = _mammo_datasets()
+    for ds in datasets:
+        ds.PhotometricInterpretation = "MONOCHROME1"
+    (state,) = _written(planar_built(datasets, _mammo_result, "mammo-inverse").states(), tmp_path)
+    assert state.PresentationLUTShape == "INVERSE"
+
+
+# --- frames of a multi-frame image -------------------------------------------------------------
+
+
+def _stereo_pair(datasets: Sequence[Dataset]) -> list[Dataset]:
+    """The fundus exam with its left eye's photograph as a two-frame instance."""
+    right, left = datasets
+    pair = copy.deepcopy(left)
+    pair.NumberOfFrames = 2
+    pair.PixelData = bytes(left.PixelData) * 2
+    return [right, pair]
+
+
+def _haemorrhage(image_uid: str, frame_number: int | None) -> PlanarFinding:
+    rows, columns = np.indices(OP_SHAPE)
+    mask = PlanarMask.from_full(np.asarray((rows - 30.0) ** 2 + (columns - 60.0) ** 2 <= 25.0))
+    return PlanarFinding(
+        finding_type=FindingType.HAEMORRHAGE,
+        sop_instance_uid=image_uid,
+        laterality=Laterality.LEFT,
+        mask=mask,
+        probability=0.9,
+        area_mm2=mask.pixel_count * OP_SPACING_MM**2,
+        frame_number=frame_number,
+    )
+
+
+def _on_frame_and_whole_image(image_set: ImageSet) -> PlanarResult:
+    """A haemorrhage on frame 2 of the left eye's pair, and one on the right eye's photograph."""
+    right, pair = image_set.images[0].sop_instance_uid, image_set.images[-1].sop_instance_uid
+    on_right = dataclasses.replace(_haemorrhage(right, None), laterality=Laterality.RIGHT)
+    findings = (on_right, _haemorrhage(pair, 2))
+    return PlanarResult(FUNDUS_MODEL, image_set.study_instance_uid, findings, ())
+
+
+def test_frames_of_a_multi_frame_image_are_left_out_with_a_log_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    built = planar_built(_stereo_pair(_fundus_datasets()), _on_frame_and_whole_image, "stereo")
+    with caplog.at_level(logging.WARNING, logger="cad_node.results.gsps"):
+        (state,) = _written(built.states(), tmp_path)
+    assert _referenced(state) == {_image_uid(built, 0)}
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "cad_node.results.gsps"]
+    assert _image_uid(built, 2) in line
+    assert "frame 2" in line
+    assert str(built.datasets[0].PatientName) not in line  # UIDs only, no patient data
 
 
 # --- options -----------------------------------------------------------------------------------

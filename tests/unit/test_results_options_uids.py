@@ -1,5 +1,6 @@
 """Result options, deterministic UIDs, the code table, imports, and the dciodvfy helper."""
 
+import re
 import subprocess
 import sys
 from dataclasses import fields
@@ -8,11 +9,15 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
+from pydicom.sr.codedict import codes as pydicom_codes
+from pydicom.sr.coding import Code
 from pydicom.uid import UID
 
 from cad_node import NOT_FOR_CLINICAL_USE
 from cad_node.domain import FindingType
-from cad_node.results import ResultOptions, result_uids
+from cad_node.domain.planar import ICDR_GRADES
+from cad_node.domain.results import MeasurementKind
+from cad_node.results import ResultOptions, codes, result_uids
 from cad_node.results.codes import FINDING_TYPE_CODES, finding_type_code
 from cad_node.results.uids import ResultUids, device_observer_uid
 from tests.dicom_validation import assert_valid_dicom, dciodvfy_errors
@@ -86,6 +91,109 @@ def test_every_finding_type_has_a_code() -> None:
     assert (nodule.value, nodule.scheme_designator) == ("27925004", "SCT")
 
 
+CONFORMANCE_STATEMENT = Path(__file__).parents[2] / "docs" / "conformance.md"
+KNOWN_SCHEMES = {"SCT", "DCM", "LN", "UCUM", codes.PRIVATE_SCHEME_DESIGNATOR, "99IHE"}
+
+
+def _every_code() -> dict[str, Code]:
+    """Every code codes.py exports: its constants, tables, and what its functions return."""
+    found = {name: value for name, value in vars(codes).items() if isinstance(value, Code)}
+    for table in (codes.FINDING_TYPE_CODES, codes.REGION_CODES, codes.PROCEDURE_CODES):
+        found.update({f"{key!r}": code for key, code in table.items()})
+    for kind in MeasurementKind:
+        name, unit = codes.measurement_concept(kind)
+        found.update({f"{kind} name": name, f"{kind} unit": unit})
+        method = codes.measurement_method(kind)
+        if method is not None:
+            found[f"{kind} method"] = method
+    for grade, meaning in enumerate(ICDR_GRADES):
+        found[f"ICDR grade {grade}"] = codes.icdr_grade_code(grade, meaning)
+        found[f"ICDR probability {grade}"] = codes.icdr_probability_code(grade, meaning)
+    return found
+
+
+def test_every_private_code_is_listed_in_the_conformance_statement() -> None:
+    statement = CONFORMANCE_STATEMENT.read_text()
+    private = {name: c for name, c in _every_code().items() if codes.is_private(c)}
+    assert private, "the statement test must see the private codes"
+    unlisted = [
+        f"{name} ({code.value} {code.meaning!r})"
+        for name, code in private.items()
+        if f"`{code.value}`" not in statement or code.meaning not in statement
+    ]
+    assert unlisted == []
+
+
+def test_every_code_has_a_known_scheme_and_a_short_meaning() -> None:
+    for name, code in _every_code().items():
+        assert code.scheme_designator in KNOWN_SCHEMES, name
+        assert 0 < len(code.meaning) <= 64, name  # Code Meaning is LO (PS3.3 8.3)
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        codes.SUSPICIOUS,
+        codes.NOT_SUSPICIOUS,
+        codes.BREAST_SUSPICION,
+        codes.ICDR_GRADE,
+        *codes.ICDR_GRADE_CODES,
+        codes.MICROANEURYSM,
+        codes.HAEMORRHAGE,
+        codes.PROCEDURE_FUNDUS_PHOTOGRAPHY,
+        codes.PROCEDURE_MAMMOGRAPHY,
+        codes.SUM_OF_SEGMENTED_VOXELS,
+        codes.LONG_AXIS,
+    ],
+    ids=lambda code: f"{code.scheme_designator}-{code.value}",
+)
+def test_concepts_with_a_public_code_use_no_private_scheme(code: Code) -> None:
+    assert not codes.is_private(code)
+    assert code.scheme_designator in {"SCT", "DCM"}
+
+
+def test_bi_rads_verdicts_are_the_codes_of_pydicoms_dictionary() -> None:
+    # PS3.16 CID 6027 code values, checked against pydicom's SNOMED CT concepts.
+    sct = pydicom_codes.SCT
+    category_4 = sct.MammographyAssessmentCategory4SuspiciousAbnormalityBiopsyShouldBeConsidered
+    assert category_4 == codes.SUSPICIOUS
+    assert sct.MammographyAssessmentCategory1Negative == codes.NOT_SUSPICIOUS
+    assert pydicom_codes.DCM.AssessmentCategory == codes.BREAST_SUSPICION
+
+
+def test_icdr_grades_have_distinct_codes_read_back_to_their_grade() -> None:
+    values = [codes.icdr_grade_code(grade).value for grade in range(len(ICDR_GRADES))]
+    assert len(set(values)) == len(ICDR_GRADES)
+    assert [codes.icdr_grade_of(value) for value in values] == list(range(len(ICDR_GRADES)))
+    assert codes.icdr_grade_code(0) == codes.ABSENT
+    with pytest.raises(ValueError, match="ICDR grade"):
+        codes.icdr_grade_code(len(ICDR_GRADES))
+    with pytest.raises(ValueError, match="no ICDR grade"):
+        codes.icdr_grade_of(codes.YES.value)
+
+
+def test_measurements_say_what_they_measure() -> None:
+    assert codes.measurement_concept(MeasurementKind.EQUIVALENT_SPHERE_DIAMETER) == (
+        codes.DIAMETER,
+        codes.MILLIMETER,
+    )
+    sphere = codes.measurement_method(MeasurementKind.EQUIVALENT_SPHERE_DIAMETER)
+    assert sphere is not None
+    assert "sphere of equal volume" in sphere.meaning
+    assert codes.measurement_concept(MeasurementKind.LARGEST_EXTENT)[0] == codes.LONG_AXIS
+    volume = codes.measurement_method(MeasurementKind.VOLUME)
+    assert volume == pydicom_codes.DCM.SumOfSegmentedVoxelMethodForVolume
+    assert codes.measurement_method(MeasurementKind.AREA) is None
+
+
+def test_the_private_scheme_is_declared_once() -> None:
+    dataset = pydicom.Dataset()
+    codes.declare_private_coding_scheme(dataset)
+    codes.declare_private_coding_scheme(dataset)
+    declared = [i.CodingSchemeDesignator for i in dataset.CodingSchemeIdentificationSequence]
+    assert declared == [codes.PRIVATE_SCHEME_DESIGNATOR]
+
+
 def test_results_package_imports_no_framework() -> None:
     forbidden = ["torch", "sqlalchemy", "pynetdicom", "apscheduler"]
     code = (
@@ -122,3 +230,17 @@ def test_series_descriptions_name_the_model() -> None:
     assert named.sr_series_description == "cad-node mammo_screening SR NOT FOR CLINICAL USE"
     with pytest.raises(ValueError, match="LO value"):
         options.for_model("m" * 40)
+
+
+def test_the_air_section_cites_tests_that_exist() -> None:
+    statement = CONFORMANCE_STATEMENT.read_text()
+    air = statement.split("## 9. IHE AI Results (AIR): Evidence Creator", 1)[1]
+    cited = re.findall(r"`(test_\w+\.py)::(test_\w+)`", air)
+    assert cited, "the AIR section names the tests that show each requirement"
+    unit_tests = Path(__file__).parent
+    missing = [
+        f"{module}::{name}"
+        for module, name in cited
+        if not re.search(rf"^def {name}\(", (unit_tests / module).read_text(), re.MULTILINE)
+    ]
+    assert missing == []

@@ -1,99 +1,220 @@
-"""Burned-in Secondary Capture images of findings: written, read back, validated, looked at."""
+"""Burned-in and explanation Secondary Captures of CT and 2D reports: written, read back,
+validated with dciodvfy, looked at."""
 
+import copy
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pydicom
 import pytest
 from pydicom import Dataset
 from pydicom.uid import SecondaryCaptureImageStorage
 
 from cad_node import NOT_FOR_CLINICAL_USE
-from cad_node.domain import ModelResult
-from cad_node.results import ResultOptions, build_overlays, result_uids
-from cad_node.results.overlay import BANNER_COLOUR, CONTOUR_COLOURS, centre_slice, finding_text
-from tests.dicom_validation import assert_valid_dicom
-from tests.unit.test_results_objects import (
-    MODEL,
-    OPTIONS,
-    Case,
-    Nodule,
-    encode,
-    make_case,
-    make_finding,
+from cad_node.domain.findings import FindingType
+from cad_node.domain.planar import ImageSet, Laterality, PlanarFinding, PlanarMask, PlanarResult
+from cad_node.domain.results import (
+    Measurement,
+    MeasurementKind,
+    ModelReport,
+    RegionFinding,
+    planar_report,
+    volume_report,
 )
+from cad_node.imaging.planar import load_image_set
+from cad_node.results import codes
+from cad_node.results.options import ResultOptions
+from cad_node.results.overlay import (
+    BANNER_COLOUR,
+    CONTOUR_COLOURS,
+    LUNG_WINDOW,
+    build_explanation_images,
+    build_overlays,
+    contour,
+    finding_caption,
+    jet,
+    lung_window,
+)
+from cad_node.results.sources import prepared_headers
+from cad_node.results.tracking import Tracking, finding_tracking
+from cad_node.results.uids import ResultUids, algorithm_device_uid, result_uids
+from tests.dicom_validation import assert_valid_dicom
+from tests.unit.test_planar_results import (
+    FUNDUS_MODEL,
+    MG_SHAPE,
+    OP_SHAPE,
+    OP_SPACING_MM,
+    _fundus_datasets,
+    _fundus_result,
+    _mammo_datasets,
+    _mammo_result,
+    encode,
+    headers_only,
+)
+from tests.unit.test_planar_results import OPTIONS as PLANAR_OPTIONS
+from tests.unit.test_results_objects import OPTIONS, Nodule, make_case
 
 
-@pytest.fixture(scope="module")
-def case() -> Case:
-    return make_case()
+@dataclass(frozen=True)
+class Built:
+    """A report with what its builders need, the datasets it came from, and its images."""
+
+    datasets: list[Dataset]
+    report: ModelReport
+    headers: list[Dataset]
+    tracking: tuple[Tracking, ...]
+    uids: ResultUids
+    options: ResultOptions
+
+    def overlays(self) -> list[Dataset]:
+        return list(
+            build_overlays(self.report, self.headers, self.tracking, self.uids, self.options)
+        )
+
+    def explanations(self) -> list[Dataset]:
+        return list(build_explanation_images(self.report, self.headers, self.uids, self.options))
 
 
-@pytest.fixture(scope="module")
-def written(case: Case, tmp_path_factory: pytest.TempPathFactory) -> list[Dataset]:
-    folder = tmp_path_factory.mktemp("overlay")
-    images = build_overlays(case.series, case.volume, case.result, case.uids, OPTIONS)
-    read_back: list[Dataset] = []
-    for number, image in enumerate(images):
+def _built(
+    datasets: list[Dataset], report: ModelReport, uids: ResultUids, options: ResultOptions
+) -> Built:
+    headers = prepared_headers(headers_only(datasets), report.grid)
+    return Built(datasets, report, headers, finding_tracking(report, uids), uids, options)
+
+
+def ct_built(nodules: Sequence[Nodule] | None = None, job_key: str = "job-1") -> Built:
+    case = make_case(job_key=job_key) if nodules is None else make_case(nodules, job_key)
+    report = volume_report(case.volume, case.result, str(case.series[0].StudyInstanceUID))
+    return _built(case.series, report, case.uids, OPTIONS)
+
+
+def planar_built(
+    datasets: list[Dataset], result_of: Callable[[ImageSet], PlanarResult], job_key: str
+) -> Built:
+    image_set = load_image_set(datasets)
+    result = result_of(image_set)
+    return _built(datasets, planar_report(image_set, result), result_uids(job_key), PLANAR_OPTIONS)
+
+
+def written(objects: Sequence[Dataset], folder: Path) -> list[Dataset]:
+    """Each object saved, checked with dciodvfy and read back."""
+    read: list[Dataset] = []
+    for number, dataset in enumerate(objects):
         path = folder / f"sc{number}.dcm"
-        image.save_as(path, enforce_file_format=True)
+        dataset.save_as(path, enforce_file_format=True)
         assert_valid_dicom(path)
-        read_back.append(pydicom.dcmread(path))
-    return read_back
+        read.append(pydicom.dcmread(path))
+    return read
 
 
-def test_one_image_per_slice_with_a_finding_centre(case: Case, written: list[Dataset]) -> None:
-    slices = {centre_slice(f, case.volume.shape[0]) for f in case.result.findings}
-    assert len(written) == len(slices) == 3
-    sources = {str(ds.SOPInstanceUID): ds for ds in case.series}
-    referenced = [
-        sources[str(ds.SourceImageSequence[0].ReferencedSOPInstanceUID)] for ds in written
+@pytest.fixture(scope="module")
+def ct() -> Built:
+    return ct_built()
+
+
+@pytest.fixture(scope="module")
+def ct_overlays(ct: Built, tmp_path_factory: pytest.TempPathFactory) -> list[Dataset]:
+    return written(ct.overlays(), tmp_path_factory.mktemp("overlay-ct"))
+
+
+@pytest.fixture(scope="module")
+def mammo() -> Built:
+    return planar_built(_mammo_datasets(), _mammo_result, "mammo-overlay")
+
+
+@pytest.fixture(scope="module")
+def fundus() -> Built:
+    return planar_built(_fundus_datasets(), _fundus_result, "fundus-overlay")
+
+
+@pytest.fixture(params=["mammo", "fundus"])
+def planar(request: pytest.FixtureRequest) -> Built:
+    value: Built = request.getfixturevalue(request.param)
+    return value
+
+
+def _display_images(built: Built) -> list[int]:
+    return sorted({finding.display_image for finding in built.report.findings})
+
+
+def _image_index(built: Built, capture: Dataset) -> int:
+    source = capture.SourceImageSequence[0]
+    frame = int(source.ReferencedFrameNumber) if "ReferencedFrameNumber" in source else None
+    return built.report.grid.index_of((str(source.ReferencedSOPInstanceUID), frame))
+
+
+# --- CT ----------------------------------------------------------------------------------------
+
+
+def test_one_image_per_display_image_of_a_finding(ct: Built, ct_overlays: list[Dataset]) -> None:
+    shown = _display_images(ct)
+    assert len(ct_overlays) == len(shown) == 3
+    assert [_image_index(ct, ds) for ds in ct_overlays] == shown
+    assert [str(ds.SOPInstanceUID) for ds in ct_overlays] == [
+        ct.uids.overlay_sop_instance_uid(index) for index in shown
     ]
-    assert sorted(int(ds.InstanceNumber) for ds in referenced) == sorted(k + 1 for k in slices)
+    assert [int(ds.InstanceNumber) for ds in ct_overlays] == [1, 2, 3]
 
 
-def test_images_are_an_rgb_series_of_the_source_study(case: Case, written: list[Dataset]) -> None:
-    study = {str(ds.StudyInstanceUID) for ds in case.series}
-    for ds in written:
+def test_images_are_an_rgb_series_of_the_source_study(
+    ct: Built, ct_overlays: list[Dataset]
+) -> None:
+    for ds in ct_overlays:
         assert ds.SOPClassUID == SecondaryCaptureImageStorage
         assert ds.PhotometricInterpretation == "RGB"
         assert ds.SamplesPerPixel == 3
-        assert {str(ds.StudyInstanceUID)} == study
-        assert ds.SeriesInstanceUID == case.uids.overlay_series_instance_uid
+        assert ds.StudyInstanceUID == ct.report.grid.study_instance_uid
+        assert ds.SeriesInstanceUID == ct.uids.overlay_series_instance_uid
         assert ds.SeriesNumber == OPTIONS.overlay_series_number
         assert NOT_FOR_CLINICAL_USE in ds.SeriesDescription
         assert ds.BurnedInAnnotation == "YES"
         assert (ds.ContentDate, ds.ContentTime) == ("20261125", "143015.123456")
         assert ds.InstanceCreationDate == "20261125"
         assert list(ds.PatientOrientation) == ["L", "P"]
-    assert len({str(ds.SOPInstanceUID) for ds in written}) == len(written)
+        assert "ReferencedFrameNumber" not in ds.SourceImageSequence[0]
 
 
-def _finding_of(case: Case, ds: Dataset) -> int:
-    slice_uid = str(ds.SourceImageSequence[0].ReferencedSOPInstanceUID)
-    k = case.volume.sop_instance_uids.index(slice_uid)
-    (index,) = [
-        i for i, f in enumerate(case.result.findings) if centre_slice(f, case.volume.shape[0]) == k
-    ]
-    return index
+def test_every_image_names_the_algorithm_as_contributing_equipment(
+    ct: Built, ct_overlays: list[Dataset]
+) -> None:
+    model = ct.report.model
+    device = algorithm_device_uid(model.name, model.version, model.weights_sha256)
+    for ds in ct_overlays:
+        (item,) = [i for i in ds.ContributingEquipmentSequence if i.get("DeviceUID") == device]
+        (purpose,) = item.PurposeOfReferenceCodeSequence
+        assert purpose.CodeValue == codes.PROCESSING_ALGORITHM.value
+        assert item.ManufacturerModelName == model.name
+        assert item.SoftwareVersions == model.version
+        assert item.ContributionDateTime == "20261125143015.123456"
 
 
-def test_contour_surrounds_the_finding_centre(case: Case, written: list[Dataset]) -> None:
-    for ds in written:
-        index = _finding_of(case, ds)
-        finding = case.result.findings[index]
-        pixels = ds.pixel_array
-        rows, columns = np.nonzero(np.all(pixels == CONTOUR_COLOURS[index], axis=2))
+def test_contour_surrounds_the_finding_centre(ct: Built, ct_overlays: list[Dataset]) -> None:
+    for ds in ct_overlays:
+        (index,) = ct.report.findings_on(_image_index(ct, ds))
+        rows, columns = np.nonzero(np.all(ds.pixel_array == CONTOUR_COLOURS[index], axis=2))
         assert rows.size > 4
-        _, centre_row, centre_column = finding.centre_index
+        _, centre_row, centre_column = ct.report.findings[index].centre
         assert abs((rows.min() + rows.max()) / 2 - centre_row) <= 1.0
         assert abs((columns.min() + columns.max()) / 2 - centre_column) <= 1.0
         assert rows.min() < centre_row < rows.max()
         assert columns.min() < centre_column < columns.max()
 
 
-def test_banner_is_burned_in(written: list[Dataset]) -> None:
-    for ds in written:
+def test_slice_is_shown_in_the_lung_window(ct: Built, ct_overlays: list[Dataset]) -> None:
+    for ds in ct_overlays:
+        image = ct.report.grid.images[_image_index(ct, ds)]
+        assert image.window == LUNG_WINDOW
+        expected = lung_window(image.pixels, *LUNG_WINDOW)
+        corner = ds.pixel_array[-3:, :3]  # the synthetic slices are even; no finding here
+        assert np.all(corner == expected[-3:, :3, np.newaxis])
+
+
+def test_banner_is_burned_in(ct_overlays: list[Dataset]) -> None:
+    for ds in ct_overlays:
         banner = ds.pixel_array[:10]
         background = np.all(banner == BANNER_COLOUR, axis=2)
         text = banner[:, :, 1] > 128  # white, anti-aliased: only text lifts green
@@ -103,30 +224,38 @@ def test_banner_is_burned_in(written: list[Dataset]) -> None:
 
 def test_two_findings_on_one_slice_share_an_image(tmp_path: Path) -> None:
     twins = (Nodule((-8.0, -6.0, -12.5), 3.0, 0.9), Nodule((8.0, 9.0, -12.5), 3.0, 0.4))
-    case = make_case(twins, job_key="job-twins")
-    (image,) = build_overlays(case.series, case.volume, case.result, case.uids, OPTIONS)
-    path = tmp_path / "sc.dcm"
-    image.save_as(path, enforce_file_format=True)
-    assert_valid_dicom(path)
-    pixels = pydicom.dcmread(path).pixel_array
+    built = ct_built(twins, job_key="job-twins")
+    (image,) = written(built.overlays(), tmp_path)
     for colour in CONTOUR_COLOURS[:2]:
-        assert np.all(pixels == colour, axis=2).any()
+        assert np.all(image.pixel_array == colour, axis=2).any()
+    assert image.ImageComments == f"{NOT_FOR_CLINICAL_USE}; Nodule 1, Nodule 2"
 
 
-def test_rebuild_is_identical_and_no_finding_gives_no_image(case: Case) -> None:
-    first = build_overlays(case.series, case.volume, case.result, case.uids, OPTIONS)
-    second = build_overlays(case.series, case.volume, case.result, case.uids, OPTIONS)
+def test_rebuild_is_identical_and_no_finding_gives_no_image(ct: Built) -> None:
+    first, second = ct.overlays(), ct.overlays()
     assert [encode(ds) for ds in first] == [encode(ds) for ds in second]
-    empty = ModelResult(
-        model=MODEL, findings=(), series_instance_uid=case.volume.series_instance_uid
+    empty = dataclasses.replace(ct, report=dataclasses.replace(ct.report, findings=()))
+    assert empty.overlays() == []
+
+
+def _finding(kind: MeasurementKind | None, probability: float) -> RegionFinding:
+    ct = ct_built()
+    measurements = () if kind is None else (Measurement(kind, 12.34),)
+    return dataclasses.replace(
+        ct.report.findings[0], measurements=measurements, probability=probability
     )
-    assert build_overlays(case.series, case.volume, empty, case.uids, OPTIONS) == []
 
 
-def test_label_text_and_options() -> None:
-    case = make_case((Nodule((0.0, 0.0, 0.0), 4.0, 0.871),), job_key="job-label")
-    finding = make_finding(case.volume, Nodule((0.0, 0.0, 0.0), 4.0, 0.871))
-    assert finding_text(finding, 0) == f"Nodule 1: {finding.diameter_mm:.1f} mm, p=0.87"
+def test_one_caption_for_every_finding() -> None:
+    sphere = _finding(MeasurementKind.EQUIVALENT_SPHERE_DIAMETER, 0.871)
+    assert finding_caption(sphere, "Nodule 1") == "Nodule 1: 12.3 mm, 87%"
+    extent = _finding(MeasurementKind.LARGEST_EXTENT, 0.5)
+    assert finding_caption(extent, "Mass 2") == "Mass 2: 12.3 mm, 50%"
+    area_only = _finding(MeasurementKind.AREA, 0.58)
+    assert finding_caption(area_only, "Retinal microaneurysm 2") == "Retinal microaneurysm 2: 58%"
+
+
+def test_options_and_uids() -> None:
     assert (
         result_uids("a").overlay_series_instance_uid != result_uids("b").overlay_series_instance_uid
     )
@@ -134,3 +263,129 @@ def test_label_text_and_options() -> None:
         ResultOptions(overlay_series_number=9001)
     with pytest.raises(ValueError, match=NOT_FOR_CLINICAL_USE):
         ResultOptions(overlay_series_description="marks")
+
+
+def test_contour_is_the_border_of_the_mask() -> None:
+    mask = np.zeros((7, 7), dtype=np.bool_)
+    mask[1:6, 1:6] = True
+    line = contour(mask)
+    assert line.sum() == 16
+    assert not line[2:5, 2:5].any()
+
+
+# --- mammography and fundus --------------------------------------------------------------------
+
+
+def test_planar_overlays_show_contours_banner_and_reference_their_image(
+    planar: Built, tmp_path: Path
+) -> None:
+    captures = written(planar.overlays(), tmp_path)
+    assert [_image_index(planar, ds) for ds in captures] == _display_images(planar)
+    for capture in captures:
+        index = _image_index(planar, capture)
+        header = planar.headers[index]
+        assert capture.SOPClassUID == SecondaryCaptureImageStorage
+        assert capture.SOPInstanceUID == planar.uids.overlay_sop_instance_uid(index)
+        assert capture.SeriesInstanceUID == planar.uids.overlay_series_instance_uid
+        assert capture.StudyInstanceUID == planar.report.grid.study_instance_uid
+        assert capture.BurnedInAnnotation == "YES"
+        assert capture.Laterality == header.ImageLaterality
+        assert list(capture.PatientOrientation or []) == list(header.PatientOrientation or [])
+        pixels = capture.pixel_array
+        assert pixels.shape == (*planar.report.grid.images[index].shape, 3)
+        banner = pixels[: max(10, pixels.shape[0] // 20) - 1]
+        assert np.all(banner == BANNER_COLOUR, axis=2).mean() > 0.5
+        for i in planar.report.findings_on(index):
+            coloured = np.all(pixels == CONTOUR_COLOURS[i % len(CONTOUR_COLOURS)], axis=2)
+            mask = planar.report.findings[i].mask_on(index)
+            assert mask is not None
+            assert coloured[mask.paste(coloured.shape)].sum() >= 4  # on the mask's border
+
+
+def test_mammo_overlay_keeps_the_mlo_orientation_and_the_window(mammo: Built) -> None:
+    captures = mammo.overlays()
+    (mlo,) = [ds for ds in captures if mammo.headers[_image_index(mammo, ds)].ViewPosition == "MLO"]
+    assert list(mlo.PatientOrientation) == ["P", "FL"]
+    grey = mlo.pixel_array[MG_SHAPE[0] - 10, MG_SHAPE[1] // 2]
+    assert grey[0] == grey[1] == grey[2]
+    assert 100 < int(grey[0]) <= 255  # bright end of the synthetic gradient, windowed
+
+
+def test_fundus_overlay_shows_the_photograph_as_it_is(fundus: Built) -> None:
+    (capture,) = fundus.overlays()
+    image = fundus.report.grid.images[_image_index(fundus, capture)]
+    corner = (slice(OP_SHAPE[0] - 12, OP_SHAPE[0]), slice(0, 6))  # below the findings' captions
+    assert np.array_equal(capture.pixel_array[corner], image.pixels[corner].astype(np.uint8))
+
+
+def test_explanations_blend_the_heatmap_and_say_what_they_explain(
+    planar: Built, tmp_path: Path
+) -> None:
+    captures = written(planar.explanations(), tmp_path)
+    assert len(captures) == len(planar.report.explanations)
+    for number, (explanation, capture) in enumerate(
+        zip(planar.report.explanations, captures, strict=True)
+    ):
+        assert capture.SOPInstanceUID == planar.uids.explanation_sop_instance_uid(number)
+        assert capture.SeriesInstanceUID == planar.uids.explanation_series_instance_uid
+        assert capture.SeriesNumber == PLANAR_OPTIONS.explanation_series_number
+        assert capture.SourceImageSequence[0].ReferencedSOPInstanceUID == (
+            explanation.sop_instance_uid
+        )
+        assert explanation.target in capture.ImageComments
+        assert "ContributingEquipmentSequence" in capture
+        pixels = capture.pixel_array.astype(np.int64)
+        hot = np.unravel_index(np.argmax(explanation.heatmap), explanation.heatmap.shape)
+        red, _, blue = pixels[hot]
+        assert red > blue  # jet: red where the map peaks
+        caption = pixels[-max(10, pixels.shape[0] // 20) :]
+        assert (caption.sum(axis=2) == 0).mean() > 0.5
+        assert (caption > 128).any()
+
+
+def test_jet_runs_from_blue_through_green_to_red() -> None:
+    low, middle, high = jet(np.array([0.0, 0.5, 1.0], dtype=np.float32))
+    assert low.argmax() == 2
+    assert middle.argmax() == 1
+    assert high.argmax() == 0
+
+
+# --- frames of a multi-frame image -------------------------------------------------------------
+
+
+def stereo_pair(datasets: Sequence[Dataset]) -> list[Dataset]:
+    """The fundus exam with its left eye's photograph as a two-frame instance."""
+    right, left = datasets
+    pair = copy.deepcopy(left)
+    pair.NumberOfFrames = 2
+    pair.PixelData = bytes(left.PixelData) * 2
+    return [right, pair]
+
+
+def _disk(centre: tuple[float, float], radius: float) -> npt.NDArray[np.bool_]:
+    rows, columns = np.indices(OP_SHAPE)
+    return np.asarray((rows - centre[0]) ** 2 + (columns - centre[1]) ** 2 <= radius**2)
+
+
+def stereo_result(image_set: ImageSet) -> PlanarResult:
+    """A haemorrhage on frame 2 of the left eye's pair."""
+    pair = image_set.images[-1].sop_instance_uid
+    mask = PlanarMask.from_full(_disk((30.0, 60.0), 5.0))
+    finding = PlanarFinding(
+        finding_type=FindingType.HAEMORRHAGE,
+        sop_instance_uid=pair,
+        laterality=Laterality.LEFT,
+        mask=mask,
+        probability=0.9,
+        area_mm2=mask.pixel_count * OP_SPACING_MM**2,
+        frame_number=2,
+    )
+    return PlanarResult(FUNDUS_MODEL, image_set.study_instance_uid, (finding,), ())
+
+
+def test_an_image_of_a_frame_references_its_frame(tmp_path: Path) -> None:
+    built = planar_built(stereo_pair(_fundus_datasets()), stereo_result, "stereo-overlay")
+    (capture,) = written(built.overlays(), tmp_path)
+    source = capture.SourceImageSequence[0]
+    assert int(source.ReferencedFrameNumber) == 2
+    assert built.report.grid.images[_image_index(built, capture)].frame_number == 2
