@@ -239,6 +239,10 @@ COMMENT: Code = codes.DCM.Comment
 """DCM 121106 "Comment"."""
 NO_UNITS: Code = codes.UCUM.NoUnits
 """UCUM "1" (no units), the unit of a heatmap's relative values (Parametric Map)."""
+CLASS_ACTIVATION: Code = codes.DCM.ClassActivation
+"""DCM 130402 "Class activation", the quantity of a CAM heatmap."""
+SALIENCY: Code = codes.DCM.Saliency
+"""DCM 130404 "Saliency", the quantity of a heatmap made some other way."""
 
 # Key Object Selection (PS3.16 TID 2010).
 OF_INTEREST: Code = codes.DCM.OfInterest

@@ -14,8 +14,6 @@ from collections.abc import Sequence
 
 import highdicom as hd
 from pydicom import Dataset
-from pydicom.sr.codedict import codes as dicom_codes
-from pydicom.sr.coding import Code
 
 from cad_node import NOT_FOR_CLINICAL_USE
 from cad_node.domain.results import ModelReport, images_with_findings
@@ -27,11 +25,9 @@ from cad_node.results.sources import (
     pin_creation_datetime,
     resolve_content_datetime,
 )
-from cad_node.results.uids import ResultUids, device_observer_uid
+from cad_node.results.sr import device_observer
+from cad_node.results.uids import ResultUids
 
-OF_INTEREST: Code = dicom_codes.DCM.OfInterest
-"""DCM 113000 "Of Interest" (PS3.16 CID 7010), the document title (defined here, not in
-codes.py)."""
 KOS_DESCRIPTION = f"CAD findings, {NOT_FOR_CLINICAL_USE}"
 """Key Object Description (DCM 113012) of every document."""
 
@@ -50,20 +46,6 @@ def selected_headers(headers: Sequence[Dataset], uids: Sequence[str]) -> list[Da
     """The prepared header of each instance in ``uids``, in that order."""
     by_uid = {str(header.SOPInstanceUID): header for header in headers}
     return [by_uid[uid] for uid in uids]
-
-
-def device_observer(options: ResultOptions) -> hd.sr.ObserverContext:
-    """The Device observer (PS3.16 TID 1002/1004) that made the selection: this node."""
-    return hd.sr.ObserverContext(
-        observer_type=hd.sr.CodedConcept.from_code(codes.DEVICE),
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=device_observer_uid(options.manufacturer_model_name, options.device_serial_number),
-            name=codes.DEVICE_OBSERVER_NAME,
-            manufacturer_name=options.manufacturer,
-            model_name=options.manufacturer_model_name,
-            serial_number=options.device_serial_number,
-        ),
-    )
 
 
 def settle_references(kos: Dataset, frames: dict[str, list[int] | None]) -> None:
@@ -113,7 +95,7 @@ def build_kos(
     images = selected_headers(headers, list(frames))
     when = resolve_content_datetime(options.content_datetime)
     content = hd.ko.KeyObjectSelection(
-        document_title=OF_INTEREST,
+        document_title=codes.OF_INTEREST,
         referenced_objects=[*images, sr],
         observer_device_context=device_observer(options),
         description=KOS_DESCRIPTION,

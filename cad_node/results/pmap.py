@@ -28,7 +28,6 @@ import highdicom as hd
 import numpy as np
 import numpy.typing as npt
 from pydicom import Dataset
-from pydicom.sr.codedict import codes as dicom_codes
 from pydicom.sr.coding import Code
 
 from cad_node import NOT_FOR_CLINICAL_USE
@@ -58,23 +57,16 @@ LUT_LABEL = "HEATMAP"
 VALUE_RANGE = (0.0, 1.0)
 """The stored (and real world) values of a heatmap: 0 explains nothing, 1 most."""
 
-NO_UNITS: Code = dicom_codes.UCUM.NoUnits
-"""UCUM "1" (no units): a heatmap's values are relative (defined here, not in codes.py)."""
-CLASS_ACTIVATION: Code = dicom_codes.DCM.ClassActivation
-"""DCM 130402 "Class activation" (defined here, not in codes.py)."""
-SALIENCY: Code = dicom_codes.DCM.Saliency
-"""DCM 130404 "Saliency", of a map made some other way (defined here, not in codes.py)."""
-
 _METHOD_CODES: dict[str, Code] = {
     "gradcam": codes.GRAD_CAM,
-    "cam": CLASS_ACTIVATION,
+    "cam": codes.CLASS_ACTIVATION,
 }
 
 
 def explanation_method_code(method: str) -> Code:
     """The quantity (PS3.16 CID 7180 / CID 7203) of a map made by ``method`` ("Grad-CAM")."""
     key = "".join(ch for ch in method.lower() if ch.isalnum())
-    return _METHOD_CODES.get(key, SALIENCY)
+    return _METHOD_CODES.get(key, codes.SALIENCY)
 
 
 def real_world_value_mapping(explanation: ExplanationMap) -> hd.pm.RealWorldValueMapping:
@@ -82,7 +74,7 @@ def real_world_value_mapping(explanation: ExplanationMap) -> hd.pm.RealWorldValu
     return hd.pm.RealWorldValueMapping(
         lut_label=LUT_LABEL,
         lut_explanation=f"{explanation.method}: {explanation.target}"[:64],
-        unit=NO_UNITS,
+        unit=codes.NO_UNITS,
         value_range=VALUE_RANGE,
         slope=1.0,
         intercept=0.0,

@@ -94,21 +94,23 @@ class _Context:
 # --- report context ----------------------------------------------------------------------------
 
 
+def device_observer(options: ResultOptions) -> hd.sr.ObserverContext:
+    """The Device observer (PS3.16 TID 1002/1004) of every report and selection: this node."""
+    return hd.sr.ObserverContext(
+        observer_type=hd.sr.CodedConcept.from_code(codes.DEVICE),
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=device_observer_uid(options.manufacturer_model_name, options.device_serial_number),
+            name=codes.DEVICE_OBSERVER_NAME,
+            manufacturer_name=options.manufacturer,
+            model_name=options.manufacturer_model_name,
+            serial_number=options.device_serial_number,
+        ),
+    )
+
+
 def observation_context(options: ResultOptions) -> hd.sr.ObservationContext:
     """PS3.16 TID 1002 with a device observer (TID 1004) naming cad-node."""
-    device = hd.sr.DeviceObserverIdentifyingAttributes(
-        uid=device_observer_uid(options.manufacturer_model_name, options.device_serial_number),
-        name=codes.DEVICE_OBSERVER_NAME,
-        manufacturer_name=options.manufacturer,
-        model_name=options.manufacturer_model_name,
-        serial_number=options.device_serial_number,
-    )
-    return hd.sr.ObservationContext(
-        observer_device_context=hd.sr.ObserverContext(
-            observer_type=hd.sr.CodedConcept.from_code(codes.DEVICE),
-            observer_identifying_attributes=device,
-        )
-    )
+    return hd.sr.ObservationContext(observer_device_context=device_observer(options))
 
 
 def laterality_code(laterality: Laterality | None) -> Code | None:

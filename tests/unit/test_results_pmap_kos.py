@@ -49,7 +49,6 @@ from cad_node.results.kos import KOS_DESCRIPTION, build_kos
 from cad_node.results.options import ResultOptions
 from cad_node.results.pmap import (
     LUT_LABEL,
-    NO_UNITS,
     PARAMETRIC_MAP_CONTENT_LABEL,
     build_parametric_maps,
     content_description,
@@ -463,7 +462,7 @@ def test_the_real_world_value_mapping_names_the_grad_cam_quantity(case: Case) ->
         assert mapping.DoubleFloatRealWorldValueFirstValueMapped == 0.0
         assert mapping.DoubleFloatRealWorldValueLastValueMapped == 1.0
         (unit,) = mapping.MeasurementUnitsCodeSequence
-        assert (unit.CodeValue, unit.CodingSchemeDesignator) == (NO_UNITS.value, "UCUM")
+        assert (unit.CodeValue, unit.CodingSchemeDesignator) == (codes.NO_UNITS.value, "UCUM")
         (quantity,) = mapping.QuantityDefinitionSequence
         (concept,) = quantity.ConceptCodeSequence
         assert (concept.CodeValue, concept.CodingSchemeDesignator) == (
