@@ -14,7 +14,19 @@ window.config = {
   routerBasename: '/',
   extensions: [],
   modes: [],
-  customizationService: {},
+  customizationService: {
+    global: {
+      // OHIF 3.13.2 gives a TID 1500 measurement group without an image region (cad-node's
+      // per-breast and per-eye assessments, a "Finding: Absent" summary) no coordinates, then
+      // reads coords[0] of it and stops drawing the SR's findings. An empty coordinate lets
+      // it pass such a group over: the findings are drawn, the assessments stay in the
+      // measurement list.
+      onBeforeSRAddMeasurement: ({ measurement }) =>
+        measurement.coords && measurement.coords.length
+          ? measurement
+          : { ...measurement, coords: [{}] },
+    },
+  },
   showStudyList: true,
   maxNumberOfWebWorkers: 3,
   showWarningMessageForCrossOrigin: false,
