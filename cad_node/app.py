@@ -1,6 +1,8 @@
 """Wiring: builds a running node from its settings (the one place that knows every part)."""
 
+import errno
 import logging
+import socket
 import threading
 from dataclasses import dataclass, field
 
@@ -13,7 +15,7 @@ from cad_node.admin.context import AdminContext
 from cad_node.admin.server import AdminServer
 from cad_node.clock import Clock, utc_now, wait_until_set
 from cad_node.config import Settings, listens_everywhere
-from cad_node.errors import ModelError
+from cad_node.errors import CadNodeError, ModelError
 from cad_node.export.service import deliver_due
 from cad_node.ingest.bounds import DataSetLimits
 from cad_node.ingest.processes import IngestProcesses
@@ -27,11 +29,17 @@ from cad_node.store.catalog import DestinationBook
 from cad_node.store.db import create_schema, make_engine, session_factory
 from cad_node.store.instances import RecordOutcome
 from cad_node.store.jobs import requeue_all_running, requeue_expired
+from cad_node.store.lock import StorageLock
 from cad_node.store.rulesets import RuleBook
 from cad_node.sweeps import Sweep
 from cad_node.worker import LeasedWorker, make_worker, model_registry, work_loop
 
 logger = logging.getLogger(__name__)
+
+
+class PortInUseError(CadNodeError):
+    """The DICOM port cannot be listened on (another program has it, or the address is wrong)."""
+
 
 SWEEP_SECONDS = 1.0
 """How often quiet series, expired leases and due deliveries are looked for (besides the
@@ -63,10 +71,28 @@ class Node:
     _stopping: threading.Event = field(init=False, default_factory=threading.Event)
     _work_available: threading.Event = field(init=False, default_factory=threading.Event)
     _worker_threads: list[threading.Thread] = field(init=False, default_factory=list)
+    _lock: StorageLock = field(init=False)
 
     def __post_init__(self) -> None:
+        """Claim the storage folder and check the DICOM port, then open the journal.
+
+        Both come before anything reads or writes the journal or the spool: a second
+        ``serve`` on a live node's folder or port stops here with
+        :class:`~cad_node.store.lock.FolderInUseError` or :class:`PortInUseError`,
+        having touched neither (issue 24).
+        """
         storage_dir = self.settings.storage_dir
         storage_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._lock = StorageLock(storage_dir)
+        self._lock.acquire()
+        try:
+            check_port_free(self.settings.bind_address, self.settings.port)
+            self._open()
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _open(self) -> None:
         self.engine = make_engine(self.settings.resolved_database_url)
         create_schema(self.engine)
         self.sessions = session_factory(self.engine)
@@ -108,10 +134,14 @@ class Node:
                 client_context(destination.tls)
 
     def start(self) -> None:
-        """Recover what a crash left, then start receiving, assembling, working, exporting."""
+        """Recover what a crash left, then start receiving, assembling, working, exporting.
+
+        The storage folder's lock is held (taken when the node was made): no other
+        ``serve`` runs on this journal, so what recovery finds running was left by a crash.
+        """
         self.recover()
         self._warm_models()
-        self.scp.start()
+        self._listen()
         self._start_extra_ingest()
         self._scheduler = BackgroundScheduler(timezone="UTC")
         self._assembly = Sweep(self._scheduler, "assembly-sweep", self._assemble, SWEEP_SECONDS)
@@ -126,6 +156,14 @@ class Node:
             self.scp.port,
         )
         logger.log(*_peer_exposure(self.settings))
+
+    def _listen(self) -> None:
+        """Start the Storage SCP; a port taken since :func:`check_port_free` is reported
+        as :class:`PortInUseError` too, not as a bare ``OSError``."""
+        try:
+            self.scp.start()
+        except OSError as exc:
+            raise _port_error(self.settings.bind_address, self.settings.port, exc) from exc
 
     def _start_extra_ingest(self) -> None:
         if self.settings.ingest_processes > 1:
@@ -187,6 +225,7 @@ class Node:
         for worker in self.workers:
             worker.close()  # its decoder process
         self.engine.dispose()
+        self._lock.release()
 
     def wait(self) -> None:
         """Block until ``stop()`` is called (from a signal handler, say)."""
@@ -256,6 +295,39 @@ class Node:
             calling_ae_title=self.settings.ae_title,
             now=self.clock(),
         )
+
+
+def check_port_free(bind_address: str, port: int) -> None:
+    """Raise :class:`PortInUseError` unless ``bind_address:port`` can be listened on now.
+
+    Binds and listens as the Storage SCP will (``SO_REUSEADDR``, pynetdicom's choice of
+    address family), then closes at once: the SCP binds only after recovery, which must
+    not start when another program holds the port.  Port 0 (the OS picks one) is free.
+    """
+    if port == 0:
+        return
+    try:
+        entries = socket.getaddrinfo(
+            bind_address or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        # the first IPv4 address, else the first IPv6 one: pynetdicom's choice
+        family, _, _, _, address = next(
+            (entry for entry in entries if entry[0] == socket.AF_INET), entries[0]
+        )
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+            probe.listen(1)
+    except OSError as exc:
+        raise _port_error(bind_address, port, exc) from exc
+
+
+def _port_error(bind_address: str, port: int, exc: OSError) -> PortInUseError:
+    if exc.errno == errno.EADDRINUSE:
+        return PortInUseError(
+            f"port {port} is in use ({bind_address}:{port}): another program listens there"
+        )
+    return PortInUseError(f"cannot listen on {bind_address}:{port}: {exc.strerror or exc}")
 
 
 def _peer_exposure(settings: Settings) -> tuple[int, str]:

@@ -187,11 +187,11 @@ def _serve(args: argparse.Namespace) -> int:
     _restrict_new_files()
     settings = load_settings(args.config)
     configure_logging(args.log_level or settings.log_level)
-    node = Node(settings)
+    node = Node(settings)  # takes the storage folder's lock and checks the port first
 
     _stop_on_signals(node.request_stop, "stopping")
-    node.start()
     try:
+        node.start()
         node.wait()
     finally:
         node.stop()
