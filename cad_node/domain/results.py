@@ -19,7 +19,6 @@ it) comes from one rule, :attr:`RegionFinding.display_image`, and its label from
 function, :func:`finding_label`.
 """
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -442,14 +441,3 @@ def planar_report(image_set: ImageSet, result: PlanarResult) -> ModelReport:
 def images_with_findings(report: ModelReport) -> list[int]:
     """The grid indexes of the images that show a finding, in grid order."""
     return sorted({finding.display_image for finding in report.findings})
-
-
-def referenced_images(report: ModelReport) -> Sequence[ImageReference]:
-    """Every image a finding covers or an assessment read, once each, in grid order."""
-    covered = {mask.image_index for finding in report.findings for mask in finding.masks}
-    references = {ref for assessment in report.assessments for ref in assessment.image_references}
-    return [
-        image.reference
-        for index, image in enumerate(report.grid.images)
-        if index in covered or image.reference in references
-    ]

@@ -28,6 +28,7 @@ from cad_node.results.seg import build_segs
 from cad_node.results.sources import (
     build_errors_translated,
     derivation_notes,
+    distinct_sources,
     keep_character_set,
     prepared_headers,
 )
@@ -119,15 +120,11 @@ def build_result_objects(  # positional order agreed with the worker
         explanations=list(images),
         overlays=list(overlays),
         states=list(states),
-        warnings=tuple(derivation_notes(datasets, _distinct(headers))),
+        warnings=tuple(derivation_notes(datasets, distinct_sources(headers))),
     )
     for built in _all(objects):
         keep_character_set(built, datasets)
     return objects
-
-
-def _distinct(headers: Sequence[Dataset]) -> list[Dataset]:
-    return list({id(header): header for header in headers}.values())
 
 
 def _all(objects: ResultObjects) -> list[Dataset]:
