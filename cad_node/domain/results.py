@@ -107,6 +107,9 @@ class Window(tuple[float, float, str]):
             raise ValueError(f"a window's width must be positive, got {width}")
         return super().__new__(cls, (float(centre), float(width), function))
 
+    def __getnewargs__(self) -> tuple[float, float, str]:  # pickle: __new__ takes the fields
+        return (self[0], self[1], self[2])
+
     @property
     def centre(self) -> float:
         return self[0]
@@ -217,27 +220,86 @@ class ImageMask:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Concept:
+    """A coded concept: code value, coding scheme designator and code meaning (PS3.3 8.8)."""
+
+    value: str
+    scheme: str
+    meaning: str
+
+    def __post_init__(self) -> None:
+        if not (self.value and self.scheme and self.meaning):
+            raise ValueError("a concept needs a code value, a coding scheme and a meaning")
+
+
+@dataclass(frozen=True, slots=True)
+class LabelConcept:
+    """What one output value of a site model means (an entry of its LABELS.yaml).
+
+    A segmentation label value, a detection box label or a classifier's class index.
+    """
+
+    label: str
+    """The name viewers show: the Segment Label, the class's name."""
+    property_type: Concept
+    """The structure or finding (Segmented Property Type; a class's concept)."""
+    category: Concept
+    """Segmented Property Category (an anatomical structure, a morphologically abnormal one)."""
+    threshold: float | None = None
+    """Detection: boxes scored below it are not reported; None: the model's default."""
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            raise ValueError("a label concept needs a label")
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"a threshold must be within [0, 1], got {self.threshold}")
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class RegionFinding:
-    """A finding with a mask on one or more images of the grid (a nodule over CT slices)."""
+    """A finding with a mask on one or more images of the grid (a nodule over CT slices).
 
-    finding_type: FindingType
+    A shipped model's finding has a ``finding_type``; a site model's a ``concept`` from its
+    labels (one of the two is required; the concept wins where both are given).
+    """
+
+    finding_type: FindingType | None
     masks: tuple[ImageMask, ...]
     """One per image the finding covers, in grid order."""
     centre: tuple[float, float, float]
     """Centre of mass as a continuous (image index, row, column)."""
-    probability: float
+    probability: float | None
+    """None where the model gives none (a segmentation's argmax label)."""
     measurements: tuple[Measurement, ...] = ()
     laterality: Laterality | None = None
+    concept: LabelConcept | None = None
+    """A site model's coded label (segment label, property type and category)."""
+    label: str | None = None
+    """The finding's own label, unnumbered ("spleen"); None: numbered ("Nodule 1")."""
+    extent_mm: tuple[float, float, float] | None = None
+    """A detection box's full extent along the patient x, y, z axes (LPS, mm); its ellipsoid is
+    the mask, and ``centre`` the box centre."""
 
     def __post_init__(self) -> None:
         if not self.masks:
             raise ValueError("a finding needs a mask")
+        if self.finding_type is None and self.concept is None:
+            raise ValueError("a finding needs a finding type or a concept")
         indexes = [m.image_index for m in self.masks]
         if indexes != sorted(set(indexes)):
             raise ValueError("a finding has one mask per image, in grid order")
-        if not 0.0 <= self.probability <= 1.0:
+        if self.probability is not None and not 0.0 <= self.probability <= 1.0:
             raise ValueError(f"probability must be within [0, 1], got {self.probability}")
+        if self.extent_mm is not None and min(self.extent_mm) <= 0:
+            raise ValueError(f"a box extent must be positive, got {self.extent_mm}")
+
+    @property
+    def name(self) -> str:
+        """What the finding is, in words: the concept's label or the finding type's name."""
+        if self.concept is not None or self.finding_type is None:
+            return self.concept.label if self.concept is not None else "Finding"
+        return FINDING_TYPE_NAMES[self.finding_type]
 
     @property
     def display_image(self) -> int:
@@ -259,6 +321,31 @@ class RegionFinding:
 
 
 @dataclass(frozen=True, slots=True, eq=False)
+class ClassScores:
+    """A classifier's answer: the probability of each class, of one image or of the whole grid."""
+
+    classes: tuple[LabelConcept, ...]
+    probabilities: tuple[float, ...]
+    image_index: int | None = None
+    """The grid image classified; None: the grid as a whole (a series or study)."""
+
+    def __post_init__(self) -> None:
+        if not self.classes or len(self.classes) != len(self.probabilities):
+            raise ValueError(
+                f"{len(self.probabilities)} probabilities for {len(self.classes)} classes"
+            )
+        if not all(0.0 <= p <= 1.0 for p in self.probabilities):
+            raise ValueError("class probabilities must be within [0, 1]")
+        if self.image_index is not None and self.image_index < 0:
+            raise ValueError("an image index must not be negative")
+
+    @property
+    def predicted(self) -> int:
+        """The index of the most probable class (the first of equals)."""
+        return int(np.argmax(self.probabilities))
+
+
+@dataclass(frozen=True, slots=True, eq=False)
 class ModelReport:
     """Everything one model run said about the images it read."""
 
@@ -270,8 +357,13 @@ class ModelReport:
     procedure: Procedure
     assessments: tuple[Assessment, ...] = ()
     explanations: tuple[ExplanationMap, ...] = ()
+    classifications: tuple[ClassScores, ...] = ()
+    """A classifier's class probabilities (site models)."""
 
     def __post_init__(self) -> None:
+        for scores in self.classifications:
+            if scores.image_index is not None and scores.image_index >= len(self.grid.images):
+                raise ValueError("a classification is of an image outside the grid")
         for number, finding in enumerate(self.findings, start=1):
             for mask in finding.masks:
                 if mask.image_index >= len(self.grid.images):
@@ -293,8 +385,10 @@ class ModelReport:
 
 
 def finding_label(finding: RegionFinding, finding_index: int) -> str:
-    """A finding's Segment Label and Tracking Identifier: "Nodule 1", "Mass 2"."""
-    return f"{FINDING_TYPE_NAMES[finding.finding_type]} {finding_index + 1}"
+    """A finding's Segment Label and Tracking Identifier: "Nodule 1", "Mass 2", "spleen"."""
+    if finding.label is not None:
+        return finding.label
+    return f"{finding.name} {finding_index + 1}"
 
 
 def family_context(family: str) -> tuple[AnatomicRegion | None, Procedure]:

@@ -20,7 +20,13 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from cad_node.domain import FindingType
-from cad_node.domain.results import AnatomicRegion, MeasurementKind, Procedure
+from cad_node.domain.results import (
+    AnatomicRegion,
+    Concept,
+    MeasurementKind,
+    Procedure,
+    RegionFinding,
+)
 
 # The private coding scheme (PS3.16 Section 8.2).
 PRIVATE_SCHEME_DESIGNATOR = "99CADNODE"
@@ -282,6 +288,41 @@ def finding_type_code(finding_type: FindingType) -> Code:
         return FINDING_TYPE_CODES[finding_type]
     except KeyError:
         raise ValueError(f"no code for finding type {finding_type!r}") from None
+
+
+def concept_code(concept: Concept) -> Code:
+    """The code of a site model's concept (from its LABELS.yaml), as the admin wrote it."""
+    return Code(concept.value, concept.scheme, concept.meaning)
+
+
+def finding_codes(finding: RegionFinding) -> tuple[Code, Code]:
+    """(property type, category) of ``finding``: its Segmented Property Type and Category,
+    and the SR's finding type and finding category.
+
+    A site model's finding names both through its concept; a shipped model's finding type
+    is a morphologically abnormal structure.
+
+    Raises
+    ------
+    ValueError
+        When the finding type has no code yet.
+    """
+    if finding.concept is not None:
+        return (
+            concept_code(finding.concept.property_type),
+            concept_code(finding.concept.category),
+        )
+    if finding.finding_type is None:
+        raise ValueError("a finding without a finding type or a concept")
+    return finding_type_code(finding.finding_type), MORPHOLOGICALLY_ABNORMAL_STRUCTURE
+
+
+# Site models (TID 1500 content of models the admin adds, docs/conformance.md).
+VOLUME_SURFACE: Code = codes.DCM.VolumeSurface
+"""DCM 121231 "Volume Surface": a detection box's ellipsoid (SCOORD3D) in a TID 1411 group."""
+CLASSIFICATION: Code = codes.SCT.Classification
+"""SCT 278201002 "Classification": a classifier's qualitative evaluation, valued with the
+predicted class's concept."""
 
 
 PROCEDURE_IMAGING: Code = codes.SCT.ImagingProcedure

@@ -92,13 +92,16 @@ _SMALLEST_FONT = 6
 
 
 def finding_caption(finding: RegionFinding, label: str) -> str:
-    """The text next to a finding: "Nodule 1: 12.3 mm, 87%", or "Mass 1: 87%" without a size."""
-    probability = f"{100.0 * finding.probability:.0f}%"
-    for kind in DIAMETER_KINDS:
-        size = finding.measurement(kind)
-        if size is not None:
-            return f"{label}: {size:.1f} mm, {probability}"
-    return f"{label}: {probability}"
+    """The text next to a finding: "Nodule 1: 12.3 mm, 87%", "Mass 1: 87%" without a size,
+    "spleen" without either (a segmentation's label)."""
+    parts = [
+        f"{size:.1f} mm"
+        for size in (finding.measurement(kind) for kind in DIAMETER_KINDS)
+        if size is not None
+    ][:1]
+    if finding.probability is not None:
+        parts.append(f"{100.0 * finding.probability:.0f}%")
+    return f"{label}: {', '.join(parts)}" if parts else label
 
 
 def explanation_caption(explanation: ExplanationMap) -> str:

@@ -1,8 +1,10 @@
 """DICOM Segmentations (PS3.3 A.51) of a model's findings, built with highdicom.
 
 Every finding is one BINARY segment, labelled and tracked as the SR tracks it
-(Segment Label, Tracking ID and Tracking UID from :mod:`cad_node.results.tracking`).
-Where the findings lie decides how many SEGs there are:
+(Segment Label, Tracking ID and Tracking UID from :mod:`cad_node.results.tracking`) and
+coded by :func:`cad_node.results.codes.finding_codes` (a site model's label concept, or a
+shipped finding type as a morphologically abnormal structure).  Where the findings lie
+decides how many SEGs there are:
 
 - the slices of one volume (CT images, or frames of one Enhanced CT image): ONE SEG
   of every finding, with frames only where a segment has pixels, each frame
@@ -172,11 +174,12 @@ def segment_description(
 ) -> hd.seg.SegmentDescription:
     """The Segment Sequence item (PS3.3 C.8.20.2) of one finding."""
     finding = report.findings[segment.finding_index]
+    property_type, category = codes.finding_codes(finding)
     description = hd.seg.SegmentDescription(
         segment_number=segment_number,
         segment_label=tracking.identifier,
-        segmented_property_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
-        segmented_property_type=codes.finding_type_code(finding.finding_type),
+        segmented_property_category=category,
+        segmented_property_type=property_type,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=segment_algorithm(report.model),
         tracking_uid=tracking.uid,
@@ -185,23 +188,24 @@ def segment_description(
         display_color=segment_colour(segment.finding_index),
     )
     # Segment Description (0062,0006): what a viewer shows beside the label.
-    description.SegmentDescription = (
-        f"{tracking.identifier}, p={finding.probability:.2f}, {NOT_FOR_CLINICAL_USE}"
-    )
+    description.SegmentDescription = segment_text(finding.probability, tracking.identifier)
     return description
+
+
+def segment_text(probability: float | None, label: str) -> str:
+    """The Segment Description: "Nodule 1, p=0.91, NOT FOR CLINICAL USE", or "spleen, NOT
+    FOR CLINICAL USE" for a finding without a probability (a segmentation's label)."""
+    if probability is None:
+        return f"{label}, {NOT_FOR_CLINICAL_USE}"
+    return f"{label}, p={probability:.2f}, {NOT_FOR_CLINICAL_USE}"
 
 
 def codes_used(report: ModelReport, segments: Sequence[Segment]) -> list[Code]:
     """The coded concepts the segments of one SEG name."""
-    types = [
-        codes.finding_type_code(report.findings[s.finding_index].finding_type) for s in segments
+    named = [
+        code for s in segments for code in codes.finding_codes(report.findings[s.finding_index])
     ]
-    return [
-        codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
-        *_anatomic_regions(report),
-        codes.ALGORITHM_FAMILY,
-        *types,
-    ]
+    return [*_anatomic_regions(report), codes.ALGORITHM_FAMILY, *named]
 
 
 def _anatomic_regions(report: ModelReport) -> list[Code]:

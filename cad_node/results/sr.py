@@ -10,17 +10,28 @@ views, fundus photographs):
   finding type, category, finding site with laterality, TID 4019 algorithm
   identification, the measurements (each with its measurement method where one says
   what it is, e.g. an equivalent-sphere diameter) and the Certainty of Finding;
-- when a SEG holds the finding's segment (same Tracking UID), a second group with the
+- for a detection box of a volume (a finding with an extent), a TID 1411 group with the
+  same Tracking UID holding the box as an ELLIPSOID volume surface (SCOORD3D, patient
+  coordinates: its centre and its extent along each patient axis) and the Certainty of
+  Finding;
+- when a SEG holds the finding's segment (same Tracking UID), a group with the
   same Tracking UID references it: TID 1411 for a volume's SEG, TID 1410 with the
   segment frame for a single image's SEG (a group takes a region or a segment, not both;
-  OHIF merges groups by Tracking UID);
+  OHIF merges groups by Tracking UID).  A finding without a probability (a segmentation
+  model's label: an organ, not a lesion to circle) has this group only, with its
+  measurements (its volume);
 - per assessment, a TID 1501 group for one breast (probability of cancer, operating
   threshold, verdict) or one eye (DR grade, referable DR, the probability of each grade),
   listing the images it read;
 - per explanation map, IMAGE items (DCM 130401 "Visual explanation") referencing its
   Parametric Map (and its Secondary Capture, when there is one) and a comment, in the
   group of the assessment (else the finding) of the same image, else in a group of its own;
-- without findings and assessments, one TID 1501 group answering "Finding: Absent".
+- per classification (a classifier's class probabilities of one image or of the whole grid),
+  a TID 1501 group listing the images classified, with a qualitative evaluation
+  (SCT 278201002 "Classification") valued with the predicted class's concept and one NUM per
+  class, named by its concept, its probability (UCUM "1");
+- without findings, assessments and classifications, one TID 1501 group answering
+  "Finding: Absent".
 
 A frame of a multi-frame image is referenced with its Referenced Frame Number (PS3.3
 C.18.4) wherever the report names it.
@@ -44,7 +55,7 @@ from cad_node.domain.planar import (
     ImageReference,
     Laterality,
 )
-from cad_node.domain.results import Measurement, ModelReport, RegionFinding
+from cad_node.domain.results import ClassScores, Measurement, ModelReport, RegionFinding
 from cad_node.results import algorithm, codes
 from cad_node.results.options import ResultOptions
 from cad_node.results.outlines import polygon_outline
@@ -194,22 +205,27 @@ def _percent(name: Code, probability: float) -> hd.sr.Measurement:
     return hd.sr.Measurement(name=name, value=round(100.0 * probability, 2), unit=codes.PERCENT)
 
 
+def _certainty(finding: RegionFinding) -> list[hd.sr.Measurement]:
+    """The Certainty of Finding (%); none for a finding without a probability."""
+    if finding.probability is None:
+        return []
+    return [_percent(codes.CERTAINTY_OF_FINDING, finding.probability)]
+
+
 def _finding_measurements(finding: RegionFinding) -> list[hd.sr.Measurement]:
-    return [
-        *(_measurement(m) for m in finding.measurements),
-        _percent(codes.CERTAINTY_OF_FINDING, finding.probability),
-    ]
+    return [*(_measurement(m) for m in finding.measurements), *_certainty(finding)]
 
 
 def _region_group(
     finding: RegionFinding, tracking: Tracking, context: _Context
 ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
     """PS3.16 TID 1410 with the finding's 2D SCOORD and its measurements."""
+    finding_type, category = codes.finding_codes(finding)
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=_tracking_identifier(tracking),
         referenced_region=_image_region(finding, context),
-        finding_type=codes.finding_type_code(finding.finding_type),
-        finding_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+        finding_type=finding_type,
+        finding_category=category,
         algorithm_id=context.algorithm,
         finding_sites=_finding_sites(context, finding.laterality),
         measurements=_finding_measurements(finding),
@@ -241,9 +257,11 @@ def _segment_frame(seg: Dataset, segment_number: int) -> int:
 def _volumetric_segment_group(
     finding: RegionFinding, tracking: Tracking, segment: tuple[Dataset, int], context: _Context
 ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
-    """PS3.16 TID 1411 referencing the finding's segment of a volume's SEG."""
+    """PS3.16 TID 1411 referencing the finding's segment of a volume's SEG (with the
+    finding's measurements when it has no SCOORD group of its own)."""
     seg, segment_number = segment
     series_instance_uid = context.report.grid.images[finding.display_image].series_instance_uid
+    finding_type, category = codes.finding_codes(finding)
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=_tracking_identifier(tracking),
         referenced_segment=hd.sr.ReferencedSegment(
@@ -252,18 +270,21 @@ def _volumetric_segment_group(
             segment_number=segment_number,
             source_series=hd.sr.SourceSeriesForSegmentation(series_instance_uid),
         ),
-        finding_type=codes.finding_type_code(finding.finding_type),
-        finding_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+        finding_type=finding_type,
+        finding_category=category,
         algorithm_id=context.algorithm,
         finding_sites=_finding_sites(context, finding.laterality),
+        measurements=_segment_measurements(finding),
     )
 
 
 def _planar_segment_group(
     finding: RegionFinding, tracking: Tracking, segment: tuple[Dataset, int], context: _Context
 ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
-    """PS3.16 TID 1410 referencing the segment frame of a single image's SEG."""
+    """PS3.16 TID 1410 referencing the segment frame of a single image's SEG (with the
+    finding's measurements when it has no SCOORD group of its own)."""
     seg, segment_number = segment
+    finding_type, category = codes.finding_codes(finding)
     index = finding.display_image
     header = context.headers[index]
     reference = hd.sr.ReferencedSegmentationFrame(
@@ -283,30 +304,97 @@ def _planar_segment_group(
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=_tracking_identifier(tracking),
         referenced_segment=reference,
-        finding_type=codes.finding_type_code(finding.finding_type),
-        finding_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+        finding_type=finding_type,
+        finding_category=category,
         algorithm_id=context.algorithm,
         finding_sites=_finding_sites(context, finding.laterality),
+        measurements=_segment_measurements(finding),
     )
+
+
+def _is_structure(finding: RegionFinding) -> bool:
+    """Whether the finding is a segmentation's label (no probability): its segment is its
+    drawing, and the segment's group holds its measurements."""
+    return finding.probability is None
+
+
+def _segment_measurements(finding: RegionFinding) -> list[hd.sr.Measurement] | None:
+    """A structure's measurements, which its segment group holds; None for other findings."""
+    if not _is_structure(finding):
+        return None
+    return [_measurement(m) for m in finding.measurements] or None
+
+
+def _ellipsoid(finding: RegionFinding, context: _Context) -> npt.NDArray[np.float64]:
+    """ELLIPSOID graphic data (PS3.3 C.18.9.1.2) of a box: the end points of its axes along
+    the patient x, y and z axes, the longest axis first, in patient coordinates (mm)."""
+    volume = context.report.grid.volume
+    if volume is None or finding.extent_mm is None:
+        raise ValueError("an ellipsoid needs a volume and a box extent")
+    centre = np.array(volume.index_to_patient(finding.centre), dtype=np.float64)
+    extents = np.array(finding.extent_mm, dtype=np.float64)
+    points: list[npt.NDArray[np.float64]] = []
+    for axis in np.argsort(-extents, kind="stable"):
+        half = np.zeros(3)
+        half[axis] = extents[axis] / 2.0
+        points.extend((centre - half, centre + half))
+    return np.array(points)
+
+
+def _box_group(
+    finding: RegionFinding, tracking: Tracking, context: _Context
+) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+    """PS3.16 TID 1411 of a detection box: its ellipsoid volume surface and its certainty."""
+    volume = context.report.grid.volume
+    if volume is None:
+        raise ValueError("a box's volume surface needs a volume")
+    finding_type, category = codes.finding_codes(finding)
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=_tracking_identifier(tracking),
+        referenced_volume_surface=hd.sr.VolumeSurface(
+            graphic_type=hd.sr.GraphicTypeValues3D.ELLIPSOID,
+            graphic_data=_ellipsoid(finding, context),
+            frame_of_reference_uid=volume.frame_of_reference_uid,
+            source_series=hd.sr.SourceSeriesForSegmentation(volume.series_instance_uid),
+        ),
+        finding_type=finding_type,
+        finding_category=category,
+        algorithm_id=context.algorithm,
+        finding_sites=_finding_sites(context, finding.laterality),
+        measurements=_certainty(finding) or None,
+    )
+
+
+def _groups_of(
+    finding: RegionFinding, tracking: Tracking, segs: Sequence[Dataset], context: _Context
+) -> list[_Group]:
+    """One finding's groups: the SCOORD one (not for a structure that has a segment), the
+    box's volume surface, then the segment one when a SEG holds it."""
+    volume = context.report.grid.volume
+    segment = _segment_of(segs, tracking.uid)
+    own: list[_Group] = []
+    if segment is None or not _is_structure(finding):
+        own.append(_region_group(finding, tracking, context))
+    if finding.extent_mm is not None and volume is not None:
+        own.append(_box_group(finding, tracking, context))
+    if segment is not None and volume is not None:
+        own.append(_volumetric_segment_group(finding, tracking, segment, context))
+    elif segment is not None:
+        own.append(_planar_segment_group(finding, tracking, segment, context))
+    return own
 
 
 def _finding_groups(
     tracking: Sequence[Tracking], segs: Sequence[Dataset], context: _Context
 ) -> list[list[_Group]]:
-    """Per finding, its groups: the SCOORD one, then the segment one when a SEG holds it."""
+    """Per finding, its groups (:func:`_groups_of`)."""
     findings = context.report.findings
     if len(tracking) != len(findings):
         raise ValueError(f"{len(tracking)} tracking identities for {len(findings)} findings")
-    groups: list[list[_Group]] = []
-    for finding, identity in zip(findings, tracking, strict=True):
-        own: list[_Group] = [_region_group(finding, identity, context)]
-        segment = _segment_of(segs, identity.uid)
-        if segment is not None and context.report.grid.volume is not None:
-            own.append(_volumetric_segment_group(finding, identity, segment, context))
-        elif segment is not None:
-            own.append(_planar_segment_group(finding, identity, segment, context))
-        groups.append(own)
-    return groups
+    return [
+        _groups_of(finding, identity, segs, context)
+        for finding, identity in zip(findings, tracking, strict=True)
+    ]
 
 
 # --- assessment groups -------------------------------------------------------------------------
@@ -369,6 +457,45 @@ def _assessment_group(
         measurements=measurements,
         qualitative_evaluations=evaluations,
         source_images=_group_sources(assessment.image_references, context),
+    )
+
+
+# --- classification groups ---------------------------------------------------------------------
+
+
+def classification_label(scores: ClassScores) -> str:
+    """Tracking Identifier of a classification group: "Classification" of the whole grid,
+    "Classification of image 2" of one image."""
+    if scores.image_index is None:
+        return "Classification"
+    return f"Classification of image {scores.image_index + 1}"
+
+
+def _classification_group(
+    scores: ClassScores, index: int, context: _Context
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """PS3.16 TID 1501 of a classifier's answer: the predicted class and each class's
+    probability (0..1, UCUM "1", as the model gave it), of the images classified."""
+    grid = context.report.grid
+    images = grid.images if scores.image_index is None else [grid.images[scores.image_index]]
+    predicted = codes.concept_code(scores.classes[scores.predicted].property_type)
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=context.uids.classification_tracking_uid(index),
+            identifier=classification_label(scores),
+        ),
+        algorithm_id=context.algorithm,
+        finding_sites=_finding_sites(context, None),
+        measurements=[
+            hd.sr.Measurement(
+                name=codes.concept_code(concept.property_type),
+                value=float(probability),
+                unit=codes.NO_UNITS,
+            )
+            for concept, probability in zip(scores.classes, scores.probabilities, strict=True)
+        ],
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.CLASSIFICATION, predicted)],
+        source_images=_group_sources([image.reference for image in images], context),
     )
 
 
@@ -507,9 +634,20 @@ def _report_groups(
         _assessment_group(assessment, i, context)
         for i, assessment in enumerate(context.report.assessments)
     ]
+    classification_groups = [
+        _classification_group(scores, i, context)
+        for i, scores in enumerate(context.report.classifications)
+    ]
     own = _attach_explanations(explanations, context, assessment_groups, finding_groups)
-    absent = [] if finding_groups or assessment_groups else [_no_finding_group(context)]
-    return [*(g for pair in finding_groups for g in pair), *assessment_groups, *absent, *own]
+    said = finding_groups or assessment_groups or classification_groups
+    absent = [] if said else [_no_finding_group(context)]
+    return [
+        *(g for pair in finding_groups for g in pair),
+        *assessment_groups,
+        *classification_groups,
+        *absent,
+        *own,
+    ]
 
 
 def _library_slices(report: ModelReport) -> list[int]:

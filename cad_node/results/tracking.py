@@ -23,7 +23,8 @@ or foreign SR contributes nothing and never fails the build.
 
 A new finding and an old group are candidates when
 
-1. the group's finding type equals the finding's (:func:`codes.finding_type_code`), and
+1. the group's finding type equals the finding's (the property type of
+   :func:`codes.finding_codes`: a shipped finding type's code or a site model's concept), and
 2. the distance in mm between their centres is at most
    ``max(MIN_TOLERANCE_MM, the old region's radius)``.
 
@@ -301,7 +302,7 @@ def _assign(report: ModelReport, regions: Sequence[TrackedRegion]) -> dict[int, 
 
 def _expected_type(finding: RegionFinding) -> Code | None:
     try:
-        return codes.finding_type_code(finding.finding_type)
+        return codes.finding_codes(finding)[0]
     except ValueError:
         return None
 

@@ -66,6 +66,10 @@ class ResultUids:
         """Tracking UID of the SR group of a per-breast or per-eye assessment."""
         return _derived_uid(self.job_key, "assessment-tracking", _index(assessment_index))
 
+    def classification_tracking_uid(self, classification_index: int) -> str:
+        """Tracking UID of the SR group of a classifier's class probabilities."""
+        return _derived_uid(self.job_key, "classification-tracking", _index(classification_index))
+
     def explanation_tracking_uid(self, explanation_index: int) -> str:
         """Tracking UID of the SR group of an explanation map that no other group holds."""
         return _derived_uid(self.job_key, "explanation-tracking", _index(explanation_index))

@@ -374,9 +374,10 @@ def test_every_finding_is_a_tracked_segment(case: Built) -> None:
                 hd.sr.CodedConcept.from_dataset(item.SegmentedPropertyCategoryCodeSequence[0])
                 == codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE
             )
-            assert hd.sr.CodedConcept.from_dataset(
-                item.SegmentedPropertyTypeCodeSequence[0]
-            ) == codes.finding_type_code(finding.finding_type)
+            assert (
+                hd.sr.CodedConcept.from_dataset(item.SegmentedPropertyTypeCodeSequence[0])
+                == codes.finding_codes(finding)[0]
+            )
             assert hd.sr.CodedConcept.from_dataset(
                 item.AnatomicRegionSequence[0]
             ) == codes.region_code(case.report.region)
@@ -444,9 +445,7 @@ def test_the_algorithm_is_contributing_equipment(case: Built) -> None:
 
 def test_private_codes_are_declared_exactly_when_used(case: Built) -> None:
     for seg in case.read:
-        used = [
-            codes.finding_type_code(case.report.findings[i].finding_type) for i in segments_of(seg)
-        ]
+        used = [codes.finding_codes(case.report.findings[i])[0] for i in segments_of(seg)]
         private = any(c.scheme_designator == codes.PRIVATE_SCHEME_DESIGNATOR for c in used)
         declared = [
             str(item.CodingSchemeDesignator)

@@ -526,6 +526,7 @@ def test_ct_findings_carry_volume_and_certainty(ct: Built) -> None:
         assert values[volume_name.value] == pytest.approx(
             finding.measurement(MeasurementKind.VOLUME), rel=1e-5
         )
+        assert finding.probability is not None
         assert values[codes.CERTAINTY_OF_FINDING.value] == pytest.approx(100 * finding.probability)
 
 
