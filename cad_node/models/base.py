@@ -11,6 +11,7 @@ from typing import Protocol, TypeGuard, runtime_checkable
 from cad_node.domain.findings import ModelIdentity, ModelResult
 from cad_node.domain.imaging import ImageVolume
 from cad_node.domain.planar import ImageSet, PlanarResult
+from cad_node.domain.results import ModelReport, ResultGrid
 
 
 class InputKind(StrEnum):
@@ -53,6 +54,23 @@ class ImageSetModel(CadModel, Protocol):
     def predict(self, images: ImageSet) -> PlanarResult:
         """Findings, assessments and explanations for one image set."""
         ...
+
+
+class ReportingModel(CadModel, Protocol):
+    """A model that answers with a :class:`ModelReport` on the grid it is given (site models).
+
+    The worker builds the grid from the series volume (``input_kind`` VOLUME: ``grid.volume``
+    holds the voxels and their patient geometry) or from the study's planar images
+    (IMAGE_SET), and the model reports findings and classifications on that grid.
+    """
+
+    def report(self, grid: ResultGrid) -> ModelReport:
+        """Findings and classifications on ``grid``."""
+        ...
+
+
+def reports_directly(model: CadModel) -> TypeGuard[ReportingModel]:
+    return callable(getattr(model, "report", None))
 
 
 def reads_volumes(model: CadModel) -> TypeGuard[VolumeModel]:

@@ -26,6 +26,22 @@ class WeightsFormat(StrEnum):
     """A TorchScript archive (``torch.jit.save``): the network travels with its weights."""
     MONAI_BUNDLE = "monai_bundle"
     """An unzipped MONAI bundle: ``configs/`` + ``models/model.pt`` or ``models/model.ts``."""
+    NNUNET_V2 = "nnunet_v2"
+    """An nnU-Net v2 trained-model folder: ``dataset.json``, ``plans.json``,
+    ``fold_*/checkpoint_final.pth`` (site models only)."""
+
+
+SITE_FAMILY = "site"
+"""The ``family`` of a model a site added (``cad-node models add``): a MONAI bundle run with its
+own transforms, inferer and post-processing, or an nnU-Net v2 folder run by nnunetv2."""
+
+
+class Task(StrEnum):
+    """What a site model does, and so which result objects it gets (``task`` in the manifest)."""
+
+    SEGMENTATION = "segmentation"
+    DETECTION = "detection"
+    CLASSIFICATION = "classification"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +70,20 @@ class Manifest:
     remote: bool = False
     """The model's code or host is outside the hospital's trust boundary (a vendor model, a
     remote service): the worker de-identifies its input (docs/security.md)."""
+    task: Task | None = None
+    """Site models: segmentation, detection or classification."""
+    labels: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Site models: output value (as a string) -> its LABELS.yaml entry (label, code, scheme,
+    meaning, category, optional threshold)."""
+    files: dict[str, str] = field(default_factory=dict)
+    """Site models: every file of the folder but this manifest (POSIX path relative to the
+    folder) -> its sha256; configs and scripts are code, so all are checked before loading."""
+    folds: tuple[int, ...] = ()
+    """nnU-Net v2: the folds whose ``checkpoint_final.pth`` are ensembled."""
+    input_kind: str = "volume"
+    """Site models: "volume" (one series) or "image_set" (a study's planar images)."""
+    timeout_seconds: float = 600.0
+    """Site models: the wall time one job's inference may take before the job fails."""
 
     def __post_init__(self) -> None:
         try:
@@ -62,8 +92,22 @@ class Manifest:
             known = ", ".join(f.value for f in WeightsFormat)
             raise ValueError(f"unknown weights format {self.format!r} (known: {known})") from None
         object.__setattr__(self, "format", fmt)  # frozen: normalise the JSON string once
+        if self.task is not None:
+            try:
+                object.__setattr__(self, "task", Task(self.task))
+            except ValueError:
+                known = ", ".join(t.value for t in Task)
+                raise ValueError(f"unknown task {self.task!r} (known: {known})") from None
+        object.__setattr__(self, "folds", tuple(self.folds))
+        if self.timeout_seconds <= 0:
+            raise ValueError(f"timeout_seconds must be positive, got {self.timeout_seconds}")
         if not isinstance(self.remote, bool):
             raise ValueError(f"remote must be true or false, got {self.remote!r}")
+
+    @property
+    def is_site_model(self) -> bool:
+        """Whether a site added it (``cad-node models add``), rather than the project shipped it."""
+        return self.family == SITE_FAMILY
 
     def identity(self) -> ModelIdentity:
         return ModelIdentity(
