@@ -435,6 +435,7 @@ class Settings(_Settings):
     results: ResultSettings = ResultSettings()
     export: ExportSettings = ExportSettings()
     models_dir: Path | None = None
+    """Site models (``cad-node models add``); ``None``: ``models`` inside ``storage_dir``."""
     workers: int = Field(default=1, ge=0, le=64)
     """Worker threads in ``cad-node serve``; 0: jobs are left to ``cad-node worker`` processes."""
     ingest_processes: int = Field(default=1, ge=1, le=32)
@@ -527,6 +528,11 @@ class Settings(_Settings):
         if self.database_url is not None:
             return self.database_url
         return f"sqlite:///{(self.storage_dir / 'journal.sqlite').resolve()}"
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        """``models_dir``, or the ``models`` folder inside ``storage_dir``."""
+        return self.models_dir if self.models_dir is not None else self.storage_dir / "models"
 
     def result_options(self) -> ResultOptions:
         """The :class:`ResultOptions` the SEG and SR builders take."""

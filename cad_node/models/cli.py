@@ -4,7 +4,8 @@
 lung|mammo|fundus`` trains a family's network on them; ``evaluate MODEL`` runs
 the evaluator of the model's family (its manifest's ``family``) on held-out
 studies and writes a report; ``models`` lists what the registry holds and
-whether each model's weights still match their sha256.
+whether each model's files still match their sha256; ``models add PATH --name NAME``
+installs a site's MONAI bundle or nnU-Net v2 folder and ``models remove NAME`` takes it out.
 
 Family modules are imported only when their command runs.
 """
@@ -20,7 +21,7 @@ from typing import Any, TypeAlias
 from cad_node import NOT_FOR_CLINICAL_USE
 from cad_node.errors import CadNodeError, ModelError, WeightsIntegrityError
 from cad_node.models.base import CadModel
-from cad_node.models.manifest import Manifest, verified_weights
+from cad_node.models.manifest import Manifest, Task, verified_weights
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -32,6 +33,8 @@ FAMILY_ALIASES = {"lung": "lung_ct", **PLANAR_FAMILIES}
 
 SHORT_SHA = 12
 """Hex digits of the sha256 that ``models`` prints (enough to tell weights apart)."""
+SHOWN_LABELS = 6
+"""Labels ``models`` prints of a site model; more are counted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,33 +200,98 @@ def _evaluate(args: argparse.Namespace) -> int:
 # --- models ------------------------------------------------------------------------------
 
 
-def _weights_state(folder: Path, manifest: Manifest) -> str:
-    """OK when the weights match the manifest's sha256, else TAMPERED or MISSING."""
+def _weights_state(folder: Path, manifest: Manifest) -> tuple[str, str | None]:
+    """OK when the files match the manifest's sha256, else TAMPERED or MISSING, and why.
+
+    A shipped model's weights file is checked; a site model's every file (configs and
+    scripts are code).
+    """
+    if manifest.is_site_model:
+        from cad_node.models.site.folder import check_files, verify_files
+
+        try:
+            verify_files(folder, manifest)
+        except WeightsIntegrityError as exc:
+            state = check_files(folder, manifest).state
+            return ("TAMPERED" if state == "OK" else state), str(exc)
+        return "OK", None
     try:
         verified_weights(folder, manifest)
-    except WeightsIntegrityError:
-        return "MISSING" if not (folder / manifest.weights_file).is_file() else "TAMPERED"
-    return "OK"
+    except WeightsIntegrityError as exc:
+        missing = not (folder / manifest.weights_file).is_file()
+        return ("MISSING" if missing else "TAMPERED"), str(exc)
+    return "OK", None
 
 
-def _models(args: argparse.Namespace) -> int:
-    """One line per model; exit status 1 when any model's weights fail their sha256."""
+def _labels_column(manifest: Manifest) -> str:
+    """``1:spleen,2:liver``: a site model's output values and labels (the first few)."""
+    names = [f"{value}:{entry.get('label', '?')}" for value, entry in manifest.labels.items()]
+    if len(names) > SHOWN_LABELS:
+        return ",".join(names[:SHOWN_LABELS]) + f",...({len(names)})"
+    return ",".join(names) or "-"
+
+
+def _models_dirs(args: argparse.Namespace) -> list[Path]:
+    """The configured site models folder, then each ``--model-dir``."""
+    from cad_node.config import load_settings
+
+    return [load_settings(args.config).resolved_models_dir, *args.model_dir]
+
+
+def _list_models(args: argparse.Namespace) -> int:
+    """One line per model; exit status 1 when any model's files fail their sha256."""
     from cad_node.models.registry import ModelRegistry
 
-    registry = ModelRegistry(extra_dirs=args.model_dir, device=args.device)
-    refused = 0
+    registry = ModelRegistry(extra_dirs=_models_dirs(args), device=args.device)
+    refused = []
     for name, entry in sorted(registry.entries().items()):
         m = entry.manifest
-        state = _weights_state(entry.folder, m)
-        refused += state != "OK"
+        state, why = _weights_state(entry.folder, m)
+        if why is not None:
+            refused.append(why)
         print(
             f"{name}\tversion={m.version}\tfamily={m.family}\tmodality={m.modality}"
             f"\tformat={m.format}\tsha256={m.sha256[:SHORT_SHA]}\tdevice={registry.device}"
-            f"\tweights={state}\tcard={m.model_card or '-'}\t{m.clinical_use}"
+            f"\tweights={state}\tcard={m.model_card or '-'}\ttask={m.task or '-'}"
+            f"\tlabels={_labels_column(m)}\t{m.clinical_use}"
         )
+    for why in refused:
+        print(f"error: {why}", file=sys.stderr)
     if refused:
-        print(f"error: {refused} model(s) would be refused: weights fail sha256", file=sys.stderr)
+        print(
+            f"error: {len(refused)} model(s) would be refused: files fail sha256", file=sys.stderr
+        )
     return 1 if refused else 0
+
+
+def _add_model(args: argparse.Namespace) -> int:
+    from cad_node.config import load_settings
+    from cad_node.models.site.install import add_model
+
+    models_dir = load_settings(args.config).resolved_models_dir
+    task = None if args.task is None else Task(args.task)
+    m = add_model(args.path, args.name, models_dir, args.labels, task)
+    print(
+        f"added {m.name}: {m.format}, {m.task}, labels {_labels_column(m)}, "
+        f"{len(m.files)} files hashed, in {models_dir / m.name}"
+    )
+    print(f"a routing rule runs it with `model: {m.name}`; a running node picks it up")
+    return 0
+
+
+def _remove_model(args: argparse.Namespace) -> int:
+    from cad_node.config import load_settings
+    from cad_node.models.site.install import remove_model
+
+    folder = remove_model(args.name, load_settings(args.config).resolved_models_dir)
+    print(f"removed {args.name} ({folder}); jobs of rules naming it now fail")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    """``models``: list; ``models add``, ``models remove``: change the site models."""
+    action = {"add": _add_model, "remove": _remove_model}.get(args.models_action, _list_models)
+    return action(args)
 
 
 def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -321,15 +389,45 @@ def _add_evaluate(subparsers: Subparsers) -> None:
     evaluate.set_defaults(func=_guarded(_evaluate))
 
 
+def _config_option(parser: argparse.ArgumentParser, default: Any = None) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=default,
+        help="node YAML config: its models_dir (default: <storage_dir>/models)",
+    )
+
+
 def _add_models(subparsers: Subparsers) -> None:
     models = subparsers.add_parser(
         "models",
-        help="list the installed models and check their weights",
-        description=f"Every model with its weights' sha256 check. {NOT_FOR_CLINICAL_USE}.",
+        help="list, add and remove models; check their files' sha256",
+        description=f"Every model with its files' sha256 check. {NOT_FOR_CLINICAL_USE}.",
     )
     models.add_argument("--model-dir", type=Path, action="append", default=[])
     models.add_argument("--device", default=None)
-    models.set_defaults(func=_guarded(_models))
+    _config_option(models)
+    models.set_defaults(func=_guarded(_models), models_action=None)
+    actions = models.add_subparsers(dest="models_action")
+    add = actions.add_parser(
+        "add",
+        help="check a MONAI bundle or nnU-Net v2 folder and install it (docs/models.md)",
+    )
+    add.add_argument("path", type=Path, metavar="PATH", help="bundle or nnU-Net v2 folder")
+    add.add_argument("--name", required=True, help="the name routing rules give as `model:`")
+    add.add_argument(
+        "--labels", type=Path, default=None, metavar="LABELS.yaml", help="each output's concept"
+    )
+    add.add_argument(
+        "--task",
+        choices=[t.value for t in Task],
+        default=None,
+        help="where configs/metadata.json does not say it",
+    )
+    _config_option(add, argparse.SUPPRESS)  # given before `add`, it is not reset
+    remove = actions.add_parser("remove", help="remove a model added with `models add`")
+    remove.add_argument("name", metavar="NAME")
+    _config_option(remove, argparse.SUPPRESS)
 
 
 def add_commands(subparsers: Subparsers) -> None:

@@ -1,4 +1,8 @@
-"""Finds model folders (manifest.json + weights), checks their hash and keeps models warm."""
+"""Finds model folders (manifest.json + weights), checks their hash and keeps models warm.
+
+The folders are looked at again on every :meth:`ModelRegistry.get`, so a running node picks
+up a model added (``cad-node models add``), removed or changed without a restart.
+"""
 
 import logging
 import threading
@@ -8,7 +12,7 @@ from pathlib import Path
 
 from cad_node.errors import ModelError
 from cad_node.models.base import CadModel
-from cad_node.models.manifest import MANIFEST_NAME, Manifest
+from cad_node.models.manifest import MANIFEST_NAME, SITE_FAMILY, Manifest
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +37,17 @@ def _fundus_factory(folder: Path, manifest: Manifest) -> CadModel:
     return FundusModel(folder, manifest)
 
 
+def _site_factory(folder: Path, manifest: Manifest) -> CadModel:
+    from cad_node.models.site.process import SiteModel
+
+    return SiteModel(folder, manifest)
+
+
 FACTORIES: dict[str, Callable[[Path, Manifest], CadModel]] = {
     "lung_ct": _lung_factory,
     "mammography": _mammography_factory,
     "fundus": _fundus_factory,
+    SITE_FAMILY: _site_factory,
 }
 """Model family (manifest ``family``) -> constructor; a new family registers itself here.
 
@@ -88,7 +99,7 @@ class ModelRegistry:
         self._dirs = [SHIPPED_DIR, *extra_dirs]
         self._device = device
         self._threads = threads
-        self._loaded: dict[str, CadModel] = {}
+        self._loaded: dict[str, _Loaded] = {}
         self._lock = threading.Lock()
 
     @property
@@ -106,32 +117,62 @@ class ModelRegistry:
         return found
 
     def get(self, name: str) -> CadModel:
-        """The named model, loaded (sha256 checked) on first use and kept warm.
+        """The named model, loaded (its files checked) on first use and kept warm.
+
+        The folders are scanned on every call: a model added since is found, a removed one
+        is dropped, and one whose manifest changed is loaded again.
 
         Raises
         ------
         ModelError
             No such model, or no factory for its family.
         WeightsIntegrityError
-            The weights do not match the manifest's sha256.
+            The weights (a site model: any file) do not match the manifest's sha256.
         """
         with self._lock:
+            entries = self.entries()
+            entry = entries.get(name)
+            held = self._loaded.get(name)
+            if held is not None and held.entry != entry:
+                del self._loaded[name]
+                _close(held.model)
+                log.info("model %s was removed or changed on disk; dropped", name)
+            if entry is None:
+                # Unquoted: job errors withhold quoted values, and model names are no patient data.
+                known = ", ".join(sorted(entries)) or "none"
+                raise ModelError(f"no model named {name}; known: {known}")
             if name not in self._loaded:
-                self._loaded[name] = self._load(name)
-            return self._loaded[name]
+                self._loaded[name] = _Loaded(entry, self._load(entry))
+            return self._loaded[name].model
 
-    def _load(self, name: str) -> CadModel:
+    def close(self) -> None:
+        """Let every loaded model free what it holds (site models' child processes)."""
+        with self._lock:
+            held, self._loaded = list(self._loaded.values()), {}
+        for loaded in held:
+            _close(loaded.model)
+
+    def _load(self, entry: ModelEntry) -> CadModel:
         if self._threads is not None:
             from cad_node.models.runtime import set_cpu_threads
 
             set_cpu_threads(self._threads)
-        entries = self.entries()
-        if name not in entries:
-            # Unquoted: job errors withhold quoted values, and model names are no patient data.
-            known = ", ".join(sorted(entries)) or "none"
-            raise ModelError(f"no model named {name}; known: {known}")
-        entry = entries[name]
         return load_folder(entry.folder, self.device, entry.manifest)
+
+
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    """A model kept warm, with the folder and manifest it was loaded from."""
+
+    entry: ModelEntry
+    model: CadModel
+
+
+def _close(model: CadModel) -> None:
+    """Let a dropped model free what it holds (a site model's child process), if it can."""
+    close = getattr(model, "close", None)
+    if callable(close):
+        close()
 
 
 def load_folder(folder: Path, device: str, manifest: Manifest | None = None) -> CadModel:
