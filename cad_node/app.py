@@ -224,6 +224,7 @@ class Node:
             thread.join(timeout=600)
         for worker in self.workers:
             worker.close()  # its decoder process
+        self.registry.close()  # site models' child processes
         self.engine.dispose()
         self._lock.release()
 

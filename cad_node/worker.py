@@ -97,7 +97,7 @@ class LeasedWorker(Worker):
 def model_registry(settings: Settings) -> ModelRegistry:
     """The shipped models and ``models_dir``, on the configured device and CPU threads."""
     return ModelRegistry(
-        [settings.models_dir] if settings.models_dir else [],
+        [settings.resolved_models_dir],
         device=None if settings.device == "auto" else settings.device,
         threads=settings.torch_threads,
     )
@@ -190,6 +190,7 @@ class WorkerProcess:
             work_loop(worker, self.stopping, wake=threading.Event())  # nothing wakes it: polls
             logger.info("cad-node worker %s stopped", worker.worker_id)
             worker.close()
+            registry.close()
         finally:
             engine.dispose()
 

@@ -17,14 +17,21 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cad_node.domain.imaging import ImageVolume
 from cad_node.domain.planar import ImageSet
-from cad_node.domain.results import ModelReport, planar_report, volume_report
+from cad_node.domain.results import (
+    ModelReport,
+    ResultGrid,
+    planar_grid,
+    planar_report,
+    volume_grid,
+    volume_report,
+)
 from cad_node.domain.states import JobState, ResultKind
 from cad_node.errors import CadNodeError, InvalidSeriesError, ModelError
 from cad_node.imaging.isolation import DecodingAbortedError, IsolatedDecoder
 from cad_node.imaging.planar import load_image_set
 from cad_node.imaging.volume import load_volume
 from cad_node.ingest.bounds import DataSetLimits, DataSetTooLargeError
-from cad_node.models.base import CadModel, reads_image_sets, reads_volumes
+from cad_node.models.base import CadModel, reads_image_sets, reads_volumes, reports_directly
 from cad_node.models.registry import ModelRegistry
 from cad_node.pipeline.files import read_datasets, read_headers, write_dataset_atomically
 from cad_node.results.build import ResultObjects, build_result_objects, study_of
@@ -231,7 +238,11 @@ class Worker:
             self.registry, model, datasets, self.storage_dir, job_input.job_id
         )
         warnings: tuple[str, ...] = ()
-        if reads_image_sets(model):
+        if reports_directly(model):
+            grid, warnings = self._grid(job_input, datasets, model)
+            loaded = time.perf_counter()
+            report = model.report(grid)
+        elif reads_image_sets(model):
             image_set = self._load_image_set(job_input, datasets)
             _drop_pixel_data(datasets)
             loaded = time.perf_counter()
@@ -257,6 +268,21 @@ class Worker:
             write=time.perf_counter() - built,
         )
         return JobRun(stored, len(report.findings), timings, warnings)
+
+    def _grid(
+        self, job_input: JobInput, datasets: Sequence[Dataset], model: CadModel
+    ) -> tuple[ResultGrid, tuple[str, ...]]:
+        """The grid a reporting model reads (its input kind's), and what was left out of it."""
+        if reads_image_sets(model):
+            image_set = self._load_image_set(job_input, datasets)
+            _drop_pixel_data(datasets)
+            return planar_grid(image_set), ()
+        if reads_volumes(model):
+            volume = self._load_volume(job_input, datasets)
+            _drop_pixel_data(datasets)
+            notes = left_out_notes(job_input.series_instance_uid, datasets, volume)
+            return volume_grid(volume, study_of(datasets, volume)), tuple(notes)
+        raise _unknown_input_kind(model)
 
     def _load_volume(self, job_input: JobInput, datasets: Sequence[Dataset]) -> ImageVolume:
         if self.decoder is None:
