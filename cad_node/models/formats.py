@@ -101,12 +101,11 @@ def _native(folder: Path, manifest: Manifest, path: Path, build: NetworkBuilder)
 def _torchscript(folder: Path, manifest: Manifest, path: Path, build: NetworkBuilder) -> nn.Module:
     try:
         with warnings.catch_warnings():
-            # torch (2.13 here) deprecates TorchScript authoring and loading in favour of
-            # torch.export, but TorchScript is a format sites hand us (issue 3): say it
-            # once in the docs, not in every worker's log at every load.
-            warnings.filterwarnings(
-                "ignore", message=".*torch.jit.load.*", category=DeprecationWarning
-            )
+            # torch deprecates TorchScript loading in favour of torch.export (a
+            # DeprecationWarning in 2.13, a FutureWarning from 2.14), but TorchScript is a
+            # format sites hand us (issue 3): say it once in the docs, not in every
+            # worker's log at every load.
+            warnings.filterwarnings("ignore", message=".*torch.jit.load.*")
             net: nn.Module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]  # torch.jit.load has no annotations
     except _LOAD_ERRORS as exc:
         raise _load_error(manifest, path, "is not a TorchScript archive", exc) from exc

@@ -365,7 +365,7 @@ def fit(net: FundusNet, train_set: EyeSet, validation: EyeSet, config: TrainConf
     """Epochs with validation, early stopping on the validation loss and a time budget."""
     rng = np.random.default_rng(config.seed)
     class_weights = grade_weights(train_set.grades)
-    net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit memory_format
+    net.to(memory_format=torch.channels_last)  # type: ignore[call-overload, unused-ignore]  # torch<2.14 stubs omit memory_format
 
     def train_epoch(optimiser: torch.optim.Optimizer, epoch: int) -> None:
         _train_epoch(
