@@ -424,6 +424,7 @@ def write_json(data: Any, path: Path) -> Path:
 
 # --- MONAI's own runner ---
 
+
 def monai_run(folder: Path, config_file: Path, overrides: Mapping[str, Any]) -> None:
     """MONAI's own bundle runner on ``folder``, in a fresh interpreter, from the bundle folder.
 
