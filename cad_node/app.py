@@ -15,7 +15,7 @@ from cad_node.admin.context import AdminContext
 from cad_node.admin.server import AdminServer
 from cad_node.clock import Clock, utc_now, wait_until_set
 from cad_node.config import Settings, listens_everywhere
-from cad_node.errors import CadNodeError, ModelError
+from cad_node.errors import CadNodeError, ModelError, RuleError
 from cad_node.export.service import deliver_due
 from cad_node.ingest.bounds import DataSetLimits
 from cad_node.ingest.processes import IngestProcesses
@@ -24,6 +24,7 @@ from cad_node.ingest.scp import StorageSCP
 from cad_node.models.registry import ModelRegistry
 from cad_node.pipeline.assemble import Assembler, OwnEquipment
 from cad_node.pipeline.work import Worker
+from cad_node.routing.rules import RuleMode, unknown_references
 from cad_node.security.tls import client_context
 from cad_node.store.catalog import DestinationBook
 from cad_node.store.db import create_schema, make_engine, session_factory
@@ -101,6 +102,11 @@ class Node:
         self.destination_book = DestinationBook(self.sessions, self.clock)
         self.destination_book.seed(self.settings.destinations)
         self.registry = model_registry(self.settings)
+        try:
+            self._check_rule_references()
+        except BaseException:
+            self.engine.dispose()
+            raise
         self.scp = StorageSCP.from_settings(
             self.settings,
             self.sessions,
@@ -126,6 +132,24 @@ class Node:
         ]
         self.worker = self.workers[0]
         self._check_destination_tls()
+
+    def _check_rule_references(self) -> None:
+        """Refuse to start when a rule in force names a model not installed or a destination
+        not in force (:func:`~cad_node.routing.rules.unknown_references`), naming them all."""
+        rules, models = self.rule_book.current(), self.registry.entries()
+        problems = unknown_references(rules, models, self.destination_book.current())
+        if not problems:
+            return
+        hint = ""
+        if any(rule.model not in models for rule in rules if rule.mode is not RuleMode.OFF):
+            hint = (
+                f"; install the model in {self.settings.resolved_models_dir} "
+                "(cad-node models add) and start again"
+            )
+        raise RuleError(
+            f"the routing rules in force (journal) name what does not exist: "
+            f"{'; '.join(problems)}{hint}"
+        )
 
     def _check_destination_tls(self) -> None:
         """Load every destination's TLS files now: a bad path stops start-up, not an export."""

@@ -3,12 +3,16 @@ test against a stored series (explain) and dry run of a draft rule set.
 
 Rules are checked by the same typed :class:`~cad_node.routing.rules.Rule` the
 matcher uses: a bad keyword or regex, or a rule over the size limits, is a 422
-naming the field and the reason. Every change writes a new rule set version and an
-audit event in one transaction. Testing and dry runs evaluate drafts against stored
-headers, so like every write they take an admin token.
+naming the field and the reason. A rule must name what exists: a destination in force
+and (unless it is switched off) a model installed now, read from the models folders at
+each request, so a model added by ``cad-node models add`` counts at once; else a 422
+names the rule, the unknown name and the names known. Every change writes a new rule set
+version and an audit event in one transaction. Testing and dry runs evaluate drafts
+against stored headers, so like every write they take an admin token.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
@@ -22,8 +26,15 @@ from cad_node.admin.catalog import destinations_in_force
 from cad_node.admin.context import AdminContext
 from cad_node.admin.deps import Context, Journal, RowId
 from cad_node.config import format_validation_error
-from cad_node.routing.match import ConditionResult, RuleExplanation, explain, route
-from cad_node.routing.rules import MAX_RULES, Rule, RuleMode, check_rule_set
+from cad_node.errors import ConfigError, ModelError
+from cad_node.routing.match import ConditionResult, RuleExplanation, describe, explain, route
+from cad_node.routing.rules import (
+    MAX_RULES,
+    Rule,
+    RuleMode,
+    check_rule_set,
+    unknown_references,
+)
 from cad_node.store.rulesets import (
     latest_version,
     record_audit,
@@ -46,6 +57,8 @@ class RuleSetOut(BaseModel):
     change: str
     created_at: datetime
     rules: list[dict[str, Any]]
+    conditions: list[str] = []
+    """Each rule's conditions on one line, in the order of ``rules`` (for the rule table)."""
 
 
 class VersionOut(BaseModel):
@@ -101,23 +114,37 @@ def _unprocessable(detail: str) -> HTTPException:
     return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=detail)
 
 
-def check_rule(data: dict[str, Any], destinations: Sequence[str]) -> Rule:
-    """``data`` as a checked rule naming configured destinations, else a 422 with the reason."""
+@dataclass(frozen=True)
+class Existing:
+    """What a rule may name: the destinations in force and the models installed, now."""
+
+    destinations: Collection[str]
+    models: Collection[str]
+
+
+def existing(node: AdminContext) -> Existing:
+    """The destinations in the journal and the models on disk at this moment (none cached)."""
+    try:
+        models = set(node.registry.entries())
+    except ModelError as exc:  # an unreadable manifest in the models folder
+        raise _unprocessable(f"cannot list the installed models: {exc}") from exc
+    return Existing(destinations=set(destinations_in_force(node)), models=models)
+
+
+def check_rule(data: dict[str, Any], known: Existing) -> Rule:
+    """``data`` as a checked rule naming what exists, else a 422 with the reason."""
     try:
         rule = Rule.model_validate(data)
     except ValidationError as exc:
         raise _unprocessable(format_validation_error(exc, "rule")) from exc
-    unknown = [name for name in rule.destinations if name not in destinations]
-    if unknown:
-        configured = ", ".join(sorted(destinations)) or "none"
-        raise _unprocessable(
-            f"rule: destinations: {unknown[0]!r} is not configured (configured: {configured})"
-        )
+    problems = unknown_references([rule], known.models, known.destinations)
+    if problems:
+        raise _unprocessable("; ".join(problems))
     return rule
 
 
-def check_rules(data: Sequence[dict[str, Any]], destinations: Sequence[str]) -> tuple[Rule, ...]:
-    rules = tuple(check_rule(item, destinations) for item in data)
+def check_rules(data: Sequence[dict[str, Any]], known: Existing) -> tuple[Rule, ...]:
+    rules = tuple(check_rule(item, known) for item in data)
     try:
         return check_rule_set(rules)
     except ValueError as exc:
@@ -167,12 +194,17 @@ def _change(
 
 
 def _rule_set_out(version: RuleSetVersion) -> RuleSetOut:
+    try:
+        conditions = [describe(rule.when) for rule in rules_of(version)]
+    except ConfigError:  # an old version the current checks refuse: shown without them
+        conditions = []
     return RuleSetOut(
         version=version.version,
         author=version.author,
         change=version.change,
         created_at=version.created_at,
         rules=list(version.rules),
+        conditions=conditions,
     )
 
 
@@ -214,7 +246,7 @@ def rollback(version: RowId, node: Context, caller: Writer) -> RuleSetOut:
         found = session.get(RuleSetVersion, version)
         if found is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no such version")
-        rules = check_rules(found.rules, list(destinations_in_force(node)))
+        rules = check_rules(found.rules, existing(node))
         now = node.clock()
         saved = save_version(session, rules, caller.name, f"rollback to version {version}", now)
         record_audit(
@@ -231,7 +263,7 @@ def rollback(version: RowId, node: Context, caller: Writer) -> RuleSetOut:
 @router.post("/validate")
 def validate_rule(data: RuleData, node: Context, _caller: Reader) -> dict[str, Any]:
     """Check a draft rule without saving it (the editor's live validation)."""
-    rule = check_rule(data, list(destinations_in_force(node)))
+    rule = check_rule(data, existing(node))
     return {"valid": True, "rule": rules_as_data([rule])[0]}
 
 
@@ -244,7 +276,7 @@ def explain_rule(
     if series is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no such series")
     if request.rule is not None:
-        rule = check_rule(request.rule, list(destinations_in_force(node)))
+        rule = check_rule(request.rule, existing(node))
     elif request.rule_name is not None:
         _latest, rules = _in_force(session)
         rule = rules[_index_of(rules, request.rule_name)]
@@ -276,7 +308,7 @@ def _condition_out(result: ConditionResult) -> ConditionOut:
 def dry_run(request: DryRunRequest, node: Context, session: Journal, _caller: Writer) -> DryRunOut:
     """Replay the headers of the series received in the last ``days`` through a draft rule set,
     and list those the draft would route differently from the rules in force (admin token)."""
-    draft = check_rules(request.rules, list(destinations_in_force(node)))
+    draft = check_rules(request.rules, existing(node))
     _latest, current = _in_force(session)
     since = node.clock() - timedelta(days=request.days)
     query = (
@@ -314,7 +346,7 @@ def get_rule(name: str, session: Journal, _caller: Reader) -> dict[str, Any]:
 @router.post("", response_model=RuleSetOut, status_code=status.HTTP_201_CREATED)
 def create_rule(data: RuleData, node: Context, caller: Writer) -> RuleSetOut:
     """Add a rule; 409 if its name is taken."""
-    rule = check_rule(data, list(destinations_in_force(node)))
+    rule = check_rule(data, existing(node))
 
     def add(rules: list[Rule]) -> list[Rule]:
         if any(existing.name == rule.name for existing in rules):
@@ -327,7 +359,7 @@ def create_rule(data: RuleData, node: Context, caller: Writer) -> RuleSetOut:
 @router.put("/{name}", response_model=RuleSetOut)
 def update_rule(name: str, data: RuleData, node: Context, caller: Writer) -> RuleSetOut:
     """Replace the rule ``name`` (the body may rename it)."""
-    rule = check_rule(data, list(destinations_in_force(node)))
+    rule = check_rule(data, existing(node))
 
     def replace(rules: list[Rule]) -> list[Rule]:
         rules[_index_of(rules, name)] = rule
@@ -356,7 +388,7 @@ def set_mode(name: str, request: ModeRequest, node: Context, caller: Writer) -> 
     def switch(rules: list[Rule]) -> list[Rule]:
         index = _index_of(rules, name)
         data = {**rules_as_data([rules[index]])[0], "mode": request.mode.value}
-        rules[index] = check_rule(data, list(destinations_in_force(node)))
+        rules[index] = check_rule(data, existing(node))
         return rules
 
     return _change(node, caller, f"rule.mode.{request.mode.value}", name, switch)

@@ -14,6 +14,8 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from cad_node.config import load_settings
+from cad_node.errors import RuleError
+from cad_node.models.registry import ModelRegistry
 from cad_node.routing.attributes import (
     ROUTING_KEYWORDS,
     JsonValue,
@@ -21,7 +23,7 @@ from cad_node.routing.attributes import (
     series_attributes,
 )
 from cad_node.routing.match import RouteDecision, route
-from cad_node.routing.rules import Rule, keywords_of
+from cad_node.routing.rules import Rule, keywords_of, unknown_references
 
 UNKNOWN_CALLING_AE = "-"
 
@@ -62,8 +64,14 @@ def _config_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    """Print each rule of the config, by priority; a bad config raises ConfigError."""
+    """Print each rule of the config, by priority; a bad config raises ConfigError, a rule
+    naming a model not installed (shipped or in ``models_dir``, read now) or a destination
+    not configured raises RuleError naming them and the names known."""
     settings = load_settings(args.config)
+    installed = ModelRegistry([settings.resolved_models_dir]).entries()
+    problems = unknown_references(settings.rules, installed, settings.destinations)
+    if problems:
+        raise RuleError("; ".join(problems))
     print(f"{len(settings.rules)} rule(s) valid")
     for rule in sorted(settings.rules, key=lambda rule: -rule.priority):
         targets = ", ".join(rule.destinations) or "-"

@@ -271,6 +271,24 @@ def _as_list(value: object) -> list[object]:
     return [value]
 
 
+def describe(condition: Condition) -> str:
+    """``condition`` on one line, for a table of rules: ``Modality equals CT and
+    (SliceThickness ≤ 2.5 or not (ImageType contains LOCALIZER))``."""
+    if isinstance(condition, AllOf | AnyOf):
+        joiner = " and " if isinstance(condition, AllOf) else " or "
+        return joiner.join(_described_part(child) for child in condition.conditions)
+    if isinstance(condition, Not):
+        return f"not ({describe(condition.condition)})"
+    return f"{condition.keyword} {_describe(condition)}"
+
+
+def _described_part(condition: Condition) -> str:
+    """A condition inside ``all`` or ``any``: in brackets when it joins several of its own."""
+    text = describe(condition)
+    several = isinstance(condition, AllOf | AnyOf) and len(condition.conditions) > 1
+    return f"({text})" if several else text
+
+
 def _describe(condition: Equals | In | Contains | Regex | Range | Present | Plane) -> str:
     if isinstance(condition, Equals):
         return f"equals {_render(condition.equals)}"

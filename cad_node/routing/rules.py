@@ -56,7 +56,7 @@ deep, :data:`MAX_IN_VALUES` values in one ``in``, and :data:`MAX_RULES` rules in
 """
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Union
 
@@ -420,6 +420,36 @@ def check_unique_names(rules: tuple[Rule, ...]) -> tuple[Rule, ...]:
             raise ValueError(f"two rules are named {rule.name!r}; rule names must be unique")
         seen.add(rule.name)
     return rules
+
+
+def unknown_references(
+    rules: Iterable[Rule], model_names: Collection[str], destination_names: Collection[str]
+) -> list[str]:
+    """One message for each model or destination a rule of ``rules`` names that does not exist.
+
+    ``model_names`` are the models installed, ``destination_names`` the destinations
+    configured; each message names the rule, the unknown name and the names known, e.g.
+    ``rule 'chest': model 'lung_nodul_ct' is not installed (installed: fundus_dr, ...)``.
+    A rule switched ``off`` runs no model, so its model is not checked: a rule can be
+    written before its model is added, and switched off when its model goes. Its
+    destinations are checked whatever its mode (a destination a rule names cannot be
+    deleted). Empty when everything exists.
+    """
+    installed = ", ".join(sorted(model_names)) or "none"
+    configured = ", ".join(sorted(destination_names)) or "none"
+    problems: list[str] = []
+    for rule in rules:
+        if rule.mode is not RuleMode.OFF and rule.model not in model_names:
+            problems.append(
+                f"rule {rule.name!r}: model {rule.model!r} is not installed "
+                f"(installed: {installed})"
+            )
+        problems.extend(
+            f"rule {rule.name!r}: destination {name!r} is not configured (configured: {configured})"
+            for name in rule.destinations
+            if name not in destination_names
+        )
+    return problems
 
 
 def walk(condition: "Condition", visit: Callable[["Condition"], None]) -> None:

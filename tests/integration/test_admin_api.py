@@ -6,6 +6,7 @@ answered by DCMTK's storescp.
 """
 
 import hashlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,20 +23,22 @@ from tests.conftest import NODE_AE_TITLE, send
 from tests.integration.peers import free_port, storescp, wait_for
 
 ADMIN_TOKEN = "admin-secret-token"
+UNLOADABLE_MODEL = "unloadable_model"
+"""Installed (rules may name it: issue 24) but never loads, so its jobs fail with the reason."""
 READ_TOKEN = "read-only-token"
 
 MR_RULE: dict[str, Any] = {
     "name": "mr-rule",
     "priority": 10,
     "mode": "shadow",
-    "model": "no_such_model",
+    "model": UNLOADABLE_MODEL,
     "when": {"keyword": "Modality", "equals": "MR"},
 }
 CT_RULE: dict[str, Any] = {
     "name": "ct-rule",
     "priority": 20,
     "mode": "active",
-    "model": "no_such_model",
+    "model": UNLOADABLE_MODEL,
     "destinations": ["pacs"],
     "when": {
         "all": [
@@ -50,7 +53,25 @@ def sha256(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def install_unloadable_model(models_dir: Path, name: str = UNLOADABLE_MODEL) -> None:
+    """A model folder the registry lists but cannot load: its family has no factory."""
+    folder = models_dir / name
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = {
+        "name": name,
+        "version": "0",
+        "family": "no_such_family",
+        "modality": "CT",
+        "weights_file": "weights.pt",
+        "sha256": "0" * 64,
+        "operating_threshold": 0.5,
+        "intended_use": "tests: a job that fails",
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
 def node_settings(tmp_path: Path, **admin: Any) -> Settings:
+    install_unloadable_model(tmp_path / "storage" / "models")
     return Settings.model_validate(
         {
             "ae_title": NODE_AE_TITLE,
@@ -193,7 +214,7 @@ def test_rules_seeded_from_the_config(admin: httpx.Client) -> None:
     assert rule_set["version"] == 1
     assert rule_set["author"] == "config"
     assert [rule["name"] for rule in rule_set["rules"]] == ["mr-rule"]
-    assert admin.get("/api/rules/mr-rule").json()["model"] == "no_such_model"
+    assert admin.get("/api/rules/mr-rule").json()["model"] == UNLOADABLE_MODEL
     assert admin.get("/api/rules/nope").status_code == 404
 
 
@@ -214,6 +235,46 @@ def test_an_invalid_rule_is_a_422_with_the_reason(
     assert reason in answer.json()["detail"]
     assert admin.post("/api/rules/validate", json={**CT_RULE, **change}).status_code == 422
     assert admin.get("/api/rules").json()["version"] == 1
+
+
+def test_a_rule_naming_an_unknown_model_is_refused_with_the_models_known(
+    admin: httpx.Client, tmp_path: Path
+) -> None:
+    typo = {**CT_RULE, "model": "lung_nodul_ct"}
+    for answer in (
+        admin.post("/api/rules", json=typo),
+        admin.post("/api/rules/validate", json=typo),
+        admin.put("/api/rules/mr-rule", json={**MR_RULE, "model": "lung_nodul_ct"}),
+        admin.post("/api/rules/dry-run", json={"rules": [typo], "days": 1}),
+    ):
+        assert answer.status_code == 422
+        detail = answer.json()["detail"]
+        assert "model 'lung_nodul_ct' is not installed" in detail
+        assert "(installed: fundus_dr, lung_nodule_ct, mammo_screening, unloadable_model)" in detail
+    assert "rule 'ct-rule': model" in admin.post("/api/rules", json=typo).json()["detail"]
+    assert admin.get("/api/rules").json()["version"] == 1
+
+    # read from the models folder at each save: a model added to the running node counts
+    install_unloadable_model(tmp_path / "storage" / "models", "lung_nodul_ct")
+    assert admin.post("/api/rules", json=typo).status_code == 201
+
+
+def test_a_rule_switched_off_may_name_a_model_not_yet_installed(admin: httpx.Client) -> None:
+    later = {**CT_RULE, "model": "added_later", "mode": "off"}
+    assert admin.post("/api/rules", json=later).status_code == 201
+    refused = admin.post("/api/rules/ct-rule/mode", json={"mode": "shadow"})
+    assert refused.status_code == 422
+    assert "rule 'ct-rule': model 'added_later' is not installed" in refused.json()["detail"]
+    assert admin.get("/api/rules/ct-rule").json()["mode"] == "off"
+
+
+def test_the_rule_table_shows_each_rules_conditions(admin: httpx.Client) -> None:
+    assert admin.get("/api/rules").json()["conditions"] == ["Modality equals MR"]
+    created = admin.post("/api/rules", json=CT_RULE).json()
+    assert created["conditions"] == [
+        "Modality equals MR",
+        "Modality equals CT and SeriesDescription matches /(?i)admin/",
+    ]
 
 
 def test_rule_crud_is_versioned_and_audited(admin: httpx.Client) -> None:
@@ -274,7 +335,7 @@ def test_a_rule_change_routes_the_next_series_without_restart(
             "modality": "CT",
             "current_rule": None,
             "draft_rule": "ct-rule",
-            "draft_model": "no_such_model",
+            "draft_model": UNLOADABLE_MODEL,
         }
     ]
 
@@ -327,10 +388,10 @@ def test_series_and_jobs_listed_filtered_paged_and_retried(node: Node, admin: ht
         total: int = admin.get("/api/jobs", params={"state": "failed"}).json()["total"]
         return total
 
-    wait_for(lambda: failed_jobs() == 2, 30, "both jobs to fail (the model does not exist)")
+    wait_for(lambda: failed_jobs() == 2, 30, "both jobs to fail (the model cannot load)")
     job = admin.get("/api/jobs", params={"series_instance_uid": first["series_instance_uid"]})
     job_id = job.json()["items"][0]["id"]
-    assert "no_such_model" in job.json()["items"][0]["error"]
+    assert UNLOADABLE_MODEL in job.json()["items"][0]["error"]
     assert admin.post(f"/api/jobs/{job_id}/cancel").status_code == 409
     retried = admin.post(f"/api/jobs/{job_id}/retry")
     assert retried.status_code == 200
@@ -343,7 +404,7 @@ def test_series_and_jobs_listed_filtered_paged_and_retried(node: Node, admin: ht
     assert 'cad_node_series{state="routed"} 2.0' in metrics
     assert 'cad_node_jobs{state="failed"} 2.0' in metrics
     assert "cad_node_queue_depth 0.0" in metrics
-    assert 'cad_node_job_duration_seconds_count{model="no_such_model"} 2.0' in metrics
+    assert f'cad_node_job_duration_seconds_count{{model="{UNLOADABLE_MODEL}"}} 2.0' in metrics
     assert 'cad_node_deliveries{state="failed"} 0.0' in metrics
     assert "# TYPE cad_node_job_stage_seconds summary" in metrics
 

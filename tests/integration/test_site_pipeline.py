@@ -7,6 +7,7 @@ DCMTK storescp as the destination. The zoo's spleen_ct_segmentation runs unchang
 weights (tests/bundles.py); the refusing bundle is tests/site_runners.py's.
 """
 
+import hashlib
 import re
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from pydicom import Dataset, dcmread
@@ -78,6 +80,28 @@ def rule(model: str, series_description: str) -> dict[str, Any]:
     }
 
 
+ADMIN_TOKEN = "site-pipeline-admin-token"
+
+
+def admin_settings(port: int) -> dict[str, Any]:
+    token = {
+        "name": "ci",
+        "role": "admin",
+        "sha256": hashlib.sha256(ADMIN_TOKEN.encode()).hexdigest(),
+    }
+    return {"enabled": True, "port": port, "tokens": [token]}
+
+
+def save_rules(admin_port: int, *rules: dict[str, Any]) -> None:
+    """Add ``rules`` through the running node's admin API."""
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    base_url = f"http://127.0.0.1:{admin_port}"
+    with httpx.Client(base_url=base_url, headers=headers, timeout=30) as client:
+        for each in rules:
+            answer = client.post("/api/rules", json=each)
+            assert answer.status_code == 201, answer.text
+
+
 def jobs_by_model(storage: Path) -> dict[str, Job]:
     engine = create_engine(f"sqlite:///{storage / 'journal.sqlite'}")
     try:
@@ -97,7 +121,7 @@ def finished(storage: Path) -> bool:
 def delivered(tmp_path_factory: pytest.TempPathFactory) -> Delivered:
     """A refusing bundle's series, then a spleen series, through one node with one worker."""
     tmp = tmp_path_factory.mktemp("site-pipeline")
-    pacs_port, pacs_dir = free_port(), tmp / "pacs"
+    pacs_port, pacs_dir, admin_port = free_port(), tmp / "pacs", free_port()
     config = write_config(
         tmp,
         models_dir=str(tmp / "models"),
@@ -106,7 +130,8 @@ def delivered(tmp_path_factory: pytest.TempPathFactory) -> Delivered:
         workers=1,
         quiet_seconds=1,
         destinations={"pacs": {"host": "127.0.0.1", "port": pacs_port, "ae_title": "PACS"}},
-        rules=[rule(SPLEEN, SPLEEN_SERIES), rule(REFUSER, REFUSED_SERIES)],
+        rules=[],
+        admin=admin_settings(admin_port),
     )
     storage = Path(yaml.safe_load(config.read_text())["storage_dir"])
     refused = write_ct_series(
@@ -123,6 +148,8 @@ def delivered(tmp_path_factory: pytest.TempPathFactory) -> Delivered:
         models_add(
             config, write_scripted_bundle(tmp / "refuser", refuse=True), REFUSER, REFUSER_LABELS
         )
+        # a rule may name a model only once it is installed (issue 24): saved now, at once
+        save_rules(admin_port, rule(SPLEEN, SPLEEN_SERIES), rule(REFUSER, REFUSED_SERIES))
         assert send(node.port, list(refused.paths)) == [SUCCESS] * len(refused.paths)
         assert send(node.port, list(spleen.paths)) == [SUCCESS] * len(spleen.paths)
         wait_for(lambda: finished(storage), JOBS_SECONDS, "both jobs to finish")

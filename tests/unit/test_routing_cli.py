@@ -99,7 +99,7 @@ def test_rules_check_notes_keywords_the_node_does_not_record(
     config = tmp_path / "node.yaml"
     rule = {
         "name": "age",
-        "model": "m",
+        "model": "lung_nodule_ct",
         "mode": "shadow",
         "when": {"keyword": "PatientAge", "present": True},
     }

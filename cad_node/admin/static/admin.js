@@ -273,8 +273,11 @@ async function rulesPage() {
   if (!$("rule-json").value) edit(ruleSet.rules[0] || null);
   $("rule-version").textContent = ruleSet.version;
   $("rule-version-by").textContent = `by ${ruleSet.author}, ${when(ruleSet.created_at)}: ${ruleSet.change}`;
-  table("rules", ["name", "priority", "mode", "model", "destinations", ""], ruleSet.rules, (row, rule) => {
-    for (const v of [rule.name, rule.priority, rule.mode, rule.model, (rule.destinations || []).join(", ")]) cell(row, v);
+  const conditions = ruleSet.conditions || [];
+  table("rules", ["name", "priority", "mode", "conditions", "model", "destinations", ""], ruleSet.rules, (row, rule) => {
+    for (const v of [rule.name, rule.priority, rule.mode]) cell(row, v);
+    cell(row, conditions[ruleSet.rules.indexOf(rule)] ?? "").className = "conditions";
+    for (const v of [rule.model, (rule.destinations || []).join(", ")]) cell(row, v);
     const span = document.createElement("span");
     const next = rule.mode === "off" ? "active" : "off";
     span.append(
