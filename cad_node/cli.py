@@ -19,10 +19,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(getattr(args, "log_level", None) or "INFO")
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # a reader that went away shows here, not as a traceback at exit
+        return code
+    except BrokenPipeError:
+        if args.func in (_serve, _worker, _ingest):
+            raise  # a socket's, not stdout's: not a reader that has read enough
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
     except CadNodeError as exc:
         print(f"cad-node: error: {exc}", file=sys.stderr)
         return 2
+
+
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+"""``cad-node status | head``: the reader closed the pipe; exit as a shell reports a command
+killed by SIGPIPE (141), silently, like ``cat``. Python ignores SIGPIPE (the node's sockets
+need EPIPE as an error, not a signal), so the write raises BrokenPipeError instead."""
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's flush at exit does not fail again
+    (the standard recipe: https://docs.python.org/3/library/signal.html#note-on-sigpipe)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout without a file descriptor (captured in tests)
+        pass
 
 
 def configure_logging(level: str) -> None:
@@ -39,6 +63,7 @@ def configure_logging(level: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from cad_node.configdiff.cli import add_commands as add_config_commands
     from cad_node.models.cli import add_commands as add_model_commands
     from cad_node.routing.cli import add_commands as add_rules_commands
 
@@ -56,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(commands)
     add_rules_commands(commands)
     add_model_commands(commands)
+    add_config_commands(commands)
     return parser
 
 

@@ -148,8 +148,10 @@ class DestinationBook:
                 logger.info("destinations seeded from the configuration (%d)", len(destinations))
             elif dict(current_destinations(session)) != dict(destinations):
                 logger.warning(
-                    "the configuration's destinations differ from the journal's, which stay "
-                    "in force (change destinations through the admin API)"
+                    "the destinations in the configuration file differ from those in the "
+                    "journal, which stay in force: see them with cad-node config diff, put "
+                    "the file in force with cad-node config apply, or edit the destinations "
+                    "through the admin API"
                 )
 
     def current(self) -> dict[str, DestinationSettings]:

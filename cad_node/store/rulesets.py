@@ -99,8 +99,10 @@ class RuleBook:
                 logger.info("routing rules seeded from the configuration (%d rules)", len(rules))
             elif self._differs(session, rules):
                 logger.warning(
-                    "the configuration's rules differ from the journal's version %d, which "
-                    "stays in force (change rules through the admin API)",
+                    "the rules in the configuration file differ from rule set version %d in "
+                    "the journal, which stays in force: see them with cad-node config diff, "
+                    "put the file in force with cad-node config apply, or edit the rules "
+                    "through the admin API",
                     version_number(session),
                 )
 
