@@ -2,33 +2,79 @@
 
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 
 from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import Session
 
 from cad_node.config import Settings
 from cad_node.domain.states import SeriesState
+from cad_node.errors import StorageError
 from cad_node.store.db import make_engine, session_factory
 from cad_node.store.schema import Delivery, Instance, Job, Result, Series
 
 
 def render_status(settings: Settings, limit: int = 20) -> str:
-    engine = make_engine(settings.resolved_database_url)
+    """The journal's counts and newest rows, as text.
+
+    Reads only: a missing SQLite journal is reported, not created.
+
+    Raises
+    ------
+    StorageError
+        There is no journal at the configured place, or it cannot be read (one line).
+    ConfigError
+        ``database_url``'s driver is not installed (:func:`~cad_node.store.db.make_engine`).
+    """
+    database_url = settings.resolved_database_url
+    _require_sqlite_journal(database_url)
+    engine = make_engine(database_url)
     try:
         with session_factory(engine)() as session:
-            return "\n".join(
-                [
-                    _counts(session),
-                    "",
-                    _series_table(session, limit),
-                    "",
-                    _jobs_table(session, limit),
-                    "",
-                    _deliveries_table(session, limit),
-                ]
-            )
+            return _render(session, limit)
+    except DBAPIError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else repr(exc)
+        where = make_url(database_url).render_as_string(hide_password=True)
+        if "no such table" in reason or "does not exist" in reason:
+            reason += " (not a cad-node journal yet: `cad-node serve` creates and upgrades it)"
+        raise StorageError(f"cannot read the journal at {where}: {reason}") from exc
     finally:
         engine.dispose()
+
+
+def _require_sqlite_journal(database_url: str) -> None:
+    """Raise :class:`StorageError` if ``database_url`` names an SQLite file that is not there."""
+    try:
+        url = make_url(database_url)
+    except ArgumentError:  # make_engine says what is wrong with it
+        return
+    if url.get_backend_name() != "sqlite":
+        return
+    database = url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database).absolute()
+    if not path.is_file():
+        raise StorageError(
+            f"no journal at {path}: start `cad-node serve` first, "
+            "or pass the node's config with --config"
+        )
+
+
+def _render(session: Session, limit: int) -> str:
+    return "\n".join(
+        [
+            _counts(session),
+            "",
+            _series_table(session, limit),
+            "",
+            _jobs_table(session, limit),
+            "",
+            _deliveries_table(session, limit),
+        ]
+    )
 
 
 def _counts(session: Session) -> str:

@@ -6,9 +6,14 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
+from cad_node.errors import ConfigError
 from cad_node.store.migrations import upgrade_journal
+
+POSTGRESQL_EXTRA = "pip install 'cad-node[postgresql]'"
+"""What installs the PostgreSQL driver (psycopg 3) that ``postgresql+psycopg://`` needs."""
 
 
 def sqlite_url(path: Path) -> str:
@@ -21,7 +26,26 @@ def make_engine(database_url: str) -> Engine:
     WAL with ``synchronous=NORMAL`` makes a commit cheap (no fsync per commit) and
     survives a process crash; the spool's fsync'd files are the durable record of
     what was acknowledged, and start-up re-indexes any file the journal lacks.
+
+    Raises
+    ------
+    ConfigError
+        ``database_url`` is not a URL SQLAlchemy knows, or its driver is not installed
+        (PostgreSQL: the message names the ``postgresql`` extra); one line, no password.
     """
+    try:
+        return _make_engine(database_url)
+    except ImportError as exc:
+        raise ConfigError(missing_driver_message(database_url, exc)) from exc
+    except ArgumentError as exc:
+        raise ConfigError(
+            f"database_url ({_shown(database_url)}) is not a database URL cad-node can use: "
+            f"{exc}; use sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST/DB "
+            f"(with {POSTGRESQL_EXTRA})"
+        ) from exc
+
+
+def _make_engine(database_url: str) -> Engine:
     if database_url.startswith("sqlite"):
         _create_private_file(make_url(database_url).database)
         engine = create_engine(
@@ -30,6 +54,35 @@ def make_engine(database_url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(database_url, pool_pre_ping=True)
+
+
+def missing_driver_message(database_url: str, exc: ImportError) -> str:
+    """One line for a ``database_url`` whose DB-API driver does not import: what to install.
+
+    Only the URL's scheme is quoted (never its password).
+    """
+    scheme = database_url.split("://", 1)[0]
+    first_line = next(iter(str(exc).splitlines()), "") or repr(exc)
+    missing = (
+        f"its driver module {exc.name!r} is not installed"
+        if exc.name
+        else f"its driver does not load ({first_line})"
+    )
+    if scheme in ("postgresql", "postgresql+psycopg"):
+        advice = POSTGRESQL_EXTRA
+    elif scheme.startswith("postgresql"):
+        advice = f"install it, or use postgresql+psycopg:// with {POSTGRESQL_EXTRA}"
+    else:
+        advice = (
+            "cad-node's journal is SQLite (database_url: null) or PostgreSQL "
+            f"(postgresql+psycopg://, with {POSTGRESQL_EXTRA})"
+        )
+    return f"database_url ({_shown(database_url)}): {missing}: {advice}"
+
+
+def _shown(database_url: str) -> str:
+    """``database_url`` as an error message may quote it: the scheme only (no password)."""
+    return f"{database_url.split('://', 1)[0]}://..." if "://" in database_url else "..."
 
 
 JOURNAL_FILE_MODE = 0o600
