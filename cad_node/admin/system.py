@@ -16,6 +16,7 @@ from cad_node.admin.deps import Context, Journal, Page
 from cad_node.admin.echo import echo
 from cad_node.admin.flow import Listing, _page
 from cad_node.domain.states import ResultKind
+from cad_node.models.manifest import Manifest
 from cad_node.routing.rules import RuleMode
 from cad_node.store.catalog import model_modes
 from cad_node.store.schema import AuditEvent
@@ -58,6 +59,12 @@ class ModelOut(BaseModel):
     version: str
     family: str
     modality: str
+    format: str
+    """native, torchscript, monai_bundle or nnunet_v2."""
+    task: str | None = None
+    """A site model's task: segmentation, detection or classification."""
+    labels: list[str] = []
+    """A site model's output labels, in value order (the names its LABELS.yaml gives)."""
     sha256: str
     device: str
     intended_use: str
@@ -78,6 +85,9 @@ def list_models(node: Context, session: Journal, _caller: Reader) -> list[ModelO
             version=entry.manifest.version,
             family=entry.manifest.family,
             modality=entry.manifest.modality,
+            format=entry.manifest.format,
+            task=entry.manifest.task,
+            labels=label_names(entry.manifest),
             sha256=entry.manifest.sha256,
             device=registry.device,
             intended_use=entry.manifest.intended_use,
@@ -86,6 +96,14 @@ def list_models(node: Context, session: Journal, _caller: Reader) -> list[ModelO
             mode=modes.get(name, RuleMode.ACTIVE),
         )
         for name, entry in sorted(registry.entries().items())
+    ]
+
+
+def label_names(manifest: Manifest) -> list[str]:
+    """The names of a site model's labels, by output value."""
+    return [
+        str(manifest.labels[value].get("label", value))
+        for value in sorted(manifest.labels, key=lambda v: int(v) if v.isdigit() else -1)
     ]
 
 

@@ -66,6 +66,8 @@ def install_unloadable_model(models_dir: Path, name: str = UNLOADABLE_MODEL) -> 
         "sha256": "0" * 64,
         "operating_threshold": 0.5,
         "intended_use": "tests: a job that fails",
+        "task": "segmentation",
+        "labels": {"2": {"label": "liver"}, "1": {"label": "spleen"}},
     }
     (folder / "manifest.json").write_text(json.dumps(manifest))
 
@@ -418,6 +420,9 @@ def test_models_listed_with_hash_and_device(reader: httpx.Client) -> None:
     assert len(lung["sha256"]) == 64
     assert lung["device"] == "cpu"
     assert lung["version"]
+    assert (lung["format"], lung["task"], lung["labels"]) == ("native", None, [])
+    site = models[UNLOADABLE_MODEL]
+    assert (site["task"], site["labels"]) == ("segmentation", ["spleen", "liver"])
 
 
 def test_destination_echo_is_a_real_c_echo(

@@ -121,9 +121,10 @@ const pages = {
   },
   async models() {
     const models = await api("GET", "/api/models");
-    table("models", ["name", "version", "family", "modality", "device", "sha256", "use", "mode"], models, (row, m) => {
-      for (const v of [m.name, m.version, m.family, m.modality, m.device, m.sha256.slice(0, 16) + "…",
-        m.clinical_use]) cell(row, v);
+    const headings = ["name", "version", "family", "format", "task", "labels", "modality", "device", "sha256", "use", "mode"];
+    table("models", headings, models, (row, m) => {
+      for (const v of [m.name, m.version, m.family, m.format, m.task || "", m.labels.join(", "), m.modality,
+        m.device, m.sha256.slice(0, 16) + "…", m.clinical_use]) cell(row, v);
       const select = document.createElement("select");
       select.id = `mode-${m.name}`;
       for (const mode of MODEL_MODES) select.add(new Option(mode, mode, false, mode === m.mode));
