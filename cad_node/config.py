@@ -322,6 +322,30 @@ class ExportSettings(_Settings):
         return self
 
 
+class HealthSettings(_Settings):
+    """What the node watches about itself and its destinations, for the dashboard and metrics."""
+
+    echo_interval_seconds: float = Field(default=60.0, ge=5.0, le=86400.0)
+    """How often each destination is sent a C-ECHO (verification); its outcome is shown."""
+    min_free_disk_fraction: float = Field(default=0.10, ge=0.0, le=1.0)
+    """Below this share of free space on the storage folder's file system the dashboard
+    warns and ``cad_node_storage_low`` is 1."""
+
+
+class RetentionSettings(_Settings):
+    """When spooled images and result files are removed; the journal keeps every row."""
+
+    enabled: bool = True
+    keep_hours: float = Field(default=72.0, ge=0.0)
+    """Hours a series' files are kept after every delivery of its results ended delivered;
+    a series with a job or a delivery not yet ended is never purged."""
+    keep_unrouted_hours: float | None = Field(default=None, ge=0.0)
+    """Hours an unrouted series (no rule matched) is kept after it completed; ``None``: kept
+    until removed by ``cad-node purge --unrouted``."""
+    interval_seconds: float = Field(default=600.0, ge=10.0)
+    """How often the node looks for files it may remove."""
+
+
 _SHA256_HEX = r"^[0-9a-f]{64}$"
 
 WEAK_TOKENS = (
@@ -445,6 +469,8 @@ class Settings(_Settings):
     decoding: DecodingSettings = DecodingSettings()
     limits: IngestLimitSettings = IngestLimitSettings()
     admin: AdminSettings = AdminSettings()
+    health: HealthSettings = HealthSettings()
+    retention: RetentionSettings = RetentionSettings()
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int | None = Field(default=None, ge=1, le=256)
     """CPU threads per torch operator; ``None``: torch's default (one per core)."""

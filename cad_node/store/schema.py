@@ -47,6 +47,11 @@ class Study(Base):
 
     study_instance_uid: Mapped[str] = mapped_column(UI, primary_key=True, comment="(0020,000D) UI")
     created_at: Mapped[datetime]
+    accession_number: Mapped[str | None] = mapped_column(
+        String(16), comment="(0008,0050) SH; shown to admins only, never logged"
+    )
+    study_date: Mapped[str | None] = mapped_column(String(8), comment="(0008,0020) DA")
+    study_description: Mapped[str | None] = mapped_column(String(64), comment="(0008,1030) LO")
 
 
 class Series(Base):
@@ -77,6 +82,9 @@ class Series(Base):
     routing_explanation: Mapped[str | None] = mapped_column(Text)
     quarantine_reason: Mapped[str | None] = mapped_column(
         Text, comment="why decoding was aborted; set while the series is quarantined"
+    )
+    purged_at: Mapped[datetime | None] = mapped_column(
+        comment="when retention removed its spooled files; the rows stay"
     )
 
 
@@ -144,6 +152,9 @@ class Result(Base):
     series_instance_uid: Mapped[str] = mapped_column(UI, comment="(0020,000E) UI")
     path: Mapped[str] = mapped_column(Text, comment="relative to storage_dir")
     created_at: Mapped[datetime]
+    purged_at: Mapped[datetime | None] = mapped_column(
+        comment="when retention removed its file, after every delivery of it ended"
+    )
 
 
 class Delivery(Base):

@@ -6,18 +6,26 @@ run under the admin app's Content-Security-Policy: the browser reports no violat
 Screenshots are saved (``CAD_NODE_SCREENSHOTS`` names a folder to keep them) and checked.
 """
 
-import importlib
 import json
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from PIL import Image, ImageStat
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support import expected_conditions as ec
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from cad_node.app import Node
+from tests.integration.browser import (
+    BROWSER_MARKS,
+    assert_no_csp_violation,
+    set_editor,
+    shoot,
+    wait_loaded,
+    wait_text,
+)
 from tests.integration.test_admin_api import (
     ADMIN_TOKEN,
     CT_RULE,
@@ -27,41 +35,7 @@ from tests.integration.test_admin_api import (
     send_and_wait_routed,
 )
 
-if os.environ.get("CI") and shutil.which("chromedriver") is None:
-    raise RuntimeError("CI must run the browser test: install chromium and chromium-driver")
-webdriver = (
-    importlib.import_module("selenium.webdriver")
-    if os.environ.get("CI")
-    else pytest.importorskip("selenium.webdriver")
-)
-from selenium.webdriver.chromium.webdriver import ChromiumDriver  # noqa: E402 - after the skip
-from selenium.webdriver.common.by import By  # noqa: E402 - after the importorskip
-from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
-from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
-from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        shutil.which("chromium") is None or shutil.which("chromedriver") is None,
-        reason="needs Debian's chromium and chromium-driver (.ci/run installs them; CI fails)",
-    ),
-]
-
-
-@pytest.fixture
-def browser() -> Iterator[WebDriver]:
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium") or ""
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,1000"):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    service = webdriver.ChromeService(executable_path=shutil.which("chromedriver"))
-    driver = webdriver.Chrome(options=options, service=service)
-    try:
-        yield driver
-    finally:
-        driver.quit()
+pytestmark = BROWSER_MARKS
 
 
 @pytest.fixture
@@ -72,58 +46,6 @@ def node(tmp_path: Path) -> Iterator[Node]:
         yield running
     finally:
         running.stop()
-
-
-@pytest.fixture
-def screenshots(tmp_path: Path) -> Path:
-    folder = Path(os.environ.get("CAD_NODE_SCREENSHOTS", tmp_path / "screenshots"))
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-def wait_text(driver: WebDriver, element_id: str, text: str, timeout: float = 20) -> None:
-    WebDriverWait(driver, timeout).until(
-        ec.text_to_be_present_in_element((By.ID, element_id), text)
-    )
-
-
-def wait_loaded(driver: WebDriver, timeout: float = 20) -> None:
-    """Wait until the page has fetched everything it shows (``<body data-loaded>``)."""
-    WebDriverWait(driver, timeout).until(
-        lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-loaded") == "true"
-    )
-
-
-def shoot(driver: WebDriver, path: Path, *texts: str) -> None:
-    """Save a screenshot and check it: not blank, and the page shows ``texts``."""
-    driver.save_screenshot(str(path))
-    with Image.open(path) as image:
-        assert image.size[0] >= 800
-        assert image.size[1] >= 600
-        deviation = ImageStat.Stat(image.convert("L")).stddev[0]
-        colours = image.convert("RGB").getcolors(maxcolors=1 << 16)
-    assert deviation > 10, f"{path.name} looks blank"
-    assert colours is None or len(colours) > 20, f"{path.name} has almost no content"
-    body = driver.find_element(By.TAG_NAME, "body").text
-    for text in texts:
-        assert text in body, f"{text!r} not on the page of {path.name}"
-
-
-def assert_no_csp_violation(driver: WebDriver) -> None:
-    """The browser console since the last call holds no Content-Security-Policy refusal."""
-    assert isinstance(driver, ChromiumDriver)  # the console log is Chromium's
-    log = driver.get_log("browser")  # type: ignore[no-untyped-call]  # untyped in selenium
-    messages = [entry["message"] for entry in log]
-    refused = [m for m in messages if "Content Security Policy" in m]
-    assert not refused, refused
-
-
-def set_editor(driver: WebDriver, rule: dict[str, object]) -> None:
-    editor = driver.find_element(By.ID, "rule-json")
-    editor.clear()
-    typed = json.dumps(rule, indent=2)
-    editor.send_keys(typed)
-    assert editor.get_attribute("value") == typed
 
 
 def test_admin_edits_tests_and_saves_a_rule_that_routes_the_next_series(

@@ -33,15 +33,20 @@ from cad_node.store.migrations import (
 from cad_node.store.migrations.runner import RELEASE_TABLES, migration_transaction
 from cad_node.store.schema import Base, Instance, Job, Result, Series, Study
 
-HEAD = "0004"
+HEAD = "0005"
 NEW_COLUMNS = {
     ("instances", "image_laterality"),
     ("instances", "view_position"),
     ("jobs", "series_group"),
     ("jobs", "warnings"),
     ("series", "quarantine_reason"),
+    ("series", "purged_at"),
+    ("results", "purged_at"),
+    ("studies", "accession_number"),
+    ("studies", "study_date"),
+    ("studies", "study_description"),
 }
-"""What revisions 0002 to 0004 add to the journal of 0.1.0 (revision 0001)."""
+"""What revisions 0002 to 0005 add to the journal of 0.1.0 (revision 0001)."""
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 STUDY_UID = "1.2.826.0.1.3680043.8.498.10"
@@ -277,6 +282,30 @@ def test_0004_adds_job_warnings_and_its_downgrade_keeps_the_jobs(empty_engine: E
     downgrade_journal(empty_engine, "0003")
     assert "warnings" not in column_names(empty_engine, "jobs")
     assert row_counts(empty_engine, "jobs") == {"jobs": 1}
+
+
+def test_0005_adds_study_identity_and_purge_times_and_its_downgrade_keeps_rows(
+    empty_engine: Engine,
+) -> None:
+    upgrade_to(empty_engine, "0004")
+    insert_release_rows(empty_engine)
+    upgrade_to(empty_engine, "0005")
+    with Session(empty_engine) as session, session.begin():
+        study = session.scalars(select(Study)).one()
+        assert (study.accession_number, study.study_date, study.study_description) == (
+            None,
+            None,
+            None,
+        )
+        study.accession_number = "A-1"
+        session.scalars(select(Series)).one().purged_at = T0
+    with Session(empty_engine) as session:
+        assert session.scalars(select(Series.purged_at)).one() == T0
+
+    downgrade_journal(empty_engine, "0004")
+    assert "purged_at" not in column_names(empty_engine, "series")
+    assert "accession_number" not in column_names(empty_engine, "studies")
+    assert row_counts(empty_engine, "series") == {"series": 1}
 
 
 def test_sqlite_enforces_foreign_keys_again_after_a_migration(tmp_path: Path) -> None:
