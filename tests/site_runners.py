@@ -25,7 +25,6 @@ from cad_node.domain.results import (
     ImageMask,
     LabelConcept,
     ModelReport,
-    Procedure,
     RegionFinding,
     ResultGrid,
     SourceImage,
@@ -33,6 +32,7 @@ from cad_node.domain.results import (
 )
 from cad_node.errors import ModelError
 from cad_node.models.manifest import Manifest
+from cad_node.models.site.runner import site_report
 
 ANSWER, RAISE, MISFIT, HANG = "1", "2", "3", "4"
 BEHAVIOURS = {ANSWER: "answer", RAISE: "raise", MISFIT: "misfit", HANG: "hang"}
@@ -102,14 +102,7 @@ class ScriptedRunner:
         findings: tuple[RegionFinding, ...],
         classifications: tuple[ClassScores, ...],
     ) -> ModelReport:
-        return ModelReport(
-            model=self.manifest.identity(),
-            grid=grid,
-            findings=findings,
-            region=None,
-            procedure=Procedure.IMAGING,
-            classifications=classifications,
-        )
+        return site_report(self.manifest, grid, findings, classifications)
 
 
 def _brightness(grid: ResultGrid, index: int) -> ClassScores:

@@ -66,7 +66,6 @@ from cad_node.domain.results import (
     ClassScores,
     LabelConcept,
     ModelReport,
-    Procedure,
     RegionFinding,
     ResultGrid,
     SourceImage,
@@ -76,6 +75,7 @@ from cad_node.models.manifest import Manifest, Task
 from cad_node.models.runtime import inference
 from cad_node.models.site import findings as site_findings
 from cad_node.models.site import geometry
+from cad_node.models.site.runner import site_report
 
 log = logging.getLogger(__name__)
 
@@ -368,14 +368,7 @@ class BundleRunner:
                 raise
             except Exception as exc:  # the bundle's code: its failure is this job's, told as is
                 raise ModelError(f"model {self._manifest.name}: {_message(exc)}") from exc
-        return ModelReport(
-            model=self._manifest.identity(),
-            grid=grid,
-            findings=found,
-            region=None,
-            procedure=Procedure.IMAGING,
-            classifications=scores,
-        )
+        return site_report(self._manifest, grid, found, scores)
 
     def _answer(
         self, grid: ResultGrid

@@ -23,11 +23,12 @@ import numpy as np
 import numpy.typing as npt
 
 from cad_node.domain.imaging import ImageVolume
-from cad_node.domain.results import LabelConcept, ModelReport, Procedure, ResultGrid
+from cad_node.domain.results import LabelConcept, ModelReport, ResultGrid
 from cad_node.errors import ModelError
 from cad_node.models.manifest import Manifest, Task
 from cad_node.models.site.findings import OutputError, segmentation_findings
 from cad_node.models.site.labels import default_labels, manifest_labels, nnunet_output_names
+from cad_node.models.site.runner import site_report
 
 CHECKPOINT = "checkpoint_final.pth"
 MODEL_FILES = ("dataset.json", "plans.json")
@@ -152,13 +153,7 @@ class NnUNetRunner:
             findings = segmentation_findings(label_map, grid.volume, self.labels)
         except OutputError as exc:
             raise ModelError(f"model {self.manifest.name}: {exc}") from exc
-        return ModelReport(
-            model=self.manifest.identity(),
-            grid=grid,
-            findings=findings,
-            region=None,
-            procedure=Procedure.IMAGING,
-        )
+        return site_report(self.manifest, grid, findings)
 
 
 __all__ = ["NnUNetRunner"]

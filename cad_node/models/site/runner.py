@@ -8,7 +8,7 @@ keeps it warm in a child process.
 from pathlib import Path
 from typing import Protocol
 
-from cad_node.domain.results import ModelReport, ResultGrid
+from cad_node.domain.results import ClassScores, ModelReport, Procedure, RegionFinding, ResultGrid
 from cad_node.errors import ModelError
 from cad_node.models.manifest import Manifest, WeightsFormat
 
@@ -25,6 +25,24 @@ class SiteRunner(Protocol):
             The model raised, or returned what its task cannot be (with its own message).
         """
         ...
+
+
+def site_report(
+    manifest: Manifest,
+    grid: ResultGrid,
+    findings: tuple[RegionFinding, ...],
+    classifications: tuple[ClassScores, ...] = (),
+) -> ModelReport:
+    """A site model's answer on ``grid``: its findings and per-class scores, no region or
+    assessment of the node's own (the model says what it found, nothing more)."""
+    return ModelReport(
+        model=manifest.identity(),
+        grid=grid,
+        findings=findings,
+        region=None,
+        procedure=Procedure.IMAGING,
+        classifications=classifications,
+    )
 
 
 def make_runner(folder: Path, manifest: Manifest, device: str) -> SiteRunner:
@@ -46,4 +64,4 @@ def make_runner(folder: Path, manifest: Manifest, device: str) -> SiteRunner:
     raise ModelError(f"model {manifest.name}: {manifest.format} is not a site model format")
 
 
-__all__ = ["SiteRunner", "make_runner"]
+__all__ = ["SiteRunner", "make_runner", "site_report"]
