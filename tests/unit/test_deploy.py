@@ -44,8 +44,10 @@ SERVICE_KEYS = {
     "expose",
     "healthcheck",
     "image",
+    "logging",
     "networks",
     "ports",
+    "profiles",
     "restart",
     "user",
     "volumes",
@@ -78,7 +80,7 @@ def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def test_compose_top_level(compose: dict[str, Any]) -> None:
     unknown = {key for key in compose if not key.startswith("x-")} - TOP_LEVEL_KEYS
     assert not unknown, f"unknown top-level keys {unknown}"
-    assert set(services(compose)) == {"postgres", "cad-node", "orthanc"}
+    assert set(services(compose)) == {"postgres", "cad-node", "cad-node-gpu", "orthanc"}
 
 
 def test_compose_services_are_complete(compose: dict[str, Any]) -> None:
@@ -101,11 +103,11 @@ def test_compose_builds_exist(compose: dict[str, Any]) -> None:
 
 
 def dockerfile_copy_sources(dockerfile: Path) -> list[str]:
-    sources = []
+    sources: list[str] = []
     for line in dockerfile.read_text().splitlines():
         words = line.split()
         if words and words[0] == "COPY" and not any(w.startswith("--from") for w in words):
-            sources.extend(words[1:-1])
+            sources.extend(w for w in words[1:-1] if not w.startswith("--"))  # --chmod=...
     return sources
 
 
