@@ -65,6 +65,7 @@ def configure_logging(level: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from cad_node.configdiff.cli import add_commands as add_config_commands
     from cad_node.models.cli import add_commands as add_model_commands
+    from cad_node.purge import add_command as add_purge_command
     from cad_node.routing.cli import add_commands as add_rules_commands
 
     parser = argparse.ArgumentParser(
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_rules_commands(commands)
     add_model_commands(commands)
     add_config_commands(commands)
+    add_purge_command(commands)
     return parser
 
 

@@ -13,6 +13,8 @@ from cad_node.config import Settings
 from cad_node.domain.states import SeriesState
 from cad_node.errors import StorageError
 from cad_node.store.db import make_engine, session_factory
+from cad_node.store.disk import storage_use
+from cad_node.store.retention import purged_series_count
 from cad_node.store.schema import Delivery, Instance, Job, Result, Series
 
 
@@ -33,7 +35,7 @@ def render_status(settings: Settings, limit: int = 20) -> str:
     engine = make_engine(database_url)
     try:
         with session_factory(engine)() as session:
-            return _render(session, limit)
+            return _render(session, limit, _disk_line(settings, session))
     except DBAPIError as exc:
         reason = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else repr(exc)
         where = make_url(database_url).render_as_string(hide_password=True)
@@ -42,6 +44,28 @@ def render_status(settings: Settings, limit: int = 20) -> str:
         raise StorageError(f"cannot read the journal at {where}: {reason}") from exc
     finally:
         engine.dispose()
+
+
+def _disk_line(settings: Settings, session: Session) -> str:
+    """The storage folder's disk use: free of total, spool and results, series purged."""
+    folder = settings.storage_dir
+    if not folder.is_dir():
+        return f"storage: {folder} is not on this host"
+    use = storage_use(folder, settings.health.min_free_disk_fraction)
+    share = use.free_bytes / use.total_bytes if use.total_bytes else 0.0
+    low = " LOW" if use.low else ""
+    return (
+        f"storage: {_size(use.free_bytes)} free of {_size(use.total_bytes)} ({share:.0%}){low}; "
+        f"spool {_size(use.spool_bytes)}, results {_size(use.results_bytes)}; "
+        f"purged series {purged_series_count(session)}"
+    )
+
+
+def _size(count: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count / 1e3:.1f} kB"
 
 
 def _require_sqlite_journal(database_url: str) -> None:
@@ -63,10 +87,11 @@ def _require_sqlite_journal(database_url: str) -> None:
         )
 
 
-def _render(session: Session, limit: int) -> str:
+def _render(session: Session, limit: int, disk_line: str) -> str:
     return "\n".join(
         [
             _counts(session),
+            disk_line,
             "",
             _series_table(session, limit),
             "",

@@ -47,6 +47,7 @@ from cad_node.store.jobs import (
     earlier_results,
     fail_job,
 )
+from cad_node.store.retention import purged_inputs_error, purged_series
 from cad_node.store.schema import Job
 from cad_node.store.series import instance_paths, quarantine
 
@@ -69,6 +70,8 @@ class JobInput:
     """For each destination, the kinds it receives, as the journal held them at the claim."""
     series_group: tuple[str, ...] = ()
     """Every series the job reads (a study model); empty: its own series only."""
+    purged: Mapping[str, datetime] = field(default_factory=dict)
+    """When retention removed the files of the series read, of those it did."""
 
     @property
     def job_key(self) -> str:
@@ -162,7 +165,8 @@ class Worker:
             job = claim_next_job(session, self.worker_id, self.clock(), self.lease_seconds)
             if job is None:
                 return None
-            paths = instance_paths(session, *(job.series_group or [job.series_instance_uid]))
+            series_read = job.series_group or [job.series_instance_uid]
+            paths = instance_paths(session, *series_read)
             predecessors = earlier_results(
                 session, job.series_instance_uid, job.series_revision, ResultKind.SR
             )
@@ -177,6 +181,7 @@ class Worker:
                 predecessor_paths=tuple(self.storage_dir / r.path for r in predecessors),
                 result_kinds=self._result_kinds(session),
                 series_group=tuple(job.series_group or ()),
+                purged=purged_series(session, series_read),
             )
 
     def _result_kinds(self, session: Session) -> Mapping[str, Sequence[ResultKind]]:
@@ -226,6 +231,9 @@ class Worker:
 
     def _run(self, job_input: JobInput) -> JobRun:
         started = time.perf_counter()
+        purged = purged_inputs_error(job_input.instance_paths, job_input.purged)
+        if purged is not None:  # a late instance of a purged series: never a partial read
+            raise InvalidSeriesError(purged)
         # The child decodes the pixels: here the headers suffice (results, de-identification).
         # Read before the model is loaded: a file over the bounds fails fast.
         paths = job_input.instance_paths
