@@ -1,12 +1,13 @@
 """What the admin API needs from a running node, and nothing more."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from cad_node.config import Settings
+from cad_node.export.health import DestinationHealth
 from cad_node.models.registry import ModelRegistry
 from cad_node.store.rulesets import RuleBook
 
@@ -24,3 +25,5 @@ class AdminContext:
     """Whether the node receives images (its Storage SCP is listening)."""
     wake_worker: Callable[[], None] = lambda: None
     """Tell the worker a job was queued (retry), so it does not wait for the next sweep."""
+    destination_health: Callable[[], Mapping[str, DestinationHealth]] = lambda: {}
+    """The last C-ECHO of each destination (the node's health sweep)."""

@@ -18,7 +18,10 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from cad_node.admin.context import AdminContext
+from cad_node.admin.health import backlog, disk_space
 from cad_node.domain.states import DeliveryState, JobState, SeriesState
+from cad_node.store.catalog import current_destinations
 from cad_node.store.schema import Delivery, Instance, Job, Series
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -124,10 +127,88 @@ def _summary(name: str, documentation: str, labels: list[str]) -> SummaryMetricF
     return SummaryMetricFamily(name, documentation, labels=labels)
 
 
-def metrics_registry(sessions: sessionmaker[Session]) -> CollectorRegistry:
-    """A registry of the journal's metrics only (no process metrics of the test runner)."""
+class HealthCollector(Collector):
+    """Destination health (last C-ECHO), the delivery backlog per destination, disk space."""
+
+    def __init__(self, context: AdminContext) -> None:
+        self._context = context
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._destinations()
+        yield from self._storage()
+
+    def _destinations(self) -> Iterator[Metric]:
+        now = self._context.clock()
+        with self._context.sessions() as session:
+            figures = backlog(session, current_destinations(session))
+        up = GaugeMetricFamily(
+            "cad_node_destination_up",
+            "1 when the destination's last C-ECHO answered Success, 0 when not",
+            labels=["destination"],
+        )
+        echo_seconds = GaugeMetricFamily(
+            "cad_node_destination_echo_seconds",
+            "Round trip of the destination's last C-ECHO",
+            labels=["destination"],
+        )
+        for name, health in sorted(self._context.destination_health().items()):
+            up.add_metric([name], 1.0 if health.ok else 0.0)
+            echo_seconds.add_metric([name], health.seconds)
+        pending = _by_destination(
+            "cad_node_deliveries_pending", "Deliveries waiting to be sent (first try or retry)"
+        )
+        retrying = _by_destination(
+            "cad_node_deliveries_retrying", "Pending deliveries after at least one failed attempt"
+        )
+        oldest = _by_destination(
+            "cad_node_delivery_oldest_pending_seconds",
+            "Age of the oldest pending delivery's result (0: none pending)",
+        )
+        for name, waiting in sorted(figures.items()):
+            pending.add_metric([name], float(waiting.pending))
+            retrying.add_metric([name], float(waiting.retrying))
+            since = waiting.oldest_pending_since
+            oldest.add_metric([name], max((now - since).total_seconds(), 0.0) if since else 0.0)
+        yield from (up, echo_seconds, pending, retrying, oldest)
+
+    def _storage(self) -> Iterator[Metric]:
+        settings = self._context.settings
+        disk = disk_space(settings.storage_dir, settings.health.min_free_disk_fraction)
+        for name, documentation, value in (
+            (
+                "cad_node_storage_total_bytes",
+                "Size of the storage folder's file system",
+                disk.total_bytes,
+            ),
+            (
+                "cad_node_storage_free_bytes",
+                "Free bytes on the storage folder's file system",
+                disk.free_bytes,
+            ),
+            (
+                "cad_node_storage_low",
+                "1 when free/total is under health.min_free_disk_fraction",
+                int(disk.low),
+            ),
+        ):
+            metric = GaugeMetricFamily(name, documentation)
+            metric.add_metric([], float(value))
+            yield metric
+
+
+def _by_destination(name: str, documentation: str) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, labels=["destination"])
+
+
+def metrics_registry(
+    sessions: sessionmaker[Session], context: AdminContext | None = None
+) -> CollectorRegistry:
+    """A registry of the node's metrics only (no process metrics of the test runner):
+    the journal's, and with ``context`` destination health, backlog and disk space."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(JournalCollector(sessions))
+    if context is not None:
+        registry.register(HealthCollector(context))
     return registry
 
 

@@ -40,6 +40,55 @@ _config.STORE_SEND_CHUNKED_DATASET = True
 _config.LOG_REQUEST_IDENTIFIERS = False
 _config.LOG_RESPONSE_IDENTIFIERS = False
 
+REQUESTOR_FAILURES: dict[str, tuple[str, ...]] = {
+    "pynetdicom.transport": (
+        "Association request failed: unable to connect to remote",
+        "TCP Initialisation Error:",
+    ),
+    "pynetdicom.acse": (
+        "Association Rejected",
+        "Result: ",
+        "Reason: ",
+        "Association Aborted",
+        "ACSE timeout reached while waiting for response to association request",
+    ),
+}
+"""What pynetdicom logs as ERRORs when an association this node requests does not come
+about: the node says it once itself, as a WARNING (a retry) or an ERROR (given up)."""
+
+
+class RequestorFailureFilter(logging.Filter):
+    """Turns pynetdicom's ERRORs about a failed association request into DEBUG records.
+
+    A PACS that is down is expected now and then: each retry would otherwise log two or
+    three ERRORs besides the node's own line that says what happens next (issue 24).
+    The messages filtered are written only by the requesting side, never by the
+    Storage SCP's associations.
+    """
+
+    def __init__(self, messages: tuple[str, ...]) -> None:
+        super().__init__()
+        self._messages = messages
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # pynetdicom logs a failed TLS handshake of a request as the bare exception
+        failed = isinstance(record.msg, ssl.SSLError) or str(record.msg).startswith(self._messages)
+        if record.levelno >= logging.ERROR and failed:
+            if not logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
+                return False
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+def _quieten_requestor_failures() -> None:
+    for name, messages in REQUESTOR_FAILURES.items():
+        library_logger = logging.getLogger(name)
+        if not any(isinstance(f, RequestorFailureFilter) for f in library_logger.filters):
+            library_logger.addFilter(RequestorFailureFilter(messages))
+
+
+_quieten_requestor_failures()
+
 
 @dataclass(frozen=True)
 class _FileMeta:
@@ -170,9 +219,8 @@ def _peer(destination: DestinationSettings) -> str:
 def _retry_all(
     metas: Sequence[_FileMeta], reason: str, destination: DestinationSettings
 ) -> list[StoreOutcome]:
-    logger.warning(
-        "export to %s: %s; %d file(s) will be retried", destination.ae_title, reason, len(metas)
-    )
+    """Every file to be tried again; the export service logs it, once per batch."""
+    logger.debug("export to %s: %s", destination.ae_title, reason)
     return [
         StoreOutcome(meta.path, meta.sop_instance_uid, OutcomeKind.RETRY, error=reason)
         for meta in metas

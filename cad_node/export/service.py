@@ -38,6 +38,8 @@ class DeliveryOutcome:
     attempts: int
     status: int | None
     error: str | None
+    next_attempt_at: datetime | None = None
+    """When a pending delivery is tried again."""
 
 
 @dataclass(frozen=True)
@@ -190,6 +192,7 @@ def _outcome(item: DueDelivery, update: DeliveryUpdate) -> DeliveryOutcome:
         attempts=update.attempts,
         status=update.last_status,
         error=update.last_error,
+        next_attempt_at=update.next_attempt_at if update.state is DeliveryState.PENDING else None,
     )
 
 
@@ -203,12 +206,34 @@ def _log_batch(name: str, batch: list[DeliveryOutcome]) -> None:
         counts[DeliveryState.PENDING],
         counts[DeliveryState.FAILED],
     )
+    _log_retries(name, [o for o in batch if o.state is DeliveryState.PENDING])
     for outcome in batch:
         if outcome.state is DeliveryState.FAILED:
-            logger.warning(
+            logger.error(
                 "delivery %d of %s to %s failed: %s",
                 outcome.delivery_id,
                 outcome.sop_instance_uid,
                 name,
                 outcome.error,
             )
+
+
+def _log_retries(name: str, retries: list[DeliveryOutcome]) -> None:
+    """One WARNING per attempt that will be retried (a PACS down, busy, refusing), naming
+    the reason once and when the next attempt is; a destination down is expected now
+    and then, so not an ERROR (that is for a delivery given up)."""
+    if not retries:
+        return
+    reasons = sorted({outcome.error or "no reason given" for outcome in retries})
+    next_attempt = min(
+        (o.next_attempt_at for o in retries if o.next_attempt_at is not None), default=None
+    )
+    logger.warning(
+        "export to %s: %d deliver%s to retry%s (attempt %d): %s",
+        name,
+        len(retries),
+        "y" if len(retries) == 1 else "ies",
+        f" at {next_attempt:%Y-%m-%d %H:%M:%S} UTC" if next_attempt else "",
+        max(outcome.attempts for outcome in retries),
+        "; ".join(reasons),
+    )
