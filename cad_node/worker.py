@@ -12,9 +12,10 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -22,13 +23,16 @@ from sqlalchemy.orm import Session, sessionmaker
 from cad_node.clock import Clock, utc_now
 from cad_node.config import Settings
 from cad_node.domain.states import ResultKind
-from cad_node.errors import ModelError
+from cad_node.errors import ModelError, RuleError
 from cad_node.imaging.isolation import SCRATCH_DIR, DecodingLimits, IsolatedDecoder
 from cad_node.ingest.bounds import DataSetLimits
 from cad_node.models.registry import ModelRegistry
 from cad_node.pipeline.work import JobInput, JobRun, Worker
+from cad_node.routing.rules import Rule, RuleMode, unknown_references
+from cad_node.store.catalog import DestinationBook
 from cad_node.store.db import make_engine, session_factory
 from cad_node.store.jobs import renew_lease
+from cad_node.store.rulesets import RuleBook
 
 logger = logging.getLogger(__name__)
 
@@ -159,10 +163,30 @@ def work_loop(
         wake.clear()
 
 
+def check_rule_references(
+    rules: Sequence[Rule],
+    models: Collection[str],
+    destinations: Collection[str],
+    models_dir: Path,
+) -> None:
+    """Refuse to start (:class:`~cad_node.errors.RuleError`) when a rule in force names a
+    model not in ``models`` (installed) or a destination not in ``destinations`` (in force),
+    naming them all (:func:`~cad_node.routing.rules.unknown_references`); ``serve`` and
+    ``worker`` both call it at start."""
+    problems = unknown_references(rules, models, destinations)
+    if not problems:
+        return
+    hint = ""
+    if any(rule.model not in models for rule in rules if rule.mode is not RuleMode.OFF):
+        hint = f"; install the model in {models_dir} (cad-node models add) and start again"
+    raise RuleError(
+        f"the routing rules in force (journal) name what does not exist: "
+        f"{'; '.join(problems)}{hint}"
+    )
+
+
 def model_names(sessions: sessionmaker[Session]) -> set[str]:
     """The models the journal's rules name (to load them before the first job)."""
-    from cad_node.store.rulesets import RuleBook
-
     return {rule.model for rule in RuleBook(sessions, utc_now).current()}
 
 
@@ -179,11 +203,26 @@ class WorkerProcess:
     stopping: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
-        """Work until :meth:`request_stop`; the job in hand is finished first."""
+        """Work until :meth:`request_stop`; the job in hand is finished first.
+
+        Like ``cad-node serve``, refuses to start (:class:`~cad_node.errors.RuleError`)
+        when a rule in force names a model not installed in this worker's models folder
+        or a destination not in force, before it claims any job.
+        """
         engine = make_engine(self.settings.resolved_database_url)
         try:
             sessions = session_factory(engine)
             registry = model_registry(self.settings)
+            try:
+                check_rule_references(
+                    RuleBook(sessions, self.clock).current(),
+                    registry.entries(),
+                    DestinationBook(sessions, self.clock).current(),
+                    self.settings.resolved_models_dir,
+                )
+            except RuleError:
+                registry.close()
+                raise
             worker = make_worker(self.settings, sessions, registry, self.clock)
             _warm(registry, model_names(sessions))
             logger.info("cad-node worker %s started", worker.worker_id)

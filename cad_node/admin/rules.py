@@ -1,5 +1,6 @@
-"""Routing rules: list, get, create, update, delete, enable/disable, versions, rollback,
-test against a stored series (explain) and dry run of a draft rule set.
+"""Routing rules: list, get, create, update, delete, enable/disable, versions, rollback
+(and the diff of what a rollback would change, shown before it is confirmed), test
+against a stored series (explain) and dry run of a draft rule set.
 
 Rules are checked by the same typed :class:`~cad_node.routing.rules.Rule` the
 matcher uses: a bad keyword or regex, or a rule over the size limits, is a 422
@@ -11,10 +12,11 @@ version and an audit event in one transaction. Testing and dry runs evaluate dra
 against stored headers, so like every write they take an admin token.
 """
 
+import json
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, HTTPException, status
 from pydantic import BaseModel, Field, ValidationError
@@ -89,6 +91,33 @@ class TestRequest(BaseModel):
     rule: dict[str, Any] | None = None
     """A draft rule; when absent, ``rule_name`` names a rule in force."""
     rule_name: str | None = Field(default=None, max_length=64)
+
+
+class FieldChange(BaseModel):
+    field: str
+    in_force: str | None
+    """The field's value in the version in force, as text; ``None``: not set."""
+    after: str | None
+    """Its value after the rollback, as text; ``None``: not set."""
+
+
+class RuleChange(BaseModel):
+    rule: str
+    change: Literal["added", "removed", "changed"]
+    """What the rollback does to the rule: adds it, removes it, or changes ``fields``."""
+    fields: list[FieldChange] = []
+
+
+class VersionDiffOut(BaseModel):
+    version: int
+    """The version a rollback would put back in force."""
+    in_force: int
+    """The version in force now, the diff's other side."""
+    changes: list[RuleChange]
+    order_changed: bool
+    """The rules both versions hold are listed in another order (it breaks priority ties)."""
+    refused: str | None = None
+    """Why a rollback to ``version`` would be refused now (e.g. a model since removed)."""
 
 
 class DryRunRequest(BaseModel):
@@ -258,6 +287,85 @@ def rollback(version: RowId, node: Context, caller: Writer) -> RuleSetOut:
             detail={"version": saved.version},
         )
         return _rule_set_out(saved)
+
+
+@router.get("/versions/{version}/diff", response_model=VersionDiffOut)
+def diff_version(
+    version: RowId, node: Context, session: Journal, _caller: Reader
+) -> VersionDiffOut:
+    """What a rollback to ``version`` would change in the rules in force, rule by rule and
+    field by field (the admin page shows it before asking to confirm the rollback)."""
+    found = session.get(RuleSetVersion, version)
+    if found is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no such version")
+    latest, _rules = _in_force(session)
+    now_rules = _by_name(latest.rules)
+    after_rules = _by_name(found.rules)
+    changes = [
+        RuleChange(rule=name, change="removed") for name in now_rules if name not in after_rules
+    ]
+    for name, after in after_rules.items():
+        if name not in now_rules:
+            changes.append(RuleChange(rule=name, change="added"))
+        elif fields := _field_changes(now_rules[name], after):
+            changes.append(RuleChange(rule=name, change="changed", fields=fields))
+    common_now = [name for name in now_rules if name in after_rules]
+    common_after = [name for name in after_rules if name in now_rules]
+    try:
+        check_rules(found.rules, existing(node))
+        refused = None
+    except HTTPException as exc:
+        refused = str(exc.detail)
+    return VersionDiffOut(
+        version=found.version,
+        in_force=latest.version,
+        changes=changes,
+        order_changed=common_now != common_after,
+        refused=refused,
+    )
+
+
+def _by_name(stored: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """A stored version's rules by name, in their order, with every field (defaults filled in
+    where the rule still checks: an older version may have been stored without them)."""
+    rules: dict[str, dict[str, Any]] = {}
+    for data in stored:
+        try:
+            full = rules_as_data([Rule.model_validate(data)])[0]
+        except ValidationError:  # shown as stored
+            full = data
+        rules[str(full.get("name"))] = full
+    return rules
+
+
+def _field_changes(in_force: dict[str, Any], after: dict[str, Any]) -> list[FieldChange]:
+    """The fields of one rule that differ between the version in force and ``after``."""
+    names = [*in_force, *(key for key in after if key not in in_force)]
+    return [
+        FieldChange(
+            field=name, in_force=_field_text(name, in_force), after=_field_text(name, after)
+        )
+        for name in names
+        if in_force.get(name) != after.get(name)
+    ]
+
+
+def _field_text(name: str, rule: dict[str, Any]) -> str | None:
+    """One field of a stored rule as an admin reads it: conditions as the rule table shows
+    them, lists comma-separated."""
+    if name not in rule:
+        return None
+    value = rule[name]
+    if name == "when":
+        try:
+            return describe(Rule.model_validate(rule).when)
+        except ValidationError:
+            return json.dumps(value, sort_keys=True)
+    if isinstance(value, list):
+        return ", ".join(str(item) for item in value) or "none"
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
 
 
 @router.post("/validate")
