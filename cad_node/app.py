@@ -15,7 +15,8 @@ from cad_node.admin.context import AdminContext
 from cad_node.admin.server import AdminServer
 from cad_node.clock import Clock, utc_now, wait_until_set
 from cad_node.config import Settings, listens_everywhere
-from cad_node.errors import CadNodeError, ModelError, RuleError
+from cad_node.errors import CadNodeError, ModelError
+from cad_node.export.health import DestinationMonitor
 from cad_node.export.service import deliver_due
 from cad_node.ingest.bounds import DataSetLimits
 from cad_node.ingest.processes import IngestProcesses
@@ -24,16 +25,22 @@ from cad_node.ingest.scp import StorageSCP
 from cad_node.models.registry import ModelRegistry
 from cad_node.pipeline.assemble import Assembler, OwnEquipment
 from cad_node.pipeline.work import Worker
-from cad_node.routing.rules import RuleMode, unknown_references
 from cad_node.security.tls import client_context
 from cad_node.store.catalog import DestinationBook
 from cad_node.store.db import create_schema, make_engine, session_factory
 from cad_node.store.instances import RecordOutcome
 from cad_node.store.jobs import requeue_all_running, requeue_expired
 from cad_node.store.lock import StorageLock
+from cad_node.store.retention import RetentionPolicy, purge
 from cad_node.store.rulesets import RuleBook
 from cad_node.sweeps import Sweep
-from cad_node.worker import LeasedWorker, make_worker, model_registry, work_loop
+from cad_node.worker import (
+    LeasedWorker,
+    check_rule_references,
+    make_worker,
+    model_registry,
+    work_loop,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +75,9 @@ class Node:
     _scheduler: BackgroundScheduler = field(init=False)
     _assembly: Sweep | None = field(init=False, default=None)
     _exports: Sweep | None = field(init=False, default=None)
+    _monitor: DestinationMonitor = field(init=False)
+    _health: Sweep | None = field(init=False, default=None)
+    _retention: Sweep | None = field(init=False, default=None)
     _extra_ingest: IngestProcesses | None = field(init=False, default=None)
     _stopping: threading.Event = field(init=False, default_factory=threading.Event)
     _work_available: threading.Event = field(init=False, default_factory=threading.Event)
@@ -135,20 +145,12 @@ class Node:
 
     def _check_rule_references(self) -> None:
         """Refuse to start when a rule in force names a model not installed or a destination
-        not in force (:func:`~cad_node.routing.rules.unknown_references`), naming them all."""
-        rules, models = self.rule_book.current(), self.registry.entries()
-        problems = unknown_references(rules, models, self.destination_book.current())
-        if not problems:
-            return
-        hint = ""
-        if any(rule.model not in models for rule in rules if rule.mode is not RuleMode.OFF):
-            hint = (
-                f"; install the model in {self.settings.resolved_models_dir} "
-                "(cad-node models add) and start again"
-            )
-        raise RuleError(
-            f"the routing rules in force (journal) name what does not exist: "
-            f"{'; '.join(problems)}{hint}"
+        not in force (:func:`~cad_node.worker.check_rule_references`), naming them all."""
+        check_rule_references(
+            self.rule_book.current(),
+            self.registry.entries(),
+            self.destination_book.current(),
+            self.settings.resolved_models_dir,
         )
 
     def _check_destination_tls(self) -> None:
@@ -170,7 +172,11 @@ class Node:
         self._scheduler = BackgroundScheduler(timezone="UTC")
         self._assembly = Sweep(self._scheduler, "assembly-sweep", self._assemble, SWEEP_SECONDS)
         self._exports = Sweep(self._scheduler, "export-sweep", self._export, SWEEP_SECONDS)
+        self._start_health_sweep()
+        self._start_retention_sweep()
         self._scheduler.start()
+        if self._health is not None:
+            self._health.kick()  # the first C-ECHOes now, not an interval later
         self._start_workers()
         self._start_admin()
         logger.info(
@@ -218,9 +224,28 @@ class Node:
             clock=self.clock,
             ready=self._receiving,
             wake_worker=self._work_available.set,
+            destination_health=self._monitor.current,
         )
         self.admin = AdminServer(create_app(context), self.settings.admin)
         self.admin.start()
+
+    def _start_health_sweep(self) -> None:
+        """C-ECHO every destination now and every ``health.echo_interval_seconds``."""
+        self._monitor = DestinationMonitor(
+            self.destination_book.current,
+            self.settings.ae_title,
+            self.settings.export.timeouts,
+            self.clock,
+        )
+        self._health = Sweep(
+            self._scheduler,
+            "health-sweep",
+            self._check_destinations,
+            self.settings.health.echo_interval_seconds,
+        )
+
+    def _check_destinations(self) -> None:
+        self._monitor.check_all()
 
     def _receiving(self) -> bool:
         """Whether the Storage SCP listens (the admin API's readiness)."""
@@ -320,6 +345,26 @@ class Node:
             calling_ae_title=self.settings.ae_title,
             now=self.clock(),
         )
+
+    def _start_retention_sweep(self) -> None:
+        """Remove delivered series' files every ``retention.interval_seconds`` (if enabled)."""
+        if self.settings.retention.enabled:
+            self._retention = Sweep(
+                self._scheduler,
+                "retention-sweep",
+                self.purge_due,
+                self.settings.retention.interval_seconds,
+            )
+
+    def kick_retention(self) -> None:
+        """Run the retention sweep now (it runs every ``retention.interval_seconds``)."""
+        if self._retention is not None:
+            self._retention.kick()
+
+    def purge_due(self) -> None:
+        """Remove the files retention allows now (:mod:`cad_node.store.retention`)."""
+        policy = RetentionPolicy.from_settings(self.settings.retention)
+        purge(self.sessions, self.settings.storage_dir, policy, self.clock())
 
 
 def check_port_free(bind_address: str, port: int) -> None:

@@ -9,7 +9,9 @@ bounded by ``admin.max_body_bytes``.
 from fastapi import FastAPI, Response
 
 from cad_node import __version__
-from cad_node.admin import catalog, flow, rules, system, web
+from cad_node.admin import browser, catalog, flow, rules, system, web
+from cad_node.admin import health as health_api
+from cad_node.admin import storage as storage_api
 from cad_node.admin.auth import Reader
 from cad_node.admin.context import AdminContext
 from cad_node.admin.guard import BodyLimit, SecurityHeaders
@@ -33,12 +35,15 @@ def create_app(context: AdminContext) -> FastAPI:
     app.state.context = context
     catalog.seed(context)
     app.include_router(system.router)
+    app.include_router(health_api.router)
+    app.include_router(storage_api.router)
     app.include_router(flow.router)
     app.include_router(rules.router)
     app.include_router(catalog.router)
+    app.include_router(browser.router)
     app.include_router(web.router)
     app.mount("/static", web.static_files, name="static")
-    registry = metrics_registry(context.sessions)
+    registry = metrics_registry(context.sessions, context)
 
     @app.get("/metrics", tags=["node"], response_class=Response)
     def metrics(_caller: Reader) -> Response:

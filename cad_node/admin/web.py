@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 PAGES: dict[str, str] = {
     "dashboard": "Dashboard",
+    "studies": "Studies",
     "rules": "Rules",
     "jobs": "Jobs",
     "deliveries": "Deliveries",

@@ -50,7 +50,7 @@ from cad_node.routing.attributes import (
     extract_attributes,
     has_functional_groups,
 )
-from cad_node.store.instances import InstanceRecord
+from cad_node.store.instances import InstanceRecord, StudyDescriptors
 
 _FIRST_PIXEL_DATA_TAG = 0x7FE00008
 """(7FE0,0008) Float Pixel Data: the bulk data elements (7FE0,0008..0010) end the header."""
@@ -439,6 +439,7 @@ def instance_record(
         expected_count=described.expected_count,
         image_laterality=described.image_laterality,
         view_position=described.view_position,
+        study=described.study,
     )
 
 
@@ -450,14 +451,19 @@ class _Description:
     expected_count: int | None
     image_laterality: str | None
     view_position: str | None
+    study: StudyDescriptors | None = None
+    """AccessionNumber, StudyDate, StudyDescription: the same for every image of a study."""
 
+
+_STUDY_KEYWORDS = ("AccessionNumber", "StudyDate", "StudyDescription")
+"""The study descriptors the journal keeps (:class:`StudyDescriptors`)."""
 
 DESCRIPTION_CACHE_SIZE = 256
 """Distinct sets of routing elements whose decoded values are kept (a few per series)."""
 
 _DESCRIBING_TAGS = tuple(
     BaseTag(tag_for_keyword(keyword) or 0)
-    for keyword in ("SpecificCharacterSet", *ROUTING_KEYWORDS)
+    for keyword in dict.fromkeys(("SpecificCharacterSet", *ROUTING_KEYWORDS, *_STUDY_KEYWORDS))
 )
 """The elements a description is decoded from; Specific Character Set decodes the text ones."""
 
@@ -529,7 +535,40 @@ def _decoded_description(header: Dataset, calling_ae_title: str) -> _Description
         image_laterality=optional_code_string(header, "ImageLaterality")
         or optional_code_string(header, "Laterality"),
         view_position=optional_code_string(header, "ViewPosition"),
+        study=study_descriptors(header),
     )
+
+
+def study_descriptors(header: Dataset) -> StudyDescriptors | None:
+    """AccessionNumber (SH), StudyDate (DA) and StudyDescription (LO) as the journal keeps them:
+    stripped, cut to their VR's length, a date only as 8 digits; None when all are empty."""
+    descriptors = StudyDescriptors(
+        accession_number=_optional_text(header, "AccessionNumber", 16),
+        study_date=_optional_date(header, "StudyDate"),
+        study_description=_optional_text(header, "StudyDescription", 64),
+    )
+    return descriptors if descriptors.columns() else None
+
+
+def _optional_text(header: Dataset, keyword: str, longest: int) -> str | None:
+    """A text value (SH, LO), stripped and cut to ``longest``, or None when absent/empty."""
+    try:
+        value = header.get(keyword)
+    except PARSE_ERRORS:
+        return None
+    if isinstance(value, MultiValue):
+        value = value[0] if value else None
+    if value is None:
+        return None
+    text = str(value).strip().strip("\x00")[:longest].strip()
+    return text or None
+
+
+def _optional_date(header: Dataset, keyword: str) -> str | None:
+    """A DA value as YYYYMMDD (the ACR-NEMA form 'YYYY.MM.DD' too), else None."""
+    text = _optional_text(header, keyword, 10)
+    digits = None if text is None else text.replace(".", "")
+    return digits if digits is not None and len(digits) == 8 and digits.isdigit() else None
 
 
 def identifying_uids(header: Dataset) -> tuple[str, str, str, str]:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -24,7 +25,7 @@ from cad_node.routing.rules import Rule, RuleMode
 from cad_node.store.catalog import model_mode
 from cad_node.store.jobs import queue_job
 from cad_node.store.rulesets import record_audit
-from cad_node.store.schema import Series
+from cad_node.store.schema import Job, Series
 from cad_node.store.series import (
     StudyGroup,
     mark_complete,
@@ -116,11 +117,46 @@ class Assembler:
             )
         return routed
 
+    def reroute(self, session: Session, series: Series, now: datetime) -> RoutedSeries:
+        """Route a completed ``series`` again by the rules in force now (an admin's re-route).
+
+        The same decision as the sweep's, with the study group of a grouped modality
+        routed together; no "received" event. A job is queued as routing would; if the
+        series' revision has a job of that model already, the revision is raised first,
+        so the new job's results are new objects that reference the earlier ones.
+        """
+        if series.modality not in self.study_groups:
+            return self._route(session, series, now, received=False)
+        members = session.scalars(
+            select(Series)
+            .where(
+                Series.study_instance_uid == series.study_instance_uid,
+                Series.modality == series.modality,
+                Series.state != SeriesState.RECEIVING,
+            )
+            .order_by(Series.first_received_at, Series.series_instance_uid)
+        ).all()
+        uids = tuple(member.series_instance_uid for member in members)
+        group = StudyGroup(series.study_instance_uid, series.modality, members, uids)
+        return self._route_group(session, group, now, received=False)
+
     def _complete_and_route(
         self, session: Session, series: Series, now: datetime, group: StudyGroup | None = None
     ) -> RoutedSeries:
         """Complete ``series`` and queue its rule's job (reading ``group`` when given)."""
         mark_complete(series, now)
+        return self._route(session, series, now, group)
+
+    def _route(
+        self,
+        session: Session,
+        series: Series,
+        now: datetime,
+        group: StudyGroup | None = None,
+        *,
+        received: bool = True,
+    ) -> RoutedSeries:
+        """Route ``series`` by the rules in force and queue its rule's job."""
         own_result = self._is_own_result(series)
         rules = [r for r in self.rules() if r.include_own_results or not own_result]
         decision = route(series.attributes, rules)
@@ -139,7 +175,9 @@ class Assembler:
             members = group.member_uids if group is not None else None
             job_id = _queue(session, series, rule, mode, now, series_group=members)
             mark_routed(series, rule.name, explanation)
-        self._audit(session, series, now=now, rule=rule, mode=mode, job_id=job_id)
+        self._audit(
+            session, series, now=now, rule=rule, mode=mode, job_id=job_id, received=received
+        )
         return RoutedSeries(
             series.series_instance_uid, series.revision, rule.name if rule else None, job_id
         )
@@ -150,6 +188,14 @@ class Assembler:
     def _complete_and_route_group(
         self, session: Session, group: StudyGroup, now: datetime
     ) -> RoutedSeries:
+        """Complete the group's receiving series and route them (:meth:`_route_group`)."""
+        for series in group.receiving:
+            mark_complete(series, now)
+        return self._route_group(session, group, now)
+
+    def _route_group(
+        self, session: Session, group: StudyGroup, now: datetime, *, received: bool = True
+    ) -> RoutedSeries:
         """Route a study group by its first receiving series; the others ride along.
 
         One job reads every series of the group, so the four views or both eyes
@@ -157,18 +203,25 @@ class Assembler:
         """
         anchor = self._group_anchor(group)
         others = [series for series in group.receiving if series is not anchor]
-        outcome = self._complete_and_route(session, anchor, now, group)
+        outcome = self._route(session, anchor, now, group, received=received)
         rule = next((r for r in self.rules() if r.name == outcome.rule_name), None)
         mode = RuleMode.ACTIVE if rule is None else model_mode(session, rule.model)
         for series in others:
-            mark_complete(series, now)
             series.state = anchor.state
             series.rule_name = anchor.rule_name
             series.routing_explanation = (
                 f"read with series {anchor.series_instance_uid} as one {group.modality} "
                 f"study group (job {outcome.job_id})\n{anchor.routing_explanation}"
             )
-            self._audit(session, series, now=now, rule=rule, mode=mode, job_id=outcome.job_id)
+            self._audit(
+                session,
+                series,
+                now=now,
+                rule=rule,
+                mode=mode,
+                job_id=outcome.job_id,
+                received=received,
+            )
         return outcome
 
     def _group_anchor(self, group: StudyGroup) -> Series:
@@ -189,23 +242,26 @@ class Assembler:
         rule: Rule | None,
         mode: RuleMode,
         job_id: int | None,
+        received: bool = True,
     ) -> None:
-        """The series' "received" and "routed" audit events, in the routing transaction."""
+        """The series' "received" (unless ``received`` is False: a re-route) and "routed"
+        audit events, in the routing transaction."""
         target = f"series {series.series_instance_uid}"
-        received = {
+        arrival = {
             "study_instance_uid": series.study_instance_uid,
             "series_revision": series.revision,
             "instance_count": series.instance_count,
             "calling_ae_title": series.calling_ae_title,
         }
-        record_audit(
-            session,
-            actor=NODE_ACTOR,
-            action="series.received",
-            target=target,
-            now=now,
-            detail=received,
-        )
+        if received:
+            record_audit(
+                session,
+                actor=NODE_ACTOR,
+                action="series.received",
+                target=target,
+                now=now,
+                detail=arrival,
+            )
         routed: dict[str, object] = {"series_revision": series.revision, "rule": None}
         if rule is not None:
             routed |= {
@@ -234,7 +290,12 @@ def _queue(
     *,
     series_group: Sequence[str] | None,
 ) -> int:
-    """Queue the rule's job; a shadow rule or a shadow model runs it with no destination."""
+    """Queue the rule's job; a shadow rule or a shadow model runs it with no destination.
+
+    A series revision holds one job per model: when it has one of this model already
+    (a re-route), the revision is raised first (:func:`raise_revision_for`).
+    """
+    raise_revision_for(session, series, rule.model)
     sends = rule.mode == RuleMode.ACTIVE and model == RuleMode.ACTIVE
     job = queue_job(
         session,
@@ -247,6 +308,22 @@ def _queue(
         series_group=series_group,
     )
     return job.id
+
+
+def raise_revision_for(session: Session, series: Series, model_name: str) -> bool:
+    """Raise ``series``' revision if its revision has a job of ``model_name`` already; whether
+    it did. The new revision's results are new objects that reference the earlier ones."""
+    taken = session.scalar(
+        select(Job.id).where(
+            Job.series_instance_uid == series.series_instance_uid,
+            Job.series_revision == series.revision,
+            Job.model_name == model_name,
+        )
+    )
+    if taken is None:
+        return False
+    series.revision += 1
+    return True
 
 
 def _mark_model_off(series: Series, rule: Rule, explanation: str) -> None:

@@ -11,7 +11,21 @@ from datetime import datetime
 from pathlib import PurePosixPath
 from typing import Any, Protocol, cast
 
-from sqlalchemy import Connection, Dialect, Select, Table, bindparam, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Dialect,
+    Select,
+    String,
+    Table,
+    and_,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy import cast as cast_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine.interfaces import DBAPIConnection, DBAPICursor
 from sqlalchemy.exc import IntegrityError
@@ -58,6 +72,8 @@ class InstanceRecord:
     """ImageLaterality (0020,0062), else Laterality (0020,0060): "L", "R", "B" or "U"."""
     view_position: str | None = None
     """ViewPosition (0018,5101), e.g. "CC" or "MLO"."""
+    study: "StudyDescriptors | None" = None
+    """What an admin recognises the study by (shown to the admin role only, never logged)."""
 
     def __post_init__(self) -> None:
         for name in ("sop_instance_uid", "sop_class_uid", "series_instance_uid"):
@@ -79,6 +95,42 @@ class InstanceRecord:
         """Modality (0008,0060), empty when the header has none."""
         value = self.attributes.get("Modality")
         return value if isinstance(value, str) else ""
+
+
+@dataclass(frozen=True, slots=True)
+class StudyDescriptors:
+    """Study-level values an admin recognises a study by, as the journal keeps them.
+
+    Each is None when absent or empty; the first non-empty value received for a study wins
+    (a later instance fills only what is still missing). Patient data: shown to the admin
+    role only, never logged.
+
+    Raises
+    ------
+    ValueError
+        If a value is longer than its column (SH 16, DA 8, LO 64).
+    """
+
+    accession_number: str | None = None
+    """AccessionNumber (0008,0050) SH."""
+    study_date: str | None = None
+    """StudyDate (0008,0020) DA, YYYYMMDD."""
+    study_description: str | None = None
+    """StudyDescription (0008,1030) LO."""
+
+    def __post_init__(self) -> None:
+        for name, longest in _STUDY_COLUMN_LENGTHS.items():
+            value = getattr(self, name)
+            if value is not None and not 0 < len(value) <= longest:
+                raise ValueError(f"{name} must be 1 to {longest} characters, got {len(value)}")
+
+    def columns(self) -> dict[str, str]:
+        """The non-empty values, by study column name."""
+        return {name: value for name in _STUDY_COLUMN_LENGTHS if (value := getattr(self, name))}
+
+
+_STUDY_COLUMN_LENGTHS = {"accession_number": 16, "study_date": 8, "study_description": 64}
+"""The study columns :class:`StudyDescriptors` fills, and their longest value (SH, DA, LO)."""
 
 
 def _check_uid(name: str, value: str) -> None:
@@ -183,8 +235,9 @@ def _record(
     instance of a new series at once then fail a batch on the instance's key, and the
     journal writer retries it record by record.
     """
-    uids = sorted({record.study_instance_uid for record in records})
-    rows.insert_studies([{"study_instance_uid": uid, "created_at": now} for uid in uids])
+    studies = _study_rows(records, now)
+    rows.insert_studies(studies)
+    rows.fill_studies([row for row in studies if len(row) > len(_NEW_STUDY_KEYS)])
     series_uids = sorted({record.series_instance_uid for record in records})
     series_rows = _series_rows(rows.select_series(series_uids))
     recorded = rows.recorded_instances(sorted({record.sop_instance_uid for record in records}))
@@ -239,6 +292,9 @@ class _JournalRows(Protocol):
 
     def insert_studies(self, rows: list[dict[str, Any]]) -> None:
         """Insert the study rows, skipping those already there."""
+
+    def fill_studies(self, rows: list[dict[str, Any]]) -> None:
+        """Set each study's descriptors still empty from ``rows`` (first non-empty wins)."""
 
     def select_series(self, uids: Sequence[str]) -> list[tuple[Any, ...]]:
         """The series rows (``_SERIES_COLUMNS``) of ``uids`` that exist, locked, in UID order."""
@@ -368,6 +424,7 @@ class _Statements:
     """Every statement recording uses, built once per dialect so SQLAlchemy compiles each once."""
 
     insert_study: Executable
+    fill_study: Executable
     insert_series: Executable
     lock_series: Select[Any]
     recorded_instances: Select[Any]
@@ -386,6 +443,7 @@ def _statements(dialect: str) -> _Statements:
     insert_for = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(dialect)
     return _Statements(
         insert_study=_insert_ignoring_conflict(insert_for, studies),
+        fill_study=_fill_study(studies),
         insert_series=_insert_ignoring_conflict(insert_for, series),
         lock_series=select(*(series.c[name] for name in _SERIES_COLUMNS))
         .where(series.c.series_instance_uid.in_(bindparam("uids", expanding=True)))
@@ -414,6 +472,44 @@ _REFRESHED_COLUMNS = (
     "image_laterality",
     "view_position",
 )
+
+
+def _fill_study(studies: Table) -> Executable:
+    """Set a study's empty descriptors from the parameters (``f_<column>``), keeping those set.
+
+    One statement whatever the batch holds: a NULL parameter leaves its column as it is,
+    and a study whose columns are all set already is not written at all.
+    """
+    given = {name: cast_(bindparam(f"f_{name}"), String()) for name in _STUDY_COLUMN_LENGTHS}
+    fillable = or_(
+        *(and_(studies.c[name].is_(None), value.is_not(None)) for name, value in given.items())
+    )
+    return (
+        update(studies)
+        .where(studies.c.study_instance_uid == bindparam("b_study_instance_uid"))
+        .where(fillable)
+        .values({name: func.coalesce(studies.c[name], value) for name, value in given.items()})
+    )
+
+
+def _study_rows(records: Sequence[InstanceRecord], now: datetime) -> list[dict[str, Any]]:
+    """One row per study of ``records``, in UID order, with the first non-empty value of each
+    descriptor the batch holds (a row without descriptors has only the insert's keys)."""
+    descriptors: dict[str, dict[str, str]] = {}
+    for record in records:
+        found = descriptors.setdefault(record.study_instance_uid, {})
+        if record.study is not None:
+            for name, value in record.study.columns().items():
+                found.setdefault(name, value)
+    return [
+        {"study_instance_uid": uid, "created_at": now, **descriptors[uid]}
+        for uid in sorted(descriptors)
+    ]
+
+
+def _fill_parameters(row: Mapping[str, Any]) -> dict[str, Any]:
+    values = {f"f_{name}": row.get(name) for name in _STUDY_COLUMN_LENGTHS}
+    return {"b_study_instance_uid": row["study_instance_uid"], **values}
 
 
 def _select_recorded(instances: Table, series: Table) -> Select[Any]:
@@ -467,7 +563,12 @@ class _CoreRows:
         self._statements = statements
 
     def insert_studies(self, rows: list[dict[str, Any]]) -> None:
-        self._insert_if_absent(self._statements.insert_study, rows)
+        self._insert_if_absent(self._statements.insert_study, [_new_study(row) for row in rows])
+
+    def fill_studies(self, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            parameters = [_fill_parameters(row) for row in rows]
+            self._connection.execute(self._statements.fill_study, parameters)
 
     def select_series(self, uids: Sequence[str]) -> list[tuple[Any, ...]]:
         result = self._connection.execute(self._statements.lock_series, {"uids": list(uids)})
@@ -599,6 +700,7 @@ class _DriverStatement:
 @dataclass(frozen=True, slots=True)
 class _DriverStatements:
     insert_study: _DriverStatement
+    fill_study: _DriverStatement
     insert_series: _DriverStatement
     lock_series: _DriverStatement
     instance_recorded: _DriverStatement
@@ -613,8 +715,11 @@ def _driver_statements_for(dialect_name: str, driver: str, dialect: Dialect) -> 
     series, instances = (cast(Table, model.__table__) for model in (Series, Instance))
     series_columns = [series.c[name] for name in _SERIES_COLUMNS]
     return _DriverStatements(
-        insert_study=_DriverStatement.compile(
-            core.insert_study, dialect, ["study_instance_uid", "created_at"]
+        insert_study=_DriverStatement.compile(core.insert_study, dialect, list(_NEW_STUDY_KEYS)),
+        fill_study=_DriverStatement.compile(
+            core.fill_study,
+            dialect,
+            ["b_study_instance_uid", *(f"f_{name}" for name in _STUDY_COLUMN_LENGTHS)],
         ),
         insert_series=_DriverStatement.compile(core.insert_series, dialect, _NEW_SERIES_KEYS),
         lock_series=_DriverStatement.compile(
@@ -656,7 +761,10 @@ class _DriverRows:
         self._statements = statements
 
     def insert_studies(self, rows: list[dict[str, Any]]) -> None:
-        self._executemany(self._statements.insert_study, rows)
+        self._executemany(self._statements.insert_study, [_new_study(row) for row in rows])
+
+    def fill_studies(self, rows: list[dict[str, Any]]) -> None:
+        self._executemany(self._statements.fill_study, [_fill_parameters(row) for row in rows])
 
     def select_series(self, uids: Sequence[str]) -> list[tuple[Any, ...]]:
         statement = self._statements.lock_series
@@ -693,6 +801,14 @@ class _DriverRows:
         if rows:
             parameters = [statement.parameters(row) for row in rows]
             self._cursor.executemany(statement.sql, parameters)  # type: ignore[arg-type]  # all alike
+
+
+_NEW_STUDY_KEYS = ("study_instance_uid", "created_at")
+"""The columns a new study row is inserted with; its descriptors are then filled."""
+
+
+def _new_study(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: row[name] for name in _NEW_STUDY_KEYS}
 
 
 def _new_series_row(record: InstanceRecord, now: datetime) -> dict[str, Any]:

@@ -76,11 +76,12 @@ function counts(id, values) {
   });
 }
 
-const when = (iso) => (iso ? iso.replace("T", " ").slice(0, 19) : "");
+// Every time the API gives is UTC: shown as "2026-12-06 14:20:00 UTC".
+const when = (iso) => (iso ? `${iso.replace("T", " ").slice(0, 19)} UTC` : "");
 const isAdmin = () => me && me.role === "admin";
 
 function jobRow(row, job, actions) {
-  for (const v of [job.id, job.state, job.rule_name, job.model_name, job.series_instance_uid,
+  for (const v of [job.id, job.state, job.rule_name, job.model_name, seriesLink(job.series_instance_uid),
     when(job.created_at), job.finding_count, (job.warnings || []).join("; "), job.error]) cell(row, v);
   if (actions) {
     const span = document.createElement("span");
@@ -95,13 +96,27 @@ function jobRow(row, job, actions) {
 const JOB_HEADINGS = ["id", "state", "rule", "model", "series", "created", "findings", "warnings", "error"];
 
 function deliveryRow(row, d, actions) {
-  for (const v of [d.id, d.state, d.destination, d.sop_instance_uid, d.attempts,
-    when(d.next_attempt_at), d.last_error]) cell(row, v);
+  for (const v of [d.id, d.state, d.destination, d.job_id ? jobLink(d.job_id) : "", d.sop_instance_uid,
+    d.attempts, when(d.next_attempt_at), d.last_error]) cell(row, v);
   if (actions) cell(row, button("Retry now", async () => {
     await api("POST", `/api/deliveries/${d.id}/retry`); say(`delivery ${d.id} will be sent now`); await load();
   }, isAdmin() && ["failed", "pending"].includes(d.state)));
 }
-const DELIVERY_HEADINGS = ["id", "state", "destination", "object", "attempts", "next attempt", "error"];
+const DELIVERY_HEADINGS = ["id", "state", "destination", "job", "object", "attempts", "next attempt", "error"];
+
+// Links into the study and series browser (studies page, browser.js).
+function seriesLink(uid) {
+  const a = document.createElement("a");
+  a.href = `/ui/studies?series=${encodeURIComponent(uid)}`;
+  a.textContent = uid;
+  return a;
+}
+function jobLink(id) {
+  const a = document.createElement("a");
+  a.href = `/ui/studies?job=${encodeURIComponent(id)}`;
+  a.textContent = `job ${id}`;
+  return a;
+}
 
 // -- pages -------------------------------------------------------------------------------
 
@@ -114,6 +129,7 @@ const pages = {
     table("last-jobs", JOB_HEADINGS, s.last_jobs, (r, j) => jobRow(r, j, false));
     table("failed-jobs", JOB_HEADINGS, s.failed_jobs, (r, j) => jobRow(r, j, false));
     table("failed-deliveries", DELIVERY_HEADINGS, s.failed_deliveries, (r, d) => deliveryRow(r, d, false));
+    await dashboardHealth(); // dashboard.js: destination health, pending deliveries, disk
   },
   async jobs() { await listing("jobs", "/api/jobs", [...JOB_HEADINGS, ""], (r, j) => jobRow(r, j, true)); },
   async deliveries() {
@@ -170,17 +186,40 @@ const pages = {
   },
   async audit() {
     await listing("audit", "/api/audit", ["id", "at", "actor", "action", "target", "detail"], (row, a) => {
-      for (const v of [a.id, when(a.at), a.actor, a.action, a.target, JSON.stringify(a.detail)]) cell(row, v);
+      for (const v of [a.id, when(a.at), a.actor, a.action, a.target]) cell(row, v);
+      cell(row, auditDetail(a.detail)).className = "detail";
     });
   },
   async rules() { await rulesPage(); },
+  async studies() { await studiesPage(); }, // browser.js: studies, series timeline, actions
 };
+
+/** An audit event's detail as "key: value" lines (nested keys dotted), wrapped by the page. */
+function auditDetail(detail) {
+  const box = document.createElement("div");
+  const add = (key, value) => {
+    if (value && typeof value === "object" && !Array.isArray(value)) {
+      for (const [k, v] of Object.entries(value)) add(key ? `${key}.${k}` : k, v);
+      return;
+    }
+    const line = document.createElement("div");
+    const name = document.createElement("span");
+    name.className = "key";
+    name.textContent = `${key}: `;
+    const text = Array.isArray(value) && value.every((v) => v === null || typeof v !== "object")
+      ? value.join(", ") : typeof value === "string" ? value : JSON.stringify(value);
+    line.append(name, text);
+    box.appendChild(line);
+  };
+  add("", detail || {});
+  return box;
+}
 
 const MODEL_MODES = ["active", "shadow", "off"];
 const AUDIT_ACTIONS = ["series.received", "series.routed", "delivery.sent", "delivery.failed",
   "model.mode", "destination.create", "destination.update", "destination.delete",
   "rule.create", "rule.update", "rule.delete", "rules.rollback", "job.retry", "job.cancel",
-  "delivery.retry"];
+  "delivery.retry", "series.reroute", "series.rerun", "destination.retry"];
 const TEMPLATE_DESTINATION = { host: "127.0.0.1", port: 104, ae_title: "PACS", results: ["seg", "sr"] };
 
 function wireDestinationEditor() {
@@ -225,128 +264,7 @@ async function listing(id, path, headings, render) {
   $("next").disabled = last >= page.total;
 }
 
-// -- rules -------------------------------------------------------------------------------
-
-let ruleSet = null;
-let editing = null; // the name of the rule in the editor, null for a new rule
-let validateTimer = null;
-let validationSeq = 0; // only the newest draft's verdict is shown, whatever order answers arrive in
-
-const TEMPLATE_RULE = {
-  name: "new-rule", description: "", priority: 0, mode: "shadow", model: "lung_nodule_ct",
-  destinations: [], when: { all: [{ keyword: "Modality", equals: "CT" }] },
-};
-
-function edit(rule) {
-  clearTimeout(validateTimer);
-  editing = rule ? rule.name : null;
-  $("rule-json").value = JSON.stringify(rule || TEMPLATE_RULE, null, 2);
-  validate();
-}
-
-function draft() { return JSON.parse($("rule-json").value); }
-
-async function validate() {
-  const seq = ++validationSeq;
-  const show = (text, ok) => {
-    if (seq !== validationSeq) return;
-    $("validation").textContent = text;
-    $("validation").className = ok ? "validation ok" : "validation error";
-  };
-  try {
-    await api("POST", "/api/rules/validate", draft());
-    show("✓ valid", true);
-    return true;
-  } catch (e) {
-    show(`✗ ${e instanceof SyntaxError ? "not JSON: " + e.message : e.message}`, false);
-    return false;
-  }
-}
-
-function draftRuleSet() {
-  const rule = draft();
-  const others = ruleSet.rules.filter((r) => r.name !== (editing ?? rule.name));
-  return [...others, rule];
-}
-
-async function rulesPage() {
-  ruleSet = await api("GET", "/api/rules");
-  if (!$("rule-json").value) edit(ruleSet.rules[0] || null);
-  $("rule-version").textContent = ruleSet.version;
-  $("rule-version-by").textContent = `by ${ruleSet.author}, ${when(ruleSet.created_at)}: ${ruleSet.change}`;
-  const conditions = ruleSet.conditions || [];
-  table("rules", ["name", "priority", "mode", "conditions", "model", "destinations", ""], ruleSet.rules, (row, rule) => {
-    for (const v of [rule.name, rule.priority, rule.mode]) cell(row, v);
-    cell(row, conditions[ruleSet.rules.indexOf(rule)] ?? "").className = "conditions";
-    for (const v of [rule.model, (rule.destinations || []).join(", ")]) cell(row, v);
-    const span = document.createElement("span");
-    const next = rule.mode === "off" ? "active" : "off";
-    span.append(
-      button("Edit", async () => edit(rule)),
-      button(rule.mode === "off" ? "Enable" : "Disable", async () => {
-        await api("POST", `/api/rules/${encodeURIComponent(rule.name)}/mode`, { mode: next });
-        say(`rule ${rule.name}: ${next}`); await rulesPage();
-      }, isAdmin()),
-      button("Delete", async () => {
-        if (!confirm(`Delete rule ${rule.name}?`)) return;
-        await api("DELETE", `/api/rules/${encodeURIComponent(rule.name)}`);
-        say(`rule ${rule.name} deleted`); await rulesPage();
-      }, isAdmin()));
-    cell(row, span);
-  });
-  const versions = await api("GET", "/api/rules/versions");
-  table("versions", ["version", "author", "time", "change", "rules", ""], versions, (row, v) => {
-    for (const x of [v.version, v.author, when(v.created_at), v.change, v.rule_count]) cell(row, x);
-    cell(row, button("Roll back to this", async () => {
-      await api("POST", `/api/rules/versions/${v.version}/rollback`);
-      say(`rolled back to version ${v.version}`); await rulesPage();
-    }, isAdmin() && v.version !== ruleSet.version));
-  });
-  const series = await api("GET", "/api/series?limit=50");
-  const select = $("test-series");
-  select.replaceChildren(...series.items.map((s) => new Option(
-    `${when(s.last_received_at)} ${s.modality} ${s.series_instance_uid} (${s.rule_name || s.state})`,
-    s.series_instance_uid)));
-}
-
-function wireRulesEditor() {
-  $("rule-json").addEventListener("input", () => {
-    clearTimeout(validateTimer);
-    validateTimer = setTimeout(validate, 300);
-  });
-  $("new-rule").addEventListener("click", () => edit(null));
-  $("save-rule").addEventListener("click", async () => {
-    try {
-      const rule = draft();
-      const saved = editing === null
-        ? await api("POST", "/api/rules", rule)
-        : await api("PUT", `/api/rules/${encodeURIComponent(editing)}`, rule);
-      editing = rule.name;
-      say(`rule ${rule.name} saved: version ${saved.version}, in force for the next series`);
-      await rulesPage();
-    } catch (e) { say(e.message, true); }
-  });
-  $("test-rule").addEventListener("click", async () => {
-    try {
-      const result = await api("POST", "/api/rules/test",
-        { series_instance_uid: $("test-series").value, rule: draft() });
-      $("test-result").textContent = result.text;
-      $("test-result").className = result.matches ? "ok" : "error";
-    } catch (e) { $("test-result").textContent = e.message; $("test-result").className = "error"; }
-  });
-  $("dry-run").addEventListener("click", async () => {
-    try {
-      const result = await api("POST", "/api/rules/dry-run",
-        { rules: draftRuleSet(), days: Number($("dry-days").value) });
-      $("dry-summary").textContent =
-        `${result.series_examined} series examined, ${result.changed.length} routed differently`;
-      table("dry-result", ["series", "modality", "now", "with the draft", "model"], result.changed, (row, c) => {
-        for (const v of [c.series_instance_uid, c.modality, c.current_rule || "none", c.draft_rule || "none",
-          c.draft_model]) cell(row, v);
-      });
-    } catch (e) { $("dry-summary").textContent = e.message; }
-  });
-}
+// -- rules: in rules.js, loaded by the rules page (rulesPage, wireRulesEditor) -------------
 
 // -- start -------------------------------------------------------------------------------
 

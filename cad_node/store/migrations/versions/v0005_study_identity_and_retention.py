@@ -39,9 +39,7 @@ def upgrade() -> None:
             sa.Column("study_date", sa.String(8), nullable=True, comment="(0008,0020) DA")
         )
         batch_op.add_column(
-            sa.Column(
-                "study_description", sa.String(64), nullable=True, comment="(0008,1030) LO"
-            )
+            sa.Column("study_description", sa.String(64), nullable=True, comment="(0008,1030) LO")
         )
     with op.batch_alter_table("series") as batch_op:
         batch_op.add_column(
