@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cad_node.clock import utc_now
 from cad_node.config import load_settings
-from cad_node.status import _require_sqlite_journal
+from cad_node.status import require_sqlite_journal
 from cad_node.store.db import make_engine, session_factory
 from cad_node.store.retention import PurgeCandidate, RetentionPolicy, purge, purgeable_series
 
@@ -64,7 +64,7 @@ def _hours(text: str) -> float:
 def run_purge(args: argparse.Namespace) -> int:
     """List or remove what may go now; 0 when done (also when nothing may go)."""
     settings = load_settings(args.config)
-    _require_sqlite_journal(settings.resolved_database_url)
+    require_sqlite_journal(settings.resolved_database_url)
     policy = RetentionPolicy.from_settings(
         settings.retention, older_than_hours=args.older_than, unrouted=args.unrouted
     )

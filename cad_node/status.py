@@ -31,7 +31,7 @@ def render_status(settings: Settings, limit: int = 20) -> str:
         ``database_url``'s driver is not installed (:func:`~cad_node.store.db.make_engine`).
     """
     database_url = settings.resolved_database_url
-    _require_sqlite_journal(database_url)
+    require_sqlite_journal(database_url)
     engine = make_engine(database_url)
     try:
         with session_factory(engine)() as session:
@@ -68,7 +68,7 @@ def _size(count: int) -> str:
     return f"{count / 1e3:.1f} kB"
 
 
-def _require_sqlite_journal(database_url: str) -> None:
+def require_sqlite_journal(database_url: str) -> None:
     """Raise :class:`StorageError` if ``database_url`` names an SQLite file that is not there."""
     try:
         url = make_url(database_url)

@@ -7,11 +7,9 @@ space of the storage folder's file system. The metrics read the same figures
 (:func:`backlog`, :func:`disk_space`).
 """
 
-import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
 from fastapi import APIRouter
 from pydantic import BaseModel
@@ -23,6 +21,7 @@ from cad_node.admin.catalog import destinations_in_force
 from cad_node.admin.deps import Context, Journal
 from cad_node.admin.flow import DeliveryOut, _delivery_out
 from cad_node.domain.states import DeliveryState
+from cad_node.store.disk import disk_space
 from cad_node.store.schema import Delivery, Result
 
 router = APIRouter(prefix="/api", tags=["node"])
@@ -60,23 +59,6 @@ def backlog(session: Session, destinations: Iterable[str] = ()) -> dict[str, Bac
     for name, pending, retrying, oldest in session.execute(query).all():
         figures[name] = Backlog(int(pending), int(retrying or 0), oldest)
     return figures
-
-
-@dataclass(frozen=True, slots=True)
-class DiskSpace:
-    """The file system holding the storage folder."""
-
-    total_bytes: int
-    free_bytes: int
-    """Free for the node's user (``statvfs`` f_bavail)."""
-    low: bool
-    """Free / total under ``health.min_free_disk_fraction``."""
-
-
-def disk_space(storage_dir: Path, min_free_fraction: float) -> DiskSpace:
-    usage = shutil.disk_usage(storage_dir)
-    low = usage.total > 0 and usage.free / usage.total < min_free_fraction
-    return DiskSpace(total_bytes=usage.total, free_bytes=usage.free, low=low)
 
 
 class DestinationHealthOut(BaseModel):

@@ -9,6 +9,24 @@ from pathlib import Path
 
 
 @dataclass(frozen=True, slots=True)
+class DiskSpace:
+    """The file system holding the storage folder."""
+
+    total_bytes: int
+    free_bytes: int
+    """Free for the node's user (``statvfs`` f_bavail)."""
+    low: bool
+    """Free / total under ``health.min_free_disk_fraction``."""
+
+
+def disk_space(storage_dir: Path, min_free_fraction: float) -> DiskSpace:
+    """The file system of ``storage_dir`` now (cheap: one ``statvfs``)."""
+    stats = os.statvfs(storage_dir)
+    total, free = stats.f_blocks * stats.f_frsize, stats.f_bavail * stats.f_frsize
+    return DiskSpace(total, free, low=total > 0 and free / total < min_free_fraction)
+
+
+@dataclass(frozen=True, slots=True)
 class StorageUse:
     """The storage folder's file system and what the node keeps in it."""
 
@@ -24,15 +42,14 @@ class StorageUse:
 
 
 def storage_use(storage_dir: Path, min_free_fraction: float) -> StorageUse:
-    """Measured now: ``statvfs`` of the file system, and the spool and results walked."""
-    stats = os.statvfs(storage_dir)
-    total, free = stats.f_blocks * stats.f_frsize, stats.f_bavail * stats.f_frsize
+    """Measured now: :func:`disk_space`, and the spool and results walked."""
+    disk = disk_space(storage_dir, min_free_fraction)
     return StorageUse(
-        total_bytes=total,
-        free_bytes=free,
+        total_bytes=disk.total_bytes,
+        free_bytes=disk.free_bytes,
         spool_bytes=folder_bytes(storage_dir / "spool"),
         results_bytes=folder_bytes(storage_dir / "results"),
-        low=total > 0 and free / total < min_free_fraction,
+        low=disk.low,
     )
 
 
