@@ -3,8 +3,18 @@
 From the node's results the demo draws each burned-in overlay and Grad-CAM
 image and a table per eye: the true ICDR grade and referability against the
 SR's grade, referral and lesion marks (PS3.16 TID 1500).
+
+An eye the grader calls ICDR 0 may still carry lesion marks from the lesion
+detector (two models, each with its own errors).  The node does not hide the
+candidates: it says, burned into the image and on this page, that the grader and
+the detector disagree, so a reader looks rather than trust either.  Hiding marks
+below grade 1 would make the picture agree with the grade by throwing away the
+one hint that the grade may be wrong (any haemorrhage or microaneurysm is ICDR 1
+or worse).
 """
 
+import html
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,6 +134,17 @@ def _eye_row(report: EyeReport) -> str:
     )
 
 
+def disagreements(reports: Sequence[EyeReport]) -> list[str]:
+    """A sentence per eye graded ICDR 0 that still carries lesion marks."""
+    return [
+        f"{r.truth.eye}: graded ICDR 0 (no apparent retinopathy), yet the lesion detector "
+        f"marked {r.marks} candidate(s): the grader and the detector disagree. Both are shown "
+        "(the burned-in image says so); a reader decides."
+        for r in reports
+        if r.grade == 0 and r.marks
+    ]
+
+
 def fundus_section(exam: FundusExam, results: StudyResults, out_dir: Path) -> str:
     """Draw the fundus results into ``out_dir``; the page section that shows them.
 
@@ -136,9 +157,13 @@ def fundus_section(exam: FundusExam, results: StudyResults, out_dir: Path) -> st
     if sr is None:
         raise DemoError("no SR arrived for the fundus exam")
     eyes = sorted(exam.truth.eyes, key=lambda eye: eye.laterality != Laterality.RIGHT.value)
-    rows = "\n".join(_eye_row(eye_report(sr, eye)) for eye in eyes)
+    reports = [eye_report(sr, eye) for eye in eyes]
+    rows = "\n".join(_eye_row(report) for report in reports)
+    notes = "\n".join(
+        f'<p class="disagreement">{html.escape(text)}</p>' for text in disagreements(reports)
+    )
     pictures = save_pictures(results, exam.truth, out_dir)
-    return _SECTION.format(seed=exam.truth.seed, rows=rows, pictures=figures(pictures))
+    return _SECTION.format(seed=exam.truth.seed, rows=rows, notes=notes, pictures=figures(pictures))
 
 
 _SECTION = """<section id="fundus">
@@ -149,8 +174,11 @@ _SECTION = """<section id="fundus">
 <th>Lesion marks</th></tr>
 {rows}
 </table>
-<p>fundus-marks-*.png: the burned-in lesion overlays as received;
-fundus-gradcam-*.png: the Grad-CAM images as received.</p>
+{notes}
+<p>fundus-marks-*.png: the burned-in lesion overlays as received, the eye (OD/OS) and its
+grade in the corner, P(haemorrhage) etc. beside each mark: the probability that the marked
+region is that lesion; fundus-gradcam-*.png: the Grad-CAM images as received, with their
+colour bar: 0 (blue) no contribution to the grade, 1 (red) the strongest.</p>
 {pictures}
 </section>
 """

@@ -242,12 +242,17 @@ _SECTION = """<section id="mammo">
 <span id="mammo-seed">{seed}</span>: the first from the demo's start seed with one malignant
 breast holding a mass and no lesion in the other.</p>
 <table id="breasts"><tr><th>Breast</th><th>Truth</th><th>True lesions</th>
-<th>Probability of cancer (%)</th><th>Verdict (SR)</th><th>Marks on a true lesion / marks</th></tr>
+<th>Suspicion of malignancy (%)</th><th>Verdict (SR)</th><th>Marks on a true lesion / marks</th>
+</tr>
 {rows}
 </table>
+<p>Suspicion of malignancy: the model's probability that the breast holds cancer (the SR's
+"Probability of cancer"), burned into every image of the breast below its view marker
+("L CC"). P(mass) beside a mark: the probability that the marked region is a mass.</p>
 <p>mammo-marks-*.png: the burned-in overlays as received; *-truth.png: the same with the
 true lesions circled in blue (dashed: benign cysts); mammo-gradcam-*.png: the Grad-CAM
-images as received.</p>
+images as received, with their colour bar: 0 (blue) no contribution to the breast's
+suspicion, 1 (red) the strongest.</p>
 {pictures}
 </section>
 """

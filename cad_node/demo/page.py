@@ -1,7 +1,7 @@
 """The demo's one-page summary: a section per exam between two NOT FOR CLINICAL USE banners."""
 
 import html
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from cad_node import NOT_FOR_CLINICAL_USE
 
@@ -11,11 +11,14 @@ def cell(value: float | None, digits: int) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def figures(names: Sequence[str]) -> str:
-    """An HTML figure per PNG, captioned with its name."""
+def figures(names: Sequence[str], captions: Mapping[str, str] | None = None) -> str:
+    """An HTML figure per PNG, captioned with its name and, where given, what it shows."""
+    said = captions or {}
     return "\n".join(
         f'<figure><img src="{html.escape(name)}" alt="{html.escape(name)}">'
-        f"<figcaption>{html.escape(name)}</figcaption></figure>"
+        f"<figcaption>{html.escape(name)}"
+        + (f": {html.escape(said[name])}" if name in said else "")
+        + "</figcaption></figure>"
         for name in names
     )
 

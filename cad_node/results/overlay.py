@@ -5,12 +5,20 @@ per source image that displays a finding (:attr:`RegionFinding.display_image`, a
 slice or a mammography view alike): the image as the node shows it (through its
 window, e.g. a CT's lung window; else its header's VOI window or the percentiles of
 its values; a colour photograph as it is), each finding's mask contour in its colour,
-a caption per finding ("Nodule 1: 12.3 mm, 87%", "Mass 1: 87%") and a "NOT FOR
-CLINICAL USE" banner; Burned In Annotation (0028,0301) is YES.
+a caption per finding that says what its percentage is of ("Nodule 1: 12.3 mm,
+P(nodule) 87%", "Mass 1: P(mass) 87%"), kept wholly inside the image and off the
+other captions, a "NOT FOR CLINICAL USE" banner, and in the darker top corner what
+the image is: a CT slice's position ("slice 57/120, z = -123.5 mm"), a view's
+laterality marker ("L CC", "R (OD)") with the breast's or eye's verdict
+("suspicion of malignancy 87%: suspicious", "DR grade (ICDR) 0: ...", and where the
+grader says ICDR 0 yet lesions are marked, that the two disagree).  Burned In
+Annotation (0028,0301) is YES.
 
 Per explanation map of the report, one more image: the heatmap in a jet-like colour
-map blended over its image (alpha :data:`HEATMAP_ALPHA`), the banner and a caption
-("Grad-CAM: breast suspicion NOT FOR CLINICAL USE").
+map blended over its image (alpha :data:`HEATMAP_ALPHA`), the banner, the same
+corner notes, a colour bar from 0 (bottom) to 1 (top) and a caption saying what the
+colours mean ("Grad-CAM of breast suspicion: colour 0 = no contribution, 1 =
+strongest NOT FOR CLINICAL USE").
 
 Every image references its source image, with its Referenced Frame Number when it
 is one frame of a multi-frame instance (PS3.3 C.7.6.1.1.4, Table 10-3), and names
@@ -19,8 +27,10 @@ Pillow (a dependency of highdicom).
 """
 
 import datetime
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import highdicom as hd
 import numpy as np
@@ -31,8 +41,14 @@ from pydicom.multival import MultiValue
 from pydicom.valuerep import DA, TM
 
 from cad_node import NOT_FOR_CLINICAL_USE
-from cad_node.domain import ModelIdentity
-from cad_node.domain.planar import ExplanationMap
+from cad_node.domain import ImageVolume, ModelIdentity
+from cad_node.domain.planar import (
+    ICDR_GRADES,
+    Assessment,
+    AssessmentKind,
+    ExplanationMap,
+    Laterality,
+)
 from cad_node.domain.results import (
     LUNG_WINDOW,
     MeasurementKind,
@@ -91,22 +107,45 @@ _SMALLEST_FONT = 6
 # --- captions -----------------------------------------------------------------------------------
 
 
+def percent(probability: float) -> str:
+    """A probability as a whole percentage that never rounds to a certainty: ">99%", "<1%"."""
+    value = 100.0 * probability
+    if value >= 99.5:
+        return ">99%"
+    if value < 0.5:
+        return "<1%"
+    return f"{value:.0f}%"
+
+
+def probability_name(finding: RegionFinding) -> str:
+    """What a finding's probability is of: "P(nodule)", "P(soft exudate)" (no parenthesis)."""
+    return f"P({finding.name.split(' (')[0].lower()})"
+
+
 def finding_caption(finding: RegionFinding, label: str) -> str:
-    """The text next to a finding: "Nodule 1: 12.3 mm, 87%", "Mass 1: 87%" without a size,
-    "spleen" without either (a segmentation's label)."""
+    """The text next to a finding: "Nodule 1: 12.3 mm, P(nodule) 87%", "Mass 1: P(mass) 87%"
+    without a size, "spleen" without either (a segmentation's label).
+
+    The percentage says what it is the probability of: that the region is a finding
+    of its kind, as the model scores it.
+    """
     parts = [
         f"{size:.1f} mm"
         for size in (finding.measurement(kind) for kind in DIAMETER_KINDS)
         if size is not None
     ][:1]
     if finding.probability is not None:
-        parts.append(f"{100.0 * finding.probability:.0f}%")
+        parts.append(f"{probability_name(finding)} {percent(finding.probability)}")
     return f"{label}: {', '.join(parts)}" if parts else label
 
 
 def explanation_caption(explanation: ExplanationMap) -> str:
-    """The caption under an explanation image: "Grad-CAM: ICDR grade 3 NOT FOR CLINICAL USE"."""
-    return f"{explanation.method}: {explanation.target} {NOT_FOR_CLINICAL_USE}"
+    """The caption under an explanation image: "Grad-CAM of ICDR grade 3: colour 0 = no
+    contribution, 1 = strongest NOT FOR CLINICAL USE" (the colour bar's scale in words)."""
+    return (
+        f"{explanation.method} of {explanation.target}: colour 0 = no contribution, "
+        f"1 = strongest {NOT_FOR_CLINICAL_USE}"
+    )
 
 
 # --- grey levels -------------------------------------------------------------------------------
@@ -211,12 +250,21 @@ def contour_colour(finding_index: int) -> tuple[int, int, int]:
     return CONTOUR_COLOURS[finding_index % len(CONTOUR_COLOURS)]
 
 
+Box = tuple[float, float, float, float]
+"""(left, top, right, bottom) of a drawn text's black box, in pixels."""
+
+
 def _font(rows: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=max(8, rows // 40))
 
 
 def _banner_height(rows: int) -> int:
     return max(10, rows // 20)
+
+
+def edge_margin(shape: tuple[int, int]) -> int:
+    """Pixels kept free between burned-in text and the image's edge."""
+    return max(2, min(shape) // 100)
 
 
 def fitted_font(
@@ -231,6 +279,10 @@ def fitted_font(
         if size <= _SMALLEST_FONT or draw.textlength(text, font=font) <= width:
             return font
         size -= 1
+
+
+def _fits(draw: ImageDraw.ImageDraw, text: str, font: object, width: float) -> bool:
+    return draw.textlength(text, font=font) <= width  # type: ignore[arg-type]
 
 
 def draw_banner(draw: ImageDraw.ImageDraw, columns: int, rows: int) -> None:
@@ -250,25 +302,70 @@ def _draw_caption(draw: ImageDraw.ImageDraw, text: str, columns: int, rows: int)
     draw.text(position, text, fill=(255, 255, 255), font=font, anchor="mm")
 
 
+def _overlaps(box: Box, others: Sequence[Box]) -> bool:
+    return any(box[0] < o[2] and o[0] < box[2] and box[1] < o[3] and o[1] < box[3] for o in others)
+
+
+def _inside(box: Box, area: Box) -> bool:
+    return area[0] <= box[0] and box[2] <= area[2] and area[1] <= box[1] and box[3] <= area[3]
+
+
+def label_box(
+    size: tuple[float, float],
+    span: tuple[float, float, float],
+    shape: tuple[int, int],
+    taken: Sequence[Box] = (),
+) -> Box:
+    """Where a label of ``size`` (width, height) goes beside the span (left, right, y).
+
+    Right of the span, else left of it, else as near as the image's edge allows, moved up
+    or down past the labels already ``taken``; always wholly inside the image, below the
+    banner and off its edges by :func:`edge_margin` (a label may then cover its finding
+    rather than be cut off).
+    """
+    rows, columns = shape
+    margin = edge_margin(shape)
+    area: Box = (margin, _banner_height(rows) + margin, columns - margin, rows - margin)
+    width, height = size
+    top = span[2] - height / 2
+    step = height + 2
+    clamped = min(max(span[1] + 4.0, area[0]), area[2] - width)
+    for dy in (0.0, *(sign * k * step for k in range(1, 8) for sign in (1, -1))):
+        for left in (span[1] + 4.0, span[0] - 4.0 - width, clamped):
+            box = (left, top + dy, left + width, top + dy + height)
+            if _inside(box, area) and not _overlaps(box, taken):
+                return box
+    left = min(max(span[1] + 4.0, area[0]), area[2] - width)
+    upper = min(max(top, area[1]), area[3] - height)
+    return (max(left, area[0]), max(upper, area[1]), max(left, area[0]) + width, upper + height)
+
+
 def draw_label(
     draw: ImageDraw.ImageDraw,
     text: str,
     span: tuple[float, float, float],
     colour: tuple[int, int, int],
     shape: tuple[int, int],
-) -> None:
-    """``text`` right of the span (left, right, y), or left of it where the image ends first."""
+    *,
+    taken: Sequence[Box] = (),
+) -> Box:
+    """``text`` on black beside the span (left, right, y), inside the image; returns its box.
+
+    A label wider than the image is drawn in a smaller font (down to the smallest), and
+    where even that is too wide, shortened at its last ", " or ": " until it fits
+    ("Nodule 1: 6.0 mm, P(nodule) 90%", then "Nodule 1: 6.0 mm", then "Nodule 1").
+    """
     rows, columns = shape
-    font = _font(rows)
+    width = columns - 2 * edge_margin(shape) - 2
+    font = fitted_font(draw, text, width, max(8, rows // 40))
+    while not _fits(draw, text, font, width) and re.search(r"[,:] ", text):
+        text = re.split(r"[,:] (?!.*[,:] )", text)[0]
+        font = fitted_font(draw, text, width, max(8, rows // 40))
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-    width, height = right - left, bottom - top
-    x = span[1] + 4.0
-    if x + width + 2 > columns:
-        x = span[0] - 4.0 - width
-    x = max(0.0, min(x, columns - width - 2))
-    y = min(max(span[2] - height / 2, _banner_height(rows) + 1), rows - height - 2)
-    draw.rectangle((x - 1, y - 1 + top, x + width + 1, y + height + 1 + top), fill=(0, 0, 0))
-    draw.text((x, y), text, fill=colour, font=font)
+    box = label_box((right - left + 2, bottom - top + 2), span, shape, taken)
+    draw.rectangle(box, fill=(0, 0, 0))
+    draw.text((box[0] + 1 - left, box[1] + 1 - top), text, fill=colour, font=font)
+    return box
 
 
 def _label_span(mask: npt.NDArray[np.bool_], finding: RegionFinding) -> tuple[float, float, float]:
@@ -277,27 +374,199 @@ def _label_span(mask: npt.NDArray[np.bool_], finding: RegionFinding) -> tuple[fl
     return float(columns.min()), float(columns.max()), finding.centre[1]
 
 
+# --- what the image is: slice position, laterality marker, the model's verdict -------------------
+
+
+def volume_slice_position(volume: ImageVolume, k: int) -> str:
+    """ "slice 57/120, z = -123.5 mm": slice ``k`` of ``volume`` counted from 1 in the volume's
+    order, and its position on the patient axis nearest the slice normal (LPS, mm)."""
+    cosines = np.asarray(volume.image_orientation_patient, dtype=np.float64)
+    axis = int(np.argmax(np.abs(np.cross(cosines[:3], cosines[3:]))))
+    position = volume.index_to_patient((float(k), 0.0, 0.0))[axis]
+    return f"slice {k + 1}/{volume.shape[0]}, {'xyz'[axis]} = {position:.1f} mm"
+
+
+def slice_position(report: ModelReport, image_index: int) -> str | None:
+    """The :func:`volume_slice_position` of a volume's slice, None for a planar image."""
+    volume = report.grid.volume
+    return None if volume is None else volume_slice_position(volume, image_index)
+
+
+def laterality_marker(report: ModelReport, image_index: int, header: Dataset) -> str | None:
+    """ "R CC", "L MLO" for a mammogram's view; "R (OD)" for an eye; None without laterality."""
+    laterality = report.grid.images[image_index].laterality
+    if laterality is None:
+        return None
+    view = str(header.get("ViewPosition") or "").strip()
+    if report.grid.modality == "MG" or view:
+        return f"{laterality.value} {view}".strip()
+    return f"{laterality.value} ({laterality.eye})"
+
+
+def _assessment_of(report: ModelReport, laterality: Laterality | None) -> Assessment | None:
+    return next((a for a in report.assessments if a.laterality is laterality), None)
+
+
+def assessment_lines(report: ModelReport, image_index: int) -> list[str]:
+    """What the model said of the image's breast or eye, with what each percentage is of.
+
+    An eye graded ICDR 0 that still carries lesion marks gets a line saying that the
+    grader and the lesion detector disagree: both are shown, neither is hidden, so a
+    reader sees the candidates and knows the grade did not count them.
+    """
+    assessment = _assessment_of(report, report.grid.images[image_index].laterality)
+    if assessment is None:
+        return []
+    if assessment.kind is AssessmentKind.BREAST_SUSPICION:
+        verdict = {True: ": suspicious", False: ": not suspicious", None: ""}[assessment.suspicious]
+        return [f"suspicion of malignancy {percent(assessment.score)}{verdict}"]
+    grade = assessment.grade if assessment.grade is not None else 0
+    lines = [f"DR grade (ICDR) {grade}: {ICDR_GRADES[grade]}"]
+    if assessment.class_probabilities:
+        lines[0] += f", P(grade {grade}) {percent(assessment.class_probabilities[grade])}"
+    marks = len(report.findings_on(image_index))
+    if grade == 0 and marks:
+        lines.append(f"grader and lesion detector disagree: {marks} lesion candidate(s) marked")
+    return lines
+
+
+def image_notes(report: ModelReport, image_index: int, header: Dataset) -> list[str]:
+    """The lines of an image's corner block: marker or slice position first, then verdicts."""
+    first = slice_position(report, image_index) or laterality_marker(report, image_index, header)
+    return [line for line in (first, *assessment_lines(report, image_index)) if line]
+
+
+def quiet_side(rgb: npt.NDArray[np.uint8]) -> str:
+    """ "left" or "right": the side whose outer quarter is darker (background, not tissue)."""
+    quarter = max(1, rgb.shape[1] // 4)
+    left, right = rgb[:, :quarter].mean(), rgb[:, -quarter:].mean()
+    return "left" if left <= right else "right"
+
+
+def clear_side(
+    rgb: npt.NDArray[np.uint8],
+    avoid: npt.NDArray[np.bool_],
+    box_on: Callable[[str], Box | tuple[int, int, int, int] | None],
+) -> str | None:
+    """The side to draw on: the :func:`quiet_side` first, else the other, the first whose box
+    (``box_on(side)``) covers no pixel of ``avoid`` (a finding, a heatmap's peak); None when
+    both would (or nothing is to be drawn)."""
+    first = quiet_side(rgb)
+    for side in (first, "right" if first == "left" else "left"):
+        box = box_on(side)
+        if box is None:
+            return None
+        left, top, right, bottom = (round(v) for v in box)
+        if not avoid[max(top, 0) : bottom + 1, max(left, 0) : right + 1].any():
+            return side
+    return None
+
+
+def _wrapped(draw: ImageDraw.ImageDraw, line: str, width: float, size: int) -> list[str]:
+    """``line`` whole where it fits at some size, else its parts after ", " and ": "."""
+    if _fits(draw, line, fitted_font(draw, line, int(width), size), width):
+        return [line]
+    return [part for part in re.split(r"(?<=[,:]) ", line) if part]
+
+
+NoteLine = tuple[str, ImageFont.FreeTypeFont | ImageFont.ImageFont, tuple[float, ...]]
+
+
+def _note_lines(
+    draw: ImageDraw.ImageDraw, lines: Sequence[str], shape: tuple[int, int]
+) -> list[NoteLine]:
+    rows, columns = shape
+    width = columns - 2 * edge_margin(shape) - 4
+    sizes = [max(8, rows // 25)] + [max(8, rows // 45)] * (len(lines) - 1)
+    laid: list[NoteLine] = []
+    room = rows / 4  # the block never covers more than a quarter of the image's height
+    for line, size in zip(lines, sizes, strict=True):
+        for text in _wrapped(draw, line, width, size):
+            font = fitted_font(draw, text, width, size)
+            box = tuple(draw.textbbox((0, 0), text, font=font))
+            room -= box[3] - box[1] + 2
+            if room < 0 and laid:
+                return laid
+            if _fits(draw, text, font, width):
+                laid.append((text, font, box))
+    return laid
+
+
+def _notes_box(laid: Sequence[NoteLine], shape: tuple[int, int], side: str) -> Box | None:
+    if not laid:
+        return None
+    rows, columns = shape
+    margin = edge_margin(shape)
+    block_width = max(b[2] - b[0] for _, _, b in laid) + 4
+    block_height = sum(b[3] - b[1] + 2 for _, _, b in laid) + 2
+    x0 = margin if side == "left" else columns - margin - block_width
+    y0 = _banner_height(rows) + margin
+    return (x0, y0, x0 + block_width, y0 + block_height)
+
+
+def notes_box(
+    draw: ImageDraw.ImageDraw, lines: Sequence[str], shape: tuple[int, int], side: str
+) -> Box | None:
+    """Where :func:`draw_notes` would draw ``lines`` (None: nothing fits), drawing nothing."""
+    return _notes_box(_note_lines(draw, lines, shape), shape, side)
+
+
+def draw_notes(
+    draw: ImageDraw.ImageDraw, lines: Sequence[str], shape: tuple[int, int], side: str
+) -> Box | None:
+    """``lines`` white on black in the top corner of ``side``, below the banner; the first line
+    larger (the marker).  A line too wide even in the smallest font is broken after its
+    commas and colons; a part that still does not fit is left out.  Returns the block's box."""
+    laid = _note_lines(draw, lines, shape)
+    box = _notes_box(laid, shape, side)
+    if box is None:
+        return None
+    draw.rectangle(box, fill=(0, 0, 0))
+    x0, y = box[0], box[1] + 2
+    for text, font, (left, top, right, bottom) in laid:
+        x = x0 + 2 if side == "left" else box[2] - 2 - (right - left)
+        draw.text((x - left, y - top), text, fill=(255, 255, 255), font=font)
+        y += bottom - top + 2
+    return box
+
+
 def render_findings(
     report: ModelReport, image_index: int, header: Dataset, tracking: Sequence[Tracking]
 ) -> npt.NDArray[np.uint8]:
-    """RGB ``(rows, columns, 3)`` of one image with its findings' contours, captions, banner."""
+    """RGB ``(rows, columns, 3)`` of one image with its findings' contours, captions, banner,
+    and its notes (:func:`image_notes`) in a top corner: the darker one unless that would
+    cover a finding and the other would not."""
     image = report.grid.images[image_index]
     shape = image.shape
     indexes = report.findings_on(image_index)
     masks = {i: _mask_on(report.findings[i], image_index, shape) for i in indexes}
-    picture = Image.fromarray(display_rgb(image, header), mode="RGB")
+    base = display_rgb(image, header)
+    picture = Image.fromarray(base, mode="RGB")
     draw = ImageDraw.Draw(picture)
+    lines = image_notes(report, image_index, header)
+    findings = np.zeros(shape, dtype=bool)
+    for mask in masks.values():
+        findings |= mask
+    clear = clear_side(base, findings, partial(notes_box, draw, lines, shape))
+    side = clear or quiet_side(base)
+    # Where no corner is clear of the findings (a small image), contours go over the notes.
+    notes = (notes_box if clear else draw_notes)(draw, lines, shape, side)
+    taken: list[Box] = [notes] if notes is not None else []
     for i in indexes:
         finding = report.findings[i]
         text = finding_caption(finding, tracking[i].identifier)
-        draw_label(draw, text, _label_span(masks[i], finding), contour_colour(i), shape)
+        span = _label_span(masks[i], finding)
+        taken.append(draw_label(draw, text, span, contour_colour(i), shape, taken=taken))
     rgb = np.asarray(picture, dtype=np.uint8).copy()
     # Contours go over the captions: on a small image a caption may not fit beside its finding.
     thickness = max(1, shape[0] // 256)
     for i in indexes:
         rgb[contour(masks[i], thickness)] = contour_colour(i)
     picture = Image.fromarray(rgb, mode="RGB")
-    draw_banner(ImageDraw.Draw(picture), shape[1], shape[0])
+    draw = ImageDraw.Draw(picture)
+    if clear:  # the notes, like the banner, then go over everything
+        draw_notes(draw, lines, shape, side)
+    draw_banner(draw, shape[1], shape[0])
     return np.asarray(picture, dtype=np.uint8).copy()
 
 
@@ -318,16 +587,55 @@ def jet(values: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
     return colours
 
 
-def render_explanation(
-    explanation: ExplanationMap, image: SourceImage, header: Dataset
-) -> npt.NDArray[np.uint8]:
-    """RGB of the heatmap blended over the image, with the banner and the caption."""
-    base = display_rgb(image, header).astype(np.float64)
-    colour = jet(explanation.heatmap) * 255.0
-    blended = (1.0 - HEATMAP_ALPHA) * base + HEATMAP_ALPHA * colour
-    picture = Image.fromarray(np.clip(np.rint(blended), 0, 255).astype(np.uint8), mode="RGB")
+def colour_bar_box(shape: tuple[int, int], side: str) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the colour bar's gradient (inclusive pixel bounds):
+    a third of the image's height, centred, at the edge of ``side``."""
+    rows, columns = shape
+    margin = edge_margin(shape)
+    label_width = max(8, rows // 40)  # room for "0" and "1" beside the bar
+    width = max(3, columns // 40)
+    height = max(8, rows // 3)
+    top = (rows - height) // 2
+    left = margin + label_width if side == "left" else columns - margin - label_width - width
+    return left, top, left + width - 1, top + height - 1
+
+
+def draw_colour_bar(picture: Image.Image, shape: tuple[int, int], side: str) -> None:
+    """The colour map unblended, 1 at the top to 0 at the bottom, "1" and "0" beside it."""
+    left, top, right, bottom = colour_bar_box(shape, side)
+    height = bottom - top + 1
+    colours = np.rint(jet(np.linspace(1.0, 0.0, height, dtype=np.float32)) * 255.0)
+    bar = np.repeat(colours.astype(np.uint8)[:, np.newaxis, :], right - left + 1, axis=1)
+    picture.paste(Image.fromarray(bar, mode="RGB"), (left, top))
     draw = ImageDraw.Draw(picture)
+    draw.rectangle((left - 1, top - 1, right + 1, bottom + 1), outline=(255, 255, 255))
+    font = ImageFont.load_default(size=max(8, shape[0] // 40))
+    x, anchor = (right + 3, "l") if side == "left" else (left - 3, "r")
+    for text, y in (("1", top), ("0", bottom)):
+        draw.text((x, y), text, fill=(255, 255, 255), font=font, anchor=f"{anchor}m")
+
+
+def render_explanation(
+    explanation: ExplanationMap, report: ModelReport, image_index: int, header: Dataset
+) -> npt.NDArray[np.uint8]:
+    """RGB of the heatmap blended over the image, with the banner, the image's notes, a colour
+    bar (0 to 1) on the darker side and a caption saying what the colours mean."""
+    image = report.grid.images[image_index]
+    display = display_rgb(image, header)
+    colour = jet(explanation.heatmap) * 255.0
+    blended = (1.0 - HEATMAP_ALPHA) * display.astype(np.float64) + HEATMAP_ALPHA * colour
+    picture = Image.fromarray(np.clip(np.rint(blended), 0, 255).astype(np.uint8), mode="RGB")
     rows, columns = image.shape
+    peak = explanation.heatmap >= 0.9 * float(explanation.heatmap.max())
+    draw = ImageDraw.Draw(picture)
+    lines = image_notes(report, image_index, header)
+    # The map's peak (90 % of its maximum) stays visible: no notes where they would cover it.
+    notes_side = clear_side(display, peak, partial(notes_box, draw, lines, image.shape))
+    if notes_side is not None:
+        draw_notes(draw, lines, image.shape, notes_side)
+    bar_side = clear_side(display, peak, partial(colour_bar_box, image.shape))
+    draw_colour_bar(picture, image.shape, bar_side or quiet_side(display))
+    draw = ImageDraw.Draw(picture)
     draw_banner(draw, columns, rows)
     _draw_caption(draw, explanation_caption(explanation), columns, rows)
     return np.asarray(picture, dtype=np.uint8).copy()
@@ -487,6 +795,9 @@ def build_overlays(
 ) -> list[hd.sc.SCImage]:
     """One burned-in RGB Secondary Capture image per image displaying a finding, in grid order.
 
+    Its Instance Number is the number of the first finding it shows (the image of "Nodule 4"
+    is image 4), so the numbers may have gaps and need not follow the slice order.
+
     Parameters
     ----------
     report
@@ -514,7 +825,7 @@ def build_overlays(
             options.overlay_series_description,
         )
         captures: list[hd.sc.SCImage] = []
-        for number, index in enumerate(images_with_findings(report), start=1):
+        for index in images_with_findings(report):
             header = headers[index]
             labels = ", ".join(tracking[i].identifier for i in report.findings_on(index))
             description = _description(
@@ -529,7 +840,8 @@ def build_overlays(
                     render_findings(report, index, header, tracking),
                     source=_source(report, index, header),
                     sop_instance_uid=uids.overlay_sop_instance_uid(index),
-                    instance_number=number,
+                    # The number of its first finding: image 4 shows "Nodule 4", as the SR and SEG.
+                    instance_number=min(report.findings_on(index)) + 1,
                     series=series,
                     description=description,
                     options=options,
@@ -570,7 +882,7 @@ def build_explanation_images(
             )
             captures.append(
                 secondary_capture(
-                    render_explanation(explanation, report.grid.images[index], header),
+                    render_explanation(explanation, report, index, header),
                     source=_source(report, index, header),
                     sop_instance_uid=uids.explanation_sop_instance_uid(number),
                     instance_number=number + 1,

@@ -14,14 +14,21 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from cad_node import NOT_FOR_CLINICAL_USE
 from cad_node.demo import fundus as demo_fundus
 from cad_node.demo import mammo as demo_mammo
-from cad_node.domain.planar import REFERABLE_ICDR_GRADE, Laterality
-from cad_node.results.overlay import BANNER_COLOUR, CONTOUR_COLOURS
+from cad_node.domain.planar import ICDR_GRADES, REFERABLE_ICDR_GRADE, Laterality
+from cad_node.results.overlay import (
+    BANNER_COLOUR,
+    CONTOUR_COLOURS,
+    colour_bar_box,
+    draw_notes,
+    edge_margin,
+    jet,
+)
 from cad_node.synth import fundus, mammo
 
 pytestmark = pytest.mark.slow
@@ -295,3 +302,178 @@ def test_fundus_grad_cam_image_is_there(demo_out: Path, fundus_exam: fundus.Fund
     (severe,) = [photo for photo in fundus_exam.eyes if photo.grade >= REFERABLE_ICDR_GRADE]
     pixels = _rgb(demo_out / f"fundus-gradcam-{severe.eye}.png")
     assert np.all(pixels[:8] == BANNER_COLOUR, axis=2).mean() > 0.5
+
+
+# --- what a reader needs to read the pictures (issue #24, item 8) -------------------------------
+
+FIGURE = re.compile(r'<img src="([^"]+)"[^>]*><figcaption>[^<:]*: ([^<]*)</figcaption>')
+SLICE_CAPTION = re.compile(
+    r"Nodule \d+ (?:in the SEG|burned in), (slice (\d+)/(\d+), z = (-?[\d.]+) mm)"
+)
+TRUTH_ROW = re.compile(r"<tr><td>(\d+)</td><td>([\d.]+)</td><td>[^<]*</td><td>([^<]*)</td></tr>")
+"""A ground truth row: label, diameter (mm), centre "x, y, z"."""
+NEAREST_TRUTH = re.compile(r"<tr><td>Nodule (\d+)</td>(?:<td>[^<]*</td>){4}<td>(\d+)</td></tr>")
+"""A finding row: its number and the label of the true nodule nearest it."""
+
+
+def _captions(demo_out: Path) -> dict[str, str]:
+    """The page's figure captions by PNG name (without the name's own prefix)."""
+    return dict(FIGURE.findall(_page(demo_out)))
+
+
+def _source_pixels(path: Path, columns: int) -> npt.NDArray[np.uint8]:
+    """A PNG's pixels at the size of the image it was enlarged from (``columns`` wide)."""
+    pixels = _rgb(path)
+    factor = pixels.shape[1] // columns
+    assert pixels.shape[1] == factor * columns
+    return pixels[::factor, ::factor]
+
+
+def _notes_side(pixels: npt.NDArray[np.uint8], lines: Sequence[str]) -> str | None:
+    """The top corner where ``lines`` are burned in exactly as the overlay draws its notes
+    (but for contours drawn over them)."""
+    shape = (pixels.shape[0], pixels.shape[1])
+    for side in ("left", "right"):
+        scratch = Image.new("RGB", (shape[1], shape[0]), (90, 90, 90))
+        box = draw_notes(ImageDraw.Draw(scratch), lines, shape, side)
+        assert box is not None, "the notes fit the image"
+        left, top, right, bottom = (round(v) for v in box)
+        expected = np.asarray(scratch)[top + 1 : bottom, left + 1 : right]
+        shown = pixels[top + 1 : bottom, left + 1 : right]
+        # Where no corner is clear of findings, their contours cross the notes.
+        same = np.all(shown == expected, axis=2) | _contour_pixels(shown)
+        if same.all():
+            return side
+    return None
+
+
+def _whole_percents(shown: str) -> list[str]:
+    """The whole percentages a value the page shows to 0.1 may have been burned in as."""
+    value = float(shown)
+    return sorted({f"{round(v)}%" for v in (value - 0.05, value, value + 0.049)})
+
+
+def _notes_side_of_any(pixels: npt.NDArray[np.uint8], candidates: Sequence[list[str]]) -> bool:
+    return any(_notes_side(pixels, lines) is not None for lines in candidates)
+
+
+def test_ct_pictures_are_named_by_their_finding(demo_out: Path) -> None:
+    captions = _captions(demo_out)
+    for number, *_ in FINDING_ROW.findall(_page(demo_out)):
+        label = f"Nodule {number}"
+        for name in (f"seg-{number}.png", f"overlay-{number}.png"):
+            assert captions[name].startswith(label), (name, captions[name])
+        # The burned-in image of Nodule N shows its contour and caption in Nodule N's colour.
+        colour = CONTOUR_COLOURS[(int(number) - 1) % len(CONTOUR_COLOURS)]
+        pixels = _rgb(demo_out / f"overlay-{number}.png")
+        assert np.all(pixels == colour, axis=2).sum() > 8, f"overlay-{number}.png shows {label}"
+
+
+def test_ct_pictures_say_which_slice_and_where(demo_out: Path) -> None:
+    page = _page(demo_out)
+    truths = {label: (float(d), centre) for label, d, centre in TRUTH_ROW.findall(page)}
+    nearest = dict(NEAREST_TRUTH.findall(page))
+    captions = _captions(demo_out)
+    for number, distance in [(row[0], float(row[4])) for row in FINDING_ROW.findall(page)]:
+        for name in (f"seg-{number}.png", f"overlay-{number}.png"):
+            found = SLICE_CAPTION.search(captions[name])
+            assert found, captions[name]
+            where, k, slices, z = found.groups()
+            assert 1 <= int(k) <= int(slices) == 120
+            if distance < 5.0:  # found a true nodule: the slice goes through it
+                diameter, centre = truths[nearest[number]]
+                true_z = float(centre.split(", ")[2])
+                assert abs(float(z) - true_z) <= diameter / 2 + 1.25, (name, where)
+            if name.startswith("overlay"):
+                pixels = _source_pixels(demo_out / name, 256)
+                assert _notes_side(pixels, [where]) is not None, f"{name} shows {where!r}"
+
+
+def test_mammo_views_carry_their_laterality_marker_and_verdict(
+    demo_out: Path, mammo_truth: tuple[mammo.MammoSpec, mammo.SynthStudy]
+) -> None:
+    spec, _ = mammo_truth
+    rows = {row[0][0]: row for row in BREAST_ROW.findall(_page(demo_out))}  # "R", "L"
+    pictures = sorted(demo_out.glob("mammo-marks-?-*[CO].png")) + sorted(
+        demo_out.glob("mammo-gradcam-*.png")
+    )
+    assert pictures
+    for path in pictures:
+        laterality, view = path.stem.split("-")[2:4]
+        _, _, _, percent, verdict, _, _ = rows[laterality]
+        candidates = [
+            [f"{laterality} {view}", f"suspicion of malignancy {whole}: {verdict}"]
+            for whole in _whole_percents(percent)
+        ]
+        pixels = _source_pixels(path, spec.columns)
+        assert _notes_side_of_any(pixels, candidates), f"{path.name} says {candidates[0]}"
+
+
+def test_percentages_say_what_they_are_of(demo_out: Path) -> None:
+    page = _page(demo_out)
+    assert "<th>P(nodule)</th>" in page
+    assert "<th>Suspicion of malignancy (%)</th>" in page
+    assert "<th>Probability of that grade (%)</th>" in page
+
+
+def test_an_eye_graded_no_dr_with_marks_is_said_to_disagree(
+    demo_out: Path, fundus_exam: fundus.FundusExam
+) -> None:
+    page = _page(demo_out)
+    rows = {row[1]: row for row in EYE_ROW.findall(page)}
+    for photo in fundus_exam.eyes:
+        _, _, _, _, grade, percent, _, marks = rows[photo.eye]
+        disagree = int(grade) == 0 and int(marks) > 0
+        said = re.search(rf'<p class="disagreement">{photo.eye}: [^<]*disagree', page)
+        assert bool(said) == disagree, photo.eye
+        side = "R" if photo.eye == "OD" else "L"
+        grade_line = f"DR grade (ICDR) {grade}: {ICDR_GRADES[int(grade)]}, P(grade {grade}) "
+        candidates = [
+            [f"{side} ({photo.eye})", f"{grade_line}{w}"] for w in _whole_percents(percent)
+        ]
+        if disagree:
+            note = f"grader and lesion detector disagree: {marks} lesion candidate(s) marked"
+            candidates = [[*lines, note] for lines in candidates]
+        for kind in ("marks", "gradcam"):  # the eye's pictures the node sent, if any
+            path = demo_out / f"fundus-{kind}-{photo.eye}.png"
+            if path.exists():
+                pixels = _source_pixels(path, photo.pixels.shape[1])
+                assert _notes_side_of_any(pixels, candidates), f"{path.name}: {candidates[0]}"
+
+
+def test_labels_stay_inside_the_pictures(demo_out: Path) -> None:
+    pictures = [
+        *demo_out.glob("overlay-*.png"),
+        *demo_out.glob("mammo-marks-?-*[CO].png"),
+        *demo_out.glob("fundus-marks-*.png"),
+    ]
+    assert pictures
+    for path in pictures:
+        pixels = _rgb(path)
+        band = 2 * edge_margin((pixels.shape[0], pixels.shape[1]))
+        coloured = _contour_pixels(pixels)
+        coloured[band:-band, band:-band] = False
+        assert not coloured.any(), f"{path.name}: a label or mark touches the edge"
+
+
+def test_grad_cam_pictures_have_a_colour_bar(
+    demo_out: Path,
+    mammo_truth: tuple[mammo.MammoSpec, mammo.SynthStudy],
+    fundus_exam: fundus.FundusExam,
+) -> None:
+    columns = {"mammo": mammo_truth[0].columns, "fundus": fundus_exam.eyes[0].pixels.shape[1]}
+    pictures = sorted(demo_out.glob("*-gradcam-*.png"))
+    assert pictures
+    for path in pictures:
+        pixels = _source_pixels(path, columns[path.name.split("-")[0]])
+        bars = 0
+        for side in ("left", "right"):
+            left, top, right, bottom = colour_bar_box((pixels.shape[0], pixels.shape[1]), side)
+            ramp = jet(np.linspace(1.0, 0.0, bottom - top + 1, dtype=np.float32))
+            expected = np.rint(ramp * 255).astype(np.uint8)
+            bars += all(
+                np.array_equal(pixels[top : bottom + 1, column], expected)
+                for column in range(left, right + 1)
+            )
+        assert bars == 1, f"{path.name}: one colour bar from 1 (red, top) to 0 (blue, bottom)"
+    assert "colour bar: 0 (blue) no contribution" in _page(demo_out)

@@ -359,7 +359,7 @@ def test_mammo_labels_give_size_and_probability(mammo: Built, mammo_states: list
     (state,) = mammo_states
     mass = _labels(state)[mammo.tracking[0].uid]
     assert mass.startswith("Mass 1: ")
-    assert mass.endswith(" mm, 87%")
+    assert mass.endswith(" mm, P(mass) 87%")  # says what the percentage is of
 
 
 def test_fundus_states_are_colour_one_per_series_with_an_icc_profile(
@@ -399,7 +399,9 @@ def test_fundus_spots_each_get_an_outline(fundus: Built, fundus_states: list[Dat
         for _, points in _outlines(state, fundus.tracking[index].uid)
     ]
     assert len(outlines) == 4  # four separate spots
-    assert _labels(fundus_states[0])[fundus.tracking[index].uid] == "Retinal microaneurysm 2: 58%"
+    assert _labels(fundus_states[0])[fundus.tracking[index].uid] == (
+        "Retinal microaneurysm 2: P(retinal microaneurysm) 58%"
+    )
 
 
 def test_planar_rebuild_is_identical(mammo: Built) -> None:

@@ -11,8 +11,10 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 import pytest
+from PIL import Image, ImageDraw
 from pydicom import Dataset
 from pydicom.uid import SecondaryCaptureImageStorage
+from scipy import ndimage
 
 from cad_node import NOT_FOR_CLINICAL_USE
 from cad_node.domain.findings import FindingType
@@ -34,10 +36,17 @@ from cad_node.results.overlay import (
     LUNG_WINDOW,
     build_explanation_images,
     build_overlays,
+    colour_bar_box,
     contour,
+    display_rgb,
+    edge_margin,
+    explanation_caption,
     finding_caption,
+    image_notes,
     jet,
+    label_box,
     lung_window,
+    notes_box,
 )
 from cad_node.results.sources import prepared_headers
 from cad_node.results.tracking import Tracking, finding_tracking
@@ -247,12 +256,16 @@ def _finding(kind: MeasurementKind | None, probability: float) -> RegionFinding:
 
 
 def test_one_caption_for_every_finding() -> None:
+    # The percentage says what it is the probability of: P(<the finding's kind>).
     sphere = _finding(MeasurementKind.EQUIVALENT_SPHERE_DIAMETER, 0.871)
-    assert finding_caption(sphere, "Nodule 1") == "Nodule 1: 12.3 mm, 87%"
+    assert finding_caption(sphere, "Nodule 1") == "Nodule 1: 12.3 mm, P(nodule) 87%"
     extent = _finding(MeasurementKind.LARGEST_EXTENT, 0.5)
-    assert finding_caption(extent, "Mass 2") == "Mass 2: 12.3 mm, 50%"
+    assert finding_caption(extent, "Nodule 2") == "Nodule 2: 12.3 mm, P(nodule) 50%"
     area_only = _finding(MeasurementKind.AREA, 0.58)
-    assert finding_caption(area_only, "Retinal microaneurysm 2") == "Retinal microaneurysm 2: 58%"
+    assert finding_caption(area_only, "Nodule 3") == "Nodule 3: P(nodule) 58%"
+    # Never rounded to a certainty.
+    assert finding_caption(_finding(None, 0.999), "Nodule 4") == "Nodule 4: P(nodule) >99%"
+    assert finding_caption(_finding(None, 0.001), "Nodule 5") == "Nodule 5: P(nodule) <1%"
 
 
 def test_options_and_uids() -> None:
@@ -389,3 +402,125 @@ def test_an_image_of_a_frame_references_its_frame(tmp_path: Path) -> None:
     source = capture.SourceImageSequence[0]
     assert int(source.ReferencedFrameNumber) == 2
     assert built.report.grid.images[_image_index(built, capture)].frame_number == 2
+
+
+# --- what a reader needs to read the picture (issue #24, item 8) -------------------------------
+
+
+def test_overlay_instance_number_is_its_first_findings_number(ct: Built) -> None:
+    for capture in ct.overlays():
+        shown = ct.report.findings_on(_image_index(ct, capture))
+        assert int(capture.InstanceNumber) == min(shown) + 1
+        assert capture.ImageComments.endswith(ct.tracking[min(shown)].identifier)
+
+
+def test_ct_overlay_says_which_slice_and_where(ct: Built) -> None:
+    volume = ct.report.grid.volume
+    assert volume is not None
+    for capture in ct.overlays():
+        index = _image_index(ct, capture)
+        (text,) = image_notes(ct.report, index, ct.headers[index])
+        z = float(ct.headers[index].ImagePositionPatient[2])
+        assert text == f"slice {index + 1}/{volume.shape[0]}, z = {z:.1f} mm"
+        assert _notes_block(ct, capture) is not None
+
+
+def _notes_block(built: Built, capture: Dataset) -> str | None:
+    """The side whose top corner holds the capture's notes block, as :func:`draw_notes` draws it:
+    its box's top row black, white text inside; None when no side does."""
+    index = _image_index(built, capture)
+    header = built.headers[index]
+    base = display_rgb(built.report.grid.images[index], header)
+    scratch = ImageDraw.Draw(Image.fromarray(base, mode="RGB"))
+    lines = image_notes(built.report, index, header)
+    pixels = capture.pixel_array
+    for side in ("left", "right"):
+        box = notes_box(scratch, lines, base.shape[:2], side)
+        assert box is not None, "the notes fit"
+        left, top, right, bottom = (round(v) for v in box)
+        if np.all(pixels[top, left:right] == 0) and (pixels[top:bottom, left:right] > 128).any():
+            return side
+    return None
+
+
+def test_mammo_views_carry_their_laterality_marker_and_breast_verdict(mammo: Built) -> None:
+    for capture in mammo.overlays():
+        index = _image_index(mammo, capture)
+        header = mammo.headers[index]
+        notes = image_notes(mammo.report, index, header)
+        assert notes[0] == f"{header.ImageLaterality} {header.ViewPosition}"  # "R CC", "R MLO"
+        assert notes[1] == "suspicion of malignancy 82%: suspicious"
+        assert _notes_block(mammo, capture) is not None
+
+
+def test_an_eye_graded_no_dr_with_lesion_marks_says_they_disagree(fundus: Built) -> None:
+    (capture,) = fundus.overlays()
+    index = _image_index(fundus, capture)
+    left = Laterality.LEFT
+    no_dr = tuple(
+        dataclasses.replace(a, grade=0, class_probabilities=()) if a.laterality is left else a
+        for a in fundus.report.assessments
+    )
+    report = dataclasses.replace(fundus.report, assessments=no_dr)
+    notes = image_notes(report, index, fundus.headers[index])
+    assert notes[0] == "L (OS)"
+    assert notes[1] == "DR grade (ICDR) 0: No apparent retinopathy"
+    assert notes[2] == "grader and lesion detector disagree: 3 lesion candidate(s) marked"
+    graded = image_notes(fundus.report, index, fundus.headers[index])
+    assert not any("disagree" in line for line in graded)  # the fixture grades OS above 0
+
+
+@pytest.mark.parametrize("shape", [(96, 72), (80, 88), (512, 512), (1024, 768)])
+def test_labels_stay_inside_the_image_and_off_each_other(shape: tuple[int, int]) -> None:
+    rows, columns = shape
+    margin = edge_margin(shape)
+    taken: list[tuple[float, float, float, float]] = []
+    size = (columns * 0.4, rows / 12)
+    spans = [(-5.0, 3.0, 0.0), (columns - 3.0, columns + 5.0, rows + 2.0), (0.0, columns, rows / 2)]
+    spans += [(columns / 2, columns / 2 + 2, rows / 2)] * 3
+    for span in spans:
+        box = label_box(size, span, shape, taken)
+        assert margin <= box[0], (span, box)
+        assert box[2] <= columns - margin, (span, box)
+        assert max(10, rows // 20) <= box[1], (span, box)
+        assert box[3] <= rows - margin, (span, box)
+        taken.append(box)
+    # Three labels of one span, with room for them: none covers another.
+    for first, second in [(taken[3], taken[4]), (taken[3], taken[5]), (taken[4], taken[5])]:
+        apart = (first[3] <= second[1], second[3] <= first[1])
+        aside = (first[2] <= second[0], second[2] <= first[0])
+        assert any(apart) or any(aside), (first, second)
+
+
+def test_a_finding_at_the_edge_keeps_its_caption_inside(tmp_path: Path) -> None:
+    edge = (Nodule((18.0, -6.0, -12.5), 3.0, 0.9),)  # near the right edge: no room beside it
+    built = ct_built(edge, job_key="job-edge")
+    (image,) = written(built.overlays(), tmp_path)
+    pixels = image.pixel_array.astype(np.int16)
+    # Yellow text, anti-aliased: red and green well above blue.
+    caption = (pixels[..., 0] > 120) & (pixels[..., 1] > 120) & (pixels[..., 2] < 60)
+    mask = built.report.findings[0].mask_on(built.report.findings[0].display_image)
+    assert mask is not None
+    caption &= ~ndimage.binary_dilation(mask.paste(caption.shape), iterations=3)
+    assert caption.any(), "the caption is drawn"
+    margin = edge_margin(caption.shape)
+    assert not caption[:, :margin].any()
+    assert not caption[:, -margin:].any()
+
+
+def test_explanation_has_a_colour_bar_from_0_to_1(planar: Built, tmp_path: Path) -> None:
+    for capture in written(planar.explanations(), tmp_path):
+        pixels = capture.pixel_array
+        bars = 0
+        for side in ("left", "right"):  # the side that hides no part of the map's peak
+            left, top, right, bottom = colour_bar_box(pixels.shape[:2], side)
+            ramp = jet(np.linspace(1.0, 0.0, bottom - top + 1, dtype=np.float32))
+            expected = np.rint(ramp * 255).astype(np.uint8)
+            bars += all(
+                np.array_equal(pixels[top : bottom + 1, column], expected)
+                for column in range(left, right + 1)
+            )
+        assert bars == 1, "one colour bar, red (1) at the top to blue (0) at the bottom"
+        assert "colour 0 = no contribution, 1 = strongest" in explanation_caption(
+            planar.report.explanations[0]
+        )

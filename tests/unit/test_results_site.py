@@ -282,7 +282,7 @@ def test_captions_leave_out_a_missing_probability(ct: Ct) -> None:
     organ = _organ_finding(ct.volume, ORGANS[0])
     box = _box_finding(ct.volume, BOXES[0])
     assert finding_caption(organ, "spleen") == "spleen"
-    assert finding_caption(box, "Nodule 1") == "Nodule 1: 83%"
+    assert finding_caption(box, "Nodule 1") == "Nodule 1: P(nodule) 83%"
 
 
 # --- segmentation ------------------------------------------------------------------------------
