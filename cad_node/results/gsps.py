@@ -214,7 +214,12 @@ def graphic_layers() -> list[hd.pr.GraphicLayer]:
 def graphic_annotations(
     images: Sequence[MarkedImage], layers: Sequence[hd.pr.GraphicLayer]
 ) -> list[hd.pr.GraphicAnnotation]:
-    """Per image its marks on the marks layer; one warning text over all images."""
+    """Per image its marks on the marks layer, and the warning text on the warning layer.
+
+    The warning is one annotation per image: highdicom lets an annotation reference
+    several images only when none is multi-frame, and an Ophthalmic Photography image
+    carries Number of Frames even with one frame.
+    """
     marks_layer, warning_layer = layers
     annotations: list[hd.pr.GraphicAnnotation] = []
     for image in images:
@@ -234,12 +239,13 @@ def graphic_annotations(
         bounding_box=WARNING_BOX,
         text_justification=hd.pr.TextJustificationValues.CENTER,
     )
-    annotations.append(
+    annotations.extend(
         hd.pr.GraphicAnnotation(
-            referenced_images=[image.header for image in images],
+            referenced_images=[image.header],
             graphic_layer=warning_layer,
             text_objects=[warning],
         )
+        for image in images
     )
     return annotations
 

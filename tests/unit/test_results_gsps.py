@@ -44,6 +44,8 @@ from tests.unit.test_planar_results import (
     FUNDUS_MODEL,
     OP_SHAPE,
     OP_SPACING_MM,
+    _disk,
+    _finding,
     _fundus_datasets,
     _fundus_result,
     _mammo_datasets,
@@ -132,11 +134,16 @@ def _assert_common(state: Dataset, uids: ResultUids, study_instance_uid: str) ->
     layers = {layer.GraphicLayer: layer for layer in state.GraphicLayerSequence}
     assert set(layers) == {MARKS_LAYER, WARNING_LAYER}
     assert all("GraphicLayerRecommendedDisplayCIELabValue" in layer for layer in layers.values())
-    (warning,) = _annotations(state, WARNING_LAYER)
-    (text,) = warning.TextObjectSequence
-    assert text.UnformattedTextValue == NOT_FOR_CLINICAL_USE
-    warned = {str(image.ReferencedSOPInstanceUID) for image in warning.ReferencedImageSequence}
-    assert warned == _referenced(state)
+    warnings = _annotations(state, WARNING_LAYER)
+    for warning in warnings:  # one per image (an OP image is multi-frame for highdicom)
+        (text,) = warning.TextObjectSequence
+        assert text.UnformattedTextValue == NOT_FOR_CLINICAL_USE
+    warned = [
+        str(image.ReferencedSOPInstanceUID)
+        for warning in warnings
+        for image in warning.ReferencedImageSequence
+    ]
+    assert sorted(warned) == sorted(_referenced(state))
 
 
 # --- inputs ------------------------------------------------------------------------------------
@@ -385,6 +392,32 @@ def test_fundus_states_are_colour_one_per_series_with_an_icc_profile(
         _assert_common(state, fundus.uids, fundus.report.grid.study_instance_uid)
         _assert_marks(fundus, state)
     assert set().union(*(_referenced(state) for state in fundus_states)) == with_findings
+
+
+def test_both_eyes_photographed_in_one_series_get_one_state(tmp_path: Path) -> None:
+    """Ophthalmic Photography images carry Number of Frames (1): one state still marks both."""
+    datasets = _fundus_datasets()
+    datasets[1].SeriesInstanceUID = datasets[0].SeriesInstanceUID
+    built = planar_built(datasets, _spot_on_each_eye, "fundus-one-series")
+    (state,) = _written(built.states(), tmp_path)
+    assert _referenced(state) == _with_findings(built)
+    assert len(_referenced(state)) == 2
+    _assert_common(state, built.uids, built.report.grid.study_instance_uid)
+
+
+def _spot_on_each_eye(image_set: ImageSet) -> PlanarResult:
+    result = _fundus_result(image_set)
+    od = image_set.images[0].sop_instance_uid
+    spot = _finding(
+        FindingType.HAEMORRHAGE,
+        od,
+        Laterality.RIGHT,
+        _disk(OP_SHAPE, (40.0, 40.0), 4.0),
+        probability=0.8,
+        spacing_mm=OP_SPACING_MM,
+        diameter=False,
+    )
+    return dataclasses.replace(result, findings=(*result.findings, spot))
 
 
 def test_fundus_spots_each_get_an_outline(fundus: Built, fundus_states: list[Dataset]) -> None:
