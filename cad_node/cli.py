@@ -1,4 +1,8 @@
-"""The ``cad-node`` command line: serve, status, demo, rules, synth, train, evaluate, models."""
+"""The ``cad-node`` command line: serve, status, demo, rules, synth, train, evaluate, models.
+
+Each command imports what it runs when it runs: ``--help`` and the node's commands import
+none of the lab's packages (``demo``, ``synth``, ``train``, ``evaluate``: :mod:`cad_node.lab`).
+"""
 
 import argparse
 import logging
@@ -11,6 +15,7 @@ from types import FrameType
 
 from cad_node import NOT_FOR_CLINICAL_USE, __version__
 from cad_node.errors import CadNodeError
+from cad_node.lab import lab_command
 from cad_node.security import redaction
 
 
@@ -170,7 +175,7 @@ def _add_demo(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -
     demo.add_argument("--rows", type=int, default=384, help="CT image rows and columns")
     demo.add_argument("--slices", type=int, default=200, help="CT slices (1.25 mm apart)")
     demo.add_argument("--seed", type=int, default=20261125, help="CT phantom seed")
-    demo.set_defaults(func=_demo)
+    demo.set_defaults(func=lab_command("demo", _demo))
 
 
 def _demo_exams(text: str) -> tuple[str, ...]:

@@ -7,7 +7,9 @@ studies and writes a report; ``models`` lists what the registry holds and
 whether each model's files still match their sha256; ``models add PATH --name NAME``
 installs a site's MONAI bundle or nnU-Net v2 folder and ``models remove NAME`` takes it out.
 
-Family modules are imported only when their command runs.
+Family modules are imported only when their command runs. ``synth``, ``train`` and
+``evaluate`` are the lab's: without the ``lab`` extra they stop with one line naming it
+(:mod:`cad_node.lab`).
 """
 
 import argparse
@@ -20,6 +22,7 @@ from typing import Any, TypeAlias
 
 from cad_node import NOT_FOR_CLINICAL_USE
 from cad_node.errors import CadNodeError, ModelError, WeightsIntegrityError
+from cad_node.lab import lab_command
 from cad_node.models.base import CadModel
 from cad_node.models.manifest import Manifest, Task, verified_weights
 
@@ -321,13 +324,13 @@ def _add_synth(subparsers: Subparsers) -> None:
     ct.add_argument("--slices", type=int, default=None)
     ct.add_argument("--slice-thickness", type=float, default=None, help="mm")
     ct.add_argument("--images-in-acquisition", action="store_true")
-    ct.set_defaults(func=_guarded(_synth_ct))
+    ct.set_defaults(func=_guarded(lab_command("synth", _synth_ct)))
     for kind, what in (("mammo", "4-view mammography studies"), ("fundus", "OD/OS fundus exams")):
         planar = kinds.add_parser(kind, help=f"synthetic {what} with truth.json")
         planar.add_argument("--out", type=Path, required=True)
         planar.add_argument("--count", type=int, default=1)
         planar.add_argument("--seed", type=int, default=0)
-        planar.set_defaults(func=_guarded(_synth_planar))
+        planar.set_defaults(func=_guarded(lab_command("synth", _synth_planar)))
 
 
 def _add_train_lung(kinds: Subparsers) -> None:
@@ -342,7 +345,7 @@ def _add_train_lung(kinds: Subparsers) -> None:
     lung.add_argument("--max-minutes", type=float, default=21.0)
     lung.add_argument("--seed", type=int, default=0)
     lung.add_argument("--threads", type=int, default=2)
-    lung.set_defaults(func=_guarded(_train_lung))
+    lung.set_defaults(func=_guarded(lab_command("train", _train_lung)))
 
 
 def _add_train_planar(kinds: Subparsers, kind: str) -> None:
@@ -358,7 +361,7 @@ def _add_train_planar(kinds: Subparsers, kind: str) -> None:
     planar.add_argument(
         "--samples-per-epoch", type=int, default=None, help="where the family has it"
     )
-    planar.set_defaults(func=_guarded(_train_planar))
+    planar.set_defaults(func=_guarded(lab_command("train", _train_planar)))
 
 
 def _add_train(subparsers: Subparsers) -> None:
@@ -386,7 +389,7 @@ def _add_evaluate(subparsers: Subparsers) -> None:
         "--model", default=None, metavar="NAME_OR_DIR", help="with lung|mammo|fundus"
     )
     evaluate.add_argument("--device", default=None, help="cpu, cuda (default: cuda when present)")
-    evaluate.set_defaults(func=_guarded(_evaluate))
+    evaluate.set_defaults(func=_guarded(lab_command("evaluate", _evaluate)))
 
 
 def _config_option(parser: argparse.ArgumentParser, default: Any = None) -> None:
