@@ -50,6 +50,7 @@ from bench._series import (
     read_series,
     synthetic_chest_ct,
 )
+from tests import dcmtk
 
 KEY = "processing"
 EXIT_REGRESSION = 3
@@ -155,19 +156,29 @@ class Destination:
 
     def poll(self) -> None:
         """Record the arrival time of the first SEG and the first SR of the study."""
-        if not self.reception_log.exists():
-            return
-        lines = self.reception_log.read_text().splitlines()
-        for line in lines[self.seen :]:
-            stamp, _, name = line.partition(" ")
-            study, modality = study_and_modality(self.out_dir / name.strip())
-            if study != self.study_instance_uid or modality not in RESULT_MODALITIES:
-                continue
-            self.arrivals.setdefault(modality, float(stamp))
-        self.seen = len(lines)
+        stored, self.seen = new_receptions(self.out_dir, self.reception_log, self.seen)
+        for stamp, path in stored:
+            study, modality = study_and_modality(path)
+            if study == self.study_instance_uid and modality in RESULT_MODALITIES:
+                self.arrivals.setdefault(modality, stamp)
 
     def done(self, required: Iterable[str]) -> bool:
         return all(modality in self.arrivals for modality in required)
+
+
+def new_receptions(
+    out_dir: Path, reception_log: Path, seen: int
+) -> tuple[list[tuple[float, Path]], int]:
+    """The instances storescp logged after the first ``seen`` lines: (Unix time, stored file)
+    each, and the number of lines now read."""
+    if not reception_log.exists():
+        return [], seen
+    lines = reception_log.read_text().splitlines()
+    stored = []
+    for line in lines[seen:]:
+        stamp, _, name = line.partition(" ")
+        stored.append((float(stamp), out_dir / name.strip()))
+    return stored, len(lines)
 
 
 def study_and_modality(path: Path) -> tuple[str, str]:
@@ -447,9 +458,9 @@ def section(
         stages_table(results),
         targets(current, environment["machine"]),
         "No reference runs beside it: no other open CAD node does this job on a CPU in a "
-        "minute. For scale only (FIELD-NOTES, not measured in this run): the MONAI "
-        "lung_nodule_ct_detection bundle's RetinaNet takes about 4-7 min per chest CT on a "
-        "2-core CPU of this kind, and about 7.5 s (fp32) on an A100.",
+        "minute. For scale only (not measured in this run): a MONAI model-zoo bundle run by "
+        "`python -m monai.bundle run` on a CPU of this kind, beside the node running the same "
+        'bundle, is in the section "Site model" (`bench/bench_bundle.py`).',
         "",
         *_report.conditions(environment, args.nice, comparison),
     ]
@@ -520,6 +531,27 @@ def _announces_count(series: SeriesFiles) -> bool:
     return int(header.get("ImagesInAcquisition", 0) or 0) == len(series.files)
 
 
+def node_and_destination(
+    stack: ExitStack,
+    scratch: Path,
+    args: argparse.Namespace,
+    out_dir: Path,
+    reception_log: Path,
+) -> _peers.Peer:
+    """``cad-node serve`` (:func:`node_config`) sending every result to a storescp
+    (``DESTINATION_AE``) that stores in ``out_dir`` and logs each arrival to
+    ``reception_log``; both stop when ``stack`` closes."""
+    destination = stack.enter_context(
+        _peers.storescp(
+            out_dir, scratch / "storescp.log", ae_title=DESTINATION_AE, reception_log=reception_log
+        )
+    )
+    port = dcmtk.free_port()
+    config = node_config(scratch, port=port, destination_port=destination.port, args=args)
+    progress("starting cad-node ...")
+    return stack.enter_context(_peers.cad_node(config, port, scratch / "node.log"))
+
+
 def run_all(
     args: argparse.Namespace, series: Sequence[SeriesFiles], scratch: Path
 ) -> tuple[list[RunResult], int]:
@@ -528,18 +560,9 @@ def run_all(
         raise SystemExit(f"no rules file at {args.rules}: pass --rules PATH")
     with ExitStack() as stack:
         destination = Destination(scratch / "destination", scratch / "destination-received.log")
-        dest = stack.enter_context(
-            _peers.storescp(
-                destination.out_dir,
-                scratch / "storescp.log",
-                ae_title=DESTINATION_AE,
-                reception_log=destination.reception_log,
-            )
+        node = node_and_destination(
+            stack, scratch, args, destination.out_dir, destination.reception_log
         )
-        port = _peers.free_port()
-        config = node_config(scratch, port=port, destination_port=dest.port, args=args)
-        progress("starting cad-node ...")
-        node = stack.enter_context(_peers.cad_node(config, port, scratch / "node.log"))
         memory = stack.enter_context(_peers.TreeRssSampler(node.pid))
         results = []
         for run, files in enumerate(series, start=1):

@@ -1,11 +1,10 @@
 """What one data set may cost to receive and parse: its size, inflated size and header size.
 
-A security review (issue 19) found a 1 MB Deflated data set that inflates to
-1 GiB acknowledged and driving the node to +2 GiB, and a 256 MiB element before
-Pixel Data costing +500 MiB at ingest (read whole from the spool, then copied
-by the parser).  Every parse of a received data set, at ingest
-(:mod:`cad_node.ingest.incoming`), in the worker and at spool recovery, goes
-through what is here instead:
+Why: a 1 MB Deflated data set can inflate to 1 GiB, and a huge element before
+Pixel Data would be read whole and then copied by the parser (docs/security.md,
+"Bounds: what one peer may cost the node").  Every parse of a received data set,
+at ingest (:mod:`cad_node.ingest.incoming`), in the worker and at spool
+recovery, goes through what is here:
 
 - :class:`DataSetLimits`: ``max_instance_bytes`` (as received, and once
   inflated) and ``max_header_bytes`` (the elements before Pixel Data);

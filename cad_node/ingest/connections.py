@@ -1,10 +1,10 @@
 """What a peer's connections may cost before and while it is associated (PS3.8 9.1.5, 9.3).
 
-A security review (issue 19) found the Storage SCP open to peers that never
-associate: a PDU header announcing 1 GiB was allocated before it was read, a
-peer that stopped mid-PDU held its thread forever, and silent connections
-counted against the association limit, so 17 of them made the node answer
-"local-limit-exceeded" to every sender.  The bounds here close that:
+Why: a peer that never associates must cost the node little.  Unbounded, a PDU
+header announcing 1 GiB is allocated before it is read, a peer that stops
+mid-PDU holds its thread forever, and silent connections count against the
+association limit (docs/security.md, "Bounds: what one peer may cost the node").
+The bounds:
 
 - :class:`ConnectionLimits`: the largest A-ASSOCIATE-RQ accepted, the ARTIM
   (``acse_timeout_seconds``) that bounds every read before association, the

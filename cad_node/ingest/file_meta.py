@@ -1,11 +1,10 @@
 """The DICOM file header of a received instance: preamble, prefix and File Meta Information.
 
-PS3.10 7.1: a 128-byte preamble, ``DICM``, then group 0002 in Explicit VR
-Little Endian, its first element the length of the rest.  Encoded here from
-its few values instead of through a pydicom ``FileMetaDataset``: in the ingest
-profile (docs/benchmarks.md) building and writing that dataset cost a third of
-a millisecond per instance, more than decoding the instance's header.  The
-bytes are the same as pydicom's (``tests/unit/test_file_meta.py``).
+PS3.10 7.1: a 128-byte preamble, ``DICM``, then group 0002 in Explicit VR Little
+Endian, its first element the length of the rest. Encoded here from its few values
+instead of through a pydicom ``FileMetaDataset``, whose building and writing cost
+more than decoding the instance's header (docs/benchmarks.md, "Profiles and
+changes"). The bytes are the same as pydicom's (``tests/unit/test_file_meta.py``).
 """
 
 import struct

@@ -1,8 +1,9 @@
 """Header-only decoding of a received data set, and the journal record made from it.
 
-The C-STORE handler must stay lean (FIELD-NOTES: pynetdicom is CPU-bound), so
-only the elements before Pixel Data are parsed; pixel data is never decoded and
-the bytes are stored exactly as received.
+The C-STORE handler must stay lean (one process receives on one core at a time:
+docs/benchmarks.md, "Profiles and changes"), so only the elements before Pixel
+Data are parsed; pixel data is never decoded and the bytes are stored exactly as
+received.
 
 Every parse stays within :class:`~cad_node.ingest.bounds.DataSetLimits`: the
 first 64 KiB of a data set are parsed in memory, anything longer through a
@@ -479,8 +480,8 @@ def _description(header: Dataset, calling_ae_title: str) -> _Description:
     """Decoded once per distinct set of routing elements, then reused.
 
     Every image of a series repeats the same Modality, Series Description ...
-    byte for byte, and decoding them through pydicom was most of the cost of a
-    header after its parse (ingest profile, docs/benchmarks.md).  The key is the
+    byte for byte, and decoding them through pydicom is most of the cost of a
+    header after its parse (docs/benchmarks.md, "Profiles and changes").  The key is the
     elements themselves: raw (tag, VR, length, bytes, encoding) or, for one
     pydicom has decoded already (SOP Class UID, Specific Character Set), its
     value; a different byte anywhere gives a fresh decode.

@@ -8,10 +8,9 @@ back what became of each.  A row is still committed before its instance is
 acknowledged, and the node's process hears of every instance at once (a series
 complete by count is routed without waiting for the next sweep).
 
-With each process writing the SQLite journal itself, two processes took turns
-on its write lock, each with its own small batches: eight senders gained
-nothing from a second process, though without the journal they gained a fifth
-(ingest profile, docs/benchmarks.md).
+Why one writer: processes each writing the SQLite journal take turns on its write
+lock, each with its own small batches, and a second process gains nothing
+(docs/benchmarks.md, "Profiles and changes").
 
 Each message is a 4-byte big-endian length and a pickle: a list of
 :class:`~cad_node.store.instances.InstanceRecord` one way, a list of

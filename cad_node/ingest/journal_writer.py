@@ -1,20 +1,17 @@
 """Group commit: the instances of concurrent associations recorded in shared transactions.
 
-Every C-STORE handler used to open its own transaction.  With several
-associations at once on SQLite, they queued on its single write lock, and
-SQLite's busy handler sleeps up to 100 ms between tries: four senders were no
-faster than one (ingest profile, docs/benchmarks.md).  Here the handlers take
-turns as the committer (leader/follower group commit): a handler queues its
-record, then waits for the commit lock; whoever holds it commits every record
-queued so far in one transaction, and a handler whose record a turn before
-already committed returns at once.  A row is still committed before its
+Why: with one transaction per C-STORE handler, concurrent associations on SQLite
+queue on its single write lock, and its busy handler sleeps up to 100 ms between
+tries, so four senders are no faster than one (docs/benchmarks.md, "Profiles and
+changes"). Here the handlers take turns as the committer (leader/follower group
+commit): a handler queues its record, then waits for the commit lock; whoever holds
+it commits every record queued so far in one transaction, and a handler whose record
+a turn before already committed returns at once.  A row is still committed before its
 instance is acknowledged; a lone sender pays no hand-over to another thread.
 
 The commit lock is what concurrent associations queue on, so what runs under
 it is kept short: on SQLite and PostgreSQL the statements go straight through
 the driver (:func:`~cad_node.store.instances.record_instances_with_driver`).
-In the ingest profile (docs/benchmarks.md) that cut a batch from 2.1 to 0.95 ms
-of CPU and from 4.3 to 2.4 ms under the lock with four senders.
 """
 
 import logging

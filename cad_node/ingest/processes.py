@@ -1,8 +1,8 @@
 """Extra receiving processes on the node's DICOM port (``ingest_processes`` in the config).
 
 One Python process receives on one core at a time: pynetdicom's PDU handling,
-the header decode and the journal write of every instance hold the GIL (ingest
-profile, docs/benchmarks.md).  With ``ingest_processes: N`` the node starts N-1
+the header decode and the journal write of every instance hold the GIL
+(docs/benchmarks.md, "Profiles and changes").  With ``ingest_processes: N`` the node starts N-1
 ``cad-node ingest`` processes.  Each inherits the node's listening socket and
 accepts on it beside the node's own SCP: the first process free to take a new
 association takes it.  Every process writes the same spool; the journal rows

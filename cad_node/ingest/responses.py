@@ -2,8 +2,8 @@
 
 pynetdicom turns every response primitive into a pydicom ``Dataset`` from a
 template, deletes the elements left unset, encodes it twice (once to measure
-the group length) and wraps it in a message object: 0.22 ms of the GIL per
-instance in the ingest profile (docs/benchmarks.md), for seven elements.  A
+the group length) and wraps it in a message object: a fifth of a millisecond
+of the GIL per instance for seven elements (docs/benchmarks.md, "Profiles and changes").  A
 response with no Offending Element or Error Comment is encoded here instead;
 ``tests/unit/test_responses.py`` checks the bytes equal pynetdicom's.
 """

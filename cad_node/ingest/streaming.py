@@ -1,12 +1,11 @@
 """C-STORE requests received as a stream: each P-DATA-TF written to the spool as it arrives.
 
-pynetdicom gathers a whole DIMSE message before anything sees it: every PDU
-decoded into objects, put through the state machine, its fragments copied
-into a buffer, the command set decoded with pydicom, then handed to the
-association's thread, whose service class calls the C-STORE handler, whose
-answer goes back through a queue to the first thread to be sent.  The ingest
-profile (docs/benchmarks.md) found that machinery holding the GIL for about as
-long as the handler itself.
+pynetdicom gathers a whole DIMSE message before anything sees it: every PDU decoded
+into objects, put through the state machine, its fragments copied into a buffer, the
+command set decoded with pydicom, then handed to the association's thread, whose
+service class calls the C-STORE handler, whose answer goes back through a queue to
+the first thread to be sent. That machinery holds the GIL about as long as the
+handler itself (docs/benchmarks.md, "Profiles and changes").
 
 For the usual message of a storage association, a C-STORE-RQ whose command
 set fits one PDV, a :class:`StoreStream` does the same work in the thread that

@@ -3,11 +3,8 @@
 pynetdicom 3.0 reads each PDU with a loop of 4 KB ``recv`` calls, and both of an
 association's threads poll: the DUL reactor sleeps 1 ms whenever the socket has
 nothing to read, and the association reactor sleeps 1 ms before each look at
-its queues.  Profiling ingest (docs/benchmarks.md, "Profiles and changes")
-showed the DUL thread asleep most of the time while a series arrived, and,
-with four senders on two cores, the two polling loops of each association
-taking about 40% of the busy samples: thousands of wake-ups per second, each
-taking the GIL from the threads doing the work.
+its queues: thousands of wake-ups per second, each taking the GIL from the
+threads doing the work (docs/benchmarks.md, "Profiles and changes").
 
 Here an acceptor's socket reads a whole PDU with ``recv_into``, and both
 threads block until there is something to do:

@@ -2,12 +2,15 @@
 
 Every model's answer becomes a :class:`~cad_node.domain.results.ModelReport` (the
 findings, assessments and explanation maps on the images it read), and every object
-comes from it, the same for a CT volume and a 2D image set::
+comes from it, the same for a CT volume and a 2D image set (as the worker does,
+:mod:`cad_node.pipeline.work`)::
 
-    report = volume_report(volume, result, study_uid)   # or planar_report(image_set, result)
-    objects = build_result_objects(datasets, report, result_uids(job_key),
-                                   options.at(job_time), predecessors, overlay=..., gsps=...)
-    send(objects.sr, *objects.segs, *objects.parametric_maps, objects.kos, ...)
+    report = volume_report(volume, result, study_uid)  # or planar_report(image_set, result)
+    options = settings.result_options().at(job_created_at).for_model(model_name)
+    objects = build_result_objects(
+        datasets, report, result_uids(job_key), options, predecessors, overlay=True, gsps=False
+    )
+    # objects.sr, objects.segs, objects.parametric_maps, objects.kos, objects.overlays ...
 
 - SEG (:mod:`~cad_node.results.seg`), TID 1500 SR (:mod:`~cad_node.results.sr`),
   Parametric Maps of explanation maps (:mod:`~cad_node.results.pmap`), the Key Object

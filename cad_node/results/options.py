@@ -1,26 +1,50 @@
-"""What an installation sets about its result objects (the config layer builds it)."""
+"""What an installation sets about its result objects: one declaration, one set of defaults.
+
+:class:`ResultSettings` is the ``results`` section of the node's configuration (the
+config layer takes it as is); :class:`ResultOptions` is what the builders take: the
+same fields with the same defaults and checks, plus the software version and the
+content date/time of one job. Value rules come from :mod:`cad_node.domain.values`.
+"""
 
 import datetime
-from dataclasses import dataclass, replace
-from typing import TypedDict
+from typing import Annotated, Any, TypedDict
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from cad_node import NOT_FOR_CLINICAL_USE, __version__
-
-_LO_MAX = 64
-"""Maximum length of a Long String (LO) value, PS3.5 Table 6.2-1."""
-_IS_MAX = 2**31 - 1
-"""Largest Integer String (IS) value, PS3.5 Table 6.2-1."""
-
-
-def _check_long_string(name: str, value: str) -> None:
-    if len(value) > _LO_MAX or "\\" in value or any(ch in value for ch in "\r\n\f"):
-        raise ValueError(
-            f"{name} must be a DICOM LO value (<= 64 characters, no \\), got {value!r}"
-        )
-
+from cad_node.domain.values import check_integer_string, check_long_string
 
 MODEL_PLACEHOLDER = "{model}"
 """In a series description: replaced by the model's name (:meth:`ResultOptions.for_model`)."""
+
+
+def _check_not_for_clinical_use(value: str) -> str:
+    if NOT_FOR_CLINICAL_USE not in value:
+        raise ValueError(
+            f"must contain {NOT_FOR_CLINICAL_USE!r}: viewers show it in the series list"
+        )
+    return value
+
+
+def _check_not_empty(value: str) -> str:
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+SeriesNumber = Annotated[int, Field(ge=1), AfterValidator(check_integer_string)]
+"""A Series Number (IS) of a result series: positive."""
+LongString = Annotated[str, AfterValidator(check_long_string)]
+"""A Long String (LO) value."""
+RequiredLongString = Annotated[LongString, AfterValidator(_check_not_empty)]
+"""A Long String (LO) value that may not be empty (a type 1 attribute)."""
+SeriesDescription = Annotated[LongString, AfterValidator(_check_not_for_clinical_use)]
+"""A Series Description (LO) that says "NOT FOR CLINICAL USE"."""
+
+
+def _description(what: str) -> str:
+    return f"CAD {MODEL_PLACEHOLDER} {what} {NOT_FOR_CLINICAL_USE}"
+
 
 _DESCRIPTIONS = (
     "seg_series_description",
@@ -42,6 +66,58 @@ _SERIES_NUMBERS = (
 )
 
 
+class ResultSettings(BaseModel):
+    """Series numbers, descriptions and equipment written into every result object.
+
+    Series descriptions must say "NOT FOR CLINICAL USE": viewers show them in the
+    series list, where the radiologist sees them first. ``{model}`` in a description
+    is replaced by the name of the model that made the object.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seg_series_number: SeriesNumber = 9801
+    sr_series_number: SeriesNumber = 9802
+    seg_series_description: SeriesDescription = _description("SEG")
+    sr_series_description: SeriesDescription = _description("SR")
+    overlay_series_number: SeriesNumber = 9803
+    overlay_series_description: SeriesDescription = _description("marks")
+    """The burned-in Secondary Capture series (result kind ``overlay``), for viewers that
+    show no SEG or SR."""
+    explanation_series_number: SeriesNumber = 9804
+    explanation_series_description: SeriesDescription = _description("Grad-CAM")
+    """The Secondary Capture series of explanation maps (result kind ``explanation``)."""
+    gsps_series_number: SeriesNumber = 9805
+    gsps_series_description: SeriesDescription = _description("marks PR")
+    """The Softcopy Presentation State series (result kind ``gsps``)."""
+    parametric_map_series_number: SeriesNumber = 9806
+    parametric_map_series_description: SeriesDescription = _description("heatmaps")
+    """The Parametric Map series of explanation maps (result kind ``parametric_map``)."""
+    kos_series_number: SeriesNumber = 9807
+    kos_series_description: SeriesDescription = _description("key images")
+    """The Key Object Selection series flagging the images with findings (result kind ``kos``)."""
+    manufacturer: RequiredLongString = "cad-node project"
+    manufacturer_model_name: RequiredLongString = "cad-node"
+    device_serial_number: LongString = "cad-node-0"
+    institution_name: LongString | None = None
+    institutional_department_name: LongString | None = None
+
+    @model_validator(mode="after")
+    def _distinct_series_numbers(self) -> "ResultSettings":
+        """Each result series has a number of its own: viewers sort and tell them by it."""
+        seen: dict[int, str] = {}
+        for name in _SERIES_NUMBERS:
+            number = getattr(self, name)
+            if number in seen:
+                raise ValueError(
+                    f"{name} must differ from {seen[number]} (both {number}): "
+                    "the seg, sr, overlay, explanation, gsps, parametric map and kos series "
+                    "numbers must all differ"
+                )
+            seen[number] = name
+        return self
+
+
 class EquipmentArguments(TypedDict):
     """The General Equipment arguments (PS3.3 C.7.5.1) every highdicom object takes."""
 
@@ -53,41 +129,11 @@ class EquipmentArguments(TypedDict):
     institutional_department_name: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class ResultOptions:
-    """Series numbers, descriptions and equipment written into every SEG and SR.
+class ResultOptions(ResultSettings):
+    """What the builders take: the installation's :class:`ResultSettings`, this software's
+    version and the content date/time of one job's objects."""
 
-    Series descriptions must say "NOT FOR CLINICAL USE": viewers show them in
-    the series list, where the radiologist sees them first.
-    """
-
-    seg_series_number: int = 9001
-    sr_series_number: int = 9002
-    seg_series_description: str = f"cad-node {MODEL_PLACEHOLDER} SEG {NOT_FOR_CLINICAL_USE}"
-    sr_series_description: str = f"cad-node {MODEL_PLACEHOLDER} SR {NOT_FOR_CLINICAL_USE}"
-    overlay_series_number: int = 9003
-    overlay_series_description: str = f"cad-node marks {NOT_FOR_CLINICAL_USE}"
-    """Of the burned-in Secondary Capture series, for viewers that show no SEG or SR."""
-    explanation_series_number: int = 9004
-    explanation_series_description: str = f"cad-node explanation maps {NOT_FOR_CLINICAL_USE}"
-    """Of the Secondary Capture series of explanation maps (Grad-CAM heatmaps), planar models."""
-    gsps_series_number: int = 9005
-    gsps_series_description: str = f"cad-node {MODEL_PLACEHOLDER} marks PR {NOT_FOR_CLINICAL_USE}"
-    """Of the Softcopy Presentation State series (graphic annotations on the source images)."""
-    parametric_map_series_number: int = 9006
-    parametric_map_series_description: str = (
-        f"cad-node {MODEL_PLACEHOLDER} heatmaps {NOT_FOR_CLINICAL_USE}"
-    )
-    """Of the Parametric Map series of explanation maps (float heatmaps, IHE AIR)."""
-    kos_series_number: int = 9007
-    kos_series_description: str = f"cad-node {MODEL_PLACEHOLDER} key images {NOT_FOR_CLINICAL_USE}"
-    """Of the Key Object Selection series flagging the images with findings."""
-    manufacturer: str = "cad-node project"
-    manufacturer_model_name: str = "cad-node"
-    software_versions: str = __version__
-    device_serial_number: str = "cad-node-0"
-    institution_name: str | None = None
-    institutional_department_name: str | None = None
+    software_versions: RequiredLongString = __version__
     content_datetime: datetime.datetime | None = None
     """Content, series and instance creation date/time of the objects; ``None``: now.
 
@@ -97,7 +143,7 @@ class ResultOptions:
 
     def at(self, content_datetime: datetime.datetime) -> "ResultOptions":
         """These options with the date/time of one job's objects."""
-        return replace(self, content_datetime=content_datetime)
+        return self._with(content_datetime=content_datetime)
 
     def equipment_arguments(self) -> EquipmentArguments:
         """This installation as the equipment of an object, as highdicom's constructors take it."""
@@ -121,36 +167,13 @@ class ResultOptions:
         ValueError
             A description grows past 64 characters (VR LO).
         """
-        return replace(
-            self,
+        return self._with(
             **{
                 name: getattr(self, name).replace(MODEL_PLACEHOLDER, model_name)
                 for name in _DESCRIPTIONS
-            },
+            }
         )
 
-    def __post_init__(self) -> None:
-        numbers = [getattr(self, name) for name in _SERIES_NUMBERS]
-        for name, number in zip(_SERIES_NUMBERS, numbers, strict=True):
-            if not 1 <= number <= _IS_MAX:
-                raise ValueError(f"{name} must be within 1..{_IS_MAX}, got {number}")
-        for position, (name, number) in enumerate(zip(_SERIES_NUMBERS, numbers, strict=True)):
-            if number in numbers[:position]:
-                raise ValueError(f"{name} must differ from the other series' numbers ({number})")
-        for name in _DESCRIPTIONS:
-            if NOT_FOR_CLINICAL_USE not in getattr(self, name):
-                raise ValueError(f"{name} must contain {NOT_FOR_CLINICAL_USE!r}")
-        for name in (
-            *_DESCRIPTIONS,
-            "manufacturer",
-            "manufacturer_model_name",
-            "software_versions",
-            "device_serial_number",
-            "institution_name",
-            "institutional_department_name",
-        ):
-            value = getattr(self, name)
-            if value is not None:
-                _check_long_string(name, value)
-        if not self.manufacturer or not self.manufacturer_model_name:
-            raise ValueError("manufacturer and manufacturer_model_name must not be empty")
+    def _with(self, **changes: Any) -> "ResultOptions":
+        """A copy with ``changes``, checked like any new options."""
+        return type(self).model_validate({**dict(self), **changes})

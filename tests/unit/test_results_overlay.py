@@ -273,7 +273,7 @@ def test_options_and_uids() -> None:
         result_uids("a").overlay_series_instance_uid != result_uids("b").overlay_series_instance_uid
     )
     with pytest.raises(ValueError, match="overlay_series_number"):
-        ResultOptions(overlay_series_number=9001)
+        ResultOptions(overlay_series_number=ResultOptions().seg_series_number)
     with pytest.raises(ValueError, match=NOT_FOR_CLINICAL_USE):
         ResultOptions(overlay_series_description="marks")
 

@@ -1,25 +1,18 @@
-"""Typed node settings from one YAML file, validated at start-up.
+"""The node's settings: one tree of frozen pydantic models, the admin's contract.
 
-Every model forbids unknown keys and is frozen. :func:`load_settings` turns any
-problem into a :class:`~cad_node.errors.ConfigError` whose message names the file,
-the key path and the line, e.g.
-``config/node.yaml: destinations.pacs.port: Input should be a valid integer ...
-(got 'abc') [line 31]``.
-
-Relative paths: ``rules`` (when a path) is read relative to the config file;
-``storage_dir`` and ``models_dir`` relative to the working directory, like any
-command-line tool's paths.
+Every model forbids unknown keys and is frozen; config/node.yaml documents each key.
+Loading a file (YAML, a rules file beside it, error messages naming key and line) is
+:mod:`cad_node.config.loading`'s; nothing here reads a file. DICOM value rules (AE, CS,
+LO, IS) come from :mod:`cad_node.domain.values`, the ``results`` section from
+:mod:`cad_node.results.options`.
 """
 
-import difflib
 import hashlib
 import ipaddress
-from collections.abc import Mapping, Sequence
-from importlib import resources
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -27,66 +20,19 @@ from pydantic import (
     ConfigDict,
     Field,
     IPvAnyNetwork,
-    TypeAdapter,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
-from pydantic_core import ErrorDetails
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from cad_node import NOT_FOR_CLINICAL_USE
 from cad_node.assembly.completion import StudyGrouping
 from cad_node.domain.states import ResultKind
-from cad_node.errors import ConfigError
-from cad_node.results.options import ResultOptions
-from cad_node.routing.rules import TAG_PREFIX, Rule, check_rule_set
-
-DEFAULT_CONFIG = "default_config.yaml"
-"""The embedded defaults (package data), used when no ``--config`` is given."""
-
-_AE_TITLE_MAX = 16
-"""PS3.5 Table 6.2-1: an AE value is at most 16 characters."""
-_LO_MAX = 64
-"""PS3.5 Table 6.2-1: a Long String (LO) is at most 64 characters."""
-_IS_MAX = 2**31 - 1
-
-
-def check_ae_title(value: str) -> str:
-    """``value`` stripped, if it is a valid AE title (PS3.5 Table 6.2-1), else ``ValueError``.
-
-    1 to 16 characters of the default repertoire, no backslash and no control
-    character; leading and trailing spaces are not significant.
-    """
-    stripped = value.strip(" ")
-    if not 1 <= len(stripped) <= _AE_TITLE_MAX:
-        raise ValueError(f"an AE title has 1 to 16 characters, got {len(stripped)}")
-    bad = [ch for ch in stripped if ch == "\\" or not 0x20 <= ord(ch) < 0x7F]
-    if bad:
-        raise ValueError(
-            f"an AE title may not contain {bad[0]!r} (backslash, control or non-ASCII)"
-        )
-    return stripped
-
+from cad_node.domain.values import check_ae_title, check_code_string
+from cad_node.results.options import ResultOptions, ResultSettings
+from cad_node.routing.rules import Rule, check_rule_set
 
 AETitle = Annotated[str, AfterValidator(check_ae_title)]
-
-
-def _check_long_string(value: str) -> str:
-    if len(value) > _LO_MAX or "\\" in value:
-        raise ValueError("must be a DICOM LO value: at most 64 characters, no backslash")
-    return value
-
-
-LongString = Annotated[str, AfterValidator(_check_long_string)]
-
-
-def _check_not_for_clinical_use(value: str) -> str:
-    if NOT_FOR_CLINICAL_USE not in value:
-        raise ValueError(
-            f"must contain {NOT_FOR_CLINICAL_USE!r}: viewers show it in the series list"
-        )
-    return value
 
 
 class _Settings(BaseModel):
@@ -191,71 +137,6 @@ class PeerSettings(_Settings):
     an AE title alone is trivially spoofed."""
     services: tuple[Literal["echo", "store"], ...] = Field(default=("echo", "store"), min_length=1)
     """What it may do: ``echo`` (C-ECHO), ``store`` (C-STORE images in)."""
-
-
-class ResultSettings(_Settings):
-    """What goes into every SEG and SR the node writes (see ResultOptions)."""
-
-    seg_series_number: int = Field(default=9801, ge=1, le=_IS_MAX)
-    sr_series_number: int = Field(default=9802, ge=1, le=_IS_MAX)
-    seg_series_description: Annotated[LongString, AfterValidator(_check_not_for_clinical_use)] = (
-        f"CAD {{model}} SEG {NOT_FOR_CLINICAL_USE}"
-    )
-    """``{model}`` is replaced by the name of the model that made the object."""
-    sr_series_description: Annotated[LongString, AfterValidator(_check_not_for_clinical_use)] = (
-        f"CAD {{model}} SR {NOT_FOR_CLINICAL_USE}"
-    )
-    overlay_series_number: int = Field(default=9803, ge=1, le=_IS_MAX)
-    overlay_series_description: Annotated[
-        LongString, AfterValidator(_check_not_for_clinical_use)
-    ] = f"CAD {{model}} marks {NOT_FOR_CLINICAL_USE}"
-    """The burned-in Secondary Capture series (result kind ``overlay``)."""
-    explanation_series_number: int = Field(default=9804, ge=1, le=_IS_MAX)
-    explanation_series_description: Annotated[
-        LongString, AfterValidator(_check_not_for_clinical_use)
-    ] = f"CAD {{model}} Grad-CAM {NOT_FOR_CLINICAL_USE}"
-    """The Secondary Capture series of explanation maps (result kind ``explanation``)."""
-    gsps_series_number: int = Field(default=9805, ge=1, le=_IS_MAX)
-    gsps_series_description: Annotated[LongString, AfterValidator(_check_not_for_clinical_use)] = (
-        f"CAD {{model}} marks PR {NOT_FOR_CLINICAL_USE}"
-    )
-    """The Softcopy Presentation State series (result kind ``gsps``)."""
-    parametric_map_series_number: int = Field(default=9806, ge=1, le=_IS_MAX)
-    parametric_map_series_description: Annotated[
-        LongString, AfterValidator(_check_not_for_clinical_use)
-    ] = f"CAD {{model}} heatmaps {NOT_FOR_CLINICAL_USE}"
-    """The Parametric Map series of explanation maps (result kind ``parametric_map``)."""
-    kos_series_number: int = Field(default=9807, ge=1, le=_IS_MAX)
-    kos_series_description: Annotated[LongString, AfterValidator(_check_not_for_clinical_use)] = (
-        f"CAD {{model}} key images {NOT_FOR_CLINICAL_USE}"
-    )
-    """The Key Object Selection series flagging the images with findings (result kind ``kos``)."""
-    manufacturer: LongString = Field(default="cad-node project", min_length=1)
-    manufacturer_model_name: LongString = Field(default="cad-node", min_length=1)
-    device_serial_number: LongString = "cad-node-0"
-    institution_name: LongString | None = None
-    institutional_department_name: LongString | None = None
-
-    @model_validator(mode="after")
-    def _distinct_series_numbers(self) -> "ResultSettings":
-        if self.seg_series_number == self.sr_series_number:
-            raise ValueError("seg_series_number and sr_series_number must differ")
-        numbers = (
-            self.seg_series_number,
-            self.sr_series_number,
-            self.overlay_series_number,
-            self.explanation_series_number,
-            self.gsps_series_number,
-            self.parametric_map_series_number,
-            self.kos_series_number,
-        )
-        if len(set(numbers)) != len(numbers):
-            raise ValueError(
-                "seg, sr, overlay, explanation, gsps, parametric map and kos series numbers "
-                "must all differ, "
-                f"got {numbers}"
-            )
-        return self
 
 
 class TimeoutSettings(_Settings):
@@ -420,6 +301,17 @@ def _upper(value: object) -> object:
     return value.upper() if isinstance(value, str) else value
 
 
+def _error_at(loc: tuple[str, ...], message: str, value: object) -> ValidationError:
+    """A cross-field error reported at ``loc``, so that the message names the key and line."""
+    error = PydanticCustomError("value_error", "{reason}", {"reason": message})
+    return ValidationError.from_exception_data(
+        "Settings", [InitErrorDetails(type=error, loc=loc, input=value)]
+    )
+
+
+Modality = Annotated[str, BeforeValidator(_upper), AfterValidator(check_code_string)]
+"""A Modality (CS), written in any case."""
+
 DEFAULT_STUDY_GROUPS: Mapping[str, StudyGrouping] = {
     "MG": StudyGrouping.FOUR_VIEWS,
     "OP": StudyGrouping.QUIET,
@@ -450,12 +342,14 @@ class Settings(_Settings):
     database_url: str | None = None
     """SQLAlchemy URL; ``None``: SQLite file ``journal.sqlite`` inside ``storage_dir``."""
     quiet_seconds: float = Field(default=10.0, gt=0)
-    study_groups: dict[Annotated[str, BeforeValidator(_upper)], StudyGrouping] = Field(
+    study_groups: dict[Modality, StudyGrouping] = Field(
         default_factory=lambda: dict(DEFAULT_STUDY_GROUPS)
     )
     """Modalities whose series are read per study (four mammography views, both eyes)."""
     destinations: dict[str, DestinationSettings] = Field(default_factory=dict)
     rules: tuple[Rule, ...] = ()
+    """The routing rules; in the YAML file a path to a rules file may stand instead, read
+    relative to the config file by :func:`~cad_node.config.loading.load_settings`."""
     results: ResultSettings = ResultSettings()
     export: ExportSettings = ExportSettings()
     models_dir: Path | None = None
@@ -488,47 +382,38 @@ class Settings(_Settings):
                 raise ValueError(f"destination name {name!r} must have 1 to 64 characters")
         return destinations
 
-    @field_validator("peers")
-    @classmethod
-    def _peers_not_also_allowed_anywhere(
-        cls, peers: dict[str, PeerSettings], info: ValidationInfo
-    ) -> dict[str, PeerSettings]:
-        anywhere = set(info.data.get("allowed_calling_aets") or ())
-        for name, peer in peers.items():
-            if peer.ae_title in anywhere:
-                raise ValueError(
-                    f"peer {name!r}: AE title {peer.ae_title!r} is also in allowed_calling_aets, "
-                    "which accepts it from any address; list it in one place"
-                )
-        return peers
-
-    @field_validator("rules", mode="before")
-    @classmethod
-    def _rules_from_file(cls, value: object, info: ValidationInfo) -> object:
-        if not isinstance(value, str | Path):
-            return value
-        context = info.context if isinstance(info.context, Mapping) else {}
-        base_dir = Path(context.get("base_dir", "."))
-        return load_rules(base_dir / Path(value))
-
     @field_validator("rules")
     @classmethod
-    def _rules_name_configured_destinations(
-        cls, rules: tuple[Rule, ...], info: ValidationInfo
-    ) -> tuple[Rule, ...]:
-        check_rule_set(rules)
-        destinations = info.data.get("destinations")
-        if destinations is None:
-            return rules  # destinations themselves are invalid: reported on their own
-        for rule in rules:
-            unknown = [name for name in rule.destinations if name not in destinations]
-            if unknown:
-                configured = ", ".join(sorted(destinations)) or "none"
-                raise ValueError(
-                    f"rule {rule.name!r} names destination {unknown[0]!r}, which is not "
-                    f"configured (configured: {configured})"
+    def _rules_form_a_set(cls, rules: tuple[Rule, ...]) -> tuple[Rule, ...]:
+        return check_rule_set(rules)
+
+    @model_validator(mode="after")
+    def _peers_not_also_allowed_anywhere(self) -> "Settings":
+        """A peer's AE title in ``allowed_calling_aets`` too would be accepted from anywhere."""
+        anywhere = set(self.allowed_calling_aets)
+        for name, peer in self.peers.items():
+            if peer.ae_title in anywhere:
+                raise _error_at(
+                    ("peers", name),
+                    f"AE title {peer.ae_title!r} is also in allowed_calling_aets, "
+                    "which accepts it from any address; list it in one place",
+                    peer.model_dump(mode="json"),
                 )
-        return rules
+        return self
+
+    @model_validator(mode="after")
+    def _rules_name_configured_destinations(self) -> "Settings":
+        for rule in self.rules:
+            unknown = [name for name in rule.destinations if name not in self.destinations]
+            if unknown:
+                configured = ", ".join(sorted(self.destinations)) or "none"
+                raise _error_at(
+                    ("rules",),
+                    f"rule {rule.name!r} names destination {unknown[0]!r}, which is not "
+                    f"configured (configured: {configured})",
+                    rule.name,
+                )
+        return self
 
     @model_validator(mode="after")
     def _open_port_names_its_peers(self) -> "Settings":
@@ -563,211 +448,3 @@ class Settings(_Settings):
     def result_options(self) -> ResultOptions:
         """The :class:`ResultOptions` the SEG and SR builders take."""
         return ResultOptions(**self.results.model_dump())
-
-
-# -- loading ---------------------------------------------------------------------------
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A safe loader that refuses a key written twice (PyYAML keeps the last silently)."""
-
-
-def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: set[object] = set()
-    for key_node, _value_node in node.value:
-        key = loader.construct_object(key_node)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"key {key!r} is written twice", key_node.start_mark
-            )
-        seen.add(key)
-    return loader.construct_mapping(node)
-
-
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _construct_unique_mapping,
-)
-
-
-def load_settings(path: Path | None) -> Settings:
-    """The settings in the YAML file ``path``, or the embedded defaults when ``None``.
-
-    Raises
-    ------
-    ConfigError
-        The file is missing, is not YAML, or a key is invalid or unknown; the
-        message names the file, the key path and the line.
-    """
-    if path is None:
-        resource = resources.files("cad_node").joinpath(DEFAULT_CONFIG)
-        with resources.as_file(resource) as default_path:
-            return _load_settings_file(default_path, shown_as=f"<embedded {DEFAULT_CONFIG}>")
-    return _load_settings_file(path, shown_as=str(path))
-
-
-def _load_settings_file(path: Path, shown_as: str) -> Settings:
-    text = _read_text(path, shown_as)
-    data, root = _parse_yaml(text, shown_as)
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{shown_as}: the top level must be a mapping of keys")
-    try:
-        return Settings.model_validate(data, context={"base_dir": path.parent})
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, shown_as, root)) from exc
-
-
-def load_rules(path: Path) -> tuple[Rule, ...]:
-    """The rules in the YAML file ``path`` (a list of rules), checked.
-
-    Raises
-    ------
-    ConfigError
-        Naming the rules file, the rule's index and key path, and the line.
-    """
-    text = _read_text(path, str(path))
-    data, root = _parse_yaml(text, str(path))
-    return parse_rules([] if data is None else data, str(path), root)
-
-
-_RULES = TypeAdapter(tuple[Rule, ...])
-
-
-def parse_rules(
-    data: object, source: str = "rules", root: yaml.Node | None = None
-) -> tuple[Rule, ...]:
-    """``data`` (a list of rule mappings, e.g. from YAML or JSON) as checked rules.
-
-    Raises
-    ------
-    ConfigError
-        A rule is invalid, or two rules share a name; ``source`` names the origin.
-    """
-    if not isinstance(data, list):
-        raise ConfigError(f"{source}: rules must be a list of rules")
-    try:
-        return check_rule_set(_RULES.validate_python(data))
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source, root)) from exc
-    except ValueError as exc:
-        raise ConfigError(f"{source}: {exc}") from exc
-
-
-def _read_text(path: Path, shown_as: str) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{shown_as}: file not found") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{shown_as}: cannot read: {exc}") from exc
-
-
-def _parse_yaml(text: str, shown_as: str) -> tuple[object, yaml.Node | None]:
-    """The data and the node tree (for line numbers) of a YAML document."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark else ""
-        raise ConfigError(f"{shown_as}:{where} invalid YAML: {exc.problem or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{shown_as}: invalid YAML: {exc}") from exc
-    return data, root
-
-
-# -- error messages ----------------------------------------------------------------------
-
-
-def format_validation_error(
-    exc: ValidationError, source: str, root: yaml.Node | None = None
-) -> str:
-    """One line per error: ``source: key.path: message (got value) [line N]``."""
-    return "\n".join(_format_error(error, source, root) for error in exc.errors())
-
-
-def _format_error(error: ErrorDetails, source: str, root: yaml.Node | None) -> str:
-    loc = [part for part in error["loc"] if not str(part).startswith(TAG_PREFIX)]
-    where = format_location(loc) or "(top level)"
-    message = error["msg"].removeprefix("Value error, ")
-    if error["type"] == "extra_forbidden":
-        message = f"{message}: {loc[-1]!r}{_suggestion(loc)}"
-    elif _shows_input(error, loc):
-        message = f"{message} (got {error.get('input')!r})"
-    line = _line_of(root, loc)
-    suffix = f" [line {line}]" if line is not None else ""
-    return f"{source}: {where}: {message}{suffix}"
-
-
-def _shows_input(error: ErrorDetails, loc: Sequence[int | str]) -> bool:
-    # A whole list or mapping, a missing key or the rules list (a path, say) says nothing useful.
-    value = error.get("input")
-    scalar = not isinstance(value, dict | list | tuple)
-    return error["type"] != "missing" and scalar and list(loc) != ["rules"]
-
-
-def format_location(loc: Sequence[int | str]) -> str:
-    """``("destinations", "pacs", "port")`` as ``destinations.pacs.port``; indexes as ``[0]``."""
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
-
-
-def _suggestion(loc: Sequence[int | str]) -> str:
-    known = _known_keys(loc[:-1])
-    close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.5)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-_NAMED_ITEMS: Mapping[str, type[BaseModel]] = {
-    "destinations": DestinationSettings,
-    "rules": Rule,
-    "peers": PeerSettings,
-}
-"""Top-level keys whose values map a free name (or an index) to one model each."""
-
-
-def _known_keys(parent: Sequence[int | str]) -> list[str]:
-    """The keys allowed at ``parent`` (for "did you mean"); empty where keys are free."""
-    model: type[BaseModel] = Settings
-    parts = list(parent)
-    while parts:
-        part = str(parts.pop(0))
-        if part in _NAMED_ITEMS and model is Settings:
-            if not parts:
-                return []
-            parts.pop(0)
-            model = _NAMED_ITEMS[part]
-            continue
-        field = model.model_fields.get(part)
-        annotation = None if field is None else field.annotation
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return []
-        model = annotation
-    return list(model.model_fields)
-
-
-def _line_of(root: yaml.Node | None, loc: Sequence[int | str]) -> int | None:
-    """The 1-based line of the deepest key or item on ``loc`` found in the YAML node tree."""
-    node, line = root, None
-    for part in loc:
-        child, key_line = (None, None) if node is None else _child(node, part)
-        if child is None:
-            break
-        node = child
-        line = key_line if key_line is not None else child.start_mark.line + 1
-    return line
-
-
-def _child(node: yaml.Node, part: int | str) -> tuple[yaml.Node | None, int | None]:
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            if key_node.value == str(part):
-                return value_node, key_node.start_mark.line + 1
-    if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-        child: yaml.Node = node.value[part]
-        return child, None
-    return None, None
