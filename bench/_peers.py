@@ -11,7 +11,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,10 +22,9 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.dcmtk import DCMTK_ENV, free_port, port_open, program, storescu_argv
 
-DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
-"""DCMTK and Orthanc disable Nagle's algorithm only when TCP_NODELAY is set (FIELD-NOTES)."""
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 _PR_SET_PDEATHSIG = 1
 STOP_TIMEOUT_S = 30.0
@@ -34,19 +32,6 @@ STOP_TIMEOUT_S = 30.0
 
 class PeerError(RuntimeError):
     """A peer did not start, failed a transfer, or did not store what it acknowledged."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def wait_for(
@@ -106,16 +91,7 @@ class Peer:
 def spawn(name: str, argv: Sequence[str], port: int, log_path: Path, env: dict[str, str]) -> Peer:
     """Start ``argv`` in its own session, output to ``log_path``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 (single-threaded caller; needs prctl in the child)
-        )
+    process = _start_child(argv, log_path, env, mode="ab")
     return Peer(name=name, process=process, port=port, log_path=log_path)
 
 
@@ -154,7 +130,8 @@ def storescp(
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    argv = ["storescp", "--aetitle", ae_title, "--output-directory", str(out_dir), "--promiscuous"]
+    argv = [program("storescp"), "--aetitle", ae_title]
+    argv += ["--output-directory", str(out_dir), "--promiscuous"]
     if fork:
         argv.append("--fork")
     if reception_log is not None:
@@ -297,10 +274,8 @@ def send(
     try:
         for index, files in enumerate(groups):
             log_path = log_dir / f"storescu-{index}.log"
-            argv = ["storescu", "-aet", calling_ae, "-aec", called_ae, "-R", "127.0.0.1"]
-            processes.append(
-                (_start_sender([*argv, str(port), *map(str, files)], log_path), log_path)
-            )
+            argv = storescu_argv(port, files, calling_ae=calling_ae, called_ae=called_ae)
+            processes.append((_start_child(argv, log_path, DCMTK_ENV, mode="wb"), log_path))
         for process, _ in processes:
             process.wait()
         elapsed = time.perf_counter() - start
@@ -316,14 +291,17 @@ def send(
     return elapsed
 
 
-def _start_sender(argv: Sequence[str], log_path: Path) -> "subprocess.Popen[bytes]":
-    with log_path.open("wb") as log:
+def _start_child(
+    argv: Sequence[str], log_path: Path, env: dict[str, str], *, mode: str
+) -> "subprocess.Popen[bytes]":
+    """``argv`` in its own session, dying with us, its output to ``log_path`` (opened ``mode``)."""
+    with log_path.open(mode) as log:
         return subprocess.Popen(
             list(argv),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=DCMTK_ENV,
+            env=env,
             start_new_session=True,
             preexec_fn=_die_with_parent,  # noqa: PLW1509 (single-threaded caller; needs prctl in the child)
         )

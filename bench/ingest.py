@@ -46,6 +46,7 @@ from bench._series import (
     read_series,
     synthetic_chest_ct,
 )
+from tests import dcmtk
 
 RECEIVERS = ("storescp", "orthanc", "cad-node")
 REFERENCES = ("storescp", "orthanc")
@@ -173,7 +174,7 @@ def spool_files(storage_dir: Path) -> int:
 
 
 def into_node(series: Sequence[SeriesFiles], work: Path, ingest_processes: int = 1) -> Transfer:
-    port = _peers.free_port()
+    port = dcmtk.free_port()
     config = node_config(work, port, ingest_processes=ingest_processes)
     with _peers.cad_node(config, port, work / "node.log") as peer:
         seconds = _peers.send(peer.port, "CADNODE", _groups(series), work / "senders")
@@ -461,7 +462,7 @@ def measure_memory(args: argparse.Namespace, scratch: Path) -> _ingest_memory.Me
     series = _ingest_memory.prepare(scratch, args.memory_instances, args.memory_rows)
     work = scratch / "memory"
     work.mkdir()
-    port = _peers.free_port()
+    port = dcmtk.free_port()
     progress("sending it into cad-node over one association ...")
     return _ingest_memory.measure(series, work, node_config(work, port), port)
 

@@ -47,11 +47,11 @@ from bench._cli import (
 from bench._series import SeriesFiles, copy_with_new_uids, read_series, synthetic_chest_ct
 from bench.processing import (
     DEFAULT_RULES,
-    DESTINATION_AE,
     failed_job,
     log_time,
     new_lines,
-    node_config,
+    new_receptions,
+    node_and_destination,
     study_and_modality,
 )
 
@@ -173,14 +173,10 @@ class Receptions:
     arrivals: dict[str, list[float]] = field(default_factory=dict)
 
     def poll(self) -> None:
-        if not self.reception_log.exists():
-            return
-        lines = self.reception_log.read_text().splitlines()
-        for line in lines[self.seen :]:
-            stamp, _, name = line.partition(" ")
-            study, _ = study_and_modality(self.out_dir / name.strip())
-            self.arrivals.setdefault(study, []).append(float(stamp))
-        self.seen = len(lines)
+        stored, self.seen = new_receptions(self.out_dir, self.reception_log, self.seen)
+        for stamp, path in stored:
+            study, _ = study_and_modality(path)
+            self.arrivals.setdefault(study, []).append(stamp)
 
 
 def done_at(job: JobLine | None, arrivals: Sequence[float]) -> float | None:
@@ -555,18 +551,9 @@ def run_phases(
     stream_mix = make_mix(bases, args.studies, PHASES[1], scratch)
     with ExitStack() as stack:
         receptions = Receptions(scratch / "destination", scratch / "destination-received.log")
-        destination = stack.enter_context(
-            _peers.storescp(
-                receptions.out_dir,
-                scratch / "storescp.log",
-                ae_title=DESTINATION_AE,
-                reception_log=receptions.reception_log,
-            )
+        node = node_and_destination(
+            stack, scratch, args, receptions.out_dir, receptions.reception_log
         )
-        port = _peers.free_port()
-        config = node_config(scratch, port=port, destination_port=destination.port, args=args)
-        progress("starting cad-node ...")
-        node = stack.enter_context(_peers.cad_node(config, port, scratch / "node.log"))
         bench = Bench(node, receptions, scratch, args.timeout)
         progress("sending the studies one at a time ...")
         reference = one_at_a_time(bench, reference_mix)

@@ -1,8 +1,8 @@
 """Shared fixtures and helpers: free ports, storage, the journal (SQLite, PostgreSQL), a node's
 Storage SCP with a fake clock, and real SCUs (pynetdicom, DCMTK)."""
 
+import argparse
 import os
-import socket
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -26,7 +26,8 @@ from cad_node.store.db import create_schema, make_engine, session_factory, sqlit
 from cad_node.store.instances import RecordOutcome
 from cad_node.store.schema import Instance, Series
 from cad_node.synth import fundus, mammo
-from tests.dcmtk import DCMTK_ENV, program
+from tests.dcmtk import DCMTK_ENV, NODE_AE_TITLE, program
+from tests.dcmtk import free_port as find_free_port
 from tests.synthetic import SyntheticSeries, write_ct_series
 
 POSTGRESQL_URL = os.environ.get(
@@ -45,9 +46,7 @@ class Journal:
 @pytest.fixture
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return find_free_port()
 
 
 @pytest.fixture
@@ -117,8 +116,9 @@ def pydicom_file(name: str) -> Path:
     return Path(path)
 
 
-NODE_AE_TITLE = "CADNODE"
 NO_RESPONSE = -1
+VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
+"""Verification SOP Class (pydicom.uid names no SOP class outside storage)."""
 
 # Send files as their bytes (a test-session setting: it only changes how a *path* is sent).
 _config.STORE_SEND_CHUNKED_DATASET = True
@@ -135,6 +135,26 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A FakeClock at 2026-03-04 10:00 UTC, advanced only by the test."""
+    return FakeClock()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread: on a shared CPU, more threads than free cores slow torch ~50x.
+
+    A module asks for it with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``.
+    """
+    import torch  # only the modules that run models pay for it
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @dataclass
@@ -200,8 +220,22 @@ def _status(response: Dataset) -> int:
     return int(response.Status) if "Status" in response else NO_RESPONSE
 
 
+def echo(port: int, calling_ae: str = "SCANNER") -> int | None:
+    """C-ECHO the node over one association: its status, None if refused or unanswered."""
+    ae = AE(ae_title=calling_ae)
+    ae.add_requested_context(VERIFICATION_SOP_CLASS)
+    assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AE_TITLE)
+    if not assoc.is_established:
+        return None
+    try:
+        status = _status(assoc.send_c_echo())
+        return None if status == NO_RESPONSE else status
+    finally:
+        assoc.release()
+
+
 def dcmtk(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run a DCMTK tool with TCP_NODELAY=1 (FIELD-NOTES: 45 ms per image without it)."""
+    """Run a DCMTK tool with TCP_NODELAY=1 (46-51 ms per image without it: docs/benchmarks.md)."""
     return subprocess.run(
         [program(tool), *args],
         env=DCMTK_ENV,
@@ -212,22 +246,15 @@ def dcmtk(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def storescu(
-    port: int, files: Sequence[Path], *options: str, calling_ae: str = "SCANNER"
-) -> subprocess.CompletedProcess[str]:
-    """DCMTK storescu into the node, proposing only what the files need (``-R``)."""
-    return dcmtk(
-        program("storescu"),
-        "-aet",
-        calling_ae,
-        "-aec",
-        NODE_AE_TITLE,
-        "-R",
-        *options,
-        "127.0.0.1",
-        str(port),
-        *map(str, files),
-    )
+def models_command(argv: list[str]) -> int:
+    """Run a model subcommand (synth, train, evaluate, models) in this process; its exit status."""
+    from cad_node.models.cli import add_commands  # the lab commands: imported only when run
+
+    parser = argparse.ArgumentParser(prog="cad-node")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    status: int = args.func(args)
+    return status
 
 
 def dataset_bytes(path: Path) -> bytes:

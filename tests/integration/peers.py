@@ -1,24 +1,19 @@
 """Real peers for the end-to-end tests: cad-node itself, DCMTK storescp and storescu."""
 
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import yaml
+from sqlalchemy import create_engine
+from sqlalchemy.orm import Session
 
-from tests.dcmtk import DCMTK_ENV, program
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.dcmtk import DCMTK_ENV, free_port, port_open, program
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -28,12 +23,6 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
             return
         time.sleep(0.2)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def write_config(folder: Path, **overrides: Any) -> Path:
@@ -102,6 +91,32 @@ NODE_STARTED = "cad_node.app: cad-node "
 """Starts the line serve logs once everything has started."""
 
 
+def journal_rows(storage_dir: Path, statement: Any) -> list[Any]:
+    """``statement`` on the SQLite journal in ``storage_dir``, in a fresh read transaction."""
+    engine = create_engine(f"sqlite:///{storage_dir / 'journal.sqlite'}")
+    try:
+        with Session(engine) as session:
+            return list(session.scalars(statement).all())
+    finally:
+        engine.dispose()
+
+
+def query(config: dict[str, object], statement: Any) -> list[Any]:
+    """``statement`` on the journal of the node ``config`` describes (see :func:`journal_rows`)."""
+    return journal_rows(Path(str(config["storage_dir"])), statement)
+
+
+def cad_node_status(config_path: Path) -> str:
+    """What ``cad-node status --config config_path`` prints (it must exit 0)."""
+    return subprocess.run(
+        [sys.executable, "-m", "cad_node", "status", "--config", str(config_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+
+
 @contextmanager
 def running_node(config_path: Path, log_path: Path) -> Iterator[NodeProcess]:
     node = NodeProcess(config_path, log_path)
@@ -135,27 +150,3 @@ def storescp(port: int, out_dir: Path, ae_title: str = "PACS") -> Iterator[subpr
     finally:
         process.terminate()
         process.wait(timeout=30)
-
-
-def storescu(
-    port: int, files: Sequence[Path], calling_ae: str = "SCANNER", called_ae: str = "CADNODE"
-) -> subprocess.CompletedProcess[str]:
-    """Send ``files`` in one association, proposing only what they need (``-R``)."""
-    return subprocess.run(
-        [
-            program("storescu"),
-            "-aet",
-            calling_ae,
-            "-aec",
-            called_ae,
-            "-R",
-            "127.0.0.1",
-            str(port),
-            *map(str, files),
-        ],
-        env=DCMTK_ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )

@@ -5,9 +5,6 @@ port; images arrive by C-STORE from pynetdicom; the destination's C-ECHO is
 answered by DCMTK's storescp.
 """
 
-import hashlib
-import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,22 +15,17 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from cad_node.app import Node
-from cad_node.config import Settings
-from tests.conftest import NODE_AE_TITLE, send
-from tests.integration.peers import free_port, storescp, wait_for
+from tests.conftest import send
+from tests.integration.conftest import (
+    MR_RULE,
+    UNLOADABLE_MODEL,
+    api_client,
+    in_process_node,
+    install_unloadable_model,
+    node_settings,
+)
+from tests.integration.peers import storescp, wait_for
 
-ADMIN_TOKEN = "admin-secret-token"
-UNLOADABLE_MODEL = "unloadable_model"
-"""Installed (rules may name it: issue 24) but never loads, so its jobs fail with the reason."""
-READ_TOKEN = "read-only-token"
-
-MR_RULE: dict[str, Any] = {
-    "name": "mr-rule",
-    "priority": 10,
-    "mode": "shadow",
-    "model": UNLOADABLE_MODEL,
-    "when": {"keyword": "Modality", "equals": "MR"},
-}
 CT_RULE: dict[str, Any] = {
     "name": "ct-rule",
     "priority": 20,
@@ -47,91 +39,6 @@ CT_RULE: dict[str, Any] = {
         ]
     },
 }
-
-
-def sha256(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def install_unloadable_model(models_dir: Path, name: str = UNLOADABLE_MODEL) -> None:
-    """A model folder the registry lists but cannot load: its family has no factory."""
-    folder = models_dir / name
-    folder.mkdir(parents=True, exist_ok=True)
-    manifest = {
-        "name": name,
-        "version": "0",
-        "family": "no_such_family",
-        "modality": "CT",
-        "weights_file": "weights.pt",
-        "sha256": "0" * 64,
-        "operating_threshold": 0.5,
-        "intended_use": "tests: a job that fails",
-        "task": "segmentation",
-        "labels": {"2": {"label": "liver"}, "1": {"label": "spleen"}},
-    }
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-
-
-def node_settings(tmp_path: Path, **admin: Any) -> Settings:
-    install_unloadable_model(tmp_path / "storage" / "models")
-    return Settings.model_validate(
-        {
-            "ae_title": NODE_AE_TITLE,
-            "port": 0,
-            "bind_address": "127.0.0.1",
-            "storage_dir": str(tmp_path / "storage"),
-            "quiet_seconds": 0.5,
-            "device": "cpu",
-            "destinations": {
-                "pacs": {"host": "127.0.0.1", "port": free_port(), "ae_title": "PACS"}
-            },
-            "rules": [MR_RULE],
-            "admin": {
-                "port": free_port(),
-                "tokens": [
-                    {"name": "alice", "role": "admin", "sha256": sha256(ADMIN_TOKEN)},
-                    {"name": "bob", "role": "read", "sha256": sha256(READ_TOKEN)},
-                ],
-                **admin,
-            },
-        }
-    )
-
-
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[Node]:
-    running = Node(node_settings(tmp_path))
-    running.start()
-    try:
-        yield running
-    finally:
-        running.stop()
-
-
-def base_url(node: Node) -> str:
-    assert node.admin is not None
-    assert node.admin.port is not None
-    return f"http://127.0.0.1:{node.admin.port}"
-
-
-@pytest.fixture
-def admin(node: Node) -> Iterator[httpx.Client]:
-    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-    with httpx.Client(base_url=base_url(node), headers=headers, timeout=30) as client:
-        yield client
-
-
-@pytest.fixture
-def reader(node: Node) -> Iterator[httpx.Client]:
-    headers = {"Authorization": f"Bearer {READ_TOKEN}"}
-    with httpx.Client(base_url=base_url(node), headers=headers, timeout=30) as client:
-        yield client
-
-
-@pytest.fixture
-def anonymous(node: Node) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=base_url(node), timeout=30) as client:
-        yield client
 
 
 def ct_series(description: str) -> Dataset:
@@ -190,16 +97,14 @@ def test_a_read_token_reads_but_may_not_write(reader: httpx.Client) -> None:
 
 
 def test_no_token_configured_refuses_all_but_health(tmp_path: Path) -> None:
-    running = Node(node_settings(tmp_path, tokens=[]))
-    running.start()
-    try:
-        with httpx.Client(base_url=base_url(running), timeout=30) as client:
-            assert client.get("/health/live").status_code == 200
-            refused = client.get("/api/rules", headers={"Authorization": "Bearer anything"})
-            assert refused.status_code == 401
-            assert "no admin token is configured" in refused.json()["detail"]
-    finally:
-        running.stop()
+    with (
+        in_process_node(node_settings(tmp_path, tokens=[])) as running,
+        api_client(running) as client,
+    ):
+        assert client.get("/health/live").status_code == 200
+        refused = client.get("/api/rules", headers={"Authorization": "Bearer anything"})
+        assert refused.status_code == 401
+        assert "no admin token is configured" in refused.json()["detail"]
 
 
 def test_openapi_is_served(anonymous: httpx.Client) -> None:

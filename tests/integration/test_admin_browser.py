@@ -7,11 +7,9 @@ Screenshots are saved (``CAD_NODE_SCREENSHOTS`` names a folder to keep them) and
 """
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions as ec
@@ -26,26 +24,10 @@ from tests.integration.browser import (
     wait_loaded,
     wait_text,
 )
-from tests.integration.test_admin_api import (
-    ADMIN_TOKEN,
-    CT_RULE,
-    base_url,
-    ct_series,
-    node_settings,
-    send_and_wait_routed,
-)
+from tests.integration.conftest import ADMIN_TOKEN, base_url
+from tests.integration.test_admin_api import CT_RULE, ct_series, send_and_wait_routed
 
 pytestmark = BROWSER_MARKS
-
-
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[Node]:
-    running = Node(node_settings(tmp_path))
-    running.start()
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 def test_admin_edits_tests_and_saves_a_rule_that_routes_the_next_series(

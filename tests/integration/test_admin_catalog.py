@@ -5,27 +5,21 @@ images arrive by C-STORE from pynetdicom; results go to DCMTK's storescp.
 """
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from pydicom import dcmread
+from pydicom.uid import Comprehensive3DSRStorage
 from sqlalchemy import select
 
 from cad_node.app import Node
 from cad_node.store.schema import Result
 from tests.conftest import send
-from tests.integration.peers import free_port, storescp, wait_for
-from tests.integration.test_admin_api import (
-    ADMIN_TOKEN,
-    READ_TOKEN,
-    base_url,
-    ct_series,
-    node_settings,
-    send_and_wait_routed,
-)
+from tests.dcmtk import free_port
+from tests.integration.peers import storescp, wait_for
+from tests.integration.test_admin_api import ct_series, send_and_wait_routed
 from tests.synthetic import write_ct_series
 
 MODEL = "lung_nodule_ct"
@@ -38,31 +32,6 @@ LUNG_RULE: dict[str, Any] = {
     "when": {"keyword": "Modality", "equals": "CT"},
 }
 VIEWER_RULE = {**LUNG_RULE, "destinations": ["viewer"]}
-SR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
-
-
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[Node]:
-    running = Node(node_settings(tmp_path))
-    running.start()
-    try:
-        yield running
-    finally:
-        running.stop()
-
-
-@pytest.fixture
-def admin(node: Node) -> Iterator[httpx.Client]:
-    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-    with httpx.Client(base_url=base_url(node), headers=headers, timeout=30) as client:
-        yield client
-
-
-@pytest.fixture
-def reader(node: Node) -> Iterator[httpx.Client]:
-    headers = {"Authorization": f"Bearer {READ_TOKEN}"}
-    with httpx.Client(base_url=base_url(node), headers=headers, timeout=30) as client:
-        yield client
 
 
 def audit(client: httpx.Client, **filters: str) -> list[dict[str, Any]]:
@@ -177,7 +146,9 @@ def test_a_destination_added_through_the_api_receives_results_and_the_flow_is_au
         wait_for(lambda: bool(audit(admin, action="delivery.sent")), 30, "the audit of the send")
 
     received = [dcmread(path) for path in out_dir.glob("*") if path.is_file()]
-    assert [ds.SOPClassUID for ds in received] == [SR_SOP_CLASS]  # the journal's kinds: SR only
+    assert [ds.SOPClassUID for ds in received] == [
+        Comprehensive3DSRStorage
+    ]  # the journal's kinds: SR only
     sr = received[0]
 
     target = f"series {series.series_instance_uid}"

@@ -3,32 +3,19 @@ the rules in force, rule by rule and field by field, before the admin confirms i
 rollback to a version naming a model removed since is announced as refused (issue 24)."""
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
 from cad_node.app import Node
-from tests.integration.test_admin_api import (
+from tests.integration.conftest import (
     ADMIN_TOKEN,
-    CT_RULE,
     MR_RULE,
     READ_TOKEN,
     base_url,
     install_unloadable_model,
-    node_settings,
 )
-
-
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[Node]:
-    running = Node(node_settings(tmp_path))
-    running.start()
-    try:
-        yield running
-    finally:
-        running.stop()
+from tests.integration.test_admin_api import CT_RULE
 
 
 def client(node: Node, token: str) -> httpx.Client:

@@ -10,12 +10,10 @@ event's detail as wrapped "key: value" lines. Screenshots: ``admin-rules.png``,
 """
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
@@ -31,14 +29,8 @@ from tests.integration.browser import (
     wait_loaded,
     wait_text,
 )
-from tests.integration.test_admin_api import (
-    ADMIN_TOKEN,
-    UNLOADABLE_MODEL,
-    base_url,
-    ct_series,
-    node_settings,
-    send_and_wait_routed,
-)
+from tests.integration.conftest import ADMIN_TOKEN, UNLOADABLE_MODEL, base_url
+from tests.integration.test_admin_api import ct_series, send_and_wait_routed
 
 pytestmark = BROWSER_MARKS
 
@@ -71,16 +63,6 @@ EVERY_OPERATOR: list[dict[str, Any]] = [
     {"keyword": "ImageOrientationPatient", "plane": "axial"},
 ]
 NESTED = {"all": [{"keyword": "Modality", "equals": "CT"}, {"any": EVERY_OPERATOR[:2]}]}
-
-
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[Node]:
-    running = Node(node_settings(tmp_path))
-    running.start()
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 def by_id(browser: WebDriver, element_id: str) -> WebElement:

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from cad_node.app import Node
-from tests.integration.test_admin_api import ADMIN_TOKEN, base_url, node_settings
+from tests.integration.conftest import ADMIN_TOKEN, base_url, in_process_node, node_settings
 
 schemathesis = pytest.importorskip("schemathesis")
 from schemathesis import Case  # noqa: E402 - after the importorskip
@@ -26,12 +26,8 @@ EXAMPLES_PER_OPERATION = 25
 
 @pytest.fixture(scope="module")
 def admin_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    running = Node(node_settings(tmp_path_factory.mktemp("schema")))
-    running.start()
-    try:
+    with in_process_node(node_settings(tmp_path_factory.mktemp("schema"))) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def test_no_generated_request_makes_a_server_error(admin_node: Node) -> None:

@@ -16,7 +16,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,16 +27,9 @@ from cad_node.admin.guard import SECURITY_HEADERS
 from cad_node.admin.web import PAGES
 from cad_node.app import Node
 from cad_node.routing.rules import MAX_CONDITIONS
-from tests.conftest import NODE_AE_TITLE
-from tests.integration.test_admin_api import (
-    ADMIN_TOKEN,
-    CT_RULE,
-    READ_TOKEN,
-    base_url,
-    ct_series,
-    node_settings,
-    send_and_wait_routed,
-)
+from tests.dcmtk import NODE_AE_TITLE
+from tests.integration.conftest import ADMIN_TOKEN, READ_TOKEN, api_client
+from tests.integration.test_admin_api import CT_RULE, ct_series, send_and_wait_routed
 
 pytestmark = pytest.mark.slow
 
@@ -54,26 +46,8 @@ ECHO_BOUND_SECONDS = 5.0
 
 
 @pytest.fixture
-def node(tmp_path: Path) -> Iterator[Node]:
-    running = Node(node_settings(tmp_path, max_body_bytes=MAX_BODY_BYTES))
-    running.start()
-    try:
-        yield running
-    finally:
-        running.stop()
-
-
-@contextmanager
-def client(node: Node, token: str | None) -> Iterator[httpx.Client]:
-    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
-    with httpx.Client(base_url=base_url(node), headers=headers, timeout=30) as http:
-        yield http
-
-
-@pytest.fixture
-def admin(node: Node) -> Iterator[httpx.Client]:
-    with client(node, ADMIN_TOKEN) as http:
-        yield http
+def admin_overrides() -> dict[str, Any]:
+    return {"max_body_bytes": MAX_BODY_BYTES}
 
 
 @dataclass
@@ -182,12 +156,12 @@ def test_a_rule_over_the_size_limit_is_a_422(admin: httpx.Client) -> None:
 
 def test_testing_and_dry_runs_need_an_admin_token(node: Node) -> None:
     request = {"series_instance_uid": "1.2.3", "rule": CT_RULE}
-    with client(node, READ_TOKEN) as reader:
+    with api_client(node, READ_TOKEN) as reader:
         assert reader.post("/api/rules/test", json=request).status_code == 403
         dry = reader.post("/api/rules/dry-run", json={"rules": [CT_RULE], "days": 1})
         assert dry.status_code == 403
         assert reader.post("/api/rules/validate", json=CT_RULE).status_code == 200
-    with client(node, ADMIN_TOKEN) as admin:
+    with api_client(node, ADMIN_TOKEN) as admin:
         assert admin.post("/api/rules/test", json=request).status_code == 404  # no such series
 
 
@@ -201,7 +175,7 @@ SERVED = ["/", *(f"/ui/{page}" for page in PAGES), "/static/admin.js", "/static/
     "path", [*SERVED, "/health/live", "/api/rules", "/openapi.json", "/nowhere", "/docs"]
 )
 def test_every_response_carries_the_security_headers(node: Node, path: str) -> None:
-    with client(node, None) as anonymous:
+    with api_client(node) as anonymous:
         answer = anonymous.get(path)
     for name, value in SECURITY_HEADERS.items():
         assert answer.headers[name] == value, name
@@ -209,7 +183,7 @@ def test_every_response_carries_the_security_headers(node: Node, path: str) -> N
 
 
 def test_no_docs_page_and_no_cdn_in_any_served_page(node: Node) -> None:
-    with client(node, None) as anonymous:
+    with api_client(node) as anonymous:
         assert anonymous.get("/docs").status_code == 404
         assert anonymous.get("/redoc").status_code == 404
         assert anonymous.get("/docs/oauth2-redirect").status_code == 404
@@ -223,7 +197,7 @@ def test_no_docs_page_and_no_cdn_in_any_served_page(node: Node) -> None:
 
 def test_a_body_declared_over_the_limit_is_a_413_before_it_is_read(node: Node) -> None:
     body = b"{" + b" " * MAX_BODY_BYTES + b"}"
-    with client(node, None) as anonymous:
+    with api_client(node) as anonymous:
         answer = anonymous.post("/api/rules", content=body)
     assert answer.status_code == 413
     assert "admin.max_body_bytes" in answer.json()["detail"]

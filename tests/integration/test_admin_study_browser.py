@@ -7,15 +7,14 @@ fixes the rule, finds the study by its accession number, reads on the series' ti
 why it got no CAD, re-routes it, and the SEG and SR reach the PACS.
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from pydicom import Dataset, dcmread
-from pydicom.uid import generate_uid
+from pydicom.uid import Comprehensive3DSRStorage, generate_uid
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions as ec
@@ -33,48 +32,20 @@ from tests.integration.browser import (
     sign_in,
     wait_text,
 )
-from tests.integration.peers import storescp, wait_for
-from tests.integration.test_admin_api import (
+from tests.integration.conftest import (
     ADMIN_TOKEN,
-    CT_RULE,
-    READ_TOKEN,
     UNLOADABLE_MODEL,
+    api_client,
     base_url,
-    ct_series,
+    in_process_node,
     node_settings,
-    send_and_wait_routed,
 )
+from tests.integration.peers import storescp, wait_for
+from tests.integration.test_admin_api import CT_RULE, ct_series, send_and_wait_routed
 from tests.synthetic import write_ct_series
 
 ACCESSION = "ACC-24-0001"
 LUNG_MODEL = "lung_nodule_ct"
-
-
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[Node]:
-    running = Node(node_settings(tmp_path))
-    running.start()
-    try:
-        yield running
-    finally:
-        running.stop()
-
-
-def client(node: Node, token: str) -> httpx.Client:
-    headers = {"Authorization": f"Bearer {token}"}
-    return httpx.Client(base_url=base_url(node), headers=headers, timeout=30)
-
-
-@pytest.fixture
-def admin(node: Node) -> Iterator[httpx.Client]:
-    with client(node, ADMIN_TOKEN) as api:
-        yield api
-
-
-@pytest.fixture
-def reader(node: Node) -> Iterator[httpx.Client]:
-    with client(node, READ_TOKEN) as api:
-        yield api
 
 
 def described(dataset: Dataset, accession: str = ACCESSION) -> Dataset:
@@ -259,7 +230,7 @@ def _deliveries(node: Node, uid: str, states: list[DeliveryState]) -> list[int]:
             result = Result(
                 job_id=job.id,
                 kind=ResultKind.SR,
-                sop_class_uid="1.2.840.10008.5.1.4.1.1.88.34",
+                sop_class_uid=Comprehensive3DSRStorage,
                 sop_instance_uid=f"{uid}.9{number}",
                 series_instance_uid=f"{uid}.8",
                 path=f"results/{number}.dcm",
@@ -323,10 +294,8 @@ def test_admin_finds_the_study_reads_why_and_reroutes_it_to_the_pacs(
     pacs = settings.destinations["pacs"]
     chest = write_ct_series(tmp_path / "chest", seed=2424)
     datasets = [described(dcmread(path)) for path in chest.paths]
-    node = Node(settings)
-    node.start()
-    try:
-        with client(node, ADMIN_TOKEN) as api, storescp(pacs.port, tmp_path / "pacs"):
+    with in_process_node(settings) as node:
+        with api_client(node, ADMIN_TOKEN) as api, storescp(pacs.port, tmp_path / "pacs"):
             # The rule names a model that is installed but wrong: the job fails, no CAD.
             wrong = {**CT_RULE, "when": {"keyword": "Modality", "equals": "CT"}}
             assert api.post("/api/rules", json=wrong).status_code == 201
@@ -389,8 +358,6 @@ def test_admin_finds_the_study_reads_why_and_reroutes_it_to_the_pacs(
         wait_text(browser, "deliveries", "delivered")
         browser.find_elements(By.PARTIAL_LINK_TEXT, "job ")[0].click()
         wait_text(browser, "timeline", "to pacs, delivered")
-    finally:
-        node.stop()
 
 
 def _job_ended(api: httpx.Client, series_instance_uid: str) -> bool:

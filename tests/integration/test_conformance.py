@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
-from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event
@@ -25,7 +25,6 @@ from cad_node.export.scu import send_files
 from tests.conftest import NodeFactory
 
 STATEMENT = Path(__file__).parents[2] / "docs" / "conformance.md"
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 VERIFICATION = "1.2.840.10008.1.1"
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)+$")
@@ -131,7 +130,7 @@ def test_worklist_is_accepted_but_not_served(make_node: NodeFactory) -> None:
 @pytest.mark.parametrize(
     ("title", "sop_class_uid"),
     [
-        ("SCP storage transfer syntaxes", CT_IMAGE_STORAGE),
+        ("SCP storage transfer syntaxes", CTImageStorage),
         ("SCP verification transfer syntaxes", VERIFICATION),
     ],
 )
@@ -147,8 +146,8 @@ def test_each_listed_transfer_syntax_is_accepted_alone(
 def test_storage_takes_the_first_proposed_transfer_syntax(make_node: NodeFactory) -> None:
     node = make_node()
     syntaxes = list(reversed(uids(table("SCP storage transfer syntaxes"), "UID")))
-    contexts = [build_context(CT_IMAGE_STORAGE, syntaxes)]
-    assert accepted_pairs(node.port, contexts) == {(CT_IMAGE_STORAGE, syntaxes[0])}
+    contexts = [build_context(CTImageStorage, syntaxes)]
+    assert accepted_pairs(node.port, contexts) == {(CTImageStorage, syntaxes[0])}
 
 
 def rejection(assoc_kwargs: dict[str, object], port: int) -> tuple[int, int, int]:

@@ -27,14 +27,13 @@ from sqlalchemy import select
 
 from cad_node.domain.states import JobState, SeriesState
 from cad_node.store.schema import Job, Series
-from tests.conftest import NODE_AE_TITLE
-from tests.integration.peers import NodeProcess, running_node, wait_for, write_config
-from tests.integration.test_spine import query
+from tests.conftest import echo
+from tests.dcmtk import NODE_AE_TITLE
+from tests.integration.peers import NodeProcess, query, running_node, wait_for, write_config
 from tests.synthetic import write_ct_series
 
 pytestmark = pytest.mark.slow
 
-VERIFICATION = "1.2.840.10008.1.1"
 BATCH = 50
 """Files sent between two checks that the node is alive and answers C-ECHO."""
 SETTLE_SECONDS = 180
@@ -116,19 +115,6 @@ def send_one(port: int, path: Path) -> Outcome:
         assoc.release()
 
 
-def echo(port: int) -> int | None:
-    ae = AE(ae_title="CORPUS")
-    ae.add_requested_context(VERIFICATION)
-    assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AE_TITLE)
-    if not assoc.is_established:
-        return None
-    try:
-        response = assoc.send_c_echo()
-        return int(response.Status) if "Status" in response else None
-    finally:
-        assoc.release()
-
-
 def settled(node: NodeProcess) -> bool:
     series = query(node.config, select(Series.state))
     jobs = query(node.config, select(Job.state))
@@ -148,7 +134,7 @@ def send_all(node: NodeProcess, paths: list[Path]) -> list[Outcome]:
     for start in range(0, len(paths), BATCH):
         outcomes.extend(send_one(node.port, path) for path in paths[start : start + BATCH])
         assert node.process.poll() is None, f"the node died: {node.log()[-3000:]}"
-        assert echo(node.port) == 0, f"no C-ECHO after file {start + BATCH}"
+        assert echo(node.port, "CORPUS") == 0, f"no C-ECHO after file {start + BATCH}"
     return outcomes
 
 
@@ -170,7 +156,7 @@ def test_every_corpus_file_gets_a_status_and_every_series_settles(
 
     wait_for(lambda: settled(node), SETTLE_SECONDS, "every series settled and every job ended")
     assert node.process.poll() is None, f"the node died: {node.log()[-3000:]}"
-    assert echo(node.port) == 0
+    assert echo(node.port, "CORPUS") == 0
     for series in query(node.config, select(Series)):
         reason = series.quarantine_reason or series.routing_explanation
         assert reason, f"series {series.series_instance_uid} ({series.state}) has no reason"

@@ -30,7 +30,8 @@ import yaml
 from cad_node.config import WEAK_TOKEN_SHA256
 from cad_node.store.lock import LOCK_FILE_NAME
 from tests.conftest import pydicom_file, send
-from tests.integration.peers import free_port, port_open, wait_for, write_config
+from tests.dcmtk import free_port, port_open
+from tests.integration.peers import wait_for, write_config
 
 ROOT = Path(__file__).parents[2]
 DEPLOY = ROOT / "deploy"

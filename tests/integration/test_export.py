@@ -13,11 +13,10 @@ from typing import Any, cast
 import pynetdicom
 import pytest
 from pydicom import dcmread
-from pydicom.uid import UID
+from pydicom.uid import UID, ComprehensiveSRStorage, CTImageStorage, SegmentationStorage
 from pynetdicom import AE, StoragePresentationContexts, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
-from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -224,9 +223,9 @@ def test_one_association_proposing_exactly_the_files_sop_classes(
     assert [o.kind for o in outcomes] == [OutcomeKind.SUCCESS] * 4
     assert peer.proposed == [
         {
-            "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
-            "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR Storage
-            "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation Storage
+            CTImageStorage,  # CT Image Storage
+            ComprehensiveSRStorage,  # Comprehensive SR Storage
+            SegmentationStorage,  # Segmentation Storage
         }
     ]
     for path in (*ct, sr, seg):

@@ -16,7 +16,6 @@ module has run (see :class:`ReliabilityReport`).
 import os
 import platform
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -29,7 +28,13 @@ from typing import Any, cast
 import pytest
 import yaml
 from pydicom import Dataset, dcmread
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    Comprehensive3DSRStorage,
+    ComprehensiveSRStorage,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    SegmentationStorage,
+)
 from pynetdicom import AE, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
@@ -38,8 +43,15 @@ from sqlalchemy.orm import Session
 
 from cad_node.domain.states import DeliveryState, JobState
 from cad_node.store.schema import Delivery, Instance, Job, Result
-from tests.conftest import NO_RESPONSE, NODE_AE_TITLE, context_of, send
-from tests.integration.peers import NodeProcess, free_port, running_node, wait_for, write_config
+from tests.conftest import NO_RESPONSE, context_of, send
+from tests.dcmtk import NODE_AE_TITLE, free_port
+from tests.integration.peers import (
+    NodeProcess,
+    cad_node_status,
+    running_node,
+    wait_for,
+    write_config,
+)
 from tests.reliability_doc import write_section
 from tests.synthetic import SyntheticSeries, write_ct_series
 
@@ -50,10 +62,7 @@ REPORT_PATH = REPOSITORY / "docs" / "reliability.md"
 COMMAND = "bash tests/run tests/integration/test_faults.py"
 
 SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC000
-SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
-COMPREHENSIVE_3D_SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.34"
-COMPREHENSIVE_SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.33"
-RESULT_SOP_CLASSES = (SEGMENTATION_STORAGE, COMPREHENSIVE_3D_SR_STORAGE, COMPREHENSIVE_SR_STORAGE)
+RESULT_SOP_CLASSES = (SegmentationStorage, Comprehensive3DSRStorage, ComprehensiveSRStorage)
 ACKNOWLEDGED_BEFORE_KILL = 15
 JOB_TIMEOUT = 120.0
 
@@ -372,16 +381,6 @@ def small_ct(tmp_path_factory: pytest.TempPathFactory) -> SyntheticSeries:
         nodule_count=2,
         images_in_acquisition=True,
     )
-
-
-def cad_node_status(config_path: Path) -> str:
-    return subprocess.run(
-        [sys.executable, "-m", "cad_node", "status", "--config", str(config_path)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout
 
 
 # -- the scenarios ---------------------------------------------------------------------------

@@ -32,15 +32,8 @@ from cad_node.imaging.isolation import DecodingAbortedError, DecodingLimits, Iso
 from cad_node.imaging.planar import load_image_set
 from cad_node.imaging.volume import load_volume
 from cad_node.synth.dicom_planar import StudyInfo, fundus_dataset, mammogram_dataset, write_instance
-from tests.conftest import (
-    NO_RESPONSE,
-    NODE_AE_TITLE,
-    Node,
-    NodeFactory,
-    context_of,
-    dataset_bytes,
-    pydicom_file,
-)
+from tests.conftest import NO_RESPONSE, Node, NodeFactory, context_of, dataset_bytes, pydicom_file
+from tests.dcmtk import NODE_AE_TITLE
 from tests.dicom_validation import assert_valid_dicom
 from tests.fuzz_mutations import Mutant, Seeds, elements_of, mutants, nested_sequence, split_file
 

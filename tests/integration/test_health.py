@@ -32,7 +32,8 @@ from cad_node.domain.states import DeliveryState
 from cad_node.export.health import DestinationMonitor
 from cad_node.export.outcomes import OutcomeKind
 from cad_node.export.service import deliver_due
-from tests.conftest import NODE_AE_TITLE, Journal
+from tests.conftest import Journal
+from tests.dcmtk import NODE_AE_TITLE, free_port, storescu
 from tests.integration.browser import (
     BROWSER_MARKS,
     assert_no_csp_violation,
@@ -41,10 +42,16 @@ from tests.integration.browser import (
     wait_loaded,
     wait_text,
 )
-from tests.integration.peers import free_port, storescp, storescu, wait_for
-from tests.integration.test_admin_api import ADMIN_TOKEN, READ_TOKEN, sha256
+from tests.integration.conftest import (
+    ADMIN_TOKEN,
+    READ_TOKEN,
+    admin_tokens,
+    api_client,
+    in_process_node,
+)
+from tests.integration.peers import storescp, wait_for
 from tests.integration.test_export import T0, add_results, ct_copies, destination
-from tests.integration.test_tls import Pki, _export, _self_signed, _signed, tls_storescp
+from tests.integration.test_tls import Pki, _export, make_pki, tls_storescp
 from tests.synthetic import SyntheticSeries, write_ct_series
 
 REPOSITORY = Path(__file__).parents[2]
@@ -81,10 +88,7 @@ def health_settings(tmp_path: Path, pacs_port: int, **health: float) -> Settings
             "health": {"echo_interval_seconds": 5, **health},
             "admin": {
                 "port": free_port(),
-                "tokens": [
-                    {"name": "alice", "role": "admin", "sha256": sha256(ADMIN_TOKEN)},
-                    {"name": "bob", "role": "read", "sha256": sha256(READ_TOKEN)},
-                ],
+                "tokens": admin_tokens(),
             },
         }
     )
@@ -93,18 +97,6 @@ def health_settings(tmp_path: Path, pacs_port: int, **health: float) -> Settings
 @pytest.fixture
 def pacs_port() -> int:
     return free_port()
-
-
-def start_node(settings: Settings) -> Node:
-    node = Node(settings)
-    node.start()
-    return node
-
-
-def client(node: Node, token: str = READ_TOKEN) -> httpx.Client:
-    assert node.admin is not None
-    headers = {"Authorization": f"Bearer {token}"}
-    return httpx.Client(base_url=f"http://127.0.0.1:{node.admin.port}", headers=headers, timeout=30)
 
 
 def health_of(api: httpx.Client) -> dict[str, Any]:
@@ -198,11 +190,7 @@ def test_an_expected_retry_logs_one_warning_and_giving_up_one_error(
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     """A CA and a server certificate for 127.0.0.1 (as tests/integration/test_tls.py)."""
-    folder = tmp_path_factory.mktemp("pki")
-    ca = _self_signed(folder, "test-ca")
-    server = _signed(folder, "server", ca, "IP:127.0.0.1,DNS:localhost")
-    client = _signed(folder, "client", ca, None)
-    return Pki(ca[0], *server, *client, *_self_signed(folder, "stranger"))
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def test_a_failed_tls_handshake_to_a_destination_logs_no_error(
@@ -241,15 +229,13 @@ def exposed_metric_names(text: str) -> set[str]:
 @pytest.fixture
 def idle_node(tmp_path: Path, pacs_port: int) -> Iterator[Node]:
     """A node with the PACS down and every disk "low" (min_free_disk_fraction 1.0)."""
-    node = start_node(health_settings(tmp_path, pacs_port, min_free_disk_fraction=1.0))
-    try:
+    settings = health_settings(tmp_path, pacs_port, min_free_disk_fraction=1.0)
+    with in_process_node(settings) as node:
         yield node
-    finally:
-        node.stop()
 
 
 def test_health_api_and_metrics_cover_every_alert_rule(idle_node: Node) -> None:
-    with client(idle_node) as api:
+    with api_client(idle_node, READ_TOKEN) as api:
         wait_for(lambda: pacs_health(api)["up"] is False, 30, "the first C-ECHO of pacs")
         health = health_of(api)
         pacs = pacs_health(api)
@@ -271,7 +257,7 @@ def test_health_api_and_metrics_cover_every_alert_rule(idle_node: Node) -> None:
 
 
 def test_health_needs_a_token(idle_node: Node) -> None:
-    with client(idle_node, token="wrong") as api:
+    with api_client(idle_node, "wrong") as api:
         assert api.get("/api/health").status_code == 401
 
 
@@ -312,53 +298,50 @@ def test_dashboard_shows_a_delivery_retrying_while_the_pacs_is_down_then_ok(
     screenshots: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    node = start_node(health_settings(tmp_path, pacs_port))
-    try:
-        with client(node, ADMIN_TOKEN) as api:
-            sent = storescu(node.scp.port, small_ct.paths, called_ae=NODE_AE_TITLE)
-            assert sent.returncode == 0, sent.stderr
-            wait_for(lambda: retrying(api), 300, "the results' deliveries to be retried")
-            wait_for(lambda: pacs_health(api)["up"] is False, 30, "pacs to be seen down")
-            metrics = api.get("/metrics").text
-            assert 'cad_node_destination_up{destination="pacs"} 0.0' in metrics
-            retrying_now = re.search(
-                r'cad_node_deliveries_retrying\{destination="pacs"\} (\S+)', metrics
-            )
-            assert retrying_now is not None
-            assert float(retrying_now.group(1)) > 0
+    settings = health_settings(tmp_path, pacs_port)
+    with in_process_node(settings) as node, api_client(node, ADMIN_TOKEN) as api:
+        sent = storescu(node.scp.port, small_ct.paths, called_ae=NODE_AE_TITLE)
+        assert sent.returncode == 0, sent.stderr
+        wait_for(lambda: retrying(api), 300, "the results' deliveries to be retried")
+        wait_for(lambda: pacs_health(api)["up"] is False, 30, "pacs to be seen down")
+        metrics = api.get("/metrics").text
+        assert 'cad_node_destination_up{destination="pacs"} 0.0' in metrics
+        retrying_now = re.search(
+            r'cad_node_deliveries_retrying\{destination="pacs"\} (\S+)', metrics
+        )
+        assert retrying_now is not None
+        assert float(retrying_now.group(1)) > 0
 
-            sign_in(browser, str(api.base_url), ADMIN_TOKEN)
-            wait_text(browser, "destination-health", "DOWN")
-            wait_text(browser, "pending-deliveries", "retrying")
-            assert PACS_DOWN in browser.find_element(By.ID, "pending-deliveries").text
-            assert PACS_DOWN in browser.find_element(By.ID, "destination-health").text
-            shoot(
-                browser,
-                screenshots / "admin-dashboard.png",
-                "Destinations",
-                "DOWN",
-                "Pending and retrying deliveries",
-                "retrying",
-                PACS_DOWN,
-                "Disk",
-            )
+        sign_in(browser, str(api.base_url), ADMIN_TOKEN)
+        wait_text(browser, "destination-health", "DOWN")
+        wait_text(browser, "pending-deliveries", "retrying")
+        assert PACS_DOWN in browser.find_element(By.ID, "pending-deliveries").text
+        assert PACS_DOWN in browser.find_element(By.ID, "destination-health").text
+        shoot(
+            browser,
+            screenshots / "admin-dashboard.png",
+            "Destinations",
+            "DOWN",
+            "Pending and retrying deliveries",
+            "retrying",
+            PACS_DOWN,
+            "Disk",
+        )
 
-            with storescp(pacs_port, tmp_path / "pacs"):
-                wait_for(lambda: all_delivered(api), 120, "the results to reach the PACS")
-                wait_for(lambda: pacs_health(api)["up"] is True, 30, "pacs to answer C-ECHO")
-                browser.refresh()
-                wait_loaded(browser)
-                wait_text(browser, "destination-health", "OK")
-                assert "DOWN" not in browser.find_element(By.ID, "destination-health").text
-                pending = browser.find_element(By.ID, "pending-deliveries").text
-                assert "none" in pending
-                assert "retrying" not in pending
-                shoot(browser, screenshots / "admin-dashboard-pacs-up.png", "OK", "success")
-            received = list((tmp_path / "pacs").rglob("*"))
-            assert [p for p in received if p.is_file()]
-            assert_no_csp_violation(browser)
-    finally:
-        node.stop()
+        with storescp(pacs_port, tmp_path / "pacs"):
+            wait_for(lambda: all_delivered(api), 120, "the results to reach the PACS")
+            wait_for(lambda: pacs_health(api)["up"] is True, 30, "pacs to answer C-ECHO")
+            browser.refresh()
+            wait_loaded(browser)
+            wait_text(browser, "destination-health", "OK")
+            assert "DOWN" not in browser.find_element(By.ID, "destination-health").text
+            pending = browser.find_element(By.ID, "pending-deliveries").text
+            assert "none" in pending
+            assert "retrying" not in pending
+            shoot(browser, screenshots / "admin-dashboard-pacs-up.png", "OK", "success")
+        received = list((tmp_path / "pacs").rglob("*"))
+        assert [p for p in received if p.is_file()]
+        assert_no_csp_violation(browser)
     # Every retry said so once, as a WARNING; nothing logged an ERROR.
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
     retries = [r.getMessage() for r in caplog.records if "to retry at" in r.getMessage()]

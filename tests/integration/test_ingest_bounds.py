@@ -34,7 +34,8 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import time
 
 from tests.bombs import MIB, Instance, deflated, dicom_file, header_bomb, pixel_bomb, plain
-from tests.conftest import NODE_AE_TITLE, pydicom_file
+from tests.conftest import pydicom_file
+from tests.dcmtk import NODE_AE_TITLE
 from tests.integration.peers import NodeProcess, running_node, wait_for, write_config
 from tests.integration.process_usage import high_water_mark_bytes
 

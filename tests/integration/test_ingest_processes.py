@@ -22,7 +22,8 @@ from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
 
 from cad_node.store.schema import Instance, Series
-from tests.integration.peers import NodeProcess, running_node, storescu, wait_for, write_config
+from tests.dcmtk import storescu
+from tests.integration.peers import NodeProcess, running_node, wait_for, write_config
 from tests.integration.process_usage import cpu_seconds, descendants
 from tests.synthetic import write_ct_series
 

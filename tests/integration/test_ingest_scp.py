@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from pydicom import Dataset, dcmread
-from pydicom.uid import UID, generate_uid
+from pydicom.uid import UID, CTImageStorage, generate_uid
 from pynetdicom import AE
 
 from cad_node.domain.states import SeriesState
@@ -17,16 +17,8 @@ from cad_node.ingest.spool import Spool
 from cad_node.store.db import make_engine, session_factory, sqlite_url
 from cad_node.store.instances import RecordOutcome
 from cad_node.store.schema import Series
-from tests.conftest import (
-    NODE_AE_TITLE,
-    Journal,
-    NodeFactory,
-    dataset_bytes,
-    dcmtk,
-    pydicom_file,
-    send,
-    storescu,
-)
+from tests.conftest import Journal, NodeFactory, dataset_bytes, dcmtk, pydicom_file, send
+from tests.dcmtk import NODE_AE_TITLE, storescu
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
@@ -181,7 +173,7 @@ def test_storage_sop_classes_pynetdicom_does_not_know_are_accepted(
 def test_a_calling_ae_outside_the_allow_list_is_rejected(make_node: NodeFactory) -> None:
     node = make_node(allowed_calling_aets=["SCANNER"])
     intruder = AE(ae_title="INTRUDER")
-    intruder.add_requested_context("1.2.840.10008.5.1.4.1.1.2")
+    intruder.add_requested_context(CTImageStorage)
 
     assoc = intruder.associate("127.0.0.1", node.port, ae_title=NODE_AE_TITLE)
     result = storescu(node.port, [pydicom_file("CT_small.dcm")], calling_ae="INTRUDER")

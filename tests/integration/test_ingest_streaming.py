@@ -23,7 +23,8 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import time
 
 from cad_node.ingest.scp import StorageSCP
-from tests.conftest import NODE_AE_TITLE, Node, NodeFactory, dataset_bytes, pydicom_file, send
+from tests.conftest import Node, NodeFactory, dataset_bytes, pydicom_file, send
+from tests.dcmtk import NODE_AE_TITLE
 
 SUCCESS = 0x0000
 CONTEXT_ID = 1

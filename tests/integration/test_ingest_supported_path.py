@@ -27,7 +27,8 @@ from cad_node.ingest.incoming import (
 from cad_node.ingest.pynetdicom_adapter import ReceivePath
 from cad_node.ingest.spool import Spool
 from cad_node.store.db import create_schema, make_engine, session_factory, sqlite_url
-from tests.conftest import Journal, Node, NodeFactory, pydicom_file, send, storescu
+from tests.conftest import Journal, Node, NodeFactory, pydicom_file, send
+from tests.dcmtk import storescu
 
 NEWER = "3.1.0"
 

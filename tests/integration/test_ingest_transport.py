@@ -17,7 +17,8 @@ from cad_node.ingest.transport import (
     IngestSocket,
     use_ingest_sockets,
 )
-from tests.conftest import NODE_AE_TITLE, NodeFactory, dataset_bytes, pydicom_file
+from tests.conftest import NodeFactory, dataset_bytes, pydicom_file
+from tests.dcmtk import NODE_AE_TITLE
 
 STATEMENT = Path(__file__).parents[2] / "docs" / "conformance.md"
 

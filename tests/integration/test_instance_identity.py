@@ -14,7 +14,8 @@ from sqlalchemy import select
 
 from cad_node.ingest.incoming import STATUS_IDENTITY_CONFLICT
 from cad_node.store.schema import Instance, Series
-from tests.conftest import Journal, Node, NodeFactory, pydicom_file, send, storescu
+from tests.conftest import Journal, Node, NodeFactory, pydicom_file, send
+from tests.dcmtk import storescu
 
 SUCCESS = 0x0000
 

@@ -20,8 +20,8 @@ from sqlalchemy import select
 from cad_node.domain.states import JobState
 from cad_node.store.schema import Job
 from cad_node.synth import mammo
-from tests.integration.peers import free_port, running_node, storescu, wait_for, write_config
-from tests.integration.test_spine import query
+from tests.dcmtk import free_port, storescu
+from tests.integration.peers import query, running_node, wait_for, write_config
 
 pytestmark = pytest.mark.slow
 

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from pydicom.uid import CTImageStorage
 from sqlalchemy import event, func, select
 
 from cad_node.errors import StorageError
@@ -22,7 +23,7 @@ def _record(number: int) -> InstanceRecord:
     sop_instance_uid = f"1.2.826.0.1.3680043.9.3811.7.2.{number}"
     return InstanceRecord(
         sop_instance_uid=sop_instance_uid,
-        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        sop_class_uid=CTImageStorage,
         series_instance_uid=SERIES_UID,
         study_instance_uid="1.2.826.0.1.3680043.9.3811.7.0",
         transfer_syntax_uid="1.2.840.10008.1.2.1",

@@ -30,6 +30,7 @@ import pytest
 import yaml
 from pydicom import dcmread
 from pydicom.uid import (
+    Comprehensive3DSRStorage,
     ComprehensiveSRStorage,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -46,6 +47,7 @@ from sqlalchemy.orm import Session
 from cad_node.domain.states import DeliveryState, JobState, SeriesState
 from cad_node.store.schema import Delivery, Instance, Job, Result, Series
 from cad_node.synth import fundus
+from tests.dcmtk import free_port
 from tests.dicom_validation import assert_valid_dicom
 from tests.integration.load_traffic import (
     LoadPlan,
@@ -54,7 +56,7 @@ from tests.integration.load_traffic import (
     concurrent_storescus,
     write_traffic,
 )
-from tests.integration.peers import free_port, running_node, wait_for, write_config
+from tests.integration.peers import running_node, wait_for, write_config
 from tests.integration.process_usage import PeakMemorySampler, cpu_seconds
 from tests.reliability_doc import write_section
 from tests.synthetic import write_ct_series
@@ -73,10 +75,9 @@ PEAK_RSS_LIMIT_BYTES = 2 * 1024**3
 SETTLE_TIMEOUT = 300.0
 QUIET_SECONDS = 5.0
 
-COMPREHENSIVE_3D_SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.34"
 RESULT_SOP_CLASSES = (
     SegmentationStorage,
-    COMPREHENSIVE_3D_SR_STORAGE,
+    Comprehensive3DSRStorage,
     ComprehensiveSRStorage,
     SecondaryCaptureImageStorage,
 )
@@ -396,7 +397,7 @@ def test_concurrent_senders_lose_nothing_and_duplicate_nothing(
     assert receiver.duplicates() == 0
     assert set(receiver.uids()) == {uid for uid, _ in results}
     assert delivered == len(results)
-    assert receiver.per_study(COMPREHENSIVE_3D_SR_STORAGE) == Counter(exams.values())
+    assert receiver.per_study(Comprehensive3DSRStorage) == Counter(exams.values())
     results_per_study = Counter(exams[series] for _, series in results)
     assert receiver.per_study() == results_per_study, "one result set per exam"
     for path in sorted(receiver.folder.iterdir()):

@@ -17,7 +17,8 @@ from pydicom.uid import generate_uid
 
 from cad_node.security.redaction import WITHHELD, RedactingFilter, redact
 from tests.conftest import dataset_bytes, send
-from tests.integration.peers import running_node, storescp, storescu, wait_for, write_config
+from tests.dcmtk import storescu
+from tests.integration.peers import running_node, storescp, wait_for, write_config
 from tests.synthetic import write_ct_series
 
 PATIENT_NAME = "Zqxjkvw^Brumhilde"

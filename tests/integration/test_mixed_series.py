@@ -12,21 +12,20 @@ from pathlib import Path
 
 import pytest
 from pydicom import Dataset, dcmread
-from pydicom.uid import UID, SecondaryCaptureImageStorage
+from pydicom.uid import (
+    UID,
+    Comprehensive3DSRStorage,
+    SecondaryCaptureImageStorage,
+    SegmentationStorage,
+)
 from sqlalchemy import select
 
 from cad_node.domain.states import JobState
 from cad_node.store.schema import Job, Series
+from tests.dcmtk import storescu
 from tests.dicom_validation import assert_valid_dicom
-from tests.integration.peers import running_node, storescp, storescu, wait_for, write_config
-from tests.integration.test_spine import (
-    COMPREHENSIVE_3D_SR,
-    SEG_SOP_CLASS,
-    check_results,
-    delivered,
-    query,
-    received,
-)
+from tests.integration.peers import query, running_node, storescp, wait_for, write_config
+from tests.integration.test_spine import check_results, delivered, received
 from tests.synthetic import SyntheticSeries
 
 pytestmark = pytest.mark.slow
@@ -98,8 +97,8 @@ def test_a_scout_and_a_capture_in_the_series_leave_the_axial_stack_read(
 
     for path in pacs_dir.glob("*"):
         assert_valid_dicom(path)
-    (seg,) = received(pacs_dir, SEG_SOP_CLASS)
-    (sr,) = received(pacs_dir, COMPREHENSIVE_3D_SR)
+    (seg,) = received(pacs_dir, SegmentationStorage)
+    (sr,) = received(pacs_dir, Comprehensive3DSRStorage)
     for result in (seg, sr):
         assert set(referenced_uids(result)) & {SCOUT_UID, CAPTURE_UID} == set()
     check_results(seg, sr, chest_ct)

@@ -15,21 +15,15 @@ import numpy.typing as npt
 import pydicom
 import pytest
 from pydicom import Dataset
+from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
 from sqlalchemy import select
 
 from cad_node.domain.states import JobState
 from cad_node.store.schema import Job
+from tests.dcmtk import storescu
 from tests.dicom_validation import assert_valid_dicom
-from tests.integration.peers import running_node, storescp, storescu, wait_for, write_config
-from tests.integration.test_spine import (
-    COMPREHENSIVE_3D_SR,
-    MAX_FALSE_POSITIVES,
-    MIN_HITS,
-    SEG_SOP_CLASS,
-    delivered,
-    query,
-    received,
-)
+from tests.integration.peers import query, running_node, storescp, wait_for, write_config
+from tests.integration.test_spine import MAX_FALSE_POSITIVES, MIN_HITS, delivered, received
 from tests.synthetic import SyntheticSeries
 
 pytestmark = pytest.mark.slow
@@ -76,7 +70,7 @@ def test_enhanced_ct_in_seg_and_sr_on_its_frames_out(
     for path in pacs_dir.glob("*"):
         assert_valid_dicom(path)
     results = {ds.SOPClassUID: ds for ds in received(pacs_dir)}
-    seg, sr = results[SEG_SOP_CLASS], results[COMPREHENSIVE_3D_SR]
+    seg, sr = results[SegmentationStorage], results[Comprehensive3DSRStorage]
     positions = frame_positions(enhanced)
     check_seg_frames(seg, enhanced, positions, chest_ct)
     check_sr_regions(sr, enhanced, positions, chest_ct)

@@ -11,12 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydicom import dcmread
-from pydicom.uid import SecondaryCaptureImageStorage, SegmentationStorage
+from pydicom.uid import Comprehensive3DSRStorage, SecondaryCaptureImageStorage, SegmentationStorage
 
 from cad_node.synth import fundus
 from tests import sr_content as content
 from tests.integration.test_planar_spine import (
-    COMPREHENSIVE_3D_SR,
     ICDR_GRADE,
     IMAGE_REGION,
     REFERABLE_DR,
@@ -54,7 +53,7 @@ def test_a_stereo_pair_in_one_op_instance_is_read_frame_by_frame(
 
     received = _exchange(tmp_path, sorted(sent.glob("*.dcm")))  # job DONE, all valid
 
-    (sr,) = _by_class(received, COMPREHENSIVE_3D_SR)
+    (sr,) = _by_class(received, Comprehensive3DSRStorage)
     (right,) = [
         g
         for g in content.groups(sr)

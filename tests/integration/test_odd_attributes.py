@@ -29,25 +29,24 @@ import httpx
 import pydicom
 import pytest
 from pydicom import Dataset, uid
-from pydicom.uid import SegmentationStorage
+from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
 from sqlalchemy import select
 
 from cad_node.domain.states import DeliveryState, JobState
 from cad_node.store.schema import Delivery, Job, Result
 from cad_node.synth import fundus
+from tests.dcmtk import free_port, storescu
 from tests.dicom_validation import assert_valid_dicom
 from tests.integration.peers import (
     NodeProcess,
-    free_port,
+    query,
     running_node,
     storescp,
-    storescu,
     wait_for,
     write_config,
 )
 from tests.integration.test_mixed_series import referenced_uids
-from tests.integration.test_spine import COMPREHENSIVE_3D_SR, query
-from tests.synthetic import SyntheticSeries, write_ct_series
+from tests.synthetic import SyntheticSeries
 from tests.unit.test_charsets import CHARSETS, Charset, example_name
 
 pytestmark = pytest.mark.slow
@@ -84,19 +83,6 @@ class Sent:
 
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory: pytest.TempPathFactory) -> SyntheticSeries:
-    """Small, with one nodule large enough that the model finds it at this resolution."""
-    return write_ct_series(
-        tmp_path_factory.mktemp("source"),
-        seed=7,
-        rows=128,
-        slices=16,
-        nodule_count=1,
-        diameter_range_mm=(16.0, 20.0),
-    )
-
-
-@pytest.fixture(scope="module")
 def peers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peers]:
     folder = tmp_path_factory.mktemp("node")
     admin_port = free_port()
@@ -124,7 +110,7 @@ def peers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peers]:
 
 @pytest.fixture(scope="module")
 def sent(
-    source: SyntheticSeries,
+    one_nodule_ct: SyntheticSeries,
     fundus_exam: tuple[Path, fundus.FundusTruth],
     peers: Peers,
     tmp_path_factory: pytest.TempPathFactory,
@@ -135,9 +121,13 @@ def sent(
     _store(peers, fundus_paths)
     series = {}
     for name in SENT_CHARSETS:
-        paths, series[name] = _ct_copy(source, name, folder / name, _in_charset(CHARSETS[name]))
+        paths, series[name] = _ct_copy(
+            one_nodule_ct, name, folder / name, _in_charset(CHARSETS[name])
+        )
         _store(peers, paths)
-    paths, series[NO_SPACING] = _ct_copy(source, NO_SPACING, folder / NO_SPACING, _no_spacing)
+    paths, series[NO_SPACING] = _ct_copy(
+        one_nodule_ct, NO_SPACING, folder / NO_SPACING, _no_spacing
+    )
     _store(peers, paths)
     return Sent(series, frozenset(fundus_uids))
 
@@ -270,7 +260,7 @@ def test_a_fundus_pair_without_number_of_frames_is_done_with_warnings_shown(
         assert f"job {job.id}: {note}" in status
 
     results = _results(peers, job)
-    (sr,) = results[COMPREHENSIVE_3D_SR]
+    (sr,) = results[Comprehensive3DSRStorage]
     assert sent.fundus_uids <= set(referenced_uids(sr))
     assert results[SegmentationStorage]
     for seg in results[SegmentationStorage]:
@@ -290,7 +280,7 @@ def test_seg_and_sr_keep_the_text_of_the_character_set(
     assert job is not None
 
     results = _results(peers, job)
-    assert set(results) == {SegmentationStorage, COMPREHENSIVE_3D_SR}
+    assert set(results) == {SegmentationStorage, Comprehensive3DSRStorage}
     for result in [ds for datasets in results.values() for ds in datasets]:
         assert str(result.PatientName) == example_name(charset)
         assert result.StudyDescription == charset.study_description

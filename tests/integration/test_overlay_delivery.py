@@ -23,21 +23,13 @@ from cad_node.domain.states import DeliveryState
 from cad_node.results.gsps import MARKS_LAYER
 from cad_node.results.overlay import CONTOUR_COLOURS
 from cad_node.store.schema import Delivery
+from tests.dcmtk import free_port, storescu
 from tests.dicom_validation import assert_valid_dicom
-from tests.integration.peers import (
-    free_port,
-    running_node,
-    storescp,
-    storescu,
-    wait_for,
-    write_config,
-)
-from tests.integration.test_spine import query
+from tests.integration.peers import query, running_node, storescp, wait_for, write_config
 from tests.synthetic import SyntheticSeries
 
 pytestmark = pytest.mark.slow
 
-SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 RULES = Path(__file__).parents[2] / "config" / "rules.yaml"
 
 
@@ -94,7 +86,7 @@ def test_overlay_goes_only_where_asked(tmp_path: Path, chest_ct: SyntheticSeries
     pacs, plain = _deliver_to_pacs_and_plain(tmp_path, chest_ct, ["seg", "sr", "overlay"])
     assert SecondaryCaptureImageStorage not in {ds.SOPClassUID for ds in plain}
     overlays = [ds for ds in pacs if ds.SOPClassUID == SecondaryCaptureImageStorage]
-    (seg,) = [ds for ds in pacs if ds.SOPClassUID == SEG_SOP_CLASS]
+    (seg,) = [ds for ds in pacs if ds.SOPClassUID == SegmentationStorage]
     assert 1 <= len(overlays) <= len(seg.SegmentSequence)
     for ds in overlays:
         assert_valid_dicom(ds.filename)

@@ -18,7 +18,7 @@ from cad_node.domain.states import SeriesState
 from cad_node.pipeline.assemble import OWN_RESULT
 from cad_node.results.build import build_volume_objects
 from cad_node.store.schema import Series
-from tests.conftest import storescu
+from tests.dcmtk import storescu
 from tests.integration.peers import running_node, wait_for, write_config
 from tests.unit.test_results_objects import make_case
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
+from pydicom.uid import CTImageStorage
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event
@@ -18,12 +19,12 @@ from pynetdicom.events import Event
 from cad_node.config import Settings, load_settings
 from cad_node.errors import ConfigError
 from cad_node.security.peers import ALL_SERVICES, Peer, PeerPolicy, PeerService
-from tests.conftest import NODE_AE_TITLE, NodeFactory, dcmtk, pydicom_file, storescu
+from tests.conftest import NodeFactory, dcmtk, pydicom_file
+from tests.dcmtk import NODE_AE_TITLE, storescu
 
 SUCCESS = 0x0000
 NOT_AUTHORIZED = 0x0124
 VERIFICATION = "1.2.840.10008.1.1"
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 CALLING_AE_NOT_RECOGNIZED = (0x01, 0x01, 0x03)
 """A-ASSOCIATE-RJ: rejected-permanent, DICOM UL service-user, calling-AE-title-not-recognized."""
 
@@ -40,7 +41,7 @@ def associate(port: int, ae_title: str, source: str = "127.0.0.1") -> Associatio
     """An association with Verification and CT Image Storage, from ``source``."""
     ae = AE(ae_title=ae_title)
     ae.add_requested_context(VERIFICATION)
-    ae.add_requested_context(CT_IMAGE_STORAGE)
+    ae.add_requested_context(CTImageStorage)
     return ae.associate("127.0.0.1", port, ae_title=NODE_AE_TITLE, bind_address=(source, 0))
 
 

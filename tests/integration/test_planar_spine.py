@@ -13,7 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydicom import Dataset, dcmread
-from pydicom.uid import SecondaryCaptureImageStorage, SegmentationStorage, generate_uid
+from pydicom.uid import (
+    Comprehensive3DSRStorage,
+    SecondaryCaptureImageStorage,
+    SegmentationStorage,
+    generate_uid,
+)
 from sqlalchemy import select
 
 from cad_node.domain.findings import FindingType
@@ -22,20 +27,12 @@ from cad_node.results import codes
 from cad_node.store.schema import Delivery, Job
 from cad_node.synth import fundus, mammo
 from tests import sr_content as content
+from tests.dcmtk import free_port, storescu
 from tests.dicom_validation import assert_valid_dicom
-from tests.integration.peers import (
-    free_port,
-    running_node,
-    storescp,
-    storescu,
-    wait_for,
-    write_config,
-)
-from tests.integration.test_spine import query
+from tests.integration.peers import query, running_node, storescp, wait_for, write_config
 
 pytestmark = pytest.mark.slow
 
-COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 BREAST, RETINA = "76752008", "5665001"
 SIDE = {"R": "24028007", "L": "7771000"}
 IMAGE_REGION = "111030"
@@ -124,7 +121,7 @@ def test_four_view_mammogram_in_two_series_gives_one_study_result(
 
     received = _exchange(tmp_path, paths)
 
-    (sr,) = _by_class(received, COMPREHENSIVE_3D_SR)
+    (sr,) = _by_class(received, Comprehensive3DSRStorage)
     assert sr.StudyInstanceUID == truth.study_instance_uid
     assert "NOT FOR CLINICAL USE" in sr.SeriesDescription
     groups = content.groups(sr)
@@ -173,7 +170,7 @@ def test_fundus_pair_gives_a_grade_per_eye(
 
     received = _exchange(tmp_path, paths)
 
-    (sr,) = _by_class(received, COMPREHENSIVE_3D_SR)
+    (sr,) = _by_class(received, Comprehensive3DSRStorage)
     assert sr.StudyInstanceUID == truth.study_instance_uid
     grades = {
         content.site(g)[1]: (content.coded(g)[ICDR_GRADE], content.coded(g)[REFERABLE_DR])

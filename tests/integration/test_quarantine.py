@@ -3,9 +3,6 @@ node: pynetdicom sends it, the worker's decoder process runs out of memory, the 
 is QUARANTINED with the reason (the CLI and the admin API show it), an admin's retry queues
 it again, and the node goes on serving the next series (DCMTK storescu sends it)."""
 
-import hashlib
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +15,9 @@ from cad_node.app import Node
 from cad_node.config import load_settings
 from cad_node.domain.states import JobState, SeriesState
 from tests.conftest import send
-from tests.integration.peers import free_port, storescu, wait_for, write_config
+from tests.dcmtk import free_port, storescu
+from tests.integration.conftest import api_client, in_process_node, sha256
+from tests.integration.peers import cad_node_status, wait_for, write_config
 from tests.synthetic import SyntheticSeries, write_ct_series, write_frame_bombs
 
 pytestmark = pytest.mark.slow
@@ -45,7 +44,7 @@ def frame_bomb(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 @pytest.fixture
 def config_path(tmp_path: Path) -> Path:
-    admin_token = hashlib.sha256(ADMIN_TOKEN.encode()).hexdigest()
+    admin_token = sha256(ADMIN_TOKEN)
     return write_config(
         tmp_path,
         quiet_seconds=0.5,
@@ -61,20 +60,13 @@ def config_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def node(config_path: Path) -> Iterator[Node]:
-    running = Node(load_settings(config_path))
-    running.start()
-    try:
+    with in_process_node(load_settings(config_path)) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture
 def admin(node: Node) -> Iterator[httpx.Client]:
-    assert node.admin is not None
-    url = f"http://127.0.0.1:{node.admin.port}"
-    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-    with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
+    with api_client(node, ADMIN_TOKEN) as client:
         yield client
 
 
@@ -101,16 +93,6 @@ def job_done(admin: httpx.Client, series_instance_uid: str) -> bool:
 
 def in_state(admin: httpx.Client, series_instance_uid: str, state: SeriesState) -> bool:
     return bool(series_of(admin, series_instance_uid)["state"] == state)
-
-
-def cad_node_status(config_path: Path) -> str:
-    return subprocess.run(
-        [sys.executable, "-m", "cad_node", "status", "--config", str(config_path)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    ).stdout
 
 
 def test_a_frame_bomb_is_quarantined_and_the_node_serves_on(

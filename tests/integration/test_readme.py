@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.dcmtk import DCMTK_ENV, program
-from tests.integration.peers import port_open, wait_for
+from tests.dcmtk import DCMTK_ENV, port_open, program
+from tests.integration.peers import wait_for
 
 ROOT = Path(__file__).parents[2]
 DEFAULT_PORT = 11112

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from pydicom import Dataset, dcmread
+from pydicom.uid import SegmentationStorage
 from sqlalchemy import func, select
 
 from cad_node.app import Node
@@ -26,14 +27,14 @@ from cad_node.models.manifest import MANIFEST_NAME, Manifest
 from cad_node.models.registry import FACTORIES, SHIPPED_DIR
 from cad_node.security.deid import DEIDENTIFICATION_METHOD
 from cad_node.store.schema import Delivery
+from tests.dcmtk import free_port, storescu
 from tests.dicom_validation import assert_valid_dicom
-from tests.integration.peers import free_port, storescp, storescu, wait_for
+from tests.integration.peers import storescp, wait_for
 from tests.synthetic import SyntheticSeries
 
 pytestmark = pytest.mark.slow
 
 REMOTE_MODEL = "lung_remote"
-SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 PATIENT_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "StudyDate", "StudyID")
 
 
@@ -182,7 +183,7 @@ def test_seg_and_sr_come_back_under_the_original_patient_and_images(
     pseudonyms = set(recording[0].volumes[0].sop_instance_uids)
 
     results = [dcmread(path) for path in files]
-    assert SEG_SOP_CLASS in {str(ds.SOPClassUID) for ds in results}
+    assert SegmentationStorage in {str(ds.SOPClassUID) for ds in results}
     for path, result in zip(files, results, strict=True):
         assert_valid_dicom(path)
         assert result.StudyInstanceUID == chest_ct.study_instance_uid

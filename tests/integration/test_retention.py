@@ -27,9 +27,10 @@ from cad_node.clock import utc_now
 from cad_node.config import Settings
 from cad_node.domain.states import DeliveryState, JobState, ResultKind
 from cad_node.store.schema import AuditEvent, Delivery, Instance, Job, Result, Series
-from tests.conftest import NODE_AE_TITLE, send
-from tests.integration.peers import free_port, storescp, wait_for
-from tests.integration.test_admin_api import READ_TOKEN, sha256
+from tests.conftest import send
+from tests.dcmtk import NODE_AE_TITLE, free_port
+from tests.integration.conftest import READ_TOKEN, in_process_node, sha256
+from tests.integration.peers import storescp, wait_for
 from tests.synthetic import SyntheticSeries, write_ct_series
 
 pytestmark = pytest.mark.slow
@@ -118,13 +119,8 @@ def clock() -> SteppedClock:
 @pytest.fixture
 def node(config: Path, clock: SteppedClock, tmp_path: Path, pacs_port: int) -> Iterator[Node]:
     settings = Settings.model_validate(yaml.safe_load(config.read_text()))
-    with storescp(pacs_port, tmp_path / "pacs"):
-        running = Node(settings, clock=clock)
-        running.start()
-        try:
-            yield running
-        finally:
-            running.stop()
+    with storescp(pacs_port, tmp_path / "pacs"), in_process_node(settings, clock=clock) as running:
+        yield running
 
 
 def cad_node(*args: str) -> subprocess.CompletedProcess[str]:

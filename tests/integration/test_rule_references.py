@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tests.integration.conftest import install_unloadable_model
 from tests.integration.peers import running_node, write_config
-from tests.integration.test_admin_api import install_unloadable_model
 
 CAD_NODE = str(Path(sys.executable).with_name("cad-node"))
 CONFIG_ERROR = 2

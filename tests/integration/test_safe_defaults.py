@@ -11,8 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import pydicom_file, storescu
-from tests.integration.peers import NODE_STARTED, free_port, running_node, wait_for, write_config
+from tests.conftest import pydicom_file
+from tests.dcmtk import free_port, storescu
+from tests.integration.peers import NODE_STARTED, running_node, wait_for, write_config
 
 CONFIG_ERROR = 2
 """``cad-node``'s exit status for a ConfigError."""

@@ -29,8 +29,8 @@ from cad_node.config import IngestLimitSettings, ServerTlsSettings
 from cad_node.ingest.connections import ConnectionLimits
 from cad_node.ingest.scp import MAXIMUM_PDU_LENGTH
 from cad_node.security.tls import server_context
-from tests.conftest import NODE_AE_TITLE, Node, NodeFactory, context_of, pydicom_file
-from tests.dcmtk import DCMTK_ENV, program
+from tests.conftest import Node, NodeFactory, context_of, pydicom_file
+from tests.dcmtk import DCMTK_ENV, NODE_AE_TITLE, program
 
 LIMITS = ConnectionLimits(acse_timeout_seconds=2.0, network_timeout_seconds=2.0)
 CLOSE_MARGIN_SECONDS = 3.0

@@ -14,12 +14,9 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
-from pynetdicom import AE
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import time
 from sqlalchemy import create_engine, select, update
 from sqlalchemy.orm import Session
 
@@ -28,8 +25,8 @@ from cad_node.domain.states import JobState
 from cad_node.ingest.spool import TEMP_SUFFIX, Spool
 from cad_node.store.lock import LOCK_FILE_NAME, FolderInUseError, StorageLock
 from cad_node.store.schema import Instance, Job
-from tests.conftest import NODE_AE_TITLE, send
-from tests.integration.peers import NodeProcess, running_node, wait_for, write_config
+from tests.conftest import echo, send
+from tests.integration.peers import NodeProcess, journal_rows, running_node, wait_for, write_config
 from tests.synthetic import write_ct_series
 
 SUCCESS = 0x0000
@@ -106,7 +103,7 @@ def test_a_second_serve_exits_touching_nothing_and_a_killed_nodes_successor_star
     live = NodeProcess(config_path, tmp_path / "live" / "node.log")
     try:
         assert send(live.port, list(ct.paths)) == [SUCCESS] * len(ct.paths)
-        wait_for(lambda: len(_query(storage, select(Job))) == 1, 60, "the series' job")
+        wait_for(lambda: len(journal_rows(storage, select(Job))) == 1, 60, "the series' job")
         job_id = _hold_the_job(storage)
         in_flight = _temp_spool_file(storage)  # as if the live node were writing it
 
@@ -115,7 +112,7 @@ def test_a_second_serve_exits_touching_nothing_and_a_killed_nodes_successor_star
         assert second.returncode != 0
         assert f"another cad-node (pid {live.process.pid}) owns {storage}" in second.stderr
         _assert_one_clear_line(second)
-        (held,) = _query(storage, select(Job))
+        (held,) = journal_rows(storage, select(Job))
         assert (held.id, held.state, held.worker_id) == (job_id, JobState.RUNNING, OTHER_WORKER)
         assert held.attempts == 1
         assert in_flight.is_file(), "the live node's spool temp file was deleted"
@@ -135,12 +132,12 @@ def test_a_second_serve_exits_touching_nothing_and_a_killed_nodes_successor_star
         assert other_in_flight.is_file(), "recovery ran in the refused node's folder"
 
         # the live node still receives
-        assert _echo(live.port) == SUCCESS
+        assert echo(live.port) == SUCCESS
         more = write_ct_series(
             tmp_path / "more", seed=424242, rows=64, slices=3, images_in_acquisition=True
         )
         assert send(live.port, list(more.paths)) == [SUCCESS] * len(more.paths)
-        assert len(_query(storage, select(Instance))) == len(ct.paths) + len(more.paths)
+        assert len(journal_rows(storage, select(Instance))) == len(ct.paths) + len(more.paths)
         assert "Traceback" not in live.log()
 
         live.kill()
@@ -151,8 +148,8 @@ def test_a_second_serve_exits_touching_nothing_and_a_killed_nodes_successor_star
     assert (storage / LOCK_FILE_NAME).read_text() == f"{live.process.pid}\n"
     with running_node(config_path, tmp_path / "live" / "successor.log") as successor:
         assert (storage / LOCK_FILE_NAME).read_text() == f"{successor.process.pid}\n"
-        assert _echo(successor.port) == SUCCESS
-        job = next(j for j in _query(storage, select(Job)) if j.id == job_id)
+        assert echo(successor.port) == SUCCESS
+        job = next(j for j in journal_rows(storage, select(Job)) if j.id == job_id)
         assert (job.state, job.worker_id) == (JobState.QUEUED, None), "recovery requeues it"
         assert not in_flight.exists(), "recovery removes the dead node's temp files"
         assert "Traceback" not in successor.log()
@@ -179,16 +176,6 @@ def _assert_one_clear_line(refused: subprocess.CompletedProcess[str]) -> None:
     assert "Traceback" not in output, output
     errors = [line for line in refused.stderr.splitlines() if line.startswith("cad-node: error:")]
     assert len(errors) == 1, output
-
-
-def _query(storage: Path, statement: Any) -> list[Any]:
-    """``statement`` on the node's SQLite journal, in a fresh read transaction."""
-    engine = create_engine(f"sqlite:///{storage / 'journal.sqlite'}")
-    try:
-        with Session(engine) as session:
-            return list(session.scalars(statement).all())
-    finally:
-        engine.dispose()
 
 
 def _hold_the_job(storage: Path) -> int:
@@ -222,15 +209,3 @@ def _temp_spool_file(storage: Path) -> Path:
     path.write_bytes(b"\0" * 128)
     assert list(spool.temp_files()) == [path]
     return path
-
-
-def _echo(port: int) -> int | None:
-    ae = AE(ae_title="SCANNER")
-    ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AE_TITLE)
-    if not assoc.is_established:
-        return None
-    try:
-        return int(assoc.send_c_echo().Status)
-    finally:
-        assoc.release()

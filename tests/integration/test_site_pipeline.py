@@ -19,6 +19,7 @@ import httpx
 import pytest
 import yaml
 from pydicom import Dataset, dcmread
+from pydicom.uid import SegmentationStorage
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
@@ -26,8 +27,9 @@ from cad_node.domain.states import JobState
 from cad_node.store.schema import Job
 from tests.bundles import label_entry, zoo_bundle
 from tests.conftest import send
+from tests.dcmtk import free_port
 from tests.dicom_validation import assert_valid_dicom
-from tests.integration.peers import free_port, running_node, storescp, wait_for, write_config
+from tests.integration.peers import running_node, storescp, wait_for, write_config
 from tests.integration.test_site_process import assert_gone
 from tests.site_runners import write_scripted_bundle
 from tests.synthetic import SyntheticSeries, write_ct_series
@@ -36,7 +38,6 @@ pytestmark = pytest.mark.slow
 
 SPLEEN, REFUSER = "spleen", "refuser"
 SPLEEN_SERIES, REFUSED_SERIES = "Spleen CT", "Refused CT"
-SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 SUCCESS = 0x0000
 JOBS_SECONDS = 600.0
 """Two bundles' first jobs (their children import torch and MONAI) on two busy cores."""
@@ -175,7 +176,7 @@ def test_the_spleen_seg_and_sr_arrive_valid_with_the_labels_code(delivered: Deli
     for path in delivered.received:
         assert_valid_dicom(path)
 
-    seg = results.pop(SEG_SOP_CLASS)
+    seg = results.pop(SegmentationStorage)
     (sr,) = results.values()
     (segment,) = seg.SegmentSequence
     assert segment.SegmentLabel == "spleen"

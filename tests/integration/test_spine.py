@@ -8,26 +8,25 @@ findings that match the ground truth.
 import math
 import re
 from pathlib import Path
-from typing import Any
 
 import highdicom as hd
 import numpy as np
 import pytest
 from pydicom import Dataset, dcmread
 from pydicom.data import get_testdata_file
-from sqlalchemy import create_engine, select
-from sqlalchemy.orm import Session
+from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
+from sqlalchemy import select
 
 from cad_node.domain.states import DeliveryState, JobState, SeriesState
 from cad_node.store.schema import Delivery, Job, Series
 from tests.conftest import dataset_bytes, send
+from tests.dcmtk import free_port, storescu
 from tests.dicom_validation import assert_valid_dicom
 from tests.integration.peers import (
     NodeProcess,
-    free_port,
+    query,
     running_node,
     storescp,
-    storescu,
     wait_for,
     write_config,
 )
@@ -35,8 +34,6 @@ from tests.synthetic import SyntheticSeries
 
 pytestmark = pytest.mark.slow
 
-SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
-COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 MIN_HITS = 2
 """Of the 3 nodules of the test series: the model's stated sensitivity allows a miss."""
 MAX_FALSE_POSITIVES = 3
@@ -45,17 +42,6 @@ MAX_FALSE_POSITIVES = 3
 def received(folder: Path, sop_class_uid: str | None = None) -> list[Dataset]:
     datasets = [dcmread(path) for path in sorted(folder.glob("*")) if path.is_file()]
     return [ds for ds in datasets if sop_class_uid in (None, ds.SOPClassUID)]
-
-
-def query(config: dict[str, object], statement: Any) -> list[Any]:
-    """Run ``statement`` on the node's journal in a fresh read transaction."""
-    storage = Path(str(config["storage_dir"]))
-    engine = create_engine(f"sqlite:///{storage / 'journal.sqlite'}")
-    try:
-        with Session(engine) as session:
-            return list(session.scalars(statement).all())
-    finally:
-        engine.dispose()
 
 
 def sr_diameters(sr: Dataset) -> list[float]:
@@ -125,17 +111,19 @@ def test_chest_ct_in_seg_and_sr_out(tmp_path: Path, chest_ct: SyntheticSeries) -
 
     for path in pacs_dir.glob("*"):
         assert_valid_dicom(path)
-    check_results(first[SEG_SOP_CLASS], first[COMPREHENSIVE_3D_SR], chest_ct)
+    check_results(first[SegmentationStorage], first[Comprehensive3DSRStorage], chest_ct)
 
-    srs = [ds for ds in received(pacs_dir) if ds.SOPClassUID == COMPREHENSIVE_3D_SR]
-    (rerun,) = [ds for ds in srs if ds.SOPInstanceUID != first[COMPREHENSIVE_3D_SR].SOPInstanceUID]
+    srs = [ds for ds in received(pacs_dir) if ds.SOPClassUID == Comprehensive3DSRStorage]
+    (rerun,) = [
+        ds for ds in srs if ds.SOPInstanceUID != first[Comprehensive3DSRStorage].SOPInstanceUID
+    ]
     predecessors = {
         item.ReferencedSOPInstanceUID
         for study in rerun.PredecessorDocumentsSequence
         for series in study.ReferencedSeriesSequence
         for item in series.ReferencedSOPSequence
     }
-    assert predecessors == {first[COMPREHENSIVE_3D_SR].SOPInstanceUID}
+    assert predecessors == {first[Comprehensive3DSRStorage].SOPInstanceUID}
 
 
 def delivered(node_log: str) -> int:
@@ -223,8 +211,8 @@ def test_kill_between_ack_and_export_then_destination_up(
 
             wait_for(delivered, 60, "the deliveries once the PACS is up")
         assert len(query(restarted.config, select(Series))) == 1
-    assert len(received(pacs_dir, SEG_SOP_CLASS)) == 1
-    assert len(received(pacs_dir, COMPREHENSIVE_3D_SR)) == 1
+    assert len(received(pacs_dir, SegmentationStorage)) == 1
+    assert len(received(pacs_dir, Comprehensive3DSRStorage)) == 1
 
 
 def test_bad_calling_ae_and_corrupt_file_leave_the_node_serving(tmp_path: Path) -> None:

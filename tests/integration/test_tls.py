@@ -26,15 +26,9 @@ from cad_node.errors import ConfigError
 from cad_node.export.outcomes import OutcomeKind
 from cad_node.export.scu import send_files
 from cad_node.security.tls import client_context, server_context
-from tests.conftest import Node, NodeFactory, pydicom_file, send, storescu
-from tests.dcmtk import DCMTK_ENV, program
-from tests.integration.peers import (
-    free_port,
-    port_open,
-    running_node,
-    wait_for,
-    write_config,
-)
+from tests.conftest import Node, NodeFactory, pydicom_file, send
+from tests.dcmtk import DCMTK_ENV, free_port, port_open, program, storescu
+from tests.integration.peers import running_node, wait_for, write_config
 
 
 @dataclass(frozen=True)
@@ -77,14 +71,18 @@ def _signed(folder: Path, name: str, ca: tuple[Path, Path], san: str | None) -> 
     return cert, key
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    folder = tmp_path_factory.mktemp("pki")
+def make_pki(folder: Path) -> Pki:
+    """A test CA, a server certificate for 127.0.0.1, a client of the CA and a stranger."""
     ca = _self_signed(folder, "test-ca")
     server = _signed(folder, "server", ca, "IP:127.0.0.1,DNS:localhost")
     client = _signed(folder, "client", ca, None)
     stranger = _self_signed(folder, "stranger")
     return Pki(ca[0], *server, *client, *stranger)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def _tls_node(make_node: NodeFactory, pki: Pki, *, mutual: bool) -> Node:

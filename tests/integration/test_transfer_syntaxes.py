@@ -16,21 +16,19 @@ import pydicom
 import pytest
 from pydicom import uid
 from pydicom.dataset import Dataset
+from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
 from sqlalchemy import select
 
 from cad_node.domain.states import DeliveryState, JobState
 from cad_node.store.schema import Delivery, Instance, Job, Result
-from tests.conftest import storescu
+from tests.dcmtk import storescu
 from tests.dicom_validation import assert_valid_dicom
-from tests.integration.peers import NodeProcess, running_node, wait_for, write_config
+from tests.integration.peers import NodeProcess, query, running_node, wait_for, write_config
 from tests.integration.peers import storescp as running_storescp
-from tests.integration.test_spine import query
-from tests.synthetic import SyntheticSeries, write_ct_series
+from tests.synthetic import SyntheticSeries
 
 pytestmark = pytest.mark.slow
 
-SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
-COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 JOB_SECONDS = 240
 """Bound for one series' job and deliveries; the jobs of all syntaxes queue behind each other."""
 
@@ -84,19 +82,6 @@ class Peers:
 
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory: pytest.TempPathFactory) -> SyntheticSeries:
-    """Small, with one nodule large enough that the model finds it at this resolution."""
-    return write_ct_series(
-        tmp_path_factory.mktemp("source"),
-        seed=7,
-        rows=128,
-        slices=16,
-        nodule_count=1,
-        diameter_range_mm=(16.0, 20.0),
-    )
-
-
-@pytest.fixture(scope="module")
 def peers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peers]:
     folder = tmp_path_factory.mktemp("node")
     config_path = write_config(folder, quiet_seconds=1)
@@ -109,12 +94,12 @@ def peers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peers]:
 
 @pytest.fixture(scope="module")
 def sent(
-    source: SyntheticSeries, peers: Peers, tmp_path_factory: pytest.TempPathFactory
+    one_nodule_ct: SyntheticSeries, peers: Peers, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Sent]:
     """Every syntax's copy sent before any is checked, so their quiet timers run together."""
     folder = tmp_path_factory.mktemp("encoded")
     return {
-        name: encode_and_send(source, name, encoding, folder / name, peers.node.port)
+        name: encode_and_send(one_nodule_ct, name, encoding, folder / name, peers.node.port)
         for name, encoding in ENCODINGS.items()
     }
 
@@ -201,6 +186,6 @@ def test_syntax_in_seg_and_sr_out(name: str, sent: dict[str, Sent], peers: Peers
         f"the {name} series' SEG and SR to be delivered",
     )
     results = results_of(peers.pacs_dir, copy.study_instance_uid)
-    assert {SEG_SOP_CLASS, COMPREHENSIVE_3D_SR} <= set(results)
+    assert {SegmentationStorage, Comprehensive3DSRStorage} <= set(results)
     for path in results.values():
         assert_valid_dicom(path)

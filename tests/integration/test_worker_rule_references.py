@@ -5,8 +5,8 @@ a job, with one error line naming the rule, the model and the models known."""
 import shutil
 from pathlib import Path
 
+from tests.integration.conftest import install_unloadable_model
 from tests.integration.peers import running_node, write_config
-from tests.integration.test_admin_api import install_unloadable_model
 from tests.integration.test_rule_references import (
     CONFIG_ERROR,
     SHIPPED,

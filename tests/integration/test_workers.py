@@ -27,7 +27,8 @@ from cad_node.store.schema import Delivery, Job, Result
 from cad_node.worker import LeasedWorker, LeaseHeartbeat, make_worker
 from tests.conftest import FakeClock
 from tests.conftest import Journal as JournalFixture
-from tests.integration.peers import running_node, storescp, storescu, wait_for, write_config
+from tests.dcmtk import storescu
+from tests.integration.peers import running_node, storescp, wait_for, write_config
 from tests.synthetic import write_ct_series
 from tests.unit.test_jobs import add_series, queue
 

@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 
 from cad_node.orthanc import PLUGIN_PATH
-from tests.integration.peers import free_port, port_open, wait_for
+from tests.dcmtk import free_port, port_open
+from tests.integration.peers import wait_for
 
 ORTHANC = "Orthanc"
 PYTHON_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancPython.so")

@@ -48,6 +48,7 @@ import numpy.typing as npt
 import pytest
 from PIL import Image
 from pydicom import Dataset, dcmread
+from pydicom.uid import Comprehensive3DSRStorage, ParametricMapStorage
 from sqlalchemy import select
 
 from cad_node.domain.states import DeliveryState, JobState
@@ -55,9 +56,9 @@ from cad_node.store.schema import Delivery, Job
 from cad_node.synth import mammo
 from cad_node.synth.ct import NoduleTruth
 from tests import sr_content
+from tests.dcmtk import free_port, storescu
 from tests.dicom_validation import assert_valid_dicom
-from tests.integration.peers import free_port, running_node, storescu, wait_for, write_config
-from tests.integration.test_spine import query
+from tests.integration.peers import NodeProcess, query, running_node, wait_for, write_config
 from tests.synthetic import SyntheticSeries
 from tests.system.orthanc_peer import (
     CAD_NODE_AET,
@@ -269,10 +270,17 @@ def study(
             yield StudyWithResults(chest_ct, seg, sr, origin)
 
 
-def results_from_cad_node(
-    folder: Path, orthanc: OrthancProcess, cad_node_port: int, ct: SyntheticSeries
-) -> tuple[Dataset, Dataset]:
-    """Send the CT to Orthanc, let the plugin forward it to cad-node; the SEG and SR, validated."""
+def through_orthanc(
+    folder: Path,
+    orthanc: OrthancProcess,
+    cad_node_port: int,
+    images: Sequence[Path],
+    *,
+    arrived: Callable[[NodeProcess], bool],
+    what: str,
+) -> None:
+    """Send ``images`` to Orthanc, whose plugin forwards them to a cad-node that delivers its
+    results back to Orthanc; wait until ``arrived(node)`` (the node's log in the failure)."""
     config_path = write_config(
         folder,
         ae_title=CAD_NODE_AET,
@@ -282,17 +290,26 @@ def results_from_cad_node(
         },
     )
     with running_node(config_path, folder / "node.log") as node:
-        sent = storescu(orthanc.dicom_port, list(ct.paths), called_ae=ORTHANC_AET)
+        sent = storescu(orthanc.dicom_port, list(images), called_ae=ORTHANC_AET)
         assert sent.returncode == 0, sent.stderr
         try:
-            wait_for(
-                lambda: set(result_series(orthanc, ct.study_instance_uid)) == {"SEG", "SR"},
-                300,
-                "the SEG and SR in Orthanc",
-            )
+            wait_for(lambda: arrived(node), 300, what)
         except AssertionError as exc:
             exc.add_note(f"--- cad-node log ---\n{node.log()[-5000:]}")
             raise
+
+
+def results_from_cad_node(
+    folder: Path, orthanc: OrthancProcess, cad_node_port: int, ct: SyntheticSeries
+) -> tuple[Dataset, Dataset]:
+    """Send the CT to Orthanc, let the plugin forward it to cad-node; the SEG and SR, validated."""
+
+    def arrived(_: NodeProcess) -> bool:
+        return set(result_series(orthanc, ct.study_instance_uid)) == {"SEG", "SR"}
+
+    through_orthanc(
+        folder, orthanc, cad_node_port, ct.paths, arrived=arrived, what="the SEG and SR in Orthanc"
+    )
     results = result_series(orthanc, ct.study_instance_uid)
     downloaded = download_instances(orthanc, results, folder / "results")
     for path in downloaded:
@@ -687,8 +704,6 @@ def test_ohif_shows_the_sr_findings_on_the_nodules_with_their_measurements(
 
 # --- a mammogram: its Parametric Map (a Grad-CAM heatmap) and its SR ----------------------------
 
-PARAMETRIC_MAP_STORAGE = "1.2.840.10008.5.1.4.1.1.30"
-COMPREHENSIVE_3D_SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.34"
 MAMMOGRAPHY_PLUGIN_SETTINGS = {"Modality": "cad-node", "Filter": {"Modality": ["MG"]}}
 
 
@@ -766,22 +781,13 @@ def all_results_from_cad_node(
     folder: Path, orthanc: OrthancProcess, cad_node_port: int, images: list[Path]
 ) -> list[Dataset]:
     """Send the images to Orthanc; all results cad-node delivered there, validated."""
-    config_path = write_config(
-        folder,
-        ae_title=CAD_NODE_AET,
-        port=cad_node_port,
-        destinations={
-            "pacs": {"host": "127.0.0.1", "port": orthanc.dicom_port, "ae_title": ORTHANC_AET}
-        },
+
+    def arrived(node: NodeProcess) -> bool:
+        return all_delivered(node.config)
+
+    through_orthanc(
+        folder, orthanc, cad_node_port, images, arrived=arrived, what="all results in Orthanc"
     )
-    with running_node(config_path, folder / "node.log") as node:
-        sent = storescu(orthanc.dicom_port, images, called_ae=ORTHANC_AET)
-        assert sent.returncode == 0, sent.stderr
-        try:
-            wait_for(partial(all_delivered, node.config), 300, "all results in Orthanc")
-        except AssertionError as exc:
-            exc.add_note(f"--- cad-node log ---\n{node.log()[-5000:]}")
-            raise
     sources = {str(dcmread(path, stop_before_pixels=True).SeriesInstanceUID) for path in images}
     study_instance_uid = str(dcmread(images[0], stop_before_pixels=True).StudyInstanceUID)
     results = {
@@ -922,7 +928,7 @@ def test_ohif_shows_the_mammogram_heatmap_on_the_lesion(
 ) -> None:
     viewer = mammogram_viewer
     # OHIF makes one display set of a Parametric Map series: of its first map
-    (parametric_map,) = mammogram_study.of_class(PARAMETRIC_MAP_STORAGE)
+    (parametric_map,) = mammogram_study.of_class(ParametricMapStorage)
     source = map_source(parametric_map)
     lesions = mammogram_study.lesions_on(source)
     assert lesions, "the map explains a view with a lesion"
@@ -1003,7 +1009,7 @@ def test_ohif_loads_the_mammogram_sr_findings(
     mammogram_study: MammogramWithResults, mammogram_viewer: OhifViewer
 ) -> None:
     viewer = mammogram_viewer
-    (sr,) = mammogram_study.of_class(COMPREHENSIVE_3D_SR_STORAGE)
+    (sr,) = mammogram_study.of_class(Comprehensive3DSRStorage)
     viewer.open_study(mammogram_study.truth.study_instance_uid)
     measurements = load_series_until(
         viewer,
@@ -1030,7 +1036,7 @@ def test_ohif_shows_the_mammogram_sr_findings_on_their_view(
     mammogram_study: MammogramWithResults, mammogram_viewer: OhifViewer
 ) -> None:
     viewer = mammogram_viewer
-    (sr,) = mammogram_study.of_class(COMPREHENSIVE_3D_SR_STORAGE)
+    (sr,) = mammogram_study.of_class(Comprehensive3DSRStorage)
     viewer.open_study(mammogram_study.truth.study_instance_uid)
     viewer.load_series(int(sr.SeriesNumber))
     expected = {label for labels in sr_measurement_labels(sr).values() for label in labels}

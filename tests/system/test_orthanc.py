@@ -18,21 +18,14 @@ from typing import Any
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
-from pydicom.uid import generate_uid
+from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage, generate_uid
 from sqlalchemy import select
 
 from cad_node.store.schema import Series
 from cad_node.synth import fundus, mammo
+from tests.dcmtk import free_port, storescu
 from tests.dicom_validation import assert_valid_dicom
-from tests.integration.peers import (
-    free_port,
-    running_node,
-    storescp,
-    storescu,
-    wait_for,
-    write_config,
-)
-from tests.integration.test_spine import query
+from tests.integration.peers import query, running_node, storescp, wait_for, write_config
 from tests.synthetic import SyntheticSeries
 from tests.system.orthanc_peer import (
     CAD_NODE_AET,
@@ -43,9 +36,6 @@ from tests.system.orthanc_peer import (
 )
 
 pytestmark = pytest.mark.slow
-
-SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
-COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 
 
 @pytest.fixture(autouse=True)
@@ -184,7 +174,10 @@ def test_chest_ct_through_orthanc_and_cad_node_comes_back_as_seg_and_sr(
         assert "Traceback" not in orthanc.log()
         assert len(query(node.config, select(Series))) == 1, "results were sent back to cad-node"
 
-    assert {dcmread(path).SOPClassUID for path in files} == {SEG_SOP_CLASS, COMPREHENSIVE_3D_SR}
+    assert {dcmread(path).SOPClassUID for path in files} == {
+        SegmentationStorage,
+        Comprehensive3DSRStorage,
+    }
     for path in files:
         assert dcmread(path).StudyInstanceUID == chest_ct.study_instance_uid
         assert_valid_dicom(path)
@@ -252,8 +245,8 @@ def test_mammogram_and_fundus_exam_through_orthanc_come_back_in_their_studies(
 
     for study, paths in files.items():
         assert {dcmread(path).SOPClassUID for path in paths} >= {
-            SEG_SOP_CLASS,
-            COMPREHENSIVE_3D_SR,
+            SegmentationStorage,
+            Comprehensive3DSRStorage,
         }
         for path in paths:
             assert dcmread(path).StudyInstanceUID == study

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
+from pydicom.uid import Comprehensive3DSRStorage
 from sqlalchemy import select
 
 from cad_node.admin.api import create_app
@@ -22,11 +23,6 @@ from tests.conftest import FakeClock, Journal
 from tests.unit.test_jobs import T0, add_series, queue
 
 TOKEN = "unit-admin-token"
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture
@@ -87,7 +83,7 @@ def test_retry_a_failed_delivery_now(
         assert job is not None
         stored = StoredResult(
             ResultKind.SR,
-            "1.2.840.10008.5.1.4.1.1.88.34",
+            Comprehensive3DSRStorage,
             "2.25.2",
             "2.25.20",
             "b",

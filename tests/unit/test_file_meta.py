@@ -7,12 +7,11 @@ from pydicom import dcmread
 from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import UID
+from pydicom.uid import UID, CTImageStorage
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
 from cad_node.ingest.file_meta import PREAMBLE_AND_PREFIX, file_header
 
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 
@@ -50,20 +49,20 @@ def test_the_header_equals_pydicoms(
     sop_instance_uid: str, transfer_syntax_uid: str, source_ae_title: str
 ) -> None:
     ours = file_header(
-        sop_class_uid=CT_IMAGE_STORAGE,
+        sop_class_uid=CTImageStorage,
         sop_instance_uid=sop_instance_uid,
         transfer_syntax_uid=transfer_syntax_uid,
         source_ae_title=source_ae_title,
     )
 
     assert ours == pydicom_header(
-        CT_IMAGE_STORAGE, sop_instance_uid, transfer_syntax_uid, source_ae_title
+        CTImageStorage, sop_instance_uid, transfer_syntax_uid, source_ae_title
     )
 
 
 def test_pydicom_reads_the_header_back() -> None:
     header = file_header(
-        sop_class_uid=CT_IMAGE_STORAGE,
+        sop_class_uid=CTImageStorage,
         sop_instance_uid="1.2.826.0.1.3680043.8.498.77",
         transfer_syntax_uid=EXPLICIT_VR_LITTLE_ENDIAN,
         source_ae_title="CT_ROOM_7",
@@ -79,7 +78,7 @@ def test_pydicom_reads_the_header_back() -> None:
 def test_a_value_that_is_not_ascii_is_refused() -> None:
     with pytest.raises(UnicodeEncodeError, match="ascii"):
         file_header(
-            sop_class_uid=CT_IMAGE_STORAGE,
+            sop_class_uid=CTImageStorage,
             sop_instance_uid="1.2.3",
             transfer_syntax_uid=EXPLICIT_VR_LITTLE_ENDIAN,
             source_ae_title="SCANNÉR",

@@ -40,10 +40,7 @@ from cad_node.ingest.inflate import (
     InflatingSource,
 )
 from cad_node.ingest.spool import relative_instance_path
-from cad_node.models.registry import ModelRegistry
 from cad_node.pipeline.files import read_headers
-from cad_node.pipeline.work import Worker
-from cad_node.results.options import ResultOptions
 from cad_node.store.instances import record_instance
 from cad_node.store.jobs import queue_job
 from cad_node.store.schema import Job, Series
@@ -62,6 +59,7 @@ from tests.bombs import (
 )
 from tests.conftest import Journal, pydicom_file
 from tests.unit.test_jobs import T0
+from tests.unit.test_worker_ownership import worker
 
 LIMITS = DataSetLimits(max_instance_bytes=24 * MIB, max_header_bytes=8 * MIB)
 """The integration tests' configuration: a header bomb of 32 MiB is four times the bound."""
@@ -318,18 +316,7 @@ def test_a_worker_quarantines_a_series_whose_file_is_over_the_bounds(
             destinations=["pacs"],
             now=T0,
         )
-    worker = Worker(
-        sessions=journal.sessionmaker,
-        registry=ModelRegistry(device="cpu"),
-        storage_dir=tmp_path,
-        result_options=ResultOptions(),
-        result_kinds={},
-        clock=lambda: T0,
-        worker_id="w",
-        limits=LIMITS,
-    )
-
-    assert worker.run_next()
+    assert worker(journal, "w", tmp_path, limits=LIMITS).run_next()
 
     reason = f"instance {spooled.name}: Header before Pixel Data exceeds {8 * MIB} bytes"
     with journal.sessionmaker() as session:

@@ -7,6 +7,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from pydicom.uid import CTImageStorage, SecondaryCaptureImageStorage
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -47,7 +48,6 @@ def recording_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
 T0 = datetime(2026, 1, 2, 8, 0, tzinfo=UTC)
 STUDY = "1.2.826.0.1.3680043.8.498.10"
 SERIES = "1.2.826.0.1.3680043.8.498.11"
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 
 
@@ -55,7 +55,7 @@ def make_record(number: int, **changes: object) -> InstanceRecord:
     sop_instance_uid = f"1.2.826.0.1.3680043.8.498.12.{number}"
     record = InstanceRecord(
         sop_instance_uid=sop_instance_uid,
-        sop_class_uid=CT_IMAGE_STORAGE,
+        sop_class_uid=CTImageStorage,
         series_instance_uid=SERIES,
         study_instance_uid=STUDY,
         transfer_syntax_uid=EXPLICIT_VR_LITTLE_ENDIAN,
@@ -395,11 +395,10 @@ def test_the_driver_statements_cover_every_column_the_rows_set() -> None:
     assert tuple(instances._new_series_row(record, T0)) == instances._NEW_SERIES_KEYS
 
 
-SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 AXIAL = {
     "CallingAETitle": "SCANNER",
     "Modality": "CT",
-    "SOPClassUID": CT_IMAGE_STORAGE,
+    "SOPClassUID": CTImageStorage,
     "ImageType": ["ORIGINAL", "PRIMARY", "AXIAL"],
     "ImageOrientationPatient": [1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
     "SliceThickness": 1.25,
@@ -410,7 +409,11 @@ SCOUT = AXIAL | {
     "SliceThickness": 3.0,
     "KVP": 120.0,
 }
-CAPTURE = {"CallingAETitle": "SCANNER", "Modality": "OT", "SOPClassUID": SECONDARY_CAPTURE}
+CAPTURE = {
+    "CallingAETitle": "SCANNER",
+    "Modality": "OT",
+    "SOPClassUID": SecondaryCaptureImageStorage,
+}
 
 
 def _recorded(journal: Journal, *records: InstanceRecord) -> RecordOutcome:
@@ -436,7 +439,9 @@ def test_a_scout_sent_first_gives_way_to_the_stack(any_journal: Journal, one_bat
 
 
 def test_a_capture_first_gives_way_and_the_modality_follows(any_journal: Journal) -> None:
-    capture = make_record(1, sop_class_uid=SECONDARY_CAPTURE, attributes=CAPTURE, expected_count=1)
+    capture = make_record(
+        1, sop_class_uid=SecondaryCaptureImageStorage, attributes=CAPTURE, expected_count=1
+    )
     outcome = _recorded(any_journal, capture)
     assert outcome.expected_count is None  # a screen capture never completes the series
 
@@ -451,7 +456,7 @@ def test_a_scout_or_capture_after_the_stack_changes_nothing_but_the_count(
     any_journal: Journal,
 ) -> None:
     _recorded(any_journal, make_record(1, attributes=AXIAL, expected_count=2))
-    capture = make_record(3, sop_class_uid=SECONDARY_CAPTURE, attributes=CAPTURE)
+    capture = make_record(3, sop_class_uid=SecondaryCaptureImageStorage, attributes=CAPTURE)
     outcome = _recorded(any_journal, make_record(2, attributes=SCOUT, expected_count=1), capture)
 
     assert (outcome.instance_count, outcome.expected_count) == (3, 4)

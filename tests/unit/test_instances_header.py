@@ -8,6 +8,7 @@ from pathlib import PurePosixPath
 import pytest
 from pydicom import Dataset, dcmread
 from pydicom.filereader import read_file_meta_info
+from pydicom.uid import CTImageStorage, MRImageStorage, SecondaryCaptureImageStorage
 
 from cad_node.ingest.header import (
     HEADER_PREFIX_BYTES,
@@ -95,7 +96,7 @@ def test_the_record_carries_the_identifiers_and_routing_attributes() -> None:
 
     assert record.sop_instance_uid == header.SOPInstanceUID
     assert record.study_instance_uid == header.StudyInstanceUID
-    assert record.sop_class_uid == "1.2.840.10008.5.1.4.1.1.2"
+    assert record.sop_class_uid == CTImageStorage
     assert (record.calling_ae_title, record.path, record.size_bytes) == (
         "SCANNER",
         "spool/a/b/c.dcm",
@@ -137,7 +138,7 @@ def test_the_data_set_must_match_the_request() -> None:
     with pytest.raises(DatasetMismatchError, match="Affected SOP Instance"):
         check_matches_request(header, header.SOPClassUID, "1.2.3")
     with pytest.raises(DatasetMismatchError, match="Affected SOP Class"):
-        check_matches_request(header, "1.2.840.10008.5.1.4.1.1.4", header.SOPInstanceUID)
+        check_matches_request(header, MRImageStorage, header.SOPInstanceUID)
 
 
 @pytest.mark.parametrize(
@@ -176,7 +177,7 @@ def test_a_malformed_routing_attribute_is_kept_as_text_not_refused() -> None:
     """pydicom reads an invalid DS as its text; the instance is stored, routing sees the text."""
     stream = b"".join(
         [
-            implicit_element(0x0008, 0x0016, b"1.2.840.10008.5.1.4.1.1.2\x00"),
+            implicit_element(0x0008, 0x0016, CTImageStorage.encode() + b"\x00"),
             implicit_element(0x0008, 0x0018, b"1.2.3.4\x00"),
             implicit_element(0x0018, 0x0050, b"abc "),  # SliceThickness, DS
             implicit_element(0x0020, 0x000D, b"1.2.3.1\x00"),
@@ -202,7 +203,7 @@ def routing_stream(sop_instance_uid: bytes, series_description: bytes, charset: 
     return b"".join(
         [
             implicit_element(0x0008, 0x0005, charset),  # SpecificCharacterSet
-            implicit_element(0x0008, 0x0016, b"1.2.840.10008.5.1.4.1.1.2\x00"),
+            implicit_element(0x0008, 0x0016, CTImageStorage.encode() + b"\x00"),
             implicit_element(0x0008, 0x0018, sop_instance_uid),
             implicit_element(0x0008, 0x0060, b"CT"),  # Modality
             implicit_element(0x0008, 0x103E, series_description),  # SeriesDescription, LO
@@ -214,7 +215,7 @@ def routing_stream(sop_instance_uid: bytes, series_description: bytes, charset: 
 
 def record_of(stream: bytes) -> InstanceRecord:
     header = decode_header(stream, IMPLICIT_VR_LITTLE_ENDIAN)
-    check_matches_request(header, "1.2.840.10008.5.1.4.1.1.2", str(header.SOPInstanceUID))
+    check_matches_request(header, CTImageStorage, str(header.SOPInstanceUID))
     return instance_record(
         header,
         transfer_syntax_uid=IMPLICIT_VR_LITTLE_ENDIAN,
@@ -258,7 +259,9 @@ def image_stream(
     """An explicit VR header with a long private OB element, then Pixel Data (OW)."""
     return b"".join(
         [
-            explicit_element(0x0008, 0x0016, b"UN", b"1.2.840.10008.5.1.4.1.1.7\x00"),
+            explicit_element(
+                0x0008, 0x0016, b"UN", SecondaryCaptureImageStorage.encode() + b"\x00"
+            ),
             explicit_element(0x0008, 0x0018, b"UN", sop_instance_uid),
             explicit_element(0x0009, 0x0010, b"UN", b"PRIVATE "),
             explicit_element(0x0009, 0x1000, b"OB", b"\x01" * private_value_length),

@@ -2,6 +2,7 @@
 
 from datetime import UTC, datetime, timedelta
 
+from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -98,12 +99,10 @@ def test_complete_journals_results_and_pending_deliveries(any_journal: Journal) 
         add_series(session)
         queue(session)
     results = [
-        StoredResult(
-            ResultKind.SEG, "1.2.840.10008.5.1.4.1.1.66.4", "2.25.1", "2.25.10", "a", ("pacs",)
-        ),
+        StoredResult(ResultKind.SEG, SegmentationStorage, "2.25.1", "2.25.10", "a", ("pacs",)),
         StoredResult(
             ResultKind.SR,
-            "1.2.840.10008.5.1.4.1.1.88.34",
+            Comprehensive3DSRStorage,
             "2.25.2",
             "2.25.20",
             "b",

@@ -1,11 +1,9 @@
 """Mammography evaluation: lesion hit counting by hand, and a report from a few studies."""
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from cad_node.domain.findings import FindingType
 from cad_node.domain.planar import Laterality, PlanarFinding, PlanarMask
@@ -15,16 +13,9 @@ from cad_node.models.mammo.model import MammoModel
 from cad_node.models.manifest import Manifest
 from cad_node.synth.mammo import load_truth, write_dataset
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 WEIGHTS = Path(__file__).resolve().parents[2] / "cad_node/models/weights/mammo_screening"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch thread: on a shared CPU, more threads than free cores slow torch ~50x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _finding(uid: str, centre: tuple[int, int], probability: float) -> PlanarFinding:

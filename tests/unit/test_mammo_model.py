@@ -1,7 +1,6 @@
 """The shipped ``mammo_screening`` weights on fresh synthetic studies (seeds unused in training)."""
 
 import shutil
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,19 +19,12 @@ from cad_node.models.mammo.network import MammoNet
 from cad_node.models.manifest import Manifest, WeightsFormat, sha256_of
 from cad_node.synth.mammo import LesionTruth, MammoTruth, load_truth, write_dataset
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 WEIGHTS = Path(__file__).resolve().parents[2] / "cad_node/models/weights/mammo_screening"
 FRESH_SEEDS = 990_000
 """Training used seeds 1000-1279 and the card's evaluation 50000-50059."""
 STUDIES = 6
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch thread: on a shared CPU, more threads than free cores slow torch ~50x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

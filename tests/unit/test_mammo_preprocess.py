@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from pydicom.uid import DigitalMammographyXRayImageStorageForPresentation
 
 from cad_node.domain.planar import Laterality, PlanarImage
 from cad_node.models.mammo.preprocess import (
@@ -22,7 +23,7 @@ def study_views() -> list[tuple[PlanarImage, list[np.ndarray]]]:
             PlanarImage(
                 sop_instance_uid=f"1.2.3.{i}",
                 series_instance_uid="1.2.3",
-                sop_class_uid="1.2.840.10008.5.1.4.1.1.1.2",
+                sop_class_uid=DigitalMammographyXRayImageStorageForPresentation,
                 pixels=v.pixels.astype(np.float32),
                 pixel_spacing_mm=(0.3, 0.3),
                 laterality=v.laterality,

@@ -1,7 +1,6 @@
 """A tiny mammography training run writes weights and a manifest the model loads."""
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,14 +16,7 @@ from cad_node.models.manifest import Manifest, WeightsFormat, sha256_of
 from cad_node.models.training import balanced_sample_weights
 from cad_node.synth.mammo import write_dataset
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch thread: on a shared CPU, more threads than free cores slow torch ~50x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.slow

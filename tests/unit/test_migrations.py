@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from pydicom.uid import Comprehensive3DSRStorage, CTImageStorage
 from sqlalchemy import Connection, Engine, event, func, inspect, select, text
 from sqlalchemy.orm import Session
 
@@ -53,9 +54,7 @@ STUDY_UID = "1.2.826.0.1.3680043.8.498.10"
 SERIES_UID = "1.2.826.0.1.3680043.8.498.11"
 SOP_INSTANCE_UID = "1.2.826.0.1.3680043.8.498.12"
 RESULT_UID = "1.2.826.0.1.3680043.8.498.13"
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
-COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 JOB_WARNING = f"PatientOrientation derived for {SOP_INSTANCE_UID}"
 LOCK_WAIT_SECONDS = 0.5
 """How long a blocked migration is watched before the lock is released."""
@@ -132,7 +131,7 @@ def release_rows() -> dict[str, dict[str, Any]]:
         "instances": {
             "sop_instance_uid": SOP_INSTANCE_UID,
             "series_instance_uid": SERIES_UID,
-            "sop_class_uid": CT_IMAGE_STORAGE,
+            "sop_class_uid": CTImageStorage,
             "transfer_syntax_uid": EXPLICIT_VR_LITTLE_ENDIAN,
             "instance_number": 1,
             "path": "spool/1.dcm",
@@ -170,7 +169,7 @@ def add_head_rows(session: Session) -> None:
         Result(
             job_id=1,
             kind=ResultKind.SR,
-            sop_class_uid=COMPREHENSIVE_3D_SR,
+            sop_class_uid=Comprehensive3DSRStorage,
             sop_instance_uid=RESULT_UID,
             series_instance_uid="1.2.826.0.1.3680043.8.498.14",
             path="results/sr.dcm",

@@ -1,10 +1,10 @@
 """The model platform's commands: models (with weights check), evaluate MODEL, planar synth/train.
 
-The lung commands' own round trip is in test_lung_cli.py; these cover the listing,
-the choice of evaluator by the manifest's family, and the planar families' wiring.
+The lung commands' own round trip is in tests/integration/test_lung_round_trip.py; these
+cover the listing, the choice of evaluator by the manifest's family, and the planar families'
+wiring.
 """
 
-import argparse
 import json
 import shutil
 from dataclasses import replace
@@ -14,19 +14,12 @@ from typing import Any
 import pytest
 
 from cad_node.models import cli
-from cad_node.models.cli import EVALUATORS, Evaluator, add_commands
+from cad_node.models.cli import EVALUATORS, Evaluator
 from cad_node.models.manifest import MANIFEST_NAME, Manifest, sha256_of
 from cad_node.models.registry import SHIPPED_DIR
+from tests.conftest import models_command
 
 SHIPPED = SHIPPED_DIR / "lung_nodule_ct"
-
-
-def _run(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="cad-node")
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    result: int = args.func(args)
-    return result
 
 
 def _site_model(site: Path, name: str) -> Path:
@@ -55,7 +48,7 @@ def test_models_lists_every_model_with_its_weights_check(
     _tamper(_site_model(tmp_path, "lung_tampered") / "model.pt")
     (_site_model(tmp_path, "lung_missing") / "model.pt").unlink()
 
-    assert _run(["models", "--model-dir", str(tmp_path), "--device", "cpu"]) == 1
+    assert models_command(["models", "--model-dir", str(tmp_path), "--device", "cpu"]) == 1
 
     captured = capsys.readouterr()
     lines = _lines(captured.out)
@@ -84,7 +77,7 @@ def test_models_exits_0_when_every_weights_file_verifies(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _site_model(tmp_path, "lung_site")
-    assert _run(["models", "--model-dir", str(tmp_path), "--device", "cpu"]) == 0
+    assert models_command(["models", "--model-dir", str(tmp_path), "--device", "cpu"]) == 0
     assert "TAMPERED" not in capsys.readouterr().out
 
 
@@ -104,10 +97,10 @@ def test_evaluate_picks_the_evaluator_of_the_manifest_family(
     folder = _site_model(tmp_path / "site", "lung_site")
     paths = ["--data", str(tmp_path / "data"), "--report", str(tmp_path / "report")]
 
-    assert _run(["evaluate", str(folder), *paths]) == 0
-    assert _run(["evaluate", "lung", *paths]) == 0
-    assert _run(["evaluate", "lung", "--model", str(folder), *paths]) == 0
-    assert _run(["evaluate", "lung_nodule_ct", *paths, "--device", "cpu"]) == 0
+    assert models_command(["evaluate", str(folder), *paths]) == 0
+    assert models_command(["evaluate", "lung", *paths]) == 0
+    assert models_command(["evaluate", "lung", "--model", str(folder), *paths]) == 0
+    assert models_command(["evaluate", "lung_nodule_ct", *paths, "--device", "cpu"]) == 0
 
     said = [line.split("; report in")[0] for line in capsys.readouterr().out.splitlines()]
     assert said == [
@@ -130,7 +123,7 @@ def test_evaluate_refuses_a_model_it_cannot_evaluate(
     tmp_path: Path, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     paths = ["--data", str(tmp_path), "--report", str(tmp_path / "r")]
-    assert _run([*argv, *paths]) == 1
+    assert models_command([*argv, *paths]) == 1
     assert message in capsys.readouterr().err
 
 
@@ -139,7 +132,7 @@ def test_evaluate_reports_data_the_evaluator_cannot_use(
 ) -> None:
     monkeypatch.setitem(EVALUATORS, "lung_ct", Evaluator(__name__, "_failing_evaluator", str))
     argv = ["evaluate", "lung", "--data", str(tmp_path), "--report", str(tmp_path / "r")]
-    assert _run(argv) == 1
+    assert models_command(argv) == 1
     assert "cannot evaluate on" in capsys.readouterr().err
 
 
@@ -147,7 +140,7 @@ def test_train_refuses_an_option_the_family_lacks(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = ["train", "fundus", "--data", str(tmp_path), "--out", str(tmp_path / "m")]
-    assert _run([*argv, "--samples-per-epoch", "8"]) == 1
+    assert models_command([*argv, "--samples-per-epoch", "8"]) == 1
     assert "`train fundus` has no --samples-per-epoch option" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
 
@@ -160,17 +153,22 @@ def test_planar_synth_train_evaluate_round_trip(
     tmp_path: Path, kind: str, options: list[str]
 ) -> None:
     data, model, report = tmp_path / "data", tmp_path / "model", tmp_path / "report"
-    assert _run(["synth", kind, "--out", str(data), "--count", "4", "--seed", "9400"]) == 0
+    assert (
+        models_command(["synth", kind, "--out", str(data), "--count", "4", "--seed", "9400"]) == 0
+    )
     studies = sorted(p.parent for p in data.rglob("truth.json"))
     assert len(studies) == 4
     assert all(any(s.rglob("*.dcm")) for s in studies)
     train = ["train", kind, "--data", str(data), "--out", str(model), "--epochs", "1"]
-    assert _run([*train, "--batch-size", "4", "--threads", "1", "--seed", "3", *options]) == 0
+    assert (
+        models_command([*train, "--batch-size", "4", "--threads", "1", "--seed", "3", *options])
+        == 0
+    )
     manifest = Manifest.read(model)
     assert manifest.sha256 == sha256_of(model / manifest.weights_file)
     assert manifest.family == cli.PLANAR_FAMILIES[kind]
     evaluate = ["evaluate", str(model), "--data", str(data), "--report", str(report)]
-    assert _run([*evaluate, "--device", "cpu"]) == 0
+    assert models_command([*evaluate, "--device", "cpu"]) == 0
     assert "NOT FOR CLINICAL USE" in (report / "report.md").read_text()
 
 
@@ -178,9 +176,11 @@ def test_planar_synth_train_evaluate_round_trip(
 def test_evaluate_by_folder_runs_the_lung_evaluator(tmp_path: Path) -> None:
     data, report = tmp_path / "data", tmp_path / "report"
     synth = ["synth", "ct", "--out", str(data), "--count", "1", "--seed", "9310"]
-    assert _run([*synth, "--rows", "96", "--slices", "24", "--slice-thickness", "5"]) == 0
+    assert models_command([*synth, "--rows", "96", "--slices", "24", "--slice-thickness", "5"]) == 0
     folder = _site_model(tmp_path / "site", "lung_site")
-    assert _run(["evaluate", str(folder), "--data", str(data), "--report", str(report)]) == 0
+    assert (
+        models_command(["evaluate", str(folder), "--data", str(data), "--report", str(report)]) == 0
+    )
     text = (report / "report.md").read_text()
     assert "CPM" in text
     assert "lung_site" in text

@@ -22,7 +22,7 @@ import numpy.typing as npt
 import pydicom
 import pytest
 from pydicom import Dataset
-from pydicom.uid import SecondaryCaptureImageStorage, SegmentationStorage
+from pydicom.uid import Comprehensive3DSRStorage, SecondaryCaptureImageStorage, SegmentationStorage
 
 from cad_node import NOT_FOR_CLINICAL_USE
 from cad_node.domain.findings import FindingType, ModelIdentity
@@ -55,7 +55,7 @@ from cad_node.results.tracking import Tracking, finding_tracking
 from cad_node.results.uids import ResultUids, algorithm_device_uid, result_uids
 from cad_node.synth.dicom_planar import StudyInfo, fundus_dataset, mammogram_dataset
 from tests import sr_content as content
-from tests.unit.test_results_objects import every_object, write_every_object
+from tests.unit.test_results_objects import every_object, outline_on_mask, write_every_object
 
 WHEN = datetime.datetime(2026, 11, 25, 19, 30, 5, 250000)
 OPTIONS = ResultOptions().at(WHEN)
@@ -520,26 +520,9 @@ def test_fundus_segments_use_colour_sources_and_declare_a_private_scheme_they_us
 # --- SR ------------------------------------------------------------------------------------------
 
 
-def _outline_on_mask(points: npt.NDArray[np.float64], full: npt.NDArray[np.bool_]) -> bool:
-    """Whether every (column, row) point lies on the border or inside of a mask pixel.
-
-    Pixel (r, c) covers image coordinates [c, c + 1] x [r, r + 1] (PS3.3 C.10.5.1.2).
-    """
-    for x, y in points:
-        rows = {int(np.floor(y)), int(np.ceil(y)) - 1}
-        columns = {int(np.floor(x)), int(np.ceil(x)) - 1}
-        if not any(
-            0 <= r < full.shape[0] and 0 <= c < full.shape[1] and full[r, c]
-            for r in rows
-            for c in columns
-        ):
-            return False
-    return True
-
-
 def test_sr_is_a_tid_1500_report_over_the_whole_image_set(case: Case) -> None:
     sr = _sr(case)
-    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"
+    assert sr.SOPClassUID == Comprehensive3DSRStorage
     assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
     assert sr.SeriesInstanceUID == case.uids.sr_series_instance_uid
     (library,) = content.item(sr, "111028").ContentSequence
@@ -579,7 +562,7 @@ def test_sr_outlines_lie_on_the_masks_of_the_right_images(case: Case) -> None:
         np.testing.assert_array_equal(points[0], points[-1])  # closed
         assert len(points) >= 4
         full = finding.mask.paste(case.image_set.image(finding.sop_instance_uid).shape)
-        assert _outline_on_mask(points, full)
+        assert outline_on_mask(points, full)
 
 
 def test_sr_outline_of_a_solid_lesion_encloses_its_area(mammo: Case) -> None:

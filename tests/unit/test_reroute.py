@@ -32,11 +32,6 @@ def rule(name: str, model: str, modality: str) -> Rule:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
 def journal(any_journal: Journal) -> Journal:
     return any_journal
 

@@ -568,7 +568,7 @@ def test_sr_is_a_tid_1500_report_with_a_device_observer(
 ) -> None:
     read = written[case.uids.sr_sop_instance_uid]
 
-    assert read.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"
+    assert read.SOPClassUID == Comprehensive3DSRStorage
     assert read.SeriesInstanceUID == case.uids.sr_series_instance_uid
     assert read.ConceptNameCodeSequence[0].CodeValue == "126000"
     assert read.ContentTemplateSequence[0].TemplateIdentifier == "1500"

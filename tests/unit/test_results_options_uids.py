@@ -76,7 +76,7 @@ def test_default_options_say_not_for_clinical_use() -> None:
         ({"seg_series_description": f"{'x' * 60} {NOT_FOR_CLINICAL_USE}"}, "LO value"),
         ({"manufacturer": "a\\b"}, "LO value"),
         ({"seg_series_number": 0}, "seg_series_number"),
-        ({"sr_series_number": 9001}, "must differ"),
+        ({"sr_series_number": ResultOptions().seg_series_number}, "must differ"),
         ({"manufacturer_model_name": ""}, "must not be empty"),
     ],
 )
@@ -227,7 +227,7 @@ def test_series_descriptions_name_the_model() -> None:
     options = ResultOptions(seg_series_description="CAD {model} SEG NOT FOR CLINICAL USE")
     named = options.for_model("mammo_screening")
     assert named.seg_series_description == "CAD mammo_screening SEG NOT FOR CLINICAL USE"
-    assert named.sr_series_description == "cad-node mammo_screening SR NOT FOR CLINICAL USE"
+    assert named.sr_series_description == "CAD mammo_screening SR NOT FOR CLINICAL USE"
     with pytest.raises(ValueError, match="LO value"):
         options.for_model("m" * 40)
 

@@ -21,7 +21,13 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.sr.coding import Code
 from pydicom.tag import BaseTag, Tag
-from pydicom.uid import CTImageStorage, EnhancedCTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import (
+    BasicTextSRStorage,
+    CTImageStorage,
+    EnhancedCTImageStorage,
+    ExplicitVRLittleEndian,
+    generate_uid,
+)
 
 from cad_node.domain.findings import Finding, FindingType, MaskBox, ModelIdentity, ModelResult
 from cad_node.domain.imaging import ImageVolume
@@ -603,7 +609,7 @@ def _code_item(value: str, scheme: str, meaning: str) -> Dataset:
 def _foreign_sr() -> Dataset:
     """A Basic Text SR of another vendor: a comment, no measurement groups."""
     sr = Dataset()
-    sr.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"
+    sr.SOPClassUID = BasicTextSRStorage
     sr.ValueType = "CONTAINER"
     sr.ConceptNameCodeSequence = [_code_item("18748-4", "LN", "Diagnostic imaging report")]
     sr.ContentSequence = [_text_item("No tracking here.")]

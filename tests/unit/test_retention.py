@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from pydicom.uid import CTImageStorage, SegmentationStorage
 from sqlalchemy import select
 
 from cad_node.cli import build_parser
@@ -118,7 +119,7 @@ def _instance_row(uid: str, number: int, path: str, at: datetime) -> Instance:
     return Instance(
         sop_instance_uid=f"{uid}.{number}",
         series_instance_uid=uid,
-        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        sop_class_uid=CTImageStorage,
         transfer_syntax_uid="1.2.840.10008.1.2.1",
         instance_number=number,
         path=path,
@@ -148,7 +149,7 @@ def _result_row(job_id: int, kind: ResultKind, path: str, at: datetime, uid: str
     return Result(
         job_id=job_id,
         kind=kind,
-        sop_class_uid="1.2.840.10008.5.1.4.1.1.66.4",
+        sop_class_uid=SegmentationStorage,
         sop_instance_uid=uid,
         series_instance_uid=uid + ".1",
         path=path,

@@ -4,6 +4,7 @@ import struct
 from io import BytesIO
 
 import pytest
+from pydicom.uid import CTImageStorage
 from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.pdu import P_DATA_TF
@@ -17,7 +18,6 @@ from cad_node.ingest.streaming import (
     presentation_data_values,
 )
 
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 SOP_INSTANCE = "1.2.826.0.1.3680043.8.498.77"
 
 
@@ -35,7 +35,7 @@ def encoded_command(message: DIMSEMessage) -> bytes:
 def c_store_rq(message_id: int = 12, with_data_set: bool = True) -> bytes:
     primitive = C_STORE()
     primitive.MessageID = message_id
-    primitive.AffectedSOPClassUID = CT_IMAGE_STORAGE
+    primitive.AffectedSOPClassUID = CTImageStorage
     primitive.AffectedSOPInstanceUID = SOP_INSTANCE
     primitive.Priority = 0x0002
     primitive.MoveOriginatorApplicationEntityTitle = "MOVER"
@@ -52,7 +52,7 @@ def c_store_rq(message_id: int = 12, with_data_set: bool = True) -> bytes:
 def test_a_c_store_rq_is_read_from_pynetdicoms_encoding() -> None:
     assert c_store_request(c_store_rq()) == CStoreRequestCommand(
         message_id=12,
-        affected_sop_class_uid=CT_IMAGE_STORAGE,
+        affected_sop_class_uid=CTImageStorage,
         affected_sop_instance_uid=SOP_INSTANCE,
     )
 
@@ -115,7 +115,7 @@ def test_pdv_items_that_do_not_fill_the_pdu_are_refused(body: bytes) -> None:
 
 def test_the_response_pdu_decodes_as_pynetdicoms_p_data_tf() -> None:
     command = c_store_response_command(
-        affected_sop_class_uid=CT_IMAGE_STORAGE,
+        affected_sop_class_uid=CTImageStorage,
         message_id_being_responded_to=12,
         status=0xA700,
         affected_sop_instance_uid=SOP_INSTANCE,

@@ -9,6 +9,7 @@ from pathlib import PurePosixPath
 
 import pytest
 from pydicom import Dataset
+from pydicom.uid import CTImageStorage
 from sqlalchemy import select
 
 from cad_node.ingest.header import instance_record, study_descriptors
@@ -74,7 +75,7 @@ def test_a_value_longer_than_its_column_is_refused() -> None:
 def header(**values: object) -> Dataset:
     dataset = Dataset()
     dataset.SOPInstanceUID = "1.2.3.4.1"
-    dataset.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    dataset.SOPClassUID = CTImageStorage
     dataset.SeriesInstanceUID = "1.2.3.4.2"
     dataset.StudyInstanceUID = STUDY
     dataset.Modality = "CT"

@@ -4,6 +4,10 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from pydicom.uid import (
+    BreastTomosynthesisImageStorage,
+    DigitalMammographyXRayImageStorageForPresentation,
+)
 from sqlalchemy import select
 
 from cad_node.assembly.completion import StudyGrouping, four_views_present, study_group_complete
@@ -16,8 +20,6 @@ from cad_node.store.series import instance_paths
 from tests.conftest import FakeClock, Journal
 
 STUDY = "1.2.826.0.1.3680043.8.498.20"
-MAMMOGRAPHY_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
-BREAST_TOMOSYNTHESIS = "1.2.840.10008.5.1.4.1.1.13.1.3"
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 GROUPS = {"MG": StudyGrouping.FOUR_VIEWS, "OP": StudyGrouping.QUIET}
 
@@ -27,7 +29,7 @@ def mammogram(series: int, number: int, laterality: str, view: str) -> InstanceR
     sop_uid = f"1.2.826.0.1.3680043.8.498.22.{series}.{number}"
     return InstanceRecord(
         sop_instance_uid=sop_uid,
-        sop_class_uid=MAMMOGRAPHY_FOR_PRESENTATION,
+        sop_class_uid=DigitalMammographyXRayImageStorageForPresentation,
         series_instance_uid=series_uid,
         study_instance_uid=STUDY,
         transfer_syntax_uid=EXPLICIT_VR_LITTLE_ENDIAN,
@@ -52,11 +54,6 @@ RULES = (
         }
     ),
 )
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture
@@ -149,7 +146,10 @@ def test_a_group_is_routed_by_a_series_a_rule_takes_not_by_whichever_came_first(
     two_d_only = Rule.model_validate(
         {
             "name": "screening-mammography",
-            "when": {"keyword": "SOPClassUID", "equals": MAMMOGRAPHY_FOR_PRESENTATION},
+            "when": {
+                "keyword": "SOPClassUID",
+                "equals": DigitalMammographyXRayImageStorageForPresentation,
+            },
             "model": "mammo_screening",
             "destinations": ["pacs"],
         }
@@ -163,10 +163,10 @@ def test_a_group_is_routed_by_a_series_a_rule_takes_not_by_whichever_came_first(
     )
     tomosynthesis = replace(
         mammogram(1, 1, "R", "CC"),
-        sop_class_uid=BREAST_TOMOSYNTHESIS,
+        sop_class_uid=BreastTomosynthesisImageStorage,
         attributes={
             "Modality": "MG",
-            "SOPClassUID": BREAST_TOMOSYNTHESIS,
+            "SOPClassUID": BreastTomosynthesisImageStorage,
         },
     )
     receive(journal, clock, tomosynthesis)
@@ -181,7 +181,13 @@ def test_a_group_is_routed_by_a_series_a_rule_takes_not_by_whichever_came_first(
         journal,
         clock,
         *[
-            replace(v, attributes={**v.attributes, "SOPClassUID": MAMMOGRAPHY_FOR_PRESENTATION})
+            replace(
+                v,
+                attributes={
+                    **v.attributes,
+                    "SOPClassUID": DigitalMammographyXRayImageStorageForPresentation,
+                },
+            )
             for v in views
         ],
     )

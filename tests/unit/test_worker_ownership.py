@@ -2,6 +2,7 @@
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 
@@ -15,7 +16,9 @@ from tests.conftest import Journal
 from tests.unit.test_jobs import SERIES_UID, T0, add_series, queue
 
 
-def worker(journal: Journal, worker_id: str, tmp_path: Path) -> Worker:
+def worker(journal: Journal, worker_id: str, tmp_path: Path, **options: Any) -> Worker:
+    """A CPU worker on ``journal`` at T0, storing in ``tmp_path``; ``options`` (``limits`` ...)
+    go to :class:`Worker` as they are."""
     return Worker(
         sessions=journal.sessionmaker,
         registry=ModelRegistry(device="cpu"),
@@ -24,6 +27,7 @@ def worker(journal: Journal, worker_id: str, tmp_path: Path) -> Worker:
         result_kinds={},
         clock=lambda: T0,
         worker_id=worker_id,
+        **options,
     )
 
 
