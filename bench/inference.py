@@ -45,10 +45,10 @@ from bench import _report
 from bench._cli import add_common_arguments, benchmark_session, command_line, progress, run_main
 from bench._series import synthetic_chest_ct
 from cad_node.domain.findings import ModelResult
+from cad_node.domain.image_sets import ImageSet, PlanarResult
 from cad_node.domain.imaging import ImageVolume
-from cad_node.domain.planar import ImageSet, PlanarResult
 from cad_node.errors import CadNodeError
-from cad_node.imaging.planar import load_image_set
+from cad_node.imaging.image_set_loading import load_image_set
 from cad_node.imaging.volume import load_volume
 from cad_node.models.base import CadModel, reads_image_sets, reads_volumes
 from cad_node.models.manifest import MANIFEST_NAME, WeightsFormat, sha256_of

@@ -26,11 +26,11 @@ from cad_node.models.registry import ModelRegistry
 from cad_node.pipeline.assemble import Assembler, OwnEquipment
 from cad_node.pipeline.work import Worker
 from cad_node.security.tls import client_context
-from cad_node.store.catalog import DestinationBook
 from cad_node.store.db import create_schema, make_engine, session_factory
 from cad_node.store.instances import RecordOutcome
 from cad_node.store.jobs import requeue_all_running, requeue_expired
 from cad_node.store.lock import StorageLock
+from cad_node.store.model_modes_and_destinations import DestinationBook
 from cad_node.store.retention import RetentionPolicy, purge
 from cad_node.store.rulesets import RuleBook
 from cad_node.sweeps import Sweep

@@ -68,10 +68,10 @@ def configure_logging(level: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cad_node.configdiff.cli import add_commands as add_config_commands
-    from cad_node.models.cli import add_commands as add_model_commands
-    from cad_node.purge import add_command as add_purge_command
-    from cad_node.routing.cli import add_commands as add_rules_commands
+    from cad_node.commands.config import add_commands as add_config_commands
+    from cad_node.commands.models import add_commands as add_model_commands
+    from cad_node.commands.purge import add_command as add_purge_command
+    from cad_node.commands.rules import add_commands as add_rules_commands
 
     parser = argparse.ArgumentParser(
         prog="cad-node",
@@ -257,8 +257,8 @@ def _ingest(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from cad_node.commands.status import render_status
     from cad_node.config import load_settings
-    from cad_node.status import render_status
 
     print(render_status(load_settings(args.config), limit=args.limit))
     return 0

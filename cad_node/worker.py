@@ -29,9 +29,9 @@ from cad_node.ingest.bounds import DataSetLimits
 from cad_node.models.registry import ModelRegistry
 from cad_node.pipeline.work import JobInput, JobRun, Worker
 from cad_node.routing.rules import Rule, RuleMode, unknown_references
-from cad_node.store.catalog import DestinationBook
 from cad_node.store.db import make_engine, session_factory
 from cad_node.store.jobs import renew_lease
+from cad_node.store.model_modes_and_destinations import DestinationBook
 from cad_node.store.rulesets import RuleBook
 
 logger = logging.getLogger(__name__)

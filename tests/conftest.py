@@ -248,7 +248,7 @@ def dcmtk(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 def models_command(argv: list[str]) -> int:
     """Run a model subcommand (synth, train, evaluate, models) in this process; its exit status."""
-    from cad_node.models.cli import add_commands  # the lab commands: imported only when run
+    from cad_node.commands.models import add_commands  # the lab commands: imported only when run
 
     parser = argparse.ArgumentParser(prog="cad-node")
     add_commands(parser.add_subparsers(dest="command", required=True))

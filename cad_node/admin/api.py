@@ -9,7 +9,7 @@ bounded by ``admin.max_body_bytes``.
 from fastapi import FastAPI, Response
 
 from cad_node import __version__
-from cad_node.admin import browser, catalog, flow, rules, system, web
+from cad_node.admin import browser, flow, models_and_destinations, rule_editing, system, web
 from cad_node.admin import health as health_api
 from cad_node.admin import storage as storage_api
 from cad_node.admin.auth import Reader
@@ -33,13 +33,13 @@ def create_app(context: AdminContext) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=context.settings.admin.max_body_bytes)
     app.add_middleware(SecurityHeaders)  # added last: outermost, so the 413 carries them too
     app.state.context = context
-    catalog.seed(context)
+    models_and_destinations.seed(context)
     app.include_router(system.router)
     app.include_router(health_api.router)
     app.include_router(storage_api.router)
     app.include_router(flow.router)
-    app.include_router(rules.router)
-    app.include_router(catalog.router)
+    app.include_router(rule_editing.router)
+    app.include_router(models_and_destinations.router)
     app.include_router(browser.router)
     app.include_router(web.router)
     app.mount("/static", web.static_files, name="static")

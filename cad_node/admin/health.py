@@ -17,9 +17,9 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from cad_node.admin.auth import Reader
-from cad_node.admin.catalog import destinations_in_force
 from cad_node.admin.deps import Context, Journal
 from cad_node.admin.flow import DeliveryOut, _delivery_out
+from cad_node.admin.models_and_destinations import destinations_in_force
 from cad_node.domain.states import DeliveryState
 from cad_node.store.disk import disk_space
 from cad_node.store.schema import Delivery, Result

@@ -21,8 +21,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from cad_node.admin.context import AdminContext
 from cad_node.admin.health import backlog
 from cad_node.domain.states import DeliveryState, JobState, SeriesState
-from cad_node.store.catalog import current_destinations
 from cad_node.store.disk import disk_space
+from cad_node.store.model_modes_and_destinations import current_destinations
 from cad_node.store.schema import Delivery, Instance, Job, Series
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -10,15 +10,15 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from cad_node.admin.auth import Reader
-from cad_node.admin.catalog import destinations_in_force
 from cad_node.admin.context import AdminContext
 from cad_node.admin.deps import Context, Journal, Page
 from cad_node.admin.echo import echo
 from cad_node.admin.flow import Listing, _page
+from cad_node.admin.models_and_destinations import destinations_in_force
 from cad_node.domain.states import ResultKind
 from cad_node.models.manifest import Manifest
 from cad_node.routing.rules import RuleMode
-from cad_node.store.catalog import model_modes
+from cad_node.store.model_modes_and_destinations import model_modes
 from cad_node.store.schema import AuditEvent
 
 router = APIRouter(tags=["node"])

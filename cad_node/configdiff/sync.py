@@ -2,8 +2,8 @@
 
 Applying goes through the same store functions as the admin API
 (:func:`~cad_node.store.rulesets.save_version`,
-:func:`~cad_node.store.catalog.save_destination` and
-:func:`~cad_node.store.catalog.delete_destination`) and writes the same audit
+:func:`~cad_node.store.model_modes_and_destinations.save_destination` and
+:func:`~cad_node.store.model_modes_and_destinations.delete_destination`) and writes the same audit
 events, in one transaction with the change.
 """
 
@@ -18,7 +18,7 @@ from cad_node.configdiff.diff import FILE_LABEL, ConfigDiff, compare
 from cad_node.errors import RuleError
 from cad_node.routing.rules import check_rule_set, unknown_references
 from cad_node.security.tls import client_context
-from cad_node.store.catalog import (
+from cad_node.store.model_modes_and_destinations import (
     current_destinations,
     delete_destination,
     destination_data,

@@ -36,7 +36,7 @@ from cad_node.demo.received import (
     save_png,
     source_sop_instance_uid,
 )
-from cad_node.domain.planar import ICDR_GRADES, REFERABLE_ICDR_GRADE, Laterality
+from cad_node.domain.image_sets import ICDR_GRADES, REFERABLE_ICDR_GRADE, Laterality
 from cad_node.results import codes
 from cad_node.synth.fundus import EyeTruth, FundusSpec, FundusTruth, generate_fundus, load_truth
 from cad_node.synth.fundus import write_study as write_fundus_study

@@ -37,7 +37,7 @@ from cad_node.demo.received import (
     source_sop_instance_uid,
 )
 from cad_node.domain.findings import FindingType
-from cad_node.domain.planar import Laterality
+from cad_node.domain.image_sets import Laterality
 from cad_node.results import codes
 from cad_node.synth.mammo import BreastTruth, MammoSpec, MammoTruth, generate_mammo, write_study
 

@@ -2,8 +2,8 @@
 
 A lung CT model answers with a :class:`~cad_node.domain.findings.ModelResult` over an
 :class:`~cad_node.domain.imaging.ImageVolume`; a mammography or fundus model with a
-:class:`~cad_node.domain.planar.PlanarResult` over an
-:class:`~cad_node.domain.planar.ImageSet`.  Both become a :class:`ModelReport`
+:class:`~cad_node.domain.image_sets.PlanarResult` over an
+:class:`~cad_node.domain.image_sets.ImageSet`.  Both become a :class:`ModelReport`
 (:func:`volume_report`, :func:`planar_report`), and the SEG, SR, Parametric Map, KOS,
 Secondary Capture and presentation state builders read only that:
 
@@ -11,8 +11,8 @@ Secondary Capture and presentation state builders read only that:
   order the model read them (a CT's slices, a mammogram's views);
 - :class:`RegionFinding`: a finding with a mask on one or more of those images, its
   measurements and probability;
-- the per-breast or per-eye :class:`~cad_node.domain.planar.Assessment`\\ s and the
-  :class:`~cad_node.domain.planar.ExplanationMap`\\ s of classifiers.
+- the per-breast or per-eye :class:`~cad_node.domain.image_sets.Assessment`\\ s and the
+  :class:`~cad_node.domain.image_sets.ExplanationMap`\\ s of classifiers.
 
 A finding's display image (where the SR, the overlay and the presentation state draw
 it) comes from one rule, :attr:`RegionFinding.display_image`, and its label from one
@@ -26,8 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cad_node.domain.findings import Finding, FindingType, ModelIdentity, ModelResult
-from cad_node.domain.imaging import ImageVolume
-from cad_node.domain.planar import (
+from cad_node.domain.image_sets import (
     Assessment,
     ExplanationMap,
     ImageReference,
@@ -36,6 +35,7 @@ from cad_node.domain.planar import (
     PlanarFinding,
     PlanarResult,
 )
+from cad_node.domain.imaging import ImageVolume
 
 FINDING_TYPE_NAMES: dict[FindingType, str] = {
     FindingType.NODULE: "Nodule",

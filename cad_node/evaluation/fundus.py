@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from cad_node import NOT_FOR_CLINICAL_USE
 from cad_node.domain.findings import FindingType, ModelIdentity
-from cad_node.domain.planar import (
+from cad_node.domain.image_sets import (
     ICDR_GRADES,
     REFERABLE_ICDR_GRADE,
     ImageSet,
@@ -27,7 +27,7 @@ from cad_node.domain.planar import (
 )
 from cad_node.evaluation import metrics
 from cad_node.evaluation.report import Report, RocSummary
-from cad_node.imaging.planar import load_image_set
+from cad_node.imaging.image_set_loading import load_image_set
 from cad_node.synth.fundus import LESION_MASKS, EyeTruth, load_truth, study_folders
 
 FINDING_MASKS: dict[FindingType, str] = {

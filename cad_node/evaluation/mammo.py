@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from cad_node.domain.findings import ModelIdentity
-from cad_node.domain.planar import PlanarFinding
+from cad_node.domain.image_sets import PlanarFinding
 from cad_node.evaluation.froc import (
     Detection,
     FrocResult,
@@ -30,7 +30,7 @@ from cad_node.evaluation.froc import (
     match_scan,
 )
 from cad_node.evaluation.report import Cell, ConfusionSummary, Report, RocSummary
-from cad_node.imaging.planar import load_image_set
+from cad_node.imaging.image_set_loading import load_image_set
 from cad_node.models.mammo.model import MammoModel, ViewOutput
 from cad_node.models.mammo.scoring import BREAST_COMBINATION
 from cad_node.synth.mammo import MammoTruth, ViewTruth, load_truth, study_folders

@@ -38,10 +38,10 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+from cad_node.domain.image_sets import ImageSet
 from cad_node.domain.imaging import ImageVolume
-from cad_node.domain.planar import ImageSet
 from cad_node.errors import CadNodeError, InvalidSeriesError
-from cad_node.imaging.planar import load_image_set
+from cad_node.imaging.image_set_loading import load_image_set
 from cad_node.imaging.volume import load_volume
 
 logger = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ class IsolatedDecoder:
         return self.call(load_volume, list(paths))
 
     def load_image_set(self, paths: Sequence[Path]) -> ImageSet:
-        """:func:`~cad_node.imaging.planar.load_image_set` of ``paths``, in the child."""
+        """:func:`~cad_node.imaging.image_set_loading.load_image_set` of ``paths``, in the child."""
         return self.call(load_image_set, list(paths))
 
     def call(self, function: Callable[..., _T], *arguments: Any) -> _T:

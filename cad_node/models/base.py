@@ -9,8 +9,8 @@ from enum import StrEnum
 from typing import Protocol, TypeGuard, runtime_checkable
 
 from cad_node.domain.findings import ModelIdentity, ModelResult
+from cad_node.domain.image_sets import ImageSet, PlanarResult
 from cad_node.domain.imaging import ImageVolume
-from cad_node.domain.planar import ImageSet, PlanarResult
 from cad_node.domain.results import ModelReport, ResultGrid
 
 

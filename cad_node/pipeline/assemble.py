@@ -22,8 +22,8 @@ from cad_node.assembly.completion import StudyGrouping
 from cad_node.domain.states import SeriesState
 from cad_node.routing.match import route
 from cad_node.routing.rules import Rule, RuleMode
-from cad_node.store.catalog import model_mode
 from cad_node.store.jobs import queue_job
+from cad_node.store.model_modes_and_destinations import model_mode
 from cad_node.store.rulesets import record_audit
 from cad_node.store.schema import Job, Series
 from cad_node.store.series import (

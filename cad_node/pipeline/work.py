@@ -15,8 +15,8 @@ from pathlib import Path
 from pydicom import Dataset, dcmread
 from sqlalchemy.orm import Session, sessionmaker
 
+from cad_node.domain.image_sets import ImageSet
 from cad_node.domain.imaging import ImageVolume
-from cad_node.domain.planar import ImageSet
 from cad_node.domain.results import (
     ModelReport,
     ResultGrid,
@@ -27,19 +27,18 @@ from cad_node.domain.results import (
 )
 from cad_node.domain.states import JobState, ResultKind
 from cad_node.errors import CadNodeError, InvalidSeriesError, ModelError
+from cad_node.imaging.image_set_loading import load_image_set
 from cad_node.imaging.isolation import DecodingAbortedError, IsolatedDecoder
-from cad_node.imaging.planar import load_image_set
 from cad_node.imaging.volume import load_volume
 from cad_node.ingest.bounds import DataSetLimits, DataSetTooLargeError
 from cad_node.models.base import CadModel, reads_image_sets, reads_volumes, reports_directly
 from cad_node.models.registry import ModelRegistry
+from cad_node.models.remote import behind_deidentification
 from cad_node.pipeline.files import read_datasets, read_headers, write_dataset_atomically
 from cad_node.results.build import ResultObjects, build_result_objects, study_of
 from cad_node.results.options import ResultOptions
 from cad_node.results.uids import result_uids
 from cad_node.security.redaction import redact
-from cad_node.security.remote import behind_deidentification
-from cad_node.store.catalog import current_destinations, result_kinds_of
 from cad_node.store.jobs import (
     StoredResult,
     claim_next_job,
@@ -47,6 +46,7 @@ from cad_node.store.jobs import (
     earlier_results,
     fail_job,
 )
+from cad_node.store.model_modes_and_destinations import current_destinations, result_kinds_of
 from cad_node.store.retention import purged_inputs_error, purged_series
 from cad_node.store.schema import Job
 from cad_node.store.series import instance_paths, quarantine

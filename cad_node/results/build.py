@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pydicom import Dataset
 
 from cad_node.domain import ImageVolume, ModelResult
-from cad_node.domain.planar import ImageSet, PlanarResult
+from cad_node.domain.image_sets import ImageSet, PlanarResult
 from cad_node.domain.results import ModelReport, planar_report, volume_report
 from cad_node.results.gsps import build_presentation_states
 from cad_node.results.kos import build_kos

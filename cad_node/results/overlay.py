@@ -42,7 +42,7 @@ from pydicom.valuerep import DA, TM
 
 from cad_node import NOT_FOR_CLINICAL_USE
 from cad_node.domain import ImageVolume, ModelIdentity
-from cad_node.domain.planar import (
+from cad_node.domain.image_sets import (
     ICDR_GRADES,
     Assessment,
     AssessmentKind,

@@ -32,7 +32,7 @@ from pydicom.sr.coding import Code
 
 from cad_node import NOT_FOR_CLINICAL_USE
 from cad_node.domain import ImageVolume
-from cad_node.domain.planar import ExplanationMap
+from cad_node.domain.image_sets import ExplanationMap
 from cad_node.domain.results import ModelReport, SourceImage
 from cad_node.results import codes
 from cad_node.results.algorithm import add_algorithm_equipment

@@ -47,7 +47,7 @@ import numpy.typing as npt
 from pydicom import Dataset
 from pydicom.sr.coding import Code
 
-from cad_node.domain.planar import (
+from cad_node.domain.image_sets import (
     ICDR_GRADES,
     Assessment,
     AssessmentKind,

@@ -60,7 +60,7 @@ from pydicom.errors import BytesLengthException
 from pydicom.multival import MultiValue
 from pydicom.sr.coding import Code
 
-from cad_node.domain.planar import ImageReference
+from cad_node.domain.image_sets import ImageReference
 from cad_node.domain.results import ModelReport, RegionFinding, ResultGrid, finding_label
 from cad_node.results import codes
 from cad_node.results.uids import ResultUids

@@ -44,8 +44,8 @@ from pydicom.tag import BaseTag, Tag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, generate_uid
 
 from cad_node.domain.findings import ModelResult
+from cad_node.domain.image_sets import ImageSet, PlanarImage, PlanarResult
 from cad_node.domain.imaging import ImageVolume
-from cad_node.domain.planar import ImageSet, PlanarImage, PlanarResult
 from cad_node.errors import CadNodeError, StorageError
 
 PROFILE_TABLE = "dicomfields_2026c"

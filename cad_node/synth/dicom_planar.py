@@ -48,7 +48,7 @@ from pydicom.uid import (
 )
 
 from cad_node import NOT_FOR_CLINICAL_USE
-from cad_node.domain.planar import Laterality
+from cad_node.domain.image_sets import Laterality
 from cad_node.pipeline.files import write_dataset_atomically
 
 StudyKind = Literal["mammo", "fundus"]

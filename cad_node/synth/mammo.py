@@ -64,7 +64,7 @@ from skimage.draw import line_aa
 from skimage.morphology import convex_hull_image
 
 from cad_node.domain.findings import FindingType
-from cad_node.domain.planar import Laterality
+from cad_node.domain.image_sets import Laterality
 from cad_node.synth.dicom_planar import StudyInfo, chest_wall_on_left, write_mammo_study
 
 TRUTH_NAME = "truth.json"

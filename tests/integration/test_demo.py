@@ -20,7 +20,7 @@ from scipy import ndimage
 from cad_node import NOT_FOR_CLINICAL_USE
 from cad_node.demo import fundus as demo_fundus
 from cad_node.demo import mammo as demo_mammo
-from cad_node.domain.planar import ICDR_GRADES, REFERABLE_ICDR_GRADE, Laterality
+from cad_node.domain.image_sets import ICDR_GRADES, REFERABLE_ICDR_GRADE, Laterality
 from cad_node.results.overlay import (
     BANNER_COLOUR,
     CONTOUR_COLOURS,

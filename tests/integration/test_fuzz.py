@@ -28,8 +28,8 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 
 from cad_node.errors import CadNodeError, InvalidSeriesError
+from cad_node.imaging.image_set_loading import load_image_set
 from cad_node.imaging.isolation import DecodingAbortedError, DecodingLimits, IsolatedDecoder
-from cad_node.imaging.planar import load_image_set
 from cad_node.imaging.volume import load_volume
 from cad_node.synth.dicom_planar import StudyInfo, fundus_dataset, mammogram_dataset, write_instance
 from tests.conftest import NO_RESPONSE, Node, NodeFactory, context_of, dataset_bytes, pydicom_file

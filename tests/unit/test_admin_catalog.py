@@ -1,4 +1,5 @@
-"""The journal's model switches and destinations (cad_node.store.catalog), on SQLite."""
+"""The journal's model switches and destinations (store/model_modes_and_destinations.py),
+on SQLite."""
 
 import pytest
 
@@ -6,7 +7,7 @@ from cad_node.config import DestinationSettings
 from cad_node.domain.states import ResultKind
 from cad_node.errors import ConfigError
 from cad_node.routing.rules import RuleMode
-from cad_node.store.catalog import (
+from cad_node.store.model_modes_and_destinations import (
     DestinationBook,
     current_destinations,
     delete_destination,

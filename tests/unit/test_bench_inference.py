@@ -25,8 +25,8 @@ from bench.inference import (
     study_table,
 )
 from cad_node.domain.findings import ModelIdentity
-from cad_node.domain.planar import Assessment, AssessmentKind, Laterality, PlanarResult
-from cad_node.imaging.planar import load_image_set
+from cad_node.domain.image_sets import Assessment, AssessmentKind, Laterality, PlanarResult
+from cad_node.imaging.image_set_loading import load_image_set
 from tests.unit import test_planar_results as planar
 from tests.unit.test_results_objects import make_case
 

@@ -15,7 +15,7 @@ import pytest
 from pydicom import Dataset
 from pydicom.data import get_charset_files
 
-from cad_node.imaging.planar import load_image_set
+from cad_node.imaging.image_set_loading import load_image_set
 from cad_node.results.build import build_planar_objects, build_volume_objects
 from cad_node.results.uids import result_uids
 from tests.dicom_validation import assert_valid_dicom

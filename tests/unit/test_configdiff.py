@@ -17,7 +17,7 @@ from cad_node.configdiff.sync import apply_to_journal, diff_against_journal
 from cad_node.errors import ConfigError
 from cad_node.models.registry import ModelRegistry
 from cad_node.security.redaction import RedactingFilter
-from cad_node.store.catalog import DestinationBook
+from cad_node.store.model_modes_and_destinations import DestinationBook
 from cad_node.store.rulesets import RuleBook, version_number
 from cad_node.store.schema import AuditEvent
 from tests.conftest import FakeClock, Journal

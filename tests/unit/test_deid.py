@@ -9,8 +9,7 @@ from pydicom import Dataset, dcmread
 from pydicom.uid import CTImageStorage, generate_uid
 
 from cad_node.domain.findings import FindingType, ModelIdentity, ModelResult
-from cad_node.domain.imaging import ImageVolume
-from cad_node.domain.planar import (
+from cad_node.domain.image_sets import (
     Assessment,
     AssessmentKind,
     ImageSet,
@@ -20,6 +19,7 @@ from cad_node.domain.planar import (
     PlanarMask,
     PlanarResult,
 )
+from cad_node.domain.imaging import ImageVolume
 from cad_node.security.deid import (
     DEIDENTIFICATION_METHOD,
     DeidentificationError,

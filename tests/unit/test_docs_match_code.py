@@ -55,3 +55,11 @@ def test_no_source_cites_notes_a_reader_cannot_open() -> None:
         and re.search(r"FIELD-NOTES", path.read_text(encoding="utf-8"))
     ]
     assert cited == []
+
+
+def test_the_readme_layout_names_every_package_and_nothing_else() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    layout = readme[readme.index("## Layout") :]
+    listed = set(re.findall(r"^  ([a-z_]+)/ ", layout, flags=re.MULTILINE))
+    packages = {path.parent.name for path in (REPO / "cad_node").glob("*/__init__.py")}
+    assert listed == packages

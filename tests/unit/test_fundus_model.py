@@ -14,10 +14,10 @@ from scipy import ndimage
 
 from cad_node import NOT_FOR_CLINICAL_USE
 from cad_node.domain.findings import FindingType
-from cad_node.domain.planar import REFERABLE_ICDR_GRADE, ImageSet, Laterality, PlanarResult
+from cad_node.domain.image_sets import REFERABLE_ICDR_GRADE, ImageSet, Laterality, PlanarResult
 from cad_node.errors import WeightsIntegrityError
 from cad_node.evaluation.metrics import dice
-from cad_node.imaging.planar import load_image_set
+from cad_node.imaging.image_set_loading import load_image_set
 from cad_node.models.fundus.model import FundusModel, infer_laterality
 from cad_node.models.manifest import Manifest, sha256_of
 from cad_node.models.registry import SHIPPED_DIR, ModelRegistry

@@ -14,7 +14,7 @@ from pydicom import Dataset, dcmread
 from pydicom.uid import SecondaryCaptureImageStorage
 
 from cad_node.domain.results import AnatomicRegion
-from cad_node.imaging.planar import load_image_set
+from cad_node.imaging.image_set_loading import load_image_set
 from cad_node.models.base import reads_image_sets
 from cad_node.models.registry import ModelRegistry
 from cad_node.results import codes

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from cad_node.domain.planar import AssessmentKind
+from cad_node.domain.image_sets import AssessmentKind
 from cad_node.evaluation.fundus import evaluate_fundus
-from cad_node.imaging.planar import load_image_set
+from cad_node.imaging.image_set_loading import load_image_set
 from cad_node.models.fundus.model import FundusModel
 from cad_node.models.fundus.train import FAMILY, MODEL_NAME, TrainConfig, train
 from cad_node.models.manifest import Manifest, sha256_of

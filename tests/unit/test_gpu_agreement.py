@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from cad_node.domain.findings import ModelResult
-from cad_node.domain.planar import ImageSet, PlanarResult
-from cad_node.imaging.planar import load_image_set
+from cad_node.domain.image_sets import ImageSet, PlanarResult
+from cad_node.imaging.image_set_loading import load_image_set
 from cad_node.imaging.volume import load_volume
 from cad_node.models.registry import ModelRegistry
 from cad_node.synth.fundus import FundusSpec, generate_fundus, write_study

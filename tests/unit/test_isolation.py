@@ -10,10 +10,10 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from cad_node.domain.planar import ImageSet
+from cad_node.domain.image_sets import ImageSet
 from cad_node.errors import CadNodeError, InvalidSeriesError
+from cad_node.imaging.image_set_loading import load_image_set
 from cad_node.imaging.isolation import DecodingAbortedError, DecodingLimits, IsolatedDecoder
-from cad_node.imaging.planar import load_image_set
 from cad_node.imaging.volume import load_volume
 from cad_node.synth.dicom_planar import StudyInfo, write_mammo_study
 from tests.synthetic import SyntheticSeries, write_ct_series, write_frame_bombs

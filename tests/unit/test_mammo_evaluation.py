@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cad_node.domain.findings import FindingType
-from cad_node.domain.planar import Laterality, PlanarFinding, PlanarMask
+from cad_node.domain.image_sets import Laterality, PlanarFinding, PlanarMask
 from cad_node.evaluation import metrics
 from cad_node.evaluation.mammo import _score_view, _Tally, evaluate_mammo
 from cad_node.models.mammo.model import MammoModel

@@ -10,9 +10,9 @@ import torch
 
 from cad_node import NOT_FOR_CLINICAL_USE
 from cad_node.domain.findings import FindingType
-from cad_node.domain.planar import ImageSet, Laterality, PlanarFinding, PlanarResult
+from cad_node.domain.image_sets import ImageSet, Laterality, PlanarFinding, PlanarResult
 from cad_node.errors import WeightsIntegrityError
-from cad_node.imaging.planar import load_image_set
+from cad_node.imaging.image_set_loading import load_image_set
 from cad_node.models.base import InputKind, reads_image_sets
 from cad_node.models.mammo.model import MammoModel
 from cad_node.models.mammo.network import MammoNet

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from pydicom.uid import DigitalMammographyXRayImageStorageForPresentation
 
-from cad_node.domain.planar import Laterality, PlanarImage
+from cad_node.domain.image_sets import Laterality, PlanarImage
 from cad_node.models.mammo.preprocess import (
     INPUT_SHAPE,
     ViewGeometry,

@@ -7,7 +7,7 @@ import pydicom
 import pytest
 
 from cad_node.domain.findings import FindingType
-from cad_node.domain.planar import Laterality
+from cad_node.domain.image_sets import Laterality
 from cad_node.synth.dicom_planar import chest_wall_on_left
 from cad_node.synth.mammo import (
     MammoSpec,

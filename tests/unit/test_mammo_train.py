@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from cad_node.domain.planar import AssessmentKind, Laterality
-from cad_node.imaging.planar import load_image_set
+from cad_node.domain.image_sets import AssessmentKind, Laterality
+from cad_node.imaging.image_set_loading import load_image_set
 from cad_node.models.mammo.model import MammoModel
 from cad_node.models.mammo.scoring import FAMILY, MODEL_NAME, breast_scores
 from cad_node.models.mammo.train import POSITIVE_FRACTION, TrainConfig, augment, loss_terms, train

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from cad_node.models import cli
-from cad_node.models.cli import EVALUATORS, Evaluator
+from cad_node.commands import models as cli
+from cad_node.commands.models import EVALUATORS, Evaluator
 from cad_node.models.manifest import MANIFEST_NAME, Manifest, sha256_of
 from cad_node.models.registry import SHIPPED_DIR
 from tests.conftest import models_command

@@ -28,7 +28,7 @@ from pydicom.uid import (
 
 from cad_node.config import load_rules
 from cad_node.domain.findings import FindingType
-from cad_node.domain.planar import (
+from cad_node.domain.image_sets import (
     Assessment,
     AssessmentKind,
     ExplanationMap,
@@ -39,7 +39,7 @@ from cad_node.domain.planar import (
     PlanarResult,
 )
 from cad_node.errors import InvalidSeriesError
-from cad_node.imaging.planar import MAX_PHOTOGRAPH_FRAMES, load_image_set
+from cad_node.imaging.image_set_loading import MAX_PHOTOGRAPH_FRAMES, load_image_set
 from cad_node.results import codes
 from cad_node.results.build import ResultObjects, build_planar_objects
 from cad_node.results.uids import ResultUids, result_uids

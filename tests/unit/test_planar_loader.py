@@ -10,9 +10,9 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import DigitalMammographyXRayImageStorageForPresentation
 
-from cad_node.domain.planar import Laterality
+from cad_node.domain.image_sets import Laterality
 from cad_node.errors import InvalidSeriesError
-from cad_node.imaging.planar import load_image_set
+from cad_node.imaging.image_set_loading import load_image_set
 from cad_node.synth.dicom_ct import SeriesInfo, write_slices
 from cad_node.synth.dicom_planar import (
     StudyInfo,

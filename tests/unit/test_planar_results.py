@@ -26,7 +26,7 @@ from pydicom.uid import Comprehensive3DSRStorage, SecondaryCaptureImageStorage, 
 
 from cad_node import NOT_FOR_CLINICAL_USE
 from cad_node.domain.findings import FindingType, ModelIdentity
-from cad_node.domain.planar import (
+from cad_node.domain.image_sets import (
     ICDR_GRADES,
     Assessment,
     AssessmentKind,
@@ -45,7 +45,7 @@ from cad_node.domain.results import (
     planar_report,
 )
 from cad_node.errors import ResultBuildError
-from cad_node.imaging.planar import load_image_set
+from cad_node.imaging.image_set_loading import load_image_set
 from cad_node.results import codes
 from cad_node.results.build import ResultObjects, build_planar_objects
 from cad_node.results.options import ResultOptions

@@ -202,7 +202,7 @@ def test_shipped_model_inference_and_results_without_the_lab(tmp_path: Path) -> 
         import torch
         from pydicom import dcmread
         from cad_node.config import Settings
-        from cad_node.imaging.planar import load_image_set
+        from cad_node.imaging.image_set_loading import load_image_set
         from cad_node.models.registry import ModelRegistry
         from cad_node.results.build import build_planar_objects
         from cad_node.results.uids import result_uids

@@ -24,9 +24,9 @@ from skimage.draw import polygon2mask
 from cad_node import NOT_FOR_CLINICAL_USE
 from cad_node.config import ResultSettings
 from cad_node.domain.findings import FindingType
-from cad_node.domain.planar import ImageSet, Laterality, PlanarFinding, PlanarMask, PlanarResult
+from cad_node.domain.image_sets import ImageSet, Laterality, PlanarFinding, PlanarMask, PlanarResult
 from cad_node.domain.results import LUNG_WINDOW, ModelReport, planar_report, volume_report
-from cad_node.imaging.planar import load_image_set
+from cad_node.imaging.image_set_loading import load_image_set
 from cad_node.results import codes
 from cad_node.results.gsps import (
     CONTENT_LABEL,

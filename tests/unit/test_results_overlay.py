@@ -18,7 +18,7 @@ from scipy import ndimage
 
 from cad_node import NOT_FOR_CLINICAL_USE
 from cad_node.domain.findings import FindingType
-from cad_node.domain.planar import ImageSet, Laterality, PlanarFinding, PlanarMask, PlanarResult
+from cad_node.domain.image_sets import ImageSet, Laterality, PlanarFinding, PlanarMask, PlanarResult
 from cad_node.domain.results import (
     Measurement,
     MeasurementKind,
@@ -27,7 +27,7 @@ from cad_node.domain.results import (
     planar_report,
     volume_report,
 )
-from cad_node.imaging.planar import load_image_set
+from cad_node.imaging.image_set_loading import load_image_set
 from cad_node.results import codes
 from cad_node.results.options import ResultOptions
 from cad_node.results.overlay import (

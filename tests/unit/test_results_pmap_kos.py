@@ -33,7 +33,7 @@ from pydicom.uid import (
 
 from cad_node import NOT_FOR_CLINICAL_USE
 from cad_node.domain import Finding, FindingType, ImageVolume, MaskBox, ModelIdentity, ModelResult
-from cad_node.domain.planar import (
+from cad_node.domain.image_sets import (
     ExplanationMap,
     ImageSet,
     Laterality,
@@ -42,8 +42,8 @@ from cad_node.domain.planar import (
     PlanarResult,
 )
 from cad_node.domain.results import ModelReport, planar_report, volume_report
+from cad_node.imaging.image_set_loading import load_image_set
 from cad_node.imaging.multiframe import volume_from_frames
-from cad_node.imaging.planar import load_image_set
 from cad_node.results import codes
 from cad_node.results.kos import KOS_DESCRIPTION, build_kos
 from cad_node.results.options import ResultOptions

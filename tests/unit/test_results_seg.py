@@ -35,8 +35,8 @@ from cad_node.domain.results import (
     planar_grid,
     volume_grid,
 )
+from cad_node.imaging.image_set_loading import load_image_set
 from cad_node.imaging.multiframe import volume_from_frames
-from cad_node.imaging.planar import load_image_set
 from cad_node.imaging.volume import load_volume
 from cad_node.results import codes
 from cad_node.results.options import ResultOptions

@@ -40,7 +40,7 @@ from cad_node.domain.results import (
     planar_grid,
     volume_grid,
 )
-from cad_node.imaging.planar import load_image_set
+from cad_node.imaging.image_set_loading import load_image_set
 from cad_node.results import codes
 from cad_node.results.build import ResultObjects, build_result_objects
 from cad_node.results.overlay import finding_caption

@@ -22,7 +22,7 @@ import pytest
 from pydicom import Dataset
 
 from cad_node.domain import Finding, FindingType, ImageVolume, MaskBox, ModelIdentity, ModelResult
-from cad_node.domain.planar import (
+from cad_node.domain.image_sets import (
     Assessment,
     AssessmentKind,
     ExplanationMap,
@@ -40,8 +40,8 @@ from cad_node.domain.results import (
     volume_report,
 )
 from cad_node.errors import ResultBuildError
+from cad_node.imaging.image_set_loading import load_image_set
 from cad_node.imaging.multiframe import volume_from_frames
-from cad_node.imaging.planar import load_image_set
 from cad_node.imaging.volume import load_volume
 from cad_node.results import codes
 from cad_node.results.options import ResultOptions

@@ -30,8 +30,7 @@ from pydicom.uid import (
 )
 
 from cad_node.domain.findings import Finding, FindingType, MaskBox, ModelIdentity, ModelResult
-from cad_node.domain.imaging import ImageVolume
-from cad_node.domain.planar import (
+from cad_node.domain.image_sets import (
     ImageSet,
     Laterality,
     PlanarFinding,
@@ -39,6 +38,7 @@ from cad_node.domain.planar import (
     PlanarMask,
     PlanarResult,
 )
+from cad_node.domain.imaging import ImageVolume
 from cad_node.domain.results import (
     ModelReport,
     Procedure,

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from pydicom import dcmread
 
-from cad_node.routing.cli import add_commands, read_series
+from cad_node.commands.rules import add_commands, read_series
 from tests.conftest import pydicom_file
 
 NODE_YAML = Path(__file__).parents[2] / "config" / "node.yaml"

@@ -1,6 +1,6 @@
 """The ``fundus_dr`` model: ICDR grade per eye, DR lesion masks and Grad-CAM maps.
 
-For each colour fundus photograph of a study (:class:`~cad_node.domain.planar.ImageSet`):
+For each colour fundus photograph of a study (:class:`~cad_node.domain.image_sets.ImageSet`):
 
 1. prepare it (:mod:`~cad_node.models.fundus.preprocess`: field-of-view crop,
    left eyes mirrored, 256 x 256, colour normalisation);
@@ -40,7 +40,7 @@ from scipy import ndimage
 from torch import nn
 
 from cad_node.domain.findings import FindingType, ModelIdentity
-from cad_node.domain.planar import (
+from cad_node.domain.image_sets import (
     ICDR_GRADES,
     REFERABLE_ICDR_GRADE,
     Assessment,

@@ -34,9 +34,9 @@ from torch.nn import functional
 from tqdm import tqdm
 
 from cad_node import NOT_FOR_CLINICAL_USE, __version__
-from cad_node.domain.planar import REFERABLE_ICDR_GRADE, Laterality
+from cad_node.domain.image_sets import REFERABLE_ICDR_GRADE, Laterality
 from cad_node.evaluation import metrics
-from cad_node.imaging.planar import load_image_set
+from cad_node.imaging.image_set_loading import load_image_set
 from cad_node.models import training
 from cad_node.models.fundus.network import GRADES, FundusNet, parameter_count
 from cad_node.models.fundus.preprocess import (

@@ -1,6 +1,6 @@
 """The ``mammo_screening`` model: per-breast suspicion, lesion marks and Grad-CAM maps.
 
-For each view of a screening study (:class:`~cad_node.domain.planar.ImageSet`):
+For each view of a screening study (:class:`~cad_node.domain.image_sets.ImageSet`):
 
 1. standardise it (:mod:`~cad_node.models.mammo.preprocess`: chest wall on the
    left, crop to the breast, resize, normalise);
@@ -32,7 +32,7 @@ from scipy import ndimage
 from torch import nn
 
 from cad_node.domain.findings import FindingType, ModelIdentity
-from cad_node.domain.planar import (
+from cad_node.domain.image_sets import (
     Assessment,
     AssessmentKind,
     ExplanationMap,

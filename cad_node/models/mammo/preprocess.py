@@ -24,7 +24,7 @@ import numpy.typing as npt
 import torch
 from scipy import ndimage
 
-from cad_node.domain.planar import Laterality, PlanarImage
+from cad_node.domain.image_sets import Laterality, PlanarImage
 
 INPUT_SHAPE: tuple[int, int] = (256, 192)
 """(rows, columns) of the network input."""

@@ -32,9 +32,9 @@ from tqdm import tqdm
 
 from cad_node import NOT_FOR_CLINICAL_USE, __version__
 from cad_node.domain.findings import FindingType
-from cad_node.domain.planar import Laterality
+from cad_node.domain.image_sets import Laterality
 from cad_node.evaluation.metrics import sensitivity_at_specificity
-from cad_node.imaging.planar import load_image_set
+from cad_node.imaging.image_set_loading import load_image_set
 from cad_node.models import training
 from cad_node.models.mammo.network import SEGMENTATION_CLASSES, MammoNet
 from cad_node.models.mammo.preprocess import INPUT_SHAPE, standardise

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from cad_node.domain.findings import ModelIdentity
-from cad_node.domain.planar import Assessment, ExplanationMap
+from cad_node.domain.image_sets import Assessment, ExplanationMap
 from cad_node.domain.results import (
     AnatomicRegion,
     ClassScores,

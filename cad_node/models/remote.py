@@ -14,8 +14,8 @@ from pathlib import Path
 from pydicom import Dataset
 
 from cad_node.domain.findings import ModelIdentity, ModelResult
+from cad_node.domain.image_sets import ImageSet, PlanarResult
 from cad_node.domain.imaging import ImageVolume
-from cad_node.domain.planar import ImageSet, PlanarResult
 from cad_node.models.base import (
     CadModel,
     ImageSetModel,

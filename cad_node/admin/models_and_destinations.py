@@ -21,7 +21,7 @@ from cad_node.config import DestinationSettings
 from cad_node.errors import ConfigError
 from cad_node.routing.rules import RuleMode
 from cad_node.security.tls import client_context
-from cad_node.store.catalog import (
+from cad_node.store.model_modes_and_destinations import (
     current_destinations,
     delete_destination,
     destination_data,

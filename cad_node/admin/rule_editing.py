@@ -24,9 +24,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cad_node.admin.auth import Principal, Reader, Writer
-from cad_node.admin.catalog import destinations_in_force
 from cad_node.admin.context import AdminContext
 from cad_node.admin.deps import Context, Journal, RowId
+from cad_node.admin.models_and_destinations import destinations_in_force
 from cad_node.config import format_validation_error
 from cad_node.errors import ConfigError, ModelError
 from cad_node.routing.match import ConditionResult, RuleExplanation, describe, explain, route

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cad_node.clock import utc_now
+from cad_node.commands.status import require_sqlite_journal
 from cad_node.config import load_settings
-from cad_node.status import require_sqlite_journal
 from cad_node.store.db import make_engine, session_factory
 from cad_node.store.retention import PurgeCandidate, RetentionPolicy, purge, purgeable_series
 

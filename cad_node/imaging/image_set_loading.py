@@ -1,4 +1,4 @@
-"""Builds an :class:`~cad_node.domain.planar.ImageSet` from the planar images of one study.
+"""Builds an :class:`~cad_node.domain.image_sets.ImageSet` from the planar images of one study.
 
 Mammograms (MG, DX) and photographs (OP, XC) are read one :class:`PlanarImage`
 per image instance, in the order given, in their stored orientation:
@@ -40,7 +40,7 @@ from pydicom.uid import (
     OphthalmicPhotography16BitImageStorage,
 )
 
-from cad_node.domain.planar import ImageSet, Laterality, PlanarImage
+from cad_node.domain.image_sets import ImageSet, Laterality, PlanarImage
 from cad_node.errors import InvalidSeriesError
 from cad_node.imaging.volume import read_or_refuse
 
