@@ -15,6 +15,7 @@ import re
 import shutil
 import statistics
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from importlib import metadata
@@ -278,3 +279,30 @@ def describe_change(slower: float) -> str:
     faster = -slower / (1 + slower)
     text = f"{slower:.0%} slower" if slower > 0 else f"{faster:.0%} faster"
     return f"**{text}**" if is_regression(slower) else text
+
+
+EXIT_REGRESSION = 3
+"""The exit status of a benchmark run slower than the last recorded one (--fail-on-regression)."""
+
+
+def publish(
+    key: str,
+    text: str,
+    last_entry: Mapping[str, Any],
+    *,
+    record: bool,
+    regression: str | None,
+    fail_on_regression: bool,
+) -> int:
+    """Print a benchmark's section; record it and its figures unless told not to; its exit status.
+
+    ``regression`` is the line that says the run is slower than the last recorded one, or None.
+    """
+    print(text)
+    if record:
+        write_section(key, text)
+        save_last(key, last_entry)
+    if regression is None:
+        return 0
+    print(regression, file=sys.stderr)
+    return EXIT_REGRESSION if fail_on_regression else 0

@@ -29,7 +29,6 @@ Run from the repository root::
 import argparse
 import copy
 import gc
-import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -63,7 +62,7 @@ from cad_node.results import (
 )
 
 KEY = "inference"
-EXIT_REGRESSION = 3
+SLOWER = "inference is more than 25% slower than the last recorded run"
 FAMILIES = ("lung_ct", "mammography", "fundus")
 FUNDUS_GRADES = (2, 3)
 """ICDR grades (OD, OS) of the fundus study: lesions and Grad-CAM maps, so every stage runs."""
@@ -799,17 +798,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     key = section_key(args.device)
     last = _report.load_last(key)
     comparison, regressed = compare_with_last(last, current, environment)
-    text = section(args, results, environment, comparison)
-    print(text)
-    if not args.no_record:
-        _report.write_section(key, text)
-        entry = {k: environment[k] for k in ("date", "command", "machine", "versions", "device")}
-        _report.save_last(key, {**entry, "repeats": args.repeats, "figures": current})
-    if regressed:
-        print("inference is more than 25% slower than the last recorded run", file=sys.stderr)
-        if args.fail_on_regression:
-            return EXIT_REGRESSION
-    return 0
+    entry = {k: environment[k] for k in ("date", "command", "machine", "versions", "device")}
+    return _report.publish(
+        key,
+        section(args, results, environment, comparison),
+        {**entry, "repeats": args.repeats, "figures": current},
+        record=not args.no_record,
+        regression=SLOWER if regressed else None,
+        fail_on_regression=args.fail_on_regression,
+    )
 
 
 if __name__ == "__main__":

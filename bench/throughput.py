@@ -26,7 +26,6 @@ Run from the repository root::
 import argparse
 import math
 import re
-import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import ExitStack
@@ -56,7 +55,7 @@ from bench.processing import (
 )
 
 KEY = "throughput"
-EXIT_REGRESSION = 3
+SLOWER = "cad-node throughput is more than 25% below the last recorded run"
 FAMILIES = ("lung_ct", "mammography", "fundus")
 FUNDUS_GRADES = (2, 3)
 PHASES = ("one at a time", "stream")
@@ -583,17 +582,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     shape = mix_shape(args)
     last = _report.load_last(KEY)
     comparison, regressed = compare_with_last(last, current, shape, environment["machine"])
-    text = section(args, (reference, streamed), current, environment, comparison)
-    print(text)
-    if not args.no_record:
-        _report.write_section(KEY, text)
-        entry = {key: environment[key] for key in ("date", "command", "machine", "versions")}
-        _report.save_last(KEY, {**entry, "mix": shape, "figures": current})
-    if regressed:
-        print("cad-node throughput is more than 25% below the last recorded run", file=sys.stderr)
-        if args.fail_on_regression:
-            return EXIT_REGRESSION
-    return 0
+    entry = {key: environment[key] for key in ("date", "command", "machine", "versions")}
+    return _report.publish(
+        KEY,
+        section(args, (reference, streamed), current, environment, comparison),
+        {**entry, "mix": shape, "figures": current},
+        record=not args.no_record,
+        regression=SLOWER if regressed else None,
+        fail_on_regression=args.fail_on_regression,
+    )
 
 
 if __name__ == "__main__":

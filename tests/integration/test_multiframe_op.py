@@ -24,7 +24,8 @@ from tests.integration.test_planar_spine import (
     _by_class,
     _exchange,
 )
-from tests.unit.test_multiframe_planar import referenced_frames, source_frames, stacked_frames
+from tests.results_inputs import stacked_frames
+from tests.unit.test_multiframe_planar import referenced_frames, source_frames
 
 pytestmark = pytest.mark.slow
 

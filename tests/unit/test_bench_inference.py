@@ -27,6 +27,7 @@ from bench.inference import (
 from cad_node.domain.findings import ModelIdentity
 from cad_node.domain.image_sets import Assessment, AssessmentKind, Laterality, PlanarResult
 from cad_node.imaging.image_set_loading import load_image_set
+from tests.results_inputs import headers_only
 from tests.unit import test_planar_results as planar
 from tests.unit.test_results_objects import make_case
 
@@ -253,7 +254,7 @@ def test_an_output_that_changed_between_runs_is_marked_in_both_tables() -> None:
 def test_results_count_every_object_the_worker_sends_to_a_seg_and_sr_destination() -> None:
     case = make_case()  # three nodules: one SEG, the SR, the KOS
     assert build_results(case.series, case.volume, case.result, "lung_nodule_ct") == 3
-    datasets = planar.headers_only(planar._mammo_datasets())
+    datasets = headers_only(planar._mammo_datasets())
     image_set = load_image_set(planar._mammo_datasets())
     result = planar._mammo_result(image_set)
     # two views with findings: two SEGs; one map: a Parametric Map and its image; SR; KOS

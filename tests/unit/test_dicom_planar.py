@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 import pydicom
 import pytest
 from pydicom.uid import (
@@ -23,27 +22,22 @@ from cad_node.synth.dicom_planar import (
     mammogram_dataset,
     patient_orientation,
     write_fundus_study,
-    write_instance,
     write_mammo_study,
 )
 from tests.dicom_validation import assert_valid_dicom
+from tests.results_inputs import (
+    noisy_fundus_pixels,
+    noisy_mammogram_pixels,
+    smooth_rgb_pixels,
+    write_valid,
+)
 
 MAMMO = StudyInfo.from_seed(7, "mammo")
 FUNDUS = StudyInfo.from_seed(7, "fundus")
 
 
-def _mammogram_pixels(seed: int = 0) -> npt.NDArray[np.uint16]:
-    return np.random.default_rng(seed).integers(0, 4096, size=(40, 32)).astype(np.uint16)
-
-
-def _fundus_pixels(seed: int = 0) -> npt.NDArray[np.uint8]:
-    return np.random.default_rng(seed).integers(0, 256, size=(36, 44, 3)).astype(np.uint8)
-
-
 def _write_and_read(ds: pydicom.Dataset, path: Path) -> pydicom.Dataset:
-    write_instance(ds, path)
-    assert_valid_dicom(path)
-    return pydicom.dcmread(path)
+    return pydicom.dcmread(write_valid(ds, path))
 
 
 @pytest.mark.parametrize(
@@ -58,7 +52,7 @@ def _write_and_read(ds: pydicom.Dataset, path: Path) -> pydicom.Dataset:
 def test_mammogram_for_presentation_is_valid_and_keeps_its_pixels(
     tmp_path: Path, laterality: str, view: MammographyView, orientation: list[str]
 ) -> None:
-    pixels = _mammogram_pixels()
+    pixels = noisy_mammogram_pixels()
     ds = mammogram_dataset(
         pixels,
         study=MAMMO,
@@ -94,7 +88,7 @@ def test_mammogram_for_presentation_is_valid_and_keeps_its_pixels(
 
 def test_mammogram_for_processing_has_its_sop_class_and_no_window(tmp_path: Path) -> None:
     ds = mammogram_dataset(
-        _mammogram_pixels(),
+        noisy_mammogram_pixels(),
         study=MAMMO,
         laterality="L",
         view="MLO",
@@ -144,7 +138,7 @@ def test_uids_are_deterministic_per_seed_series_and_index() -> None:
 )
 def test_mammogram_rejects_invalid_input(change: dict[str, object], message: str) -> None:
     arguments: dict[str, object] = {
-        "pixels": _mammogram_pixels(),
+        "pixels": noisy_mammogram_pixels(),
         "study": MAMMO,
         "laterality": "R",
         "view": "CC",
@@ -158,7 +152,7 @@ def test_mammogram_rejects_invalid_input(change: dict[str, object], message: str
 
 
 def test_fundus_photograph_is_valid_rgb(tmp_path: Path) -> None:
-    pixels = _fundus_pixels()
+    pixels = noisy_fundus_pixels()
     ds = fundus_dataset(
         pixels,
         study=FUNDUS,
@@ -181,7 +175,7 @@ def test_fundus_photograph_is_valid_rgb(tmp_path: Path) -> None:
 
 def test_fundus_without_spacing_writes_none(tmp_path: Path) -> None:
     ds = fundus_dataset(
-        _fundus_pixels(),
+        noisy_fundus_pixels(),
         study=FUNDUS,
         laterality="R",
         series_number=1,
@@ -206,8 +200,7 @@ def test_fundus_rejects_grayscale_pixels() -> None:
 
 
 def test_jpeg_baseline_fundus_is_valid_and_close(tmp_path: Path) -> None:
-    rows, columns = np.mgrid[0:48, 0:64]
-    pixels = np.stack([rows * 4, columns * 3, 255 - rows * 2], axis=-1).astype(np.uint8)
+    pixels = smooth_rgb_pixels()
     ds = fundus_dataset(
         pixels,
         study=FUNDUS,
@@ -225,14 +218,14 @@ def test_jpeg_baseline_fundus_is_valid_and_close(tmp_path: Path) -> None:
 
 def test_study_writers_write_one_valid_series_each(tmp_path: Path) -> None:
     views = {
-        (lat, view): _mammogram_pixels(i)
+        (lat, view): noisy_mammogram_pixels(i)
         for i, (lat, view) in enumerate([("R", "CC"), ("L", "CC"), ("R", "MLO"), ("L", "MLO")])
     }
     mammo_paths = write_mammo_study(tmp_path / "mg", MAMMO, views, pixel_spacing_mm=0.1)
     fundus_paths = write_fundus_study(
         tmp_path / "op",
         FUNDUS,
-        [("R", _fundus_pixels(1)), ("L", _fundus_pixels(2))],
+        [("R", noisy_fundus_pixels(1)), ("L", noisy_fundus_pixels(2))],
         pixel_spacing_mm=None,
     )
     assert [p.name for p in mammo_paths] == [

@@ -26,12 +26,12 @@ from cad_node.results.uids import result_uids
 from cad_node.routing.attributes import extract_attributes
 from cad_node.routing.match import route
 from tests.conftest import dataset_bytes
+from tests.results_inputs import ct_affine
 from tests.unit.test_results_objects import (
     MODEL,
     NODULES,
     OPTIONS,
     SLICES,
-    _affine,
     every_object,
     make_ct_series,
     make_finding,
@@ -114,7 +114,7 @@ def test_the_volume_is_the_frames_sorted_from_the_feet(
     enhanced_ct: Dataset, volume: ImageVolume
 ) -> None:
     assert volume.shape == (SLICES, enhanced_ct.Rows, enhanced_ct.Columns)
-    np.testing.assert_allclose(volume.affine, _affine())
+    np.testing.assert_allclose(volume.affine, ct_affine())
     assert volume.frame_numbers == tuple(range(SLICES, 0, -1))
     assert set(volume.sop_instance_uids) == {enhanced_ct.SOPInstanceUID}
     for k in range(SLICES):

@@ -8,7 +8,6 @@ Tomosynthesis image routes on its functional groups, stays unrouted by the shipp
 rules, and is refused by the 2D loader.
 """
 
-import copy
 import io
 import logging
 from collections.abc import Sequence
@@ -29,13 +28,10 @@ from pydicom.uid import (
 from cad_node.config import load_rules
 from cad_node.domain.findings import FindingType
 from cad_node.domain.image_sets import (
-    Assessment,
-    AssessmentKind,
     ExplanationMap,
     ImageSet,
     Laterality,
     PlanarFinding,
-    PlanarMask,
     PlanarResult,
 )
 from cad_node.errors import InvalidSeriesError
@@ -45,113 +41,61 @@ from cad_node.results.build import ResultObjects, build_planar_objects
 from cad_node.results.uids import ResultUids, result_uids
 from cad_node.routing.attributes import extract_attributes
 from cad_node.routing.match import route
-from cad_node.synth.dicom_planar import StudyInfo, fundus_dataset, mammogram_dataset
+from cad_node.synth.dicom_planar import StudyInfo, mammogram_dataset
 from tests import sr_content as content
 from tests.dicom_validation import assert_valid_dicom
-from tests.unit.test_planar_results import (
-    FUNDUS_MODEL,
+from tests.results_inputs import (
+    DIM_FUNDUS,
     OP_SHAPE,
     OP_SPACING_MM,
-    OPTIONS,
+    disk,
+    dr_assessments,
     encode,
+    fundus_pixels,
     headers_only,
+    heatmap,
+    planar_finding,
+    stacked_frames,
+    stereo_exam,
 )
+from tests.unit.test_planar_results import FUNDUS_MODEL, OPTIONS
 from tests.unit.test_results_objects import write_every_object
 
 SHIPPED_RULES = Path(__file__).parents[2] / "config" / "rules.yaml"
-STUDY = StudyInfo.from_seed(8, "fundus")
+SEED = 8
+STUDY = StudyInfo.from_seed(SEED, "fundus")
 IMAGE_REGION, SEGMENT, IMAGE_LIBRARY = "111030", "121214", "111028"
 VISUAL_EXPLANATION = codes.VISUAL_EXPLANATION.value
 SOURCE_OF_SEGMENTATION, SOURCE_OF_GROUP = "121233", "121112"
 
 
-def stacked_frames(first: Dataset, *others: Dataset) -> Dataset:
-    """A copy of ``first`` (native pixels) holding the frames of all, in order."""
-    stacked = copy.deepcopy(first)
-    stacked.NumberOfFrames = 1 + len(others)
-    stacked.PixelData = b"".join(bytes(ds.PixelData) for ds in (first, *others))
-    return stacked
-
-
-def _photograph(seed: int) -> npt.NDArray[np.uint8]:
-    rows, columns = np.indices(OP_SHAPE)
-    rgb = np.stack([100 + rows, 30 + columns // 2, np.full(OP_SHAPE, 10 * seed)], axis=2)
-    return rgb.astype(np.uint8)
-
-
-def stereo_exam() -> list[Dataset]:
-    """OD as one photograph, OS as a two-frame stereo pair in one instance."""
-    od, os_1, os_2 = (
-        fundus_dataset(
-            _photograph(seed),
-            study=STUDY,
-            laterality=side,
-            series_number=1,
-            instance_number=number,
-            pixel_spacing_mm=OP_SPACING_MM,
-        )
-        for seed, side, number in ((1, "R", 1), (2, "L", 2), (3, "L", 2))
-    )
-    return [od, stacked_frames(os_1, os_2)]
-
-
-def _disk(centre: tuple[float, float], radius: float) -> npt.NDArray[np.bool_]:
-    rows, columns = np.indices(OP_SHAPE)
-    return np.asarray((rows - centre[0]) ** 2 + (columns - centre[1]) ** 2 <= radius**2)
-
-
-def _finding(
+def _on_os(
     finding_type: FindingType, image_uid: str, frame: int, full: npt.NDArray[np.bool_]
 ) -> PlanarFinding:
-    mask = PlanarMask.from_full(full)
-    return PlanarFinding(
-        finding_type=finding_type,
-        sop_instance_uid=image_uid,
-        laterality=Laterality.LEFT,
-        mask=mask,
-        probability=0.8,
-        area_mm2=mask.pixel_count * OP_SPACING_MM**2,
+    return planar_finding(
+        finding_type,
+        image_uid,
+        Laterality.LEFT,
+        full,
+        spacing_mm=OP_SPACING_MM,
         frame_number=frame,
     )
-
-
-def _heatmap(centre: tuple[float, float]) -> npt.NDArray[np.float32]:
-    rows, columns = np.indices(OP_SHAPE)
-    distance2 = (rows - centre[0]) ** 2 + (columns - centre[1]) ** 2
-    return np.exp(-distance2 / (2 * 8.0**2)).astype(np.float32)
 
 
 def stereo_result(image_set: ImageSet) -> PlanarResult:
     """A haemorrhage on OS frame 2, a microaneurysm on OS frame 1; OS explained on frame 2."""
     od, os_ = image_set.images[0].sop_instance_uid, image_set.images[1].sop_instance_uid
-    grades = (0.01, 0.04, 0.15, 0.7, 0.1)
     return PlanarResult(
         model=FUNDUS_MODEL,
         study_instance_uid=image_set.study_instance_uid,
         findings=(
-            _finding(FindingType.HAEMORRHAGE, os_, 2, _disk((30.0, 60.0), 5.0)),
-            _finding(FindingType.MICROANEURYSM, os_, 1, _disk((50.0, 20.0), 2.0)),
+            _on_os(FindingType.HAEMORRHAGE, os_, 2, disk(OP_SHAPE, (30.0, 60.0), 5.0)),
+            _on_os(FindingType.MICROANEURYSM, os_, 1, disk(OP_SHAPE, (50.0, 20.0), 2.0)),
         ),
-        assessments=(
-            Assessment(
-                AssessmentKind.DIABETIC_RETINOPATHY,
-                Laterality.RIGHT,
-                0.2,
-                (od,),
-                grade=0,
-                class_probabilities=(0.85, 0.1, 0.03, 0.01, 0.01),
-            ),
-            Assessment(
-                AssessmentKind.DIABETIC_RETINOPATHY,
-                Laterality.LEFT,
-                2.9,
-                (os_, os_),
-                grade=3,
-                class_probabilities=grades,
-                frame_numbers=(1, 2),
-            ),
+        assessments=dr_assessments(od, os_, os_frames=(1, 2)),
+        explanations=(
+            ExplanationMap(os_, heatmap(OP_SHAPE, (30.0, 60.0)), "Grad-CAM", "ICDR grade 3", 2),
         ),
-        explanations=(ExplanationMap(os_, _heatmap((30.0, 60.0)), "Grad-CAM", "ICDR grade 3", 2),),
     )
 
 
@@ -159,7 +103,7 @@ class Stereo:
     """The stereo exam's objects, each written, validated and read back."""
 
     def __init__(self, folder: Path) -> None:
-        self.datasets = stereo_exam()
+        self.datasets = stereo_exam(SEED)
         self.image_set = load_image_set(self.datasets)
         self.result = stereo_result(self.image_set)
         self.uids: ResultUids = result_uids("stereo-job")
@@ -199,7 +143,7 @@ def source_frames(seg: Dataset) -> set[int]:
 
 
 def test_each_frame_of_a_photograph_is_an_image_of_the_set(tmp_path: Path) -> None:
-    datasets = stereo_exam()
+    datasets = stereo_exam(SEED)
     for number, dataset in enumerate(datasets):
         dataset.save_as(tmp_path / f"{number}.dcm", enforce_file_format=True)
         assert_valid_dicom(tmp_path / f"{number}.dcm")
@@ -209,7 +153,9 @@ def test_each_frame_of_a_photograph_is_an_image_of_the_set(tmp_path: Path) -> No
     references = [image.reference for image in image_set.images]
     od, os_ = (str(ds.SOPInstanceUID) for ds in datasets)
     assert references == [(od, None), (os_, 1), (os_, 2)]
-    np.testing.assert_array_equal(image_set.images[2].pixels, _photograph(3).astype(np.float32))
+    np.testing.assert_array_equal(
+        image_set.images[2].pixels, fundus_pixels(2, DIM_FUNDUS).astype(np.float32)
+    )
     assert image_set.images[2].laterality is Laterality.LEFT
 
 
@@ -284,7 +230,7 @@ def test_the_2d_loader_refuses_any_multi_frame_grayscale_image_but_a_photograph(
 
 
 def test_a_photograph_of_more_frames_than_read_is_refused() -> None:
-    od = stereo_exam()[0]
+    od = stereo_exam(SEED)[0]
     video = stacked_frames(od, *[od] * MAX_PHOTOGRAPH_FRAMES)
     with pytest.raises(InvalidSeriesError, match=f"at most {MAX_PHOTOGRAPH_FRAMES}"):
         load_image_set([video])

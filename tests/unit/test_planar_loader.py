@@ -4,7 +4,6 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
@@ -20,30 +19,27 @@ from cad_node.synth.dicom_planar import (
     fundus_dataset,
     mammogram_dataset,
     write_fundus_study,
-    write_instance,
     write_mammo_study,
 )
 from cad_node.synth.lesions import Grid
 from tests.dicom_validation import assert_valid_dicom
+from tests.results_inputs import (
+    noisy_fundus_pixels,
+    noisy_mammogram_pixels,
+    smooth_rgb_pixels,
+    write_valid,
+)
 
 MAMMO = StudyInfo.from_seed(21, "mammo")
 FUNDUS = StudyInfo.from_seed(21, "fundus")
 SCREENING_VIEWS = (("R", "CC"), ("L", "CC"), ("R", "MLO"), ("L", "MLO"))
 
 
-def _mammogram_pixels(seed: int) -> npt.NDArray[np.uint16]:
-    return np.random.default_rng(seed).integers(0, 4096, size=(40, 32)).astype(np.uint16)
-
-
-def _fundus_pixels(seed: int) -> npt.NDArray[np.uint8]:
-    return np.random.default_rng(seed).integers(0, 256, size=(36, 44, 3)).astype(np.uint8)
-
-
 def _mammogram(
     laterality: str, view: str, *, instance_number: int, for_processing: bool = False
 ) -> pydicom.Dataset:
     return mammogram_dataset(
-        _mammogram_pixels(instance_number),
+        noisy_mammogram_pixels(instance_number),
         study=MAMMO,
         laterality=laterality,
         view=view,
@@ -54,14 +50,8 @@ def _mammogram(
     )
 
 
-def _write(ds: pydicom.Dataset, path: Path) -> Path:
-    write_instance(ds, path)
-    assert_valid_dicom(path)
-    return path
-
-
 def test_four_view_mammogram_round_trips(tmp_path: Path) -> None:
-    views = {key: _mammogram_pixels(i) for i, key in enumerate(SCREENING_VIEWS)}
+    views = {key: noisy_mammogram_pixels(i) for i, key in enumerate(SCREENING_VIEWS)}
     paths = write_mammo_study(tmp_path, MAMMO, views, pixel_spacing_mm=0.07)
     for path in paths:
         assert_valid_dicom(path)
@@ -88,9 +78,9 @@ def test_for_processing_is_dropped_only_where_a_for_presentation_view_exists(
     raw_rcc = _mammogram("R", "CC", instance_number=1, for_processing=True)
     raw_lcc = _mammogram("L", "CC", instance_number=2, for_processing=True)
     paths = [
-        _write(raw_rcc, tmp_path / "raw_rcc.dcm"),
-        _write(presented_rcc, tmp_path / "rcc.dcm"),
-        _write(raw_lcc, tmp_path / "raw_lcc.dcm"),
+        write_valid(raw_rcc, tmp_path / "raw_rcc.dcm"),
+        write_valid(presented_rcc, tmp_path / "rcc.dcm"),
+        write_valid(raw_lcc, tmp_path / "raw_lcc.dcm"),
     ]
     image_set = load_image_set(paths)
     assert [image.sop_instance_uid for image in image_set.images] == [
@@ -100,7 +90,7 @@ def test_for_processing_is_dropped_only_where_a_for_presentation_view_exists(
 
 
 def test_fundus_round_trips_rgb_and_laterality(tmp_path: Path) -> None:
-    photographs = [("R", _fundus_pixels(1)), ("L", _fundus_pixels(2))]
+    photographs = [("R", noisy_fundus_pixels(1)), ("L", noisy_fundus_pixels(2))]
     paths = write_fundus_study(tmp_path, FUNDUS, photographs, pixel_spacing_mm=None)
     image_set = load_image_set(paths)
     assert image_set.modality == "OP"
@@ -114,8 +104,7 @@ def test_fundus_round_trips_rgb_and_laterality(tmp_path: Path) -> None:
 
 
 def test_jpeg_baseline_ybr_full_422_fundus_is_read_as_rgb(tmp_path: Path) -> None:
-    rows, columns = np.mgrid[0:48, 0:64]
-    pixels = np.stack([rows * 4, columns * 3, 255 - rows * 2], axis=-1).astype(np.uint8)
+    pixels = smooth_rgb_pixels()
     ds = fundus_dataset(
         pixels,
         study=FUNDUS,
@@ -124,7 +113,7 @@ def test_jpeg_baseline_ybr_full_422_fundus_is_read_as_rgb(tmp_path: Path) -> Non
         instance_number=1,
         pixel_spacing_mm=0.01,
     )
-    path = _write(compress_jpeg_baseline(ds, quality=95), tmp_path / "jpeg.dcm")
+    path = write_valid(compress_jpeg_baseline(ds, quality=95), tmp_path / "jpeg.dcm")
     assert pydicom.dcmread(path).PhotometricInterpretation == "YBR_FULL_422"
     image = load_image_set([path]).images[0]
     assert image.photometric_interpretation == "RGB"
@@ -137,9 +126,9 @@ def test_monochrome1_is_inverted_to_monochrome2_sense(tmp_path: Path) -> None:
     ds = _mammogram("L", "MLO", instance_number=3)
     ds.PhotometricInterpretation = "MONOCHROME1"
     ds.PresentationLUTShape = "INVERSE"
-    path = _write(ds, tmp_path / "mono1.dcm")
+    path = write_valid(ds, tmp_path / "mono1.dcm")
     image = load_image_set([path]).images[0]
-    expected = 4095.0 - _mammogram_pixels(3).astype(np.float32)
+    expected = 4095.0 - noisy_mammogram_pixels(3).astype(np.float32)
     np.testing.assert_array_equal(image.pixels, expected)
     assert image.photometric_interpretation == "MONOCHROME2"
 
@@ -159,7 +148,7 @@ def test_rescale_slope_and_intercept_are_applied(tmp_path: Path) -> None:
 
 
 def test_multi_frame_photograph_gives_each_frame(tmp_path: Path) -> None:
-    first, second = _fundus_pixels(5), _fundus_pixels(6)
+    first, second = noisy_fundus_pixels(5), noisy_fundus_pixels(6)
     ds = fundus_dataset(
         first,
         study=FUNDUS,
@@ -170,7 +159,7 @@ def test_multi_frame_photograph_gives_each_frame(tmp_path: Path) -> None:
     )
     ds.NumberOfFrames = 2
     ds.PixelData = first.tobytes() + second.tobytes()
-    image_set = load_image_set([_write(ds, tmp_path / "frames.dcm")])
+    image_set = load_image_set([write_valid(ds, tmp_path / "frames.dcm")])
     assert [image.frame_number for image in image_set.images] == [1, 2]
     assert {image.sop_instance_uid for image in image_set.images} == {ds.SOPInstanceUID}
     np.testing.assert_array_equal(image_set.images[0].pixels, first.astype(np.float32))
@@ -180,20 +169,20 @@ def test_multi_frame_photograph_gives_each_frame(tmp_path: Path) -> None:
 
 def test_datasets_are_read_and_pixels_owned(tmp_path: Path) -> None:
     ds = _mammogram("R", "MLO", instance_number=4)
-    path = _write(ds, tmp_path / "rmlo.dcm")
+    path = write_valid(ds, tmp_path / "rmlo.dcm")
     read_back = pydicom.dcmread(path)
     image_set = load_image_set([read_back, path])  # the same instance twice: read once
     assert len(image_set.images) == 1
     pixels = image_set.images[0].pixels
     assert pixels.flags.owndata
     read_back.PixelData = bytes(len(read_back.PixelData))
-    np.testing.assert_array_equal(pixels, _mammogram_pixels(4).astype(np.float32))
+    np.testing.assert_array_equal(pixels, noisy_mammogram_pixels(4).astype(np.float32))
 
 
 def test_non_image_instances_are_skipped(tmp_path: Path) -> None:
     sr = get_testdata_file("test-SR.dcm")  # bundled with pydicom: an SR of another study
     assert sr is not None
-    path = _write(_mammogram("R", "CC", instance_number=1), tmp_path / "rcc.dcm")
+    path = write_valid(_mammogram("R", "CC", instance_number=1), tmp_path / "rcc.dcm")
     image_set = load_image_set([sr, path])
     assert [image.view_position for image in image_set.images] == ["CC"]
     with pytest.raises(InvalidSeriesError, match="no image instance"):
@@ -202,9 +191,9 @@ def test_non_image_instances_are_skipped(tmp_path: Path) -> None:
 
 def test_images_of_two_studies_are_refused(tmp_path: Path) -> None:
     other = StudyInfo.from_seed(22, "mammo")
-    first = _write(_mammogram("R", "CC", instance_number=1), tmp_path / "a.dcm")
+    first = write_valid(_mammogram("R", "CC", instance_number=1), tmp_path / "a.dcm")
     ds = mammogram_dataset(
-        _mammogram_pixels(1),
+        noisy_mammogram_pixels(1),
         study=other,
         laterality="L",
         view="CC",
@@ -213,13 +202,13 @@ def test_images_of_two_studies_are_refused(tmp_path: Path) -> None:
         pixel_spacing_mm=0.07,
     )
     with pytest.raises(InvalidSeriesError, match="StudyInstanceUID"):
-        load_image_set([first, _write(ds, tmp_path / "b.dcm")])
+        load_image_set([first, write_valid(ds, tmp_path / "b.dcm")])
 
 
 def test_images_of_two_modalities_are_refused(tmp_path: Path) -> None:
     same_study = dataclasses.replace(FUNDUS, study_instance_uid=MAMMO.study_instance_uid)
     photograph = fundus_dataset(
-        _fundus_pixels(1),
+        noisy_fundus_pixels(1),
         study=same_study,
         laterality="R",
         series_number=9,
@@ -227,8 +216,8 @@ def test_images_of_two_modalities_are_refused(tmp_path: Path) -> None:
         pixel_spacing_mm=None,
     )
     paths = [
-        _write(_mammogram("R", "CC", instance_number=1), tmp_path / "mg.dcm"),
-        _write(photograph, tmp_path / "op.dcm"),
+        write_valid(_mammogram("R", "CC", instance_number=1), tmp_path / "mg.dcm"),
+        write_valid(photograph, tmp_path / "op.dcm"),
     ]
     with pytest.raises(InvalidSeriesError, match="Modality"):
         load_image_set(paths)

@@ -28,8 +28,6 @@ from cad_node import NOT_FOR_CLINICAL_USE
 from cad_node.domain.findings import FindingType, ModelIdentity
 from cad_node.domain.image_sets import (
     ICDR_GRADES,
-    Assessment,
-    AssessmentKind,
     ExplanationMap,
     ImageSet,
     Laterality,
@@ -53,29 +51,36 @@ from cad_node.results.overlay import BANNER_COLOUR, CONTOUR_COLOURS
 from cad_node.results.seg import SEG_CONTENT_LABEL
 from cad_node.results.tracking import Tracking, finding_tracking
 from cad_node.results.uids import ResultUids, algorithm_device_uid, result_uids
-from cad_node.synth.dicom_planar import StudyInfo, fundus_dataset, mammogram_dataset
+from cad_node.synth.dicom_planar import StudyInfo, fundus_dataset
 from tests import sr_content as content
+from tests.results_inputs import (
+    MG_SHAPE,
+    MG_SPACING_MM,
+    OP_SHAPE,
+    OP_SPACING_MM,
+    assert_blended_explanation,
+    breast_assessments,
+    disk,
+    dr_assessments,
+    dr_explanations,
+    encode,
+    fundus_exam,
+    fundus_pixels,
+    headers_only,
+    heatmap,
+    mammograms,
+    planar_finding,
+)
 from tests.unit.test_results_objects import every_object, outline_on_mask, write_every_object
 
 WHEN = datetime.datetime(2026, 11, 25, 19, 30, 5, 250000)
 OPTIONS = ResultOptions().at(WHEN)
 MAMMO_MODEL = ModelIdentity("mammo-test", "0.0.1", "cd" * 32, family="mammography")
 FUNDUS_MODEL = ModelIdentity("fundus-test", "0.0.1", "ef" * 32, family="fundus")
-MG_SHAPE = (96, 72)
-MG_SPACING_MM = 0.2
-OP_SHAPE = (80, 88)
-OP_SPACING_MM = 0.012
-VIEWS = (("R", "CC"), ("R", "MLO"), ("L", "CC"), ("L", "MLO"))
+SEED = 5
 
 
 # --- inputs ------------------------------------------------------------------------------------
-
-
-def _disk(
-    shape: tuple[int, int], centre: tuple[float, float], radius: float
-) -> npt.NDArray[np.bool_]:
-    rows, columns = np.indices(shape)
-    return np.asarray((rows - centre[0]) ** 2 + (columns - centre[1]) ** 2 <= radius**2)
 
 
 def _spots(shape: tuple[int, int], centres: Sequence[tuple[int, int]]) -> npt.NDArray[np.bool_]:
@@ -85,84 +90,21 @@ def _spots(shape: tuple[int, int], centres: Sequence[tuple[int, int]]) -> npt.ND
     return full
 
 
-def _mammogram_pixels(index: int) -> npt.NDArray[np.uint16]:
-    rows, columns = np.indices(MG_SHAPE)
-    return (600 + 20 * rows + 10 * columns + 50 * index).astype(np.uint16)
-
-
-def _fundus_pixels(index: int) -> npt.NDArray[np.uint8]:
-    rows, columns = np.indices(OP_SHAPE)
-    rgb = np.stack([120 + rows, 40 + columns // 2, np.full(OP_SHAPE, 20 + 10 * index)], axis=2)
-    return rgb.astype(np.uint8)
-
-
 def _mammo_datasets() -> list[Dataset]:
-    study = StudyInfo.from_seed(5, "mammo")
-    return [
-        mammogram_dataset(
-            _mammogram_pixels(i),
-            study=study,
-            laterality=side,
-            view=view,
-            series_number=1,
-            instance_number=i + 1,
-            pixel_spacing_mm=MG_SPACING_MM,
-        )
-        for i, (side, view) in enumerate(VIEWS)
-    ]
+    return mammograms(SEED)
 
 
 def _fundus_datasets() -> list[Dataset]:
-    study = StudyInfo.from_seed(5, "fundus")
-    return [
-        fundus_dataset(
-            _fundus_pixels(i),
-            study=study,
-            laterality=side,
-            series_number=i + 1,  # one series per eye: the image set spans two series
-            instance_number=1,
-            pixel_spacing_mm=OP_SPACING_MM,
-        )
-        for i, side in enumerate("RL")
-    ]
-
-
-def _finding(
-    finding_type: FindingType,
-    image_uid: str,
-    laterality: Laterality,
-    full: npt.NDArray[np.bool_],
-    *,
-    probability: float,
-    spacing_mm: float,
-    diameter: bool,
-) -> PlanarFinding:
-    mask = PlanarMask.from_full(full)
-    area = mask.pixel_count * spacing_mm**2
-    return PlanarFinding(
-        finding_type=finding_type,
-        sop_instance_uid=image_uid,
-        laterality=laterality,
-        mask=mask,
-        probability=probability,
-        area_mm2=area,
-        diameter_mm=max(mask.mask.shape) * spacing_mm if diameter else None,
-    )
-
-
-def _heatmap(shape: tuple[int, int], centre: tuple[float, float]) -> npt.NDArray[np.float32]:
-    rows, columns = np.indices(shape)
-    distance2 = (rows - centre[0]) ** 2 + (columns - centre[1]) ** 2
-    return np.exp(-distance2 / (2 * 8.0**2)).astype(np.float32)
+    return fundus_exam(SEED)
 
 
 def _mammo_result(image_set: ImageSet) -> PlanarResult:
     r_cc, r_mlo, l_cc, l_mlo = (image.sop_instance_uid for image in image_set.images)
     right = Laterality.RIGHT
-    mass = _disk(MG_SHAPE, (40.0, 50.0), 7.5)
+    mass = disk(MG_SHAPE, (40.0, 50.0), 7.5)
     cluster = _spots(MG_SHAPE, [(60, 20), (63, 25), (58, 27), (66, 22)])
     findings = (
-        _finding(
+        planar_finding(
             FindingType.MASS,
             r_cc,
             right,
@@ -171,7 +113,7 @@ def _mammo_result(image_set: ImageSet) -> PlanarResult:
             spacing_mm=MG_SPACING_MM,
             diameter=True,
         ),
-        _finding(
+        planar_finding(
             FindingType.CALCIFICATION_CLUSTER,
             r_mlo,
             right,
@@ -181,14 +123,9 @@ def _mammo_result(image_set: ImageSet) -> PlanarResult:
             diameter=True,
         ),
     )
-    assessments = (
-        Assessment(AssessmentKind.BREAST_SUSPICION, right, 0.82, (r_cc, r_mlo), threshold=0.5),
-        Assessment(
-            AssessmentKind.BREAST_SUSPICION, Laterality.LEFT, 0.07, (l_cc, l_mlo), threshold=0.5
-        ),
-    )
+    assessments = breast_assessments(r_cc, r_mlo, l_cc, l_mlo)
     explanation = ExplanationMap(
-        r_cc, _heatmap(MG_SHAPE, (40.0, 50.0)), "Grad-CAM", "breast suspicion"
+        r_cc, heatmap(MG_SHAPE, (40.0, 50.0)), "Grad-CAM", "breast suspicion"
     )
     return PlanarResult(
         model=MAMMO_MODEL,
@@ -203,16 +140,16 @@ def _fundus_result(image_set: ImageSet) -> PlanarResult:
     od, os_ = (image.sop_instance_uid for image in image_set.images)
     left = Laterality.LEFT
     findings = (
-        _finding(
+        planar_finding(
             FindingType.HAEMORRHAGE,
             os_,
             left,
-            _disk(OP_SHAPE, (30.0, 60.0), 5.0),
+            disk(OP_SHAPE, (30.0, 60.0), 5.0),
             probability=0.91,
             spacing_mm=OP_SPACING_MM,
             diameter=False,
         ),
-        _finding(
+        planar_finding(
             FindingType.MICROANEURYSM,
             os_,
             left,
@@ -221,38 +158,18 @@ def _fundus_result(image_set: ImageSet) -> PlanarResult:
             spacing_mm=OP_SPACING_MM,
             diameter=False,
         ),
-        _finding(
+        planar_finding(
             FindingType.HARD_EXUDATE,
             os_,
             left,
-            _disk(OP_SHAPE, (45.0, 45.0), 3.0),
+            disk(OP_SHAPE, (45.0, 45.0), 3.0),
             probability=0.66,
             spacing_mm=OP_SPACING_MM,
             diameter=False,
         ),
     )
-    assessments = (
-        Assessment(
-            AssessmentKind.DIABETIC_RETINOPATHY,
-            Laterality.RIGHT,
-            0.2,
-            (od,),
-            grade=0,
-            class_probabilities=(0.85, 0.1, 0.03, 0.01, 0.01),
-        ),
-        Assessment(
-            AssessmentKind.DIABETIC_RETINOPATHY,
-            left,
-            2.9,
-            (os_,),
-            grade=3,
-            class_probabilities=(0.01, 0.04, 0.15, 0.7, 0.1),
-        ),
-    )
-    explanations = (
-        ExplanationMap(od, _heatmap(OP_SHAPE, (40.0, 44.0)), "Grad-CAM", "ICDR grade 0"),
-        ExplanationMap(os_, _heatmap(OP_SHAPE, (30.0, 60.0)), "Grad-CAM", "ICDR grade 3"),
-    )
+    assessments = dr_assessments(od, os_)
+    explanations = dr_explanations(od, os_)
     return PlanarResult(
         model=FUNDUS_MODEL,
         study_instance_uid=image_set.study_instance_uid,
@@ -260,17 +177,6 @@ def _fundus_result(image_set: ImageSet) -> PlanarResult:
         assessments=assessments,
         explanations=explanations,
     )
-
-
-def encode(dataset: Dataset) -> bytes:
-    buffer = io.BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
-def headers_only(datasets: Sequence[Dataset]) -> list[Dataset]:
-    """The source instances as the worker holds them: read back without Pixel Data."""
-    return [pydicom.dcmread(io.BytesIO(encode(ds)), stop_before_pixels=True) for ds in datasets]
 
 
 @dataclass(frozen=True)
@@ -736,14 +642,7 @@ def test_explanations_blend_the_heatmap_and_say_what_they_explain(case: Case) ->
         assert (
             capture.SourceImageSequence[0].ReferencedSOPInstanceUID == explanation.sop_instance_uid
         )
-        assert explanation.target in capture.ImageComments
-        pixels = capture.pixel_array.astype(np.int64)
-        hot = np.unravel_index(np.argmax(explanation.heatmap), explanation.heatmap.shape)
-        red, _, blue = pixels[hot]
-        assert red > blue  # jet: red where the map peaks
-        caption = pixels[-max(10, pixels.shape[0] // 20) :]
-        assert (caption.sum(axis=2) == 0).mean() > 0.5
-        assert (caption > 128).any()
+        assert_blended_explanation(capture, explanation)
 
 
 # --- key images and presentation states ---------------------------------------------------------
@@ -909,7 +808,7 @@ def test_fundus_without_pixel_spacing_reports_no_mm(tmp_path: Path) -> None:
     study = StudyInfo.from_seed(9, "fundus")
     datasets = [
         fundus_dataset(
-            _fundus_pixels(0),
+            fundus_pixels(0),
             study=study,
             laterality="R",
             series_number=1,
@@ -924,7 +823,7 @@ def test_fundus_without_pixel_spacing_reports_no_mm(tmp_path: Path) -> None:
         FindingType.SOFT_EXUDATE,
         image.sop_instance_uid,
         Laterality.RIGHT,
-        PlanarMask.from_full(_disk(OP_SHAPE, (20.0, 20.0), 4.0)),
+        PlanarMask.from_full(disk(OP_SHAPE, (20.0, 20.0), 4.0)),
         0.7,
     )
     result = PlanarResult(FUNDUS_MODEL, image_set.study_instance_uid, (finding,), ())

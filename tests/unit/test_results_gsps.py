@@ -1,17 +1,12 @@
 """Softcopy Presentation States (result kind ``gsps``) of lung CT, mammography and fundus
 reports."""
 
-import copy
 import dataclasses
-import io
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-import pydicom
 import pytest
 from pydantic import ValidationError
 from pydicom import Dataset
@@ -24,9 +19,8 @@ from skimage.draw import polygon2mask
 from cad_node import NOT_FOR_CLINICAL_USE
 from cad_node.config import ResultSettings
 from cad_node.domain.findings import FindingType
-from cad_node.domain.image_sets import ImageSet, Laterality, PlanarFinding, PlanarMask, PlanarResult
-from cad_node.domain.results import LUNG_WINDOW, ModelReport, planar_report, volume_report
-from cad_node.imaging.image_set_loading import load_image_set
+from cad_node.domain.image_sets import ImageSet, Laterality, PlanarFinding, PlanarResult
+from cad_node.domain.results import LUNG_WINDOW
 from cad_node.results import codes
 from cad_node.results.gsps import (
     CONTENT_LABEL,
@@ -36,40 +30,26 @@ from cad_node.results.gsps import (
 )
 from cad_node.results.options import ResultOptions
 from cad_node.results.overlay import finding_caption
-from cad_node.results.sources import prepared_headers
-from cad_node.results.tracking import Tracking, finding_tracking
-from cad_node.results.uids import ResultUids, algorithm_device_uid, result_uids
-from tests.dicom_validation import assert_valid_dicom
-from tests.unit.test_planar_results import (
-    FUNDUS_MODEL,
+from cad_node.results.tracking import Tracking
+from cad_node.results.uids import ResultUids, algorithm_device_uid
+from tests.results_inputs import (
     OP_SHAPE,
     OP_SPACING_MM,
-    _disk,
-    _finding,
+    ReportInputs,
+    disk,
+    encode,
+    planar_finding,
+    stereo_pair,
+    written,
+)
+from tests.unit.test_planar_results import (
+    FUNDUS_MODEL,
     _fundus_datasets,
     _fundus_result,
     _mammo_datasets,
     _mammo_result,
-    headers_only,
 )
-from tests.unit.test_planar_results import OPTIONS as PLANAR_OPTIONS
-from tests.unit.test_results_objects import OPTIONS, Nodule, make_case
-
-
-def _written(states: Sequence[Dataset], folder: Path) -> list[Dataset]:
-    read: list[Dataset] = []
-    for number, state in enumerate(states):
-        path = folder / f"pr{number}.dcm"
-        state.save_as(path, enforce_file_format=True)
-        assert_valid_dicom(path)
-        read.append(pydicom.dcmread(path))
-    return read
-
-
-def _encode(dataset: Dataset) -> bytes:
-    buffer = io.BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+from tests.unit.test_results_objects import OPTIONS, Nodule
 
 
 def _referenced(state: Dataset) -> set[str]:
@@ -149,16 +129,8 @@ def _assert_common(state: Dataset, uids: ResultUids, study_instance_uid: str) ->
 # --- inputs ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Built:
+class Built(ReportInputs):
     """A report with what the builder needs, the datasets it came from, and its states."""
-
-    datasets: list[Dataset]
-    report: ModelReport
-    headers: list[Dataset]
-    tracking: tuple[Tracking, ...]
-    uids: ResultUids
-    options: ResultOptions
 
     def states(self) -> list[Dataset]:
         return build_presentation_states(
@@ -166,25 +138,8 @@ class Built:
         )
 
 
-def _built(
-    datasets: list[Dataset], report: ModelReport, uids: ResultUids, options: ResultOptions
-) -> Built:
-    headers = prepared_headers(headers_only(datasets), report.grid)
-    return Built(datasets, report, headers, finding_tracking(report, uids), uids, options)
-
-
-def ct_built(nodules: Sequence[Nodule] | None = None, job_key: str = "job-1") -> Built:
-    case = make_case(job_key=job_key) if nodules is None else make_case(nodules, job_key)
-    report = volume_report(case.volume, case.result, str(case.series[0].StudyInstanceUID))
-    return _built(case.series, report, case.uids, OPTIONS)
-
-
-def planar_built(
-    datasets: list[Dataset], result_of: Callable[[ImageSet], PlanarResult], job_key: str
-) -> Built:
-    image_set = load_image_set(datasets)
-    report = planar_report(image_set, result_of(image_set))
-    return _built(datasets, report, result_uids(job_key), PLANAR_OPTIONS)
+ct_built = Built.of_ct
+planar_built = Built.of_planar
 
 
 def _image_uid(built: Built, image_index: int) -> str:
@@ -237,7 +192,7 @@ def lung() -> Built:
 
 @pytest.fixture(scope="module")
 def lung_states(lung: Built, tmp_path_factory: pytest.TempPathFactory) -> list[Dataset]:
-    return _written(lung.states(), tmp_path_factory.mktemp("gsps-lung"))
+    return written(lung.states(), tmp_path_factory.mktemp("gsps-lung"))
 
 
 def test_lung_state_references_the_display_slices(lung: Built, lung_states: list[Dataset]) -> None:
@@ -300,7 +255,7 @@ def test_every_state_names_the_algorithm_as_contributing_equipment(
 
 
 def test_lung_rebuild_is_identical_and_no_finding_gives_no_state(lung: Built) -> None:
-    assert [_encode(s) for s in lung.states()] == [_encode(s) for s in lung.states()]
+    assert [encode(s) for s in lung.states()] == [encode(s) for s in lung.states()]
     empty = dataclasses.replace(lung, report=dataclasses.replace(lung.report, findings=()))
     assert empty.states() == []
 
@@ -310,7 +265,7 @@ def test_two_findings_on_one_slice_share_an_image(tmp_path: Path) -> None:
         (Nodule((-8.0, -6.0, -12.5), 3.0, 0.9), Nodule((8.0, 9.0, -12.5), 3.0, 0.4)),
         job_key="job-twins",
     )
-    (state,) = _written(built.states(), tmp_path)
+    (state,) = written(built.states(), tmp_path)
     (marks,) = _annotations(state, MARKS_LAYER)
     assert len(marks.TextObjectSequence) == 2
     assert len(_referenced(state)) == 1
@@ -326,7 +281,7 @@ def mammo() -> Built:
 
 @pytest.fixture(scope="module")
 def mammo_states(mammo: Built, tmp_path_factory: pytest.TempPathFactory) -> list[Dataset]:
-    return _written(mammo.states(), tmp_path_factory.mktemp("gsps-mg"))
+    return written(mammo.states(), tmp_path_factory.mktemp("gsps-mg"))
 
 
 @pytest.fixture(scope="module")
@@ -336,7 +291,7 @@ def fundus() -> Built:
 
 @pytest.fixture(scope="module")
 def fundus_states(fundus: Built, tmp_path_factory: pytest.TempPathFactory) -> list[Dataset]:
-    return _written(fundus.states(), tmp_path_factory.mktemp("gsps-op"))
+    return written(fundus.states(), tmp_path_factory.mktemp("gsps-op"))
 
 
 def _with_findings(built: Built) -> set[str]:
@@ -399,7 +354,7 @@ def test_both_eyes_photographed_in_one_series_get_one_state(tmp_path: Path) -> N
     datasets = _fundus_datasets()
     datasets[1].SeriesInstanceUID = datasets[0].SeriesInstanceUID
     built = planar_built(datasets, _spot_on_each_eye, "fundus-one-series")
-    (state,) = _written(built.states(), tmp_path)
+    (state,) = written(built.states(), tmp_path)
     assert _referenced(state) == _with_findings(built)
     assert len(_referenced(state)) == 2
     _assert_common(state, built.uids, built.report.grid.study_instance_uid)
@@ -408,11 +363,11 @@ def test_both_eyes_photographed_in_one_series_get_one_state(tmp_path: Path) -> N
 def _spot_on_each_eye(image_set: ImageSet) -> PlanarResult:
     result = _fundus_result(image_set)
     od = image_set.images[0].sop_instance_uid
-    spot = _finding(
+    spot = planar_finding(
         FindingType.HAEMORRHAGE,
         od,
         Laterality.RIGHT,
-        _disk(OP_SHAPE, (40.0, 40.0), 4.0),
+        disk(OP_SHAPE, (40.0, 40.0), 4.0),
         probability=0.8,
         spacing_mm=OP_SPACING_MM,
         diameter=False,
@@ -440,39 +395,28 @@ def test_fundus_spots_each_get_an_outline(fundus: Built, fundus_states: list[Dat
 def test_planar_rebuild_is_identical(mammo: Built) -> None:
     first, again = mammo.states(), mammo.states()
     assert first
-    assert [_encode(s) for s in again] == [_encode(s) for s in first]
+    assert [encode(s) for s in again] == [encode(s) for s in first]
 
 
 def test_monochrome1_images_are_shown_inverse(tmp_path: Path) -> None:
     datasets = _mammo_datasets()
     for ds in datasets:
         ds.PhotometricInterpretation = "MONOCHROME1"
-    (state,) = _written(planar_built(datasets, _mammo_result, "mammo-inverse").states(), tmp_path)
+    (state,) = written(planar_built(datasets, _mammo_result, "mammo-inverse").states(), tmp_path)
     assert state.PresentationLUTShape == "INVERSE"
 
 
 # --- frames of a multi-frame image -------------------------------------------------------------
 
 
-def _stereo_pair(datasets: Sequence[Dataset]) -> list[Dataset]:
-    """The fundus exam with its left eye's photograph as a two-frame instance."""
-    right, left = datasets
-    pair = copy.deepcopy(left)
-    pair.NumberOfFrames = 2
-    pair.PixelData = bytes(left.PixelData) * 2
-    return [right, pair]
-
-
 def _haemorrhage(image_uid: str, frame_number: int | None) -> PlanarFinding:
-    rows, columns = np.indices(OP_SHAPE)
-    mask = PlanarMask.from_full(np.asarray((rows - 30.0) ** 2 + (columns - 60.0) ** 2 <= 25.0))
-    return PlanarFinding(
-        finding_type=FindingType.HAEMORRHAGE,
-        sop_instance_uid=image_uid,
-        laterality=Laterality.LEFT,
-        mask=mask,
-        probability=0.9,
-        area_mm2=mask.pixel_count * OP_SPACING_MM**2,
+    return planar_finding(
+        FindingType.HAEMORRHAGE,
+        image_uid,
+        Laterality.LEFT,
+        disk(OP_SHAPE, (30.0, 60.0), 5.0),
+        0.9,
+        spacing_mm=OP_SPACING_MM,
         frame_number=frame_number,
     )
 
@@ -488,9 +432,9 @@ def _on_frame_and_whole_image(image_set: ImageSet) -> PlanarResult:
 def test_frames_of_a_multi_frame_image_are_left_out_with_a_log_line(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    built = planar_built(_stereo_pair(_fundus_datasets()), _on_frame_and_whole_image, "stereo")
+    built = planar_built(stereo_pair(_fundus_datasets()), _on_frame_and_whole_image, "stereo")
     with caplog.at_level(logging.WARNING, logger="cad_node.results.gsps"):
-        (state,) = _written(built.states(), tmp_path)
+        (state,) = written(built.states(), tmp_path)
     assert _referenced(state) == {_image_uid(built, 0)}
     (line,) = [r.getMessage() for r in caplog.records if r.name == "cad_node.results.gsps"]
     assert _image_uid(built, 2) in line

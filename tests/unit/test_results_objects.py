@@ -12,7 +12,7 @@ import io
 import logging
 import random
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,11 +22,8 @@ import numpy.typing as npt
 import pydicom
 import pytest
 from pydicom import Dataset
-from pydicom.dataset import FileMetaDataset
 from pydicom.uid import (
     Comprehensive3DSRStorage,
-    CTImageStorage,
-    ExplicitVRLittleEndian,
     generate_uid,
 )
 
@@ -50,13 +47,9 @@ from cad_node.results.tracking import Tracking, finding_tracking
 from cad_node.results.uids import ResultUids, algorithm_device_uid, result_uids
 from tests import sr_content as content
 from tests.dicom_validation import assert_valid_dicom, assert_valid_sr
+from tests.results_inputs import CT_SPACING, ct_slice, ct_volume, encode
 
-ROWS = COLUMNS = 64
 SLICES = 24
-PIXEL_SPACING = (0.8, 0.7)
-"""(between rows, between columns) in mm: not square, to catch swapped axes."""
-SLICE_SPACING = 2.5
-ORIGIN = np.array([-22.4, -25.6, -30.0])
 WHEN = datetime.datetime(2026, 11, 25, 14, 30, 15, 123456)
 OPTIONS = ResultOptions().at(WHEN)
 MODEL = ModelIdentity(name="lung-nodule-test", version="0.0.1", weights_sha256="ab" * 32)
@@ -76,78 +69,9 @@ NODULES = (
 )
 
 
-def _ct_slice(k: int, uids: Mapping[str, str]) -> Dataset:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = generate_uid(entropy_srcs=[uids["series"], str(k)])
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.StudyInstanceUID = uids["study"]
-    ds.SeriesInstanceUID = uids["series"]
-    ds.FrameOfReferenceUID = uids["frame"]
-    ds.PatientName = "Synthetic^Phantom"
-    ds.PatientID = "SYNTH-0001"
-    ds.PatientBirthDate = ""
-    ds.PatientSex = "O"
-    ds.StudyDate = "20260101"
-    ds.StudyTime = "120000"
-    ds.StudyID = "1"
-    ds.AccessionNumber = "ACC1"
-    ds.ReferringPhysicianName = ""
-    ds.Modality = "CT"
-    ds.Manufacturer = "cad-node tests"
-    ds.SeriesNumber = 3
-    ds.InstanceNumber = k + 1
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-    ds.BodyPartExamined = "CHEST"
-    ds.KVP = "120"
-    ds.AcquisitionNumber = 1
-    ds.PositionReferenceIndicator = ""
-    ds.PatientPosition = "HFS"
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    ds.ImagePositionPatient = [
-        float(ORIGIN[0]),
-        float(ORIGIN[1]),
-        float(ORIGIN[2] + k * SLICE_SPACING),
-    ]
-    ds.SliceLocation = float(ORIGIN[2] + k * SLICE_SPACING)
-    ds.PixelSpacing = list(PIXEL_SPACING)
-    ds.SliceThickness = SLICE_SPACING
-    ds.Rows, ds.Columns = ROWS, COLUMNS
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
-    ds.PixelData = np.full((ROWS, COLUMNS), 200, dtype=np.uint16).tobytes()
-    return ds
-
-
 def make_ct_series() -> list[Dataset]:
     uids = {name: generate_uid() for name in ("study", "series", "frame")}
-    return [_ct_slice(k, uids) for k in range(SLICES)]
-
-
-def _affine() -> npt.NDArray[np.float64]:
-    affine = np.eye(4)
-    affine[:3, 0] = (0.0, 0.0, SLICE_SPACING)
-    affine[:3, 1] = (0.0, PIXEL_SPACING[0], 0.0)
-    affine[:3, 2] = (PIXEL_SPACING[1], 0.0, 0.0)
-    affine[:3, 3] = ORIGIN
-    return affine
-
-
-def make_volume(series: Sequence[Dataset]) -> ImageVolume:
-    ordered = sorted(series, key=lambda ds: float(ds.ImagePositionPatient[2]))
-    return ImageVolume(
-        voxels=np.full((len(ordered), ROWS, COLUMNS), -824.0, dtype=np.float32),
-        spacing_mm=(SLICE_SPACING, *PIXEL_SPACING),
-        affine=_affine(),
-        sop_instance_uids=tuple(str(ds.SOPInstanceUID) for ds in ordered),
-        series_instance_uid=str(ordered[0].SeriesInstanceUID),
-        frame_of_reference_uid=str(ordered[0].FrameOfReferenceUID),
-    )
+    return [ct_slice(k, uids) for k in range(SLICES)]
 
 
 def make_finding(volume: ImageVolume, nodule: Nodule) -> Finding:
@@ -191,7 +115,7 @@ class Case:
 
 def make_case(nodules: Sequence[Nodule] = NODULES, job_key: str = "job-1") -> Case:
     series = make_ct_series()
-    volume = make_volume(series)
+    volume = ct_volume(series)
     findings = tuple(make_finding(volume, nodule) for nodule in nodules)
     result = ModelResult(
         model=MODEL, findings=findings, series_instance_uid=volume.series_instance_uid
@@ -199,12 +123,6 @@ def make_case(nodules: Sequence[Nodule] = NODULES, job_key: str = "job-1") -> Ca
     shuffled = list(series)
     random.Random(7).shuffle(shuffled)
     return Case(shuffled, volume, result, result_uids(job_key))
-
-
-def encode(dataset: Dataset) -> bytes:
-    buffer = io.BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 def write_and_read(dataset: Dataset, path: Path, *, sr_templates: bool = False) -> Dataset:
@@ -608,7 +526,7 @@ def test_sr_region_groups_outline_each_finding_on_its_display_slice(
         points = np.asarray(scoord.GraphicData, dtype=np.float64).reshape(-1, 2)
         if scoord.GraphicType == "CIRCLE":
             (x, y), (px, _) = points
-            radius_mm = (px - x) * PIXEL_SPACING[1]
+            radius_mm = (px - x) * CT_SPACING[2]
             assert nodule.radius_mm * 0.7 < radius_mm <= nodule.radius_mm * 1.1
         else:
             assert scoord.GraphicType == "POLYLINE"

@@ -1,15 +1,10 @@
 """Burned-in and explanation Secondary Captures of CT and 2D reports: written, read back,
 validated with dciodvfy, looked at."""
 
-import copy
 import dataclasses
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
-import pydicom
 import pytest
 from PIL import Image, ImageDraw
 from pydicom import Dataset
@@ -18,16 +13,12 @@ from scipy import ndimage
 
 from cad_node import NOT_FOR_CLINICAL_USE
 from cad_node.domain.findings import FindingType
-from cad_node.domain.image_sets import ImageSet, Laterality, PlanarFinding, PlanarMask, PlanarResult
+from cad_node.domain.image_sets import ImageSet, Laterality, PlanarResult
 from cad_node.domain.results import (
     Measurement,
     MeasurementKind,
-    ModelReport,
     RegionFinding,
-    planar_report,
-    volume_report,
 )
-from cad_node.imaging.image_set_loading import load_image_set
 from cad_node.results import codes
 from cad_node.results.options import ResultOptions
 from cad_node.results.overlay import (
@@ -48,36 +39,32 @@ from cad_node.results.overlay import (
     lung_window,
     notes_box,
 )
-from cad_node.results.sources import prepared_headers
-from cad_node.results.tracking import Tracking, finding_tracking
-from cad_node.results.uids import ResultUids, algorithm_device_uid, result_uids
-from tests.dicom_validation import assert_valid_dicom
-from tests.unit.test_planar_results import (
-    FUNDUS_MODEL,
+from cad_node.results.uids import algorithm_device_uid, result_uids
+from tests.results_inputs import (
     MG_SHAPE,
     OP_SHAPE,
     OP_SPACING_MM,
+    ReportInputs,
+    assert_blended_explanation,
+    disk,
+    encode,
+    planar_finding,
+    stereo_pair,
+    written,
+)
+from tests.unit.test_planar_results import (
+    FUNDUS_MODEL,
     _fundus_datasets,
     _fundus_result,
     _mammo_datasets,
     _mammo_result,
-    encode,
-    headers_only,
 )
 from tests.unit.test_planar_results import OPTIONS as PLANAR_OPTIONS
-from tests.unit.test_results_objects import OPTIONS, Nodule, make_case
+from tests.unit.test_results_objects import OPTIONS, Nodule
 
 
-@dataclass(frozen=True)
-class Built:
+class Built(ReportInputs):
     """A report with what its builders need, the datasets it came from, and its images."""
-
-    datasets: list[Dataset]
-    report: ModelReport
-    headers: list[Dataset]
-    tracking: tuple[Tracking, ...]
-    uids: ResultUids
-    options: ResultOptions
 
     def overlays(self) -> list[Dataset]:
         return list(
@@ -88,36 +75,8 @@ class Built:
         return list(build_explanation_images(self.report, self.headers, self.uids, self.options))
 
 
-def _built(
-    datasets: list[Dataset], report: ModelReport, uids: ResultUids, options: ResultOptions
-) -> Built:
-    headers = prepared_headers(headers_only(datasets), report.grid)
-    return Built(datasets, report, headers, finding_tracking(report, uids), uids, options)
-
-
-def ct_built(nodules: Sequence[Nodule] | None = None, job_key: str = "job-1") -> Built:
-    case = make_case(job_key=job_key) if nodules is None else make_case(nodules, job_key)
-    report = volume_report(case.volume, case.result, str(case.series[0].StudyInstanceUID))
-    return _built(case.series, report, case.uids, OPTIONS)
-
-
-def planar_built(
-    datasets: list[Dataset], result_of: Callable[[ImageSet], PlanarResult], job_key: str
-) -> Built:
-    image_set = load_image_set(datasets)
-    result = result_of(image_set)
-    return _built(datasets, planar_report(image_set, result), result_uids(job_key), PLANAR_OPTIONS)
-
-
-def written(objects: Sequence[Dataset], folder: Path) -> list[Dataset]:
-    """Each object saved, checked with dciodvfy and read back."""
-    read: list[Dataset] = []
-    for number, dataset in enumerate(objects):
-        path = folder / f"sc{number}.dcm"
-        dataset.save_as(path, enforce_file_format=True)
-        assert_valid_dicom(path)
-        read.append(pydicom.dcmread(path))
-    return read
+ct_built = Built.of_ct
+planar_built = Built.of_planar
 
 
 @pytest.fixture(scope="module")
@@ -345,15 +304,8 @@ def test_explanations_blend_the_heatmap_and_say_what_they_explain(
         assert capture.SourceImageSequence[0].ReferencedSOPInstanceUID == (
             explanation.sop_instance_uid
         )
-        assert explanation.target in capture.ImageComments
         assert "ContributingEquipmentSequence" in capture
-        pixels = capture.pixel_array.astype(np.int64)
-        hot = np.unravel_index(np.argmax(explanation.heatmap), explanation.heatmap.shape)
-        red, _, blue = pixels[hot]
-        assert red > blue  # jet: red where the map peaks
-        caption = pixels[-max(10, pixels.shape[0] // 20) :]
-        assert (caption.sum(axis=2) == 0).mean() > 0.5
-        assert (caption > 128).any()
+        assert_blended_explanation(capture, explanation)
 
 
 def test_jet_runs_from_blue_through_green_to_red() -> None:
@@ -366,31 +318,16 @@ def test_jet_runs_from_blue_through_green_to_red() -> None:
 # --- frames of a multi-frame image -------------------------------------------------------------
 
 
-def stereo_pair(datasets: Sequence[Dataset]) -> list[Dataset]:
-    """The fundus exam with its left eye's photograph as a two-frame instance."""
-    right, left = datasets
-    pair = copy.deepcopy(left)
-    pair.NumberOfFrames = 2
-    pair.PixelData = bytes(left.PixelData) * 2
-    return [right, pair]
-
-
-def _disk(centre: tuple[float, float], radius: float) -> npt.NDArray[np.bool_]:
-    rows, columns = np.indices(OP_SHAPE)
-    return np.asarray((rows - centre[0]) ** 2 + (columns - centre[1]) ** 2 <= radius**2)
-
-
 def stereo_result(image_set: ImageSet) -> PlanarResult:
     """A haemorrhage on frame 2 of the left eye's pair."""
     pair = image_set.images[-1].sop_instance_uid
-    mask = PlanarMask.from_full(_disk((30.0, 60.0), 5.0))
-    finding = PlanarFinding(
-        finding_type=FindingType.HAEMORRHAGE,
-        sop_instance_uid=pair,
-        laterality=Laterality.LEFT,
-        mask=mask,
-        probability=0.9,
-        area_mm2=mask.pixel_count * OP_SPACING_MM**2,
+    finding = planar_finding(
+        FindingType.HAEMORRHAGE,
+        pair,
+        Laterality.LEFT,
+        disk(OP_SHAPE, (30.0, 60.0), 5.0),
+        0.9,
+        spacing_mm=OP_SPACING_MM,
         frame_number=2,
     )
     return PlanarResult(FUNDUS_MODEL, image_set.study_instance_uid, (finding,), ())

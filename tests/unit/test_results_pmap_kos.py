@@ -11,21 +11,17 @@ heatmap, the source image it lies on and the job's UIDs and date/time.
 import dataclasses
 import datetime
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import highdicom as hd
 import numpy as np
-import numpy.typing as npt
 import pydicom
 import pytest
 from pydicom import Dataset
-from pydicom.dataset import FileMetaDataset
 from pydicom.sr.codedict import codes as dicom_codes
 from pydicom.sr.coding import Code
 from pydicom.uid import (
-    CTImageStorage,
-    ExplicitVRLittleEndian,
     KeyObjectSelectionDocumentStorage,
     ParametricMapStorage,
     generate_uid,
@@ -37,8 +33,6 @@ from cad_node.domain.image_sets import (
     ExplanationMap,
     ImageSet,
     Laterality,
-    PlanarFinding,
-    PlanarMask,
     PlanarResult,
 )
 from cad_node.domain.results import ModelReport, planar_report, volume_report
@@ -57,84 +51,41 @@ from cad_node.results.pmap import (
 )
 from cad_node.results.sources import prepared_headers
 from cad_node.results.uids import ResultUids, algorithm_device_uid, result_uids
-from cad_node.synth.dicom_planar import StudyInfo, fundus_dataset, mammogram_dataset
 from tests.dicom_validation import assert_valid_dicom, assert_valid_sr
+from tests.results_inputs import (
+    CT_SHAPE,
+    DIM_FUNDUS,
+    MG_SHAPE,
+    OP_SHAPE,
+    ct_slice,
+    ct_volume,
+    disk,
+    dr_explanations,
+    encode,
+    enhanced_ct,
+    headers_only,
+    heatmap,
+    mammograms,
+    planar_finding,
+)
+from tests.results_inputs import fundus_exam as shared_fundus_exam
+from tests.results_inputs import stereo_exam as shared_stereo_exam
 
 WHEN = datetime.datetime(2026, 11, 20, 8, 15, 30, 125000)
 OPTIONS = ResultOptions().at(WHEN)
 MAMMO_MODEL = ModelIdentity("mammo-test", "0.0.1", "cd" * 32, family="mammography")
 FUNDUS_MODEL = ModelIdentity("fundus-test", "0.0.2", "ef" * 32, family="fundus")
 CT_MODEL = ModelIdentity("lung-test", "0.0.3", "ab" * 32, family="lung_ct")
-MG_SHAPE = (96, 72)
-OP_SHAPE = (80, 88)
-CT_SHAPE = (64, 64)
 CT_SLICES = 12
-CT_SPACING = (2.5, 0.8, 0.7)
-"""(between slices, rows, columns) in mm: not square, to catch swapped axes."""
-CT_ORIGIN = np.array([-22.4, -25.6, -30.0])
-VIEWS = (("R", "CC"), ("R", "MLO"), ("L", "CC"), ("L", "MLO"))
+HEATMAP_ROW_SCALE = 1.5
+"""The heatmaps are not symmetric in rows' and columns' scale."""
 
 
 # --- inputs ------------------------------------------------------------------------------------
 
 
-def disk(
-    shape: tuple[int, int], centre: tuple[float, float], radius: float
-) -> npt.NDArray[np.bool_]:
-    rows, columns = np.indices(shape)
-    return np.asarray((rows - centre[0]) ** 2 + (columns - centre[1]) ** 2 <= radius**2)
-
-
-def heatmap(shape: tuple[int, int], centre: tuple[float, float]) -> npt.NDArray[np.float32]:
-    """A Gaussian blob, not symmetric in rows and columns' scale, in [0, 1]."""
-    rows, columns = np.indices(shape)
-    distance2 = ((rows - centre[0]) / 1.5) ** 2 + (columns - centre[1]) ** 2
-    return np.exp(-distance2 / (2 * 8.0**2)).astype(np.float32)
-
-
-def planar_finding(
-    finding_type: FindingType,
-    image_uid: str,
-    full: npt.NDArray[np.bool_],
-    laterality: Laterality,
-    frame_number: int | None = None,
-) -> PlanarFinding:
-    return PlanarFinding(
-        finding_type=finding_type,
-        sop_instance_uid=image_uid,
-        laterality=laterality,
-        mask=PlanarMask.from_full(full),
-        probability=0.8,
-        frame_number=frame_number,
-    )
-
-
-def encode(dataset: Dataset) -> bytes:
-    buffer = io.BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
-def headers_only(datasets: Sequence[Dataset]) -> list[Dataset]:
-    """The source instances as the worker holds them: read back without Pixel Data."""
-    return [pydicom.dcmread(io.BytesIO(encode(ds)), stop_before_pixels=True) for ds in datasets]
-
-
 def mammo_exam() -> list[Dataset]:
-    study = StudyInfo.from_seed(15, "mammo")
-    rows, columns = np.indices(MG_SHAPE)
-    return [
-        mammogram_dataset(
-            (600 + 20 * rows + 10 * columns + 50 * i).astype(np.uint16),
-            study=study,
-            laterality=side,
-            view=view,
-            series_number=1,
-            instance_number=i + 1,
-            pixel_spacing_mm=0.2,
-        )
-        for i, (side, view) in enumerate(VIEWS)
-    ]
+    return mammograms()
 
 
 def mammo_result(image_set: ImageSet) -> PlanarResult:
@@ -145,38 +96,24 @@ def mammo_result(image_set: ImageSet) -> PlanarResult:
         study_instance_uid=image_set.study_instance_uid,
         assessments=(),
         findings=(
-            planar_finding(FindingType.MASS, r_cc, disk(MG_SHAPE, (40, 50), 7.5), Laterality.RIGHT),
+            planar_finding(FindingType.MASS, r_cc, Laterality.RIGHT, disk(MG_SHAPE, (40, 50), 7.5)),
         ),
         explanations=(
-            ExplanationMap(r_cc, heatmap(MG_SHAPE, (40, 50)), "Grad-CAM", "breast suspicion"),
-            ExplanationMap(r_mlo, heatmap(MG_SHAPE, (60, 30)), "Grad-CAM", "breast suspicion"),
+            ExplanationMap(
+                r_cc, heatmap(MG_SHAPE, (40, 50), HEATMAP_ROW_SCALE), "Grad-CAM", "breast suspicion"
+            ),
+            ExplanationMap(
+                r_mlo,
+                heatmap(MG_SHAPE, (60, 30), HEATMAP_ROW_SCALE),
+                "Grad-CAM",
+                "breast suspicion",
+            ),
         ),
-    )
-
-
-def _photograph(seed: int) -> npt.NDArray[np.uint8]:
-    rows, columns = np.indices(OP_SHAPE)
-    rgb = np.stack([100 + rows, 30 + columns // 2, np.full(OP_SHAPE, 10 * seed)], axis=2)
-    return rgb.astype(np.uint8)
-
-
-def _fundus(
-    seed: int, side: str, study: StudyInfo, series_number: int, instance_number: int = 1
-) -> Dataset:
-    return fundus_dataset(
-        _photograph(seed),
-        study=study,
-        laterality=side,
-        series_number=series_number,
-        instance_number=instance_number,
-        pixel_spacing_mm=0.012,
     )
 
 
 def fundus_exam() -> list[Dataset]:
-    """OD and OS, one series per eye."""
-    study = StudyInfo.from_seed(15, "fundus")
-    return [_fundus(1, "R", study, 1), _fundus(2, "L", study, 2)]
+    return shared_fundus_exam(15, DIM_FUNDUS)
 
 
 def fundus_result(image_set: ImageSet) -> PlanarResult:
@@ -188,24 +125,15 @@ def fundus_result(image_set: ImageSet) -> PlanarResult:
         study_instance_uid=image_set.study_instance_uid,
         assessments=(),
         findings=(
-            planar_finding(FindingType.HAEMORRHAGE, os_, disk(OP_SHAPE, (30, 60), 5.0), left),
-            planar_finding(FindingType.HARD_EXUDATE, os_, disk(OP_SHAPE, (45, 45), 3.0), left),
+            planar_finding(FindingType.HAEMORRHAGE, os_, left, disk(OP_SHAPE, (30, 60), 5.0)),
+            planar_finding(FindingType.HARD_EXUDATE, os_, left, disk(OP_SHAPE, (45, 45), 3.0)),
         ),
-        explanations=(
-            ExplanationMap(od, heatmap(OP_SHAPE, (40, 44)), "Grad-CAM", "ICDR grade 0"),
-            ExplanationMap(os_, heatmap(OP_SHAPE, (30, 60)), "Grad-CAM", "ICDR grade 3"),
-        ),
+        explanations=dr_explanations(od, os_, HEATMAP_ROW_SCALE),
     )
 
 
 def stereo_exam() -> list[Dataset]:
-    """OD as one photograph, OS as a two-frame stereo pair in one instance."""
-    study = StudyInfo.from_seed(16, "fundus")
-    od = _fundus(1, "R", study, 1)
-    os_1, os_2 = _fundus(2, "L", study, 1, 2), _fundus(3, "L", study, 1, 2)
-    os_1.NumberOfFrames = 2
-    os_1.PixelData = bytes(os_1.PixelData) + bytes(os_2.PixelData)
-    return [od, os_1]
+    return shared_stereo_exam(16)
 
 
 def stereo_result(image_set: ImageSet) -> PlanarResult:
@@ -217,70 +145,25 @@ def stereo_result(image_set: ImageSet) -> PlanarResult:
         study_instance_uid=image_set.study_instance_uid,
         assessments=(),
         findings=(
-            planar_finding(FindingType.HAEMORRHAGE, os_, disk(OP_SHAPE, (30, 60), 5.0), left, 2),
-            planar_finding(FindingType.MICROANEURYSM, os_, disk(OP_SHAPE, (50, 20), 2.0), left, 1),
+            planar_finding(
+                FindingType.HAEMORRHAGE, os_, left, disk(OP_SHAPE, (30, 60), 5.0), frame_number=2
+            ),
+            planar_finding(
+                FindingType.MICROANEURYSM, os_, left, disk(OP_SHAPE, (50, 20), 2.0), frame_number=1
+            ),
         ),
         explanations=(
-            ExplanationMap(os_, heatmap(OP_SHAPE, (30, 60)), "Grad-CAM", "ICDR grade 3", 2),
+            ExplanationMap(
+                os_, heatmap(OP_SHAPE, (30, 60), HEATMAP_ROW_SCALE), "Grad-CAM", "ICDR grade 3", 2
+            ),
         ),
     )
-
-
-def _ct_slice(k: int, uids: Mapping[str, str]) -> Dataset:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = generate_uid(entropy_srcs=[uids["series"], str(k)])
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = uids["study"], uids["series"]
-    ds.FrameOfReferenceUID = uids["frame"]
-    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Phantom^CT", "P1", "", "O"
-    ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20261201", "120000", "1", "A1"
-    ds.ReferringPhysicianName = ""
-    ds.Modality, ds.Manufacturer, ds.SeriesNumber, ds.InstanceNumber = "CT", "tests", 3, k + 1
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-    ds.BodyPartExamined, ds.KVP, ds.AcquisitionNumber = "CHEST", "120", 1
-    ds.PositionReferenceIndicator, ds.PatientPosition = "", "HFS"
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    z = float(CT_ORIGIN[2] + k * CT_SPACING[0])
-    ds.ImagePositionPatient = [float(CT_ORIGIN[0]), float(CT_ORIGIN[1]), z]
-    ds.SliceLocation = z
-    ds.PixelSpacing = list(CT_SPACING[1:])
-    ds.SliceThickness = CT_SPACING[0]
-    ds.Rows, ds.Columns = CT_SHAPE
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
-    ds.PixelData = np.full(CT_SHAPE, 200 + 10 * k, dtype=np.uint16).tobytes()
-    return ds
 
 
 def ct_series() -> list[Dataset]:
     uids = {name: generate_uid(entropy_srcs=["pmap-kos", name]) for name in ("study", "series")}
     uids["frame"] = generate_uid(entropy_srcs=["pmap-kos", "frame"])
-    return [_ct_slice(k, uids) for k in range(CT_SLICES)]
-
-
-def ct_affine() -> npt.NDArray[np.float64]:
-    affine = np.eye(4)
-    affine[:3, 0] = (0.0, 0.0, CT_SPACING[0])
-    affine[:3, 1] = (0.0, CT_SPACING[1], 0.0)
-    affine[:3, 2] = (CT_SPACING[2], 0.0, 0.0)
-    affine[:3, 3] = CT_ORIGIN
-    return affine
-
-
-def ct_volume(series: Sequence[Dataset]) -> ImageVolume:
-    return ImageVolume(
-        voxels=np.full((len(series), *CT_SHAPE), -824.0, dtype=np.float32),
-        spacing_mm=CT_SPACING,
-        affine=ct_affine(),
-        sop_instance_uids=tuple(str(ds.SOPInstanceUID) for ds in series),
-        series_instance_uid=str(series[0].SeriesInstanceUID),
-        frame_of_reference_uid=str(series[0].FrameOfReferenceUID),
-    )
+    return [ct_slice(k, uids, pixel_step=10) for k in range(CT_SLICES)]
 
 
 def nodule(k0: int) -> Finding:
@@ -302,20 +185,19 @@ def explained_volume_report(volume: ImageVolume, study_uid: str, k: int) -> Mode
     result = ModelResult(CT_MODEL, (nodule(k - 1),), volume.series_instance_uid)
     report = volume_report(volume, result, study_uid)
     uid, frame = volume.source_frame(k)
-    explanation = ExplanationMap(uid, heatmap(CT_SHAPE, (32, 22)), "Grad-CAM", "nodule", frame)
+    explanation = ExplanationMap(
+        uid, heatmap(CT_SHAPE, (32, 22), HEATMAP_ROW_SCALE), "Grad-CAM", "nodule", frame
+    )
     return dataclasses.replace(report, explanations=(explanation,))
 
 
 def legacy_converted(series: Sequence[Dataset]) -> Dataset:
     """The slices as one Legacy Converted Enhanced CT image."""
-    image = hd.legacy.LegacyConvertedEnhancedCTImage(
-        list(series),
-        series_instance_uid=generate_uid(entropy_srcs=["pmap-kos", "enhanced"]),
-        series_number=4,
-        sop_instance_uid=generate_uid(entropy_srcs=["pmap-kos", "enhanced", "1"]),
-        instance_number=1,
+    return enhanced_ct(
+        series,
+        generate_uid(entropy_srcs=["pmap-kos", "enhanced"]),
+        generate_uid(entropy_srcs=["pmap-kos", "enhanced", "1"]),
     )
-    return pydicom.dcmread(io.BytesIO(encode(image)))
 
 
 # --- cases: every object built, written, validated and read back -------------------------------

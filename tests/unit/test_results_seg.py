@@ -6,9 +6,7 @@ one Enhanced CT multi-frame image (one SEG of every finding), a four-view mammog
 photograph (one SEG per frame with findings, naming its frame).
 """
 
-import copy
 import datetime
-import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -44,8 +42,17 @@ from cad_node.results.seg import SEG_CONTENT_LABEL, build_segs, content_descript
 from cad_node.results.sources import prepared_headers
 from cad_node.results.tracking import Tracking
 from cad_node.results.uids import ResultUids, algorithm_device_uid, result_uids
-from cad_node.synth.dicom_planar import StudyInfo, fundus_dataset, mammogram_dataset
 from tests.dicom_validation import assert_valid_dicom
+from tests.results_inputs import (
+    MG_SHAPE,
+    OP_SHAPE,
+    disk,
+    encode,
+    enhanced_ct,
+    headers_only,
+    mammograms,
+    stereo_exam,
+)
 from tests.synthetic import write_ct_series
 
 WHEN = datetime.datetime(2026, 12, 6, 8, 15, 30, 250000)
@@ -54,19 +61,9 @@ LUNG_MODEL = ModelIdentity("lung-seg-test", "0.0.1", "ab" * 32, family="lung_ct"
 MAMMO_MODEL = ModelIdentity("mammo-seg-test", "0.0.1", "cd" * 32, family="mammography")
 FUNDUS_MODEL = ModelIdentity("fundus-seg-test", "0.0.1", "ef" * 32, family="fundus")
 CT_ROWS, CT_SLICES = 64, 20
-MG_SHAPE = (96, 72)
-OP_SHAPE = (80, 88)
-VIEWS = (("R", "CC"), ("R", "MLO"), ("L", "CC"), ("L", "MLO"))
 
 
 # --- inputs --------------------------------------------------------------------------------------
-
-
-def disk(
-    shape: tuple[int, int], centre: tuple[float, float], radius: float
-) -> npt.NDArray[np.bool_]:
-    rows, columns = np.indices(shape)
-    return np.asarray((rows - centre[0]) ** 2 + (columns - centre[1]) ** 2 <= radius**2)
 
 
 def image_mask(image_index: int, full: npt.NDArray[np.bool_]) -> ImageMask:
@@ -109,17 +106,6 @@ def ct_findings(shape: tuple[int, int]) -> tuple[RegionFinding, ...]:
     )
 
 
-def headers_only(datasets: Sequence[Dataset]) -> list[Dataset]:
-    """The source instances as the worker holds them: read back without Pixel Data."""
-    return [pydicom.dcmread(io.BytesIO(encode(ds)), stop_before_pixels=True) for ds in datasets]
-
-
-def encode(dataset: Dataset) -> bytes:
-    buffer = io.BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
 def tracking_of(report: ModelReport, job_key: str) -> tuple[Tracking, ...]:
     return tuple(
         Tracking(generate_uid(entropy_srcs=[job_key, str(i)]), finding_label(finding, i))
@@ -138,39 +124,10 @@ def ct_report(datasets: Sequence[Dataset]) -> ModelReport:
     return _report(LUNG_MODEL, grid, ct_findings(volume.shape[1:]), AnatomicRegion.LUNG)
 
 
-def enhanced_ct(datasets: Sequence[Dataset]) -> Dataset:
-    """The slices as one Legacy Converted Enhanced CT image."""
-    image = hd.legacy.LegacyConvertedEnhancedCTImage(
-        [copy.deepcopy(ds) for ds in datasets],
-        series_instance_uid=hd.UID(),
-        series_number=4,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-    )
-    return pydicom.dcmread(io.BytesIO(encode(image)))
-
-
 def enhanced_ct_report(image: Dataset) -> ModelReport:
     volume = volume_from_frames(image)
     grid = volume_grid(volume, str(image.StudyInstanceUID))
     return _report(LUNG_MODEL, grid, ct_findings(volume.shape[1:]), AnatomicRegion.LUNG)
-
-
-def mammograms() -> list[Dataset]:
-    study = StudyInfo.from_seed(15, "mammo")
-    rows, columns = np.indices(MG_SHAPE)
-    return [
-        mammogram_dataset(
-            (600 + 20 * rows + 10 * columns + 50 * i).astype(np.uint16),
-            study=study,
-            laterality=side,
-            view=view,
-            series_number=1,
-            instance_number=i + 1,
-            pixel_spacing_mm=0.2,
-        )
-        for i, (side, view) in enumerate(VIEWS)
-    ]
 
 
 def mammo_report(datasets: Sequence[Dataset]) -> ModelReport:
@@ -188,29 +145,6 @@ def mammo_report(datasets: Sequence[Dataset]) -> ModelReport:
         region_finding(FindingType.MASS, {3: disk(MG_SHAPE, (30.0, 30.0), 4.0)}, 0.55),
     )
     return _report(MAMMO_MODEL, grid, findings, AnatomicRegion.BREAST)
-
-
-def fundus_exam() -> list[Dataset]:
-    """OD as one photograph, OS as a two-frame stereo pair in one instance."""
-    study = StudyInfo.from_seed(15, "fundus")
-    rows, columns = np.indices(OP_SHAPE)
-    od, os_1, os_2 = (
-        fundus_dataset(
-            np.stack([100 + rows, 30 + columns // 2, np.full(OP_SHAPE, 10 * seed)], axis=2).astype(
-                np.uint8
-            ),
-            study=study,
-            laterality=side,
-            series_number=1,
-            instance_number=number,
-            pixel_spacing_mm=0.012,
-        )
-        for seed, side, number in ((1, "R", 1), (2, "L", 2), (3, "L", 2))
-    )
-    stereo = copy.deepcopy(os_1)
-    stereo.NumberOfFrames = 2
-    stereo.PixelData = bytes(os_1.PixelData) + bytes(os_2.PixelData)
-    return [od, stereo]
 
 
 def fundus_report(datasets: Sequence[Dataset]) -> ModelReport:
@@ -314,7 +248,7 @@ def mammo(tmp_path_factory: pytest.TempPathFactory) -> Built:
 
 @pytest.fixture(scope="module")
 def fundus(tmp_path_factory: pytest.TempPathFactory) -> Built:
-    datasets = fundus_exam()
+    datasets = stereo_exam()
     return built(fundus_report(datasets), datasets, "op-job", tmp_path_factory.mktemp("op"))
 
 

@@ -46,15 +46,9 @@ from cad_node.results.build import ResultObjects, build_result_objects
 from cad_node.results.overlay import finding_caption
 from cad_node.results.sr import classification_label
 from cad_node.results.uids import result_uids
-from cad_node.synth.dicom_planar import StudyInfo, mammogram_dataset
 from tests import sr_content as content
-from tests.unit.test_results_objects import (
-    OPTIONS,
-    encode,
-    make_ct_series,
-    make_volume,
-    write_every_object,
-)
+from tests.results_inputs import ct_volume, encode, mammograms
+from tests.unit.test_results_objects import OPTIONS, make_ct_series, write_every_object
 
 MODEL = ModelIdentity("site-test", "1", "12" * 32, family="site")
 
@@ -206,7 +200,7 @@ class Ct:
 @pytest.fixture(scope="module")
 def ct() -> Ct:
     series = make_ct_series()
-    volume = make_volume(series)
+    volume = ct_volume(series)
     return Ct(series, volume, volume_grid(volume, str(series[0].StudyInstanceUID)))
 
 
@@ -470,25 +464,8 @@ def test_grid_classification_has_the_class_probabilities(ct: Ct, tmp_path: Path)
     assert sorted(_sources(group)) == sorted(ct.volume.sop_instance_uids)
 
 
-def _mammograms() -> list[Dataset]:
-    study = StudyInfo.from_seed(16, "mammo")
-    rows, columns = np.indices((64, 48))
-    return [
-        mammogram_dataset(
-            (600 + 20 * rows + 10 * columns + 50 * i).astype(np.uint16),
-            study=study,
-            laterality=side,
-            view=view,
-            series_number=1,
-            instance_number=i + 1,
-            pixel_spacing_mm=0.2,
-        )
-        for i, (side, view) in enumerate((("R", "CC"), ("R", "MLO"), ("L", "CC"), ("L", "MLO")))
-    ]
-
-
 def test_image_classifications_each_name_their_image(tmp_path: Path) -> None:
-    datasets = _mammograms()
+    datasets = mammograms(16, (64, 48))
     grid = planar_grid(load_image_set(datasets))
     scores = [ClassScores(DENSITY, p, image_index=i) for i, p in enumerate(IMAGE_PROBABILITIES)]
     built = _build(datasets, _report(grid, classifications=scores), tmp_path, "site-cls-images")

@@ -9,7 +9,6 @@ checked by dciodvfy and PixelMed's DicomSRValidator (0 errors).
 
 import copy
 import datetime
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +22,10 @@ from pydicom import Dataset
 
 from cad_node.domain import Finding, FindingType, ImageVolume, MaskBox, ModelIdentity, ModelResult
 from cad_node.domain.image_sets import (
-    Assessment,
-    AssessmentKind,
     ExplanationMap,
     ImageSet,
     Laterality,
     PlanarFinding,
-    PlanarMask,
     PlanarResult,
 )
 from cad_node.domain.results import (
@@ -52,9 +48,22 @@ from cad_node.results.sources import prepared_headers
 from cad_node.results.sr import Explanation, build_sr
 from cad_node.results.tracking import Tracking, finding_tracking
 from cad_node.results.uids import algorithm_device_uid, result_uids
-from cad_node.synth.dicom_planar import StudyInfo, fundus_dataset, mammogram_dataset
 from tests import sr_content as content
 from tests.dicom_validation import assert_valid_sr, require_sr_validator, sr_validator_errors
+from tests.results_inputs import (
+    MG_SHAPE,
+    OP_SHAPE,
+    breast_assessments,
+    disk,
+    dr_assessments,
+    dr_explanations,
+    enhanced_ct,
+    fundus_exam,
+    headers_only,
+    heatmap,
+    mammograms,
+    planar_finding,
+)
 from tests.synthetic import SyntheticSeries, write_ct_series
 
 WHEN = datetime.datetime(2026, 12, 6, 9, 15, 30, 500000)
@@ -62,8 +71,6 @@ OPTIONS = ResultOptions().at(WHEN)
 LUNG_MODEL = ModelIdentity("lung-sr-test", "0.0.1", "ab" * 32)
 MAMMO_MODEL = ModelIdentity("mammo-sr-test", "0.0.1", "cd" * 32, family="mammography")
 FUNDUS_MODEL = ModelIdentity("fundus-sr-test", "0.0.1", "ef" * 32, family="fundus")
-MG_SHAPE = (96, 72)
-OP_SHAPE = (80, 88)
 
 # Concept names of the content items the tests look for (PS3.16 Annex D, DCM).
 ALGORITHM_NAME = "111001"
@@ -78,17 +85,6 @@ IMAGE_LIBRARY = "111028"
 
 
 # --- inputs ------------------------------------------------------------------------------------
-
-
-def _encoded(dataset: Dataset) -> bytes:
-    buffer = io.BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
-def _headers_only(datasets: Sequence[Dataset]) -> list[Dataset]:
-    """The sources as the worker holds them: read back without Pixel Data."""
-    return [pydicom.dcmread(io.BytesIO(_encoded(ds)), stop_before_pixels=True) for ds in datasets]
 
 
 def _nodule_finding(
@@ -124,65 +120,17 @@ def _nodules(series: SyntheticSeries, volume: ImageVolume) -> ModelResult:
     return ModelResult(LUNG_MODEL, findings, volume.series_instance_uid)
 
 
-def _enhanced_ct(datasets: Sequence[Dataset]) -> Dataset:
-    image = hd.legacy.LegacyConvertedEnhancedCTImage(
-        list(datasets),
-        series_instance_uid=hd.UID(),
-        series_number=4,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-    )
-    return pydicom.dcmread(io.BytesIO(_encoded(image)))
-
-
-def _disk(
-    shape: tuple[int, int], centre: tuple[float, float], radius: float
-) -> npt.NDArray[np.bool_]:
-    rows, columns = np.indices(shape)
-    return np.asarray((rows - centre[0]) ** 2 + (columns - centre[1]) ** 2 <= radius**2)
-
-
-def _heatmap(shape: tuple[int, int], centre: tuple[float, float]) -> npt.NDArray[np.float32]:
-    rows, columns = np.indices(shape)
-    distance2 = (rows - centre[0]) ** 2 + (columns - centre[1]) ** 2
-    return np.exp(-distance2 / (2 * 8.0**2)).astype(np.float32)
-
-
-def _planar_finding(
+def sized_finding(
     finding_type: FindingType,
     image_uid: str,
     laterality: Laterality,
     full: npt.NDArray[np.bool_],
     probability: float,
 ) -> PlanarFinding:
-    mask = PlanarMask.from_full(full)
-    return PlanarFinding(
-        finding_type=finding_type,
-        sop_instance_uid=image_uid,
-        laterality=laterality,
-        mask=mask,
-        probability=probability,
-        area_mm2=mask.pixel_count * 0.04,
-        diameter_mm=max(mask.mask.shape) * 0.2,
+    """A finding with its area and diameter, at 0.2 mm pixels."""
+    return planar_finding(
+        finding_type, image_uid, laterality, full, probability, spacing_mm=0.2, diameter=True
     )
-
-
-def _mammograms() -> list[Dataset]:
-    study = StudyInfo.from_seed(15, "mammo")
-    rows, columns = np.indices(MG_SHAPE)
-    views = (("R", "CC"), ("R", "MLO"), ("L", "CC"), ("L", "MLO"))
-    return [
-        mammogram_dataset(
-            (600 + 20 * rows + 10 * columns + 50 * i).astype(np.uint16),
-            study=study,
-            laterality=side,
-            view=view,
-            series_number=1,
-            instance_number=i + 1,
-            pixel_spacing_mm=0.2,
-        )
-        for i, (side, view) in enumerate(views)
-    ]
 
 
 def _mammo_result(image_set: ImageSet) -> PlanarResult:
@@ -192,39 +140,16 @@ def _mammo_result(image_set: ImageSet) -> PlanarResult:
         model=MAMMO_MODEL,
         study_instance_uid=image_set.study_instance_uid,
         findings=(
-            _planar_finding(FindingType.MASS, r_cc, right, _disk(MG_SHAPE, (40, 50), 7.5), 0.87),
-            _planar_finding(
-                FindingType.CALCIFICATION_CLUSTER, r_mlo, right, _disk(MG_SHAPE, (60, 22), 3), 0.64
+            sized_finding(FindingType.MASS, r_cc, right, disk(MG_SHAPE, (40, 50), 7.5), 0.87),
+            sized_finding(
+                FindingType.CALCIFICATION_CLUSTER, r_mlo, right, disk(MG_SHAPE, (60, 22), 3), 0.64
             ),
         ),
-        assessments=(
-            Assessment(AssessmentKind.BREAST_SUSPICION, right, 0.82, (r_cc, r_mlo), threshold=0.5),
-            Assessment(
-                AssessmentKind.BREAST_SUSPICION, Laterality.LEFT, 0.07, (l_cc, l_mlo), threshold=0.5
-            ),
-        ),
+        assessments=breast_assessments(r_cc, r_mlo, l_cc, l_mlo),
         explanations=(
-            ExplanationMap(r_cc, _heatmap(MG_SHAPE, (40, 50)), "Grad-CAM", "breast suspicion"),
+            ExplanationMap(r_cc, heatmap(MG_SHAPE, (40, 50)), "Grad-CAM", "breast suspicion"),
         ),
     )
-
-
-def _fundus_photographs() -> list[Dataset]:
-    study = StudyInfo.from_seed(15, "fundus")
-    rows, columns = np.indices(OP_SHAPE)
-    return [
-        fundus_dataset(
-            np.stack(
-                [120 + rows, 40 + columns // 2, np.full(OP_SHAPE, 20 + 10 * i)], axis=2
-            ).astype(np.uint8),
-            study=study,
-            laterality=side,
-            series_number=i + 1,
-            instance_number=1,
-            pixel_spacing_mm=0.012,
-        )
-        for i, side in enumerate("RL")
-    ]
 
 
 def _fundus_result(image_set: ImageSet) -> PlanarResult:
@@ -234,33 +159,11 @@ def _fundus_result(image_set: ImageSet) -> PlanarResult:
         model=FUNDUS_MODEL,
         study_instance_uid=image_set.study_instance_uid,
         findings=(
-            _planar_finding(FindingType.HAEMORRHAGE, os_, left, _disk(OP_SHAPE, (30, 60), 5), 0.91),
-            _planar_finding(
-                FindingType.HARD_EXUDATE, os_, left, _disk(OP_SHAPE, (50, 30), 3), 0.66
-            ),
+            sized_finding(FindingType.HAEMORRHAGE, os_, left, disk(OP_SHAPE, (30, 60), 5), 0.91),
+            sized_finding(FindingType.HARD_EXUDATE, os_, left, disk(OP_SHAPE, (50, 30), 3), 0.66),
         ),
-        assessments=(
-            Assessment(
-                AssessmentKind.DIABETIC_RETINOPATHY,
-                Laterality.RIGHT,
-                0.2,
-                (od,),
-                grade=0,
-                class_probabilities=(0.85, 0.1, 0.03, 0.01, 0.01),
-            ),
-            Assessment(
-                AssessmentKind.DIABETIC_RETINOPATHY,
-                left,
-                2.9,
-                (os_,),
-                grade=3,
-                class_probabilities=(0.01, 0.04, 0.15, 0.7, 0.1),
-            ),
-        ),
-        explanations=(
-            ExplanationMap(od, _heatmap(OP_SHAPE, (40, 44)), "Grad-CAM", "ICDR grade 0"),
-            ExplanationMap(os_, _heatmap(OP_SHAPE, (30, 60)), "Grad-CAM", "ICDR grade 3"),
-        ),
+        assessments=dr_assessments(od, os_),
+        explanations=dr_explanations(od, os_),
     )
 
 
@@ -288,7 +191,7 @@ def _build(
     job_key: str = "sr-job",
 ) -> Built:
     uids = result_uids(job_key)
-    headers = prepared_headers(_headers_only(datasets), report.grid)
+    headers = prepared_headers(headers_only(datasets), report.grid)
     tracking = finding_tracking(report, uids, predecessors)
     segs = build_segs(report, headers, tracking, uids, OPTIONS)
     maps = build_parametric_maps(report, headers, uids, OPTIONS)
@@ -326,7 +229,7 @@ def ct(chest: SyntheticSeries, tmp_path_factory: pytest.TempPathFactory) -> Buil
 
 @pytest.fixture(scope="module")
 def enhanced(chest: SyntheticSeries, tmp_path_factory: pytest.TempPathFactory) -> Built:
-    image = _enhanced_ct([pydicom.dcmread(path) for path in chest.paths])
+    image = enhanced_ct([pydicom.dcmread(path) for path in chest.paths])
     volume = volume_from_frames(image)
     report = volume_report(volume, _nodules(chest, volume), chest.study_instance_uid)
     return _build([image], report, tmp_path_factory.mktemp("ect-sr"))
@@ -334,7 +237,7 @@ def enhanced(chest: SyntheticSeries, tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.fixture(scope="module")
 def mammo(tmp_path_factory: pytest.TempPathFactory) -> Built:
-    datasets = _mammograms()
+    datasets = mammograms()
     image_set = load_image_set(datasets)
     report = planar_report(image_set, _mammo_result(image_set))
     return _build(datasets, report, tmp_path_factory.mktemp("mg-sr"))
@@ -342,7 +245,7 @@ def mammo(tmp_path_factory: pytest.TempPathFactory) -> Built:
 
 @pytest.fixture(scope="module")
 def fundus(tmp_path_factory: pytest.TempPathFactory) -> Built:
-    datasets = _fundus_photographs()
+    datasets = fundus_exam()
     image_set = load_image_set(datasets)
     report = planar_report(image_set, _fundus_result(image_set))
     return _build(datasets, report, tmp_path_factory.mktemp("op-sr"), with_captures=False)
@@ -696,7 +599,7 @@ def test_the_planar_image_library_lists_every_image_once(mammo: Built) -> None:
 def test_an_explanation_of_an_image_nothing_else_covers_gets_its_own_group(
     tmp_path: Path,
 ) -> None:
-    datasets = _fundus_photographs()
+    datasets = fundus_exam()
     image_set = load_image_set(datasets)
     result = _fundus_result(image_set)
     bare = PlanarResult(

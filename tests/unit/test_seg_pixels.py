@@ -11,16 +11,12 @@ from cad_node.domain.findings import FindingType
 from cad_node.domain.results import ModelReport, RegionFinding
 from cad_node.results import seg as seg_module
 from cad_node.results.sources import prepared_headers
+from tests.results_inputs import MG_SHAPE, disk, encode, headers_only, mammograms
 from tests.unit.test_results_seg import (
-    MG_SHAPE,
     build,
     ct_report,
     ct_series,
-    disk,
-    encode,
-    headers_only,
     mammo_report,
-    mammograms,
     nodule,
     region_finding,
     segments_of,
