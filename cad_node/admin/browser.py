@@ -16,14 +16,21 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, status
 from fastapi import Path as PathParam
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Select, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from cad_node.admin.auth import Principal, Reader, Writer
 from cad_node.admin.context import AdminContext
 from cad_node.admin.deps import Context, Journal, Page
-from cad_node.admin.flow import DeliveryOut, JobOut, Listing, SeriesDetail, SeriesOut
+from cad_node.admin.flow import (
+    DeliveryOut,
+    JobOut,
+    Listing,
+    SeriesDetail,
+    SeriesOut,
+    delivery_out,
+)
 from cad_node.domain.states import DeliveryState, JobState, ResultKind, SeriesState
 from cad_node.pipeline.assemble import Assembler, OwnEquipment
 from cad_node.store.jobs import queue_job
@@ -192,6 +199,8 @@ class TimelineEvent(BaseModel):
 
 
 class ResultOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: int
     job_id: int
     kind: ResultKind
@@ -241,8 +250,8 @@ def series_timeline(
         study=StudyDescriptorsOut(**_descriptors(study, caller)),
         purged_at=series.purged_at,
         jobs=[JobOut.model_validate(job) for job in jobs],
-        results=[_result_out(result) for result in results],
-        deliveries=[_delivery_out(delivery, result) for delivery, result in deliveries],
+        results=[ResultOut.model_validate(result) for result in results],
+        deliveries=[delivery_out(delivery, result) for delivery, result in deliveries],
         audit=[_audit_out(event) for event in audit],
         timeline=_timeline(series, jobs, results, deliveries, audit),
     )
@@ -303,25 +312,6 @@ def _audit_naming(
     ]
     query = select(AuditEvent).where(AuditEvent.target.in_(targets))
     return list(session.scalars(query.order_by(AuditEvent.at, AuditEvent.id)))
-
-
-def _result_out(result: Result) -> ResultOut:
-    return ResultOut(
-        id=result.id,
-        job_id=result.job_id,
-        kind=result.kind,
-        sop_class_uid=result.sop_class_uid,
-        sop_instance_uid=result.sop_instance_uid,
-        series_instance_uid=result.series_instance_uid,
-        created_at=result.created_at,
-        purged_at=result.purged_at,
-    )
-
-
-def _delivery_out(delivery: Delivery, result: Result) -> DeliveryOut:
-    return DeliveryOut.model_validate(delivery).model_copy(
-        update={"sop_instance_uid": result.sop_instance_uid, "job_id": result.job_id}
-    )
 
 
 def _audit_out(event: AuditEvent) -> AuditOut:

@@ -300,7 +300,8 @@ def _audit_job(
     )
 
 
-def _delivery_out(delivery: Delivery, result: Result) -> DeliveryOut:
+def delivery_out(delivery: Delivery, result: Result) -> DeliveryOut:
+    """A delivery row with the object it sends and the job that made it."""
     out = DeliveryOut.model_validate(delivery)
     return out.model_copy(
         update={"sop_instance_uid": result.sop_instance_uid, "job_id": result.job_id}
@@ -327,7 +328,7 @@ def list_deliveries(
     if job_id is not None:
         query = query.where(Result.job_id == job_id)
     rows, total = _page(session, query, page)
-    items = [_delivery_out(delivery, result) for delivery, result in rows]
+    items = [delivery_out(delivery, result) for delivery, result in rows]
     return Listing[DeliveryOut](items=items, total=total, **page.model_dump())
 
 
@@ -358,7 +359,7 @@ def retry_delivery(delivery_id: RowId, node: Context, caller: Writer) -> Deliver
                 "destination": delivery.destination,
             },
         )
-        return _delivery_out(delivery, result)
+        return delivery_out(delivery, result)
 
 
 class Summary(BaseModel):
@@ -398,7 +399,7 @@ def summary(session: Journal, _caller: Reader) -> Summary:
         last_jobs=[JobOut.model_validate(job) for job in session.scalars(recent)],
         failed_jobs=[JobOut.model_validate(job) for job in session.scalars(failed)],
         failed_deliveries=[
-            _delivery_out(delivery, result)
+            delivery_out(delivery, result)
             for delivery, result in session.execute(failed_deliveries).all()
         ],
     )

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from cad_node.admin.auth import Reader
 from cad_node.admin.deps import Context, Journal
-from cad_node.admin.flow import DeliveryOut, _delivery_out
+from cad_node.admin.flow import DeliveryOut, delivery_out
 from cad_node.admin.models_and_destinations import destinations_in_force
 from cad_node.domain.states import DeliveryState
 from cad_node.store.disk import disk_space
@@ -142,4 +142,4 @@ def _pending(session: Session) -> list[DeliveryOut]:
         .order_by(Delivery.next_attempt_at, Delivery.id)
         .limit(PENDING_SHOWN)
     )
-    return [_delivery_out(delivery, result) for delivery, result in session.execute(query).all()]
+    return [delivery_out(delivery, result) for delivery, result in session.execute(query).all()]
