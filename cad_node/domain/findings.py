@@ -8,6 +8,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cad_node import NOT_FOR_CLINICAL_USE
+from cad_node.domain.abstention import OodScore
 
 
 class FindingType(StrEnum):
@@ -105,3 +106,5 @@ class ModelResult:
     findings: tuple[Finding, ...]
     series_instance_uid: str
     inference_seconds: float = 0.0
+    ood: OodScore | None = None
+    """The model's out-of-distribution score of the input; None: the model has none."""

@@ -17,6 +17,7 @@ from enum import StrEnum
 import numpy as np
 import numpy.typing as npt
 
+from cad_node.domain.abstention import OodScore
 from cad_node.domain.findings import FindingType, ModelIdentity
 
 
@@ -325,3 +326,5 @@ class PlanarResult:
     assessments: tuple[Assessment, ...]
     explanations: tuple[ExplanationMap, ...] = ()
     inference_seconds: float = 0.0
+    ood: OodScore | None = None
+    """The model's out-of-distribution score of the image set; None: the model has none."""

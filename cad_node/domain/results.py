@@ -25,6 +25,7 @@ from enum import StrEnum
 import numpy as np
 import numpy.typing as npt
 
+from cad_node.domain.abstention import Abstention, OodScore
 from cad_node.domain.findings import Finding, FindingType, ModelIdentity, ModelResult
 from cad_node.domain.image_sets import (
     Assessment,
@@ -359,6 +360,11 @@ class ModelReport:
     explanations: tuple[ExplanationMap, ...] = ()
     classifications: tuple[ClassScores, ...] = ()
     """A classifier's class probabilities (site models)."""
+    ood: OodScore | None = None
+    """The model's out-of-distribution score of the input; None: the model has none."""
+    out_of_domain: Abstention | None = None
+    """The input was outside the model's domain and the rule said ``run_anyway``: the
+    findings are reported, and the SR says why they may not hold."""
 
     def __post_init__(self) -> None:
         for scores in self.classifications:
@@ -460,6 +466,7 @@ def volume_report(volume: ImageVolume, result: ModelResult, study_instance_uid: 
         findings=tuple(_volume_finding(finding) for finding in result.findings),
         region=region,
         procedure=procedure,
+        ood=result.ood,
     )
 
 
@@ -529,6 +536,7 @@ def planar_report(image_set: ImageSet, result: PlanarResult) -> ModelReport:
         procedure=procedure,
         assessments=result.assessments,
         explanations=result.explanations,
+        ood=result.ood,
     )
 
 

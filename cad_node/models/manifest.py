@@ -9,6 +9,7 @@ from typing import Any
 
 from cad_node import NOT_FOR_CLINICAL_USE
 from cad_node.domain.findings import ModelIdentity
+from cad_node.domain.validated_domain import ValidatedDomain
 from cad_node.errors import ModelError, WeightsIntegrityError
 
 MANIFEST_NAME = "manifest.json"
@@ -84,6 +85,16 @@ class Manifest:
     """Site models: "volume" (one series) or "image_set" (a study's planar images)."""
     timeout_seconds: float = 600.0
     """Site models: the wall time one job's inference may take before the job fails."""
+    validated_domain: dict[str, Any] = field(default_factory=dict)
+    """What the model was validated on (:class:`ValidatedDomain`'s JSON form); empty: not
+    declared, so every input is inside (a site model added without a domain)."""
+    ood: dict[str, Any] = field(default_factory=dict)
+    """The learned out-of-distribution score: ``method``, ``file`` (its statistics, in the
+    folder, hashed like the weights: ``sha256``), ``threshold``, ``percentile`` and the
+    measured false abstention rate; empty: the model has none."""
+    calibration: dict[str, Any] = field(default_factory=dict)
+    """How the reported probabilities were calibrated: ``method`` ("temperature"), its
+    parameters, and the expected calibration error before and after; empty: none."""
 
     def __post_init__(self) -> None:
         try:
@@ -103,6 +114,14 @@ class Manifest:
             raise ValueError(f"timeout_seconds must be positive, got {self.timeout_seconds}")
         if not isinstance(self.remote, bool):
             raise ValueError(f"remote must be true or false, got {self.remote!r}")
+        if self.validated_domain:
+            ValidatedDomain.from_mapping(self.validated_domain)  # a bad domain fails on reading
+
+    def domain(self) -> ValidatedDomain | None:
+        """The declared validated domain; None when the manifest declares none."""
+        if not self.validated_domain:
+            return None
+        return ValidatedDomain.from_mapping(self.validated_domain)
 
     @property
     def is_site_model(self) -> bool:

@@ -73,6 +73,7 @@ from pydantic import (
 )
 from pydicom.datadict import dictionary_has_tag, tag_for_keyword
 
+from cad_node.domain.abstention import OutOfDomainAction
 from cad_node.routing.attributes import CALLING_AE_TITLE
 from cad_node.routing.patterns import PatternError, compile_pattern
 
@@ -387,6 +388,10 @@ class Rule(_Frozen):
     include_own_results: bool = False
     """Also match series the node made itself (its own SEG, SR ... sent back to it);
     without it they are never routed (docs/security.md, "Own results")."""
+    on_out_of_domain: OutOfDomainAction = OutOfDomainAction.REPORT
+    """When the series is outside the model's validated domain, or its out-of-distribution
+    score is over the model's threshold: ``report`` sends an SR saying it was not assessed
+    and why, ``skip`` sends nothing, ``run_anyway`` reports the findings with that caveat."""
 
     @model_validator(mode="before")
     @classmethod

@@ -139,6 +139,13 @@ class Job(Base):
     warnings: Mapped[list[str] | None] = mapped_column(
         comment="what the run derived or left out, for the admin (UIDs only); null: none"
     )
+    on_out_of_domain: Mapped[str | None] = mapped_column(
+        String(16),
+        comment="the rule's choice when the input is outside the model's domain; null: report",
+    )
+    abstention: Mapped[dict[str, Any] | None] = mapped_column(
+        comment="why the model did not assess the input (reason, details, OOD score); null: it did"
+    )
 
 
 class Result(Base):
@@ -170,6 +177,14 @@ class Delivery(Base):
     last_status: Mapped[int | None] = mapped_column(Integer, comment="C-STORE Status (0000,0900)")
     last_error: Mapped[str | None] = mapped_column(Text)
     delivered_at: Mapped[datetime | None]
+    commitment_transaction_uid: Mapped[str | None] = mapped_column(
+        UI, index=True, comment="(0008,1195) UI of the Storage Commitment request awaited"
+    )
+    commitment_requested_at: Mapped[datetime | None]
+    commitment_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    committed_at: Mapped[datetime | None] = mapped_column(
+        comment="when the destination reported the object committed (N-EVENT-REPORT)"
+    )
 
 
 class RuleSetVersion(Base):

@@ -34,7 +34,7 @@ from cad_node.store.migrations import (
 from cad_node.store.migrations.runner import RELEASE_TABLES, migration_transaction
 from cad_node.store.schema import Base, Instance, Job, Result, Series, Study
 
-HEAD = "0005"
+HEAD = "0006"
 NEW_COLUMNS = {
     ("instances", "image_laterality"),
     ("instances", "view_position"),
@@ -46,8 +46,16 @@ NEW_COLUMNS = {
     ("studies", "accession_number"),
     ("studies", "study_date"),
     ("studies", "study_description"),
+    ("jobs", "on_out_of_domain"),
+    ("jobs", "abstention"),
+    ("deliveries", "commitment_transaction_uid"),
+    ("deliveries", "commitment_requested_at"),
+    ("deliveries", "commitment_attempts"),
+    ("deliveries", "committed_at"),
 }
-"""What revisions 0002 to 0005 add to the journal of 0.1.0 (revision 0001)."""
+"""What revisions 0002 to 0006 add to the journal of 0.1.0 (revision 0001)."""
+NEW_INDEXES = {"ix_deliveries_commitment_transaction_uid"}
+"""The indexes they add (of the new columns)."""
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 STUDY_UID = "1.2.826.0.1.3680043.8.498.10"
@@ -93,10 +101,12 @@ def differences(engine: Engine) -> list[Any]:
 
 
 def added_columns(diffs: list[Any]) -> set[tuple[str, str]]:
-    """(table, column) of each ``add_column`` difference; raises on any other kind."""
+    """(table, column) of each ``add_column`` difference; raises on any other kind, and on
+    an index other than those of the new columns."""
     kinds = {diff[0] for diff in diffs}
-    assert kinds <= {"add_column"}, diffs
-    return {(diff[2], diff[3].name) for diff in diffs}
+    assert kinds <= {"add_column", "add_index"}, diffs
+    assert {diff[1].name for diff in diffs if diff[0] == "add_index"} <= NEW_INDEXES, diffs
+    return {(diff[2], diff[3].name) for diff in diffs if diff[0] == "add_column"}
 
 
 def column_names(engine: Engine, table: str) -> set[str]:
@@ -271,10 +281,9 @@ def test_0004_adds_job_warnings_and_its_downgrade_keeps_the_jobs(empty_engine: E
     upgrade_to(empty_engine, "0003")
     insert_release_rows(empty_engine)
     upgrade_to(empty_engine, "0004")
-    with Session(empty_engine) as session, session.begin():
-        job = session.scalars(select(Job)).one()
-        assert job.warnings is None  # a job of 0003 recorded none
-        job.warnings = [JOB_WARNING]
+    with Session(empty_engine) as session, session.begin():  # only 0004's columns exist
+        assert session.scalars(select(Job.warnings)).one() is None  # 0003 recorded none
+        session.execute(sa.update(Job).values(warnings=[JOB_WARNING]))
     with Session(empty_engine) as session:
         assert session.scalars(select(Job.warnings)).one() == [JOB_WARNING]
 
@@ -305,6 +314,28 @@ def test_0005_adds_study_identity_and_purge_times_and_its_downgrade_keeps_rows(
     assert "purged_at" not in column_names(empty_engine, "series")
     assert "accession_number" not in column_names(empty_engine, "studies")
     assert row_counts(empty_engine, "series") == {"series": 1}
+
+
+def test_0006_adds_abstentions_and_commitments_and_its_downgrade_keeps_rows(
+    empty_engine: Engine,
+) -> None:
+    upgrade_to(empty_engine, "0005")
+    insert_release_rows(empty_engine)
+    upgrade_to(empty_engine, "0006")
+    with Session(empty_engine) as session, session.begin():
+        job = session.scalars(select(Job)).one()
+        assert (job.on_out_of_domain, job.abstention) == (None, None)
+        job.abstention = {"reason": "out_of_distribution", "details": ["score 9 > 3"]}
+    with Session(empty_engine) as session:
+        assert session.scalars(select(Job.abstention)).one()["reason"] == "out_of_distribution"
+    assert {"commitment_transaction_uid", "committed_at"} <= column_names(
+        empty_engine, "deliveries"
+    )
+
+    downgrade_journal(empty_engine, "0005")
+    assert "abstention" not in column_names(empty_engine, "jobs")
+    assert "committed_at" not in column_names(empty_engine, "deliveries")
+    assert row_counts(empty_engine, "jobs") == {"jobs": 1}
 
 
 def test_sqlite_enforces_foreign_keys_again_after_a_migration(tmp_path: Path) -> None:
