@@ -146,6 +146,15 @@ class Job(Base):
     abstention: Mapped[dict[str, Any] | None] = mapped_column(
         comment="why the model did not assess the input (reason, details, OOD score); null: it did"
     )
+    priority_class: Mapped[str | None] = mapped_column(
+        String(16), comment="stat, urgent, routine or screening; null: routine"
+    )
+    priority_rank: Mapped[int] = mapped_column(
+        Integer, default=2, comment="the queue takes the lowest rank first: 0 stat ... 3 screening"
+    )
+    promoted_at: Mapped[datetime | None] = mapped_column(
+        comment="when the job waited past its class's age limit and was promoted"
+    )
 
 
 class Result(Base):

@@ -1,7 +1,9 @@
-"""Jobs record an abstention; deliveries await a destination's Storage Commitment.
+"""Jobs record an abstention and a clinical priority; deliveries await Storage Commitment.
 
 A model may decline an input outside its validated domain (issue 17): the job keeps the
 rule's ``on_out_of_domain`` choice from when it was queued, and why the model abstained.
+Jobs carry a priority class (issue 21: stat, urgent, routine, screening) and its rank,
+the order the queue takes them in, and when a long wait promoted them.
 A destination that commits (issue 20) takes a delivery from ``sent`` to ``committed``:
 the delivery keeps its Storage Commitment transaction, when it was asked, how often, and
 when the destination answered.  All new columns are nullable or defaulted: rows of 0005
@@ -46,6 +48,31 @@ def upgrade() -> None:
                 "null: it did",
             )
         )
+        batch_op.add_column(
+            sa.Column(
+                "priority_class",
+                sa.String(16),
+                nullable=True,
+                comment="stat, urgent, routine or screening; null: routine",
+            )
+        )
+        batch_op.add_column(
+            sa.Column(
+                "priority_rank",
+                sa.Integer(),
+                nullable=False,
+                server_default="2",
+                comment="the queue takes the lowest rank first: 0 stat ... 3 screening",
+            )
+        )
+        batch_op.add_column(
+            sa.Column(
+                "promoted_at",
+                UTC,
+                nullable=True,
+                comment="when the job waited past its class's age limit and was promoted",
+            )
+        )
     with op.batch_alter_table("deliveries") as batch_op:
         batch_op.add_column(
             sa.Column(
@@ -80,5 +107,8 @@ def downgrade() -> None:
         batch_op.drop_column("commitment_requested_at")
         batch_op.drop_column("commitment_transaction_uid")
     with op.batch_alter_table("jobs") as batch_op:
+        batch_op.drop_column("promoted_at")
+        batch_op.drop_column("priority_rank")
+        batch_op.drop_column("priority_class")
         batch_op.drop_column("abstention")
         batch_op.drop_column("on_out_of_domain")
