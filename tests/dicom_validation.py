@@ -106,6 +106,11 @@ _TID_1410_REGION_MISS = re.compile(
     r"^Error: Template 1410 PlanarROIMeasurements/.*\[Row [57]\] (SCOORD|IMAGE) "
     r"\((111030|121214),DCM,.*: within ([\d.]+): .*: Missing conditional content item$"
 )
+_QUALITATIVE_EVALUATION_ALGORITHM = re.compile(
+    r"^Error: Template 1500 MeasurementReport/.*\(C0034375,UMLS,\"Qualitative Evaluations\"\)"
+    r"/\[Row 1[34]\] (CODE|TEXT) \*: [\d.]+: .*/(CODE|TEXT) \((11100[0-3]),DCM,.*\): "
+    r"Incorrect relationship - expected CONTAINS - found HAS CONCEPT MOD$"
+)
 IMAGE_REGION = "111030"
 REFERENCED_SEGMENTATION_FRAME = "121214"
 
@@ -120,8 +125,14 @@ def _pixelmed_artefact(line: str, sr: Dataset) -> bool:
       measurement group that holds neither: PixelMed picks the templates of the Imaging
       Measurements container once for all its groups, and applies TID 1410 to every group as
       soon as one holds a segmentation frame (or exactly one an image region), so the TID 1411
-      and TID 1501 groups beside it are reported.  A group without either is no TID 1410 group.
+      and TID 1501 groups beside it are reported.  A group without either is no TID 1410 group;
+    - the TID 4019 Algorithm Identification items (HAS CONCEPT MOD) of a TID 1500 "Qualitative
+      Evaluations" container (row 12 includes TID 4019) taken for its rows 13 and 14 (CONTAINS
+      CODE / TEXT of any concept): PixelMed matches those wildcard rows to every CODE and TEXT
+      child, the algorithm's name, version, parameters and family included.
     """
+    if _QUALITATIVE_EVALUATION_ALGORITHM.match(line):
+        return True
     extension = _EXTENSIBLE_GROUP_MISS.search(line)
     if extension is not None:
         return extension.group(1) in _extensible_context_groups()

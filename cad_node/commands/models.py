@@ -4,8 +4,11 @@
 lung|mammo|fundus`` trains a family's network on them; ``evaluate MODEL`` runs
 the evaluator of the model's family (its manifest's ``family``) on held-out
 studies and writes a report; ``models`` lists what the registry holds and
-whether each model's files still match their sha256; ``models add PATH --name NAME``
-installs a site's MONAI bundle or nnU-Net v2 folder and ``models remove NAME`` takes it out.
+whether each model's files still match their sha256; ``models add PATH --name NAME
+[--domain FILE]`` installs a site's MONAI bundle or nnU-Net v2 folder and ``models remove
+NAME`` takes it out; ``models show NAME`` prints one model's manifest (its validated domain,
+OOD score and calibration included); ``models calibrate NAME --data DIR`` fits a site
+model's OOD score on the site's own cases.
 
 Family modules are imported only when their command runs. ``synth``, ``train`` and
 ``evaluate`` are the lab's: without the ``lab`` extra they stop with one line naming it
@@ -100,8 +103,9 @@ def _synth_planar(args: argparse.Namespace) -> int:
 
 
 def _train_lung(args: argparse.Namespace) -> int:
-    from cad_node.models.lung.train import TrainConfig, train
+    from cad_node.models.lung.train import TrainConfig, refit, train
 
+    percentile = {} if args.ood_percentile is None else {"ood_percentile": args.ood_percentile}
     config = TrainConfig(
         epochs=args.epochs,
         samples_per_epoch=args.samples_per_epoch,
@@ -111,17 +115,17 @@ def _train_lung(args: argparse.Namespace) -> int:
         max_minutes=args.max_minutes,
         seed=args.seed,
         threads=args.threads,
+        **percentile,
     )
-    manifest = train(args.data, args.out, config)
-    print(f"wrote {args.out}/{manifest.weights_file} sha256={manifest.sha256}")
-    print(f"operating threshold {manifest.operating_threshold}")
+    manifest = (refit if args.refit_only else train)(args.data, args.out, config)
+    _print_trained(args.out, manifest)
     return 0
 
 
 TRAIN_OPTIONS = ("epochs", "patience", "max_minutes", "seed", "threads", "batch_size")
 """TrainConfig fields every planar family has; an option left out keeps the family default."""
 
-OPTIONAL_TRAIN_OPTIONS = ("samples_per_epoch",)
+OPTIONAL_TRAIN_OPTIONS = ("samples_per_epoch", "ood_percentile")
 """TrainConfig fields some families have; asking one of the others for it is an error."""
 
 
@@ -143,10 +147,19 @@ def _train_planar(args: argparse.Namespace) -> int:
     """``train mammo|fundus``: ``cad_node.models.<kind>.train.train(data, out, TrainConfig)``."""
     module = importlib.import_module(f"cad_node.models.{args.train_kind}.train")
     config = _train_config(module.TrainConfig, args)
-    manifest = module.train(args.data, args.out, config)
-    print(f"wrote {args.out}/{manifest.weights_file} sha256={manifest.sha256}")
-    print(f"operating threshold {manifest.operating_threshold}")
+    fit = module.refit if args.refit_only else module.train
+    manifest = fit(args.data, args.out, config)
+    _print_trained(args.out, manifest)
     return 0
+
+
+def _print_trained(out: Path, manifest: Any) -> None:
+    print(f"wrote {out}/{manifest.weights_file} sha256={manifest.sha256}")
+    print(f"operating threshold {manifest.operating_threshold}")
+    if manifest.ood:
+        print(f"OOD threshold {manifest.ood['threshold']} ({manifest.ood['file']})")
+    if manifest.calibration:
+        print(f"temperature {manifest.calibration['temperature']}")
 
 
 # --- evaluate ----------------------------------------------------------------------------
@@ -256,7 +269,8 @@ def _list_models(args: argparse.Namespace) -> int:
             f"{name}\tversion={m.version}\tfamily={m.family}\tmodality={m.modality}"
             f"\tformat={m.format}\tsha256={m.sha256[:SHORT_SHA]}\tdevice={registry.device}"
             f"\tweights={state}\tcard={m.model_card or '-'}\ttask={m.task or '-'}"
-            f"\tlabels={_labels_column(m)}\t{m.clinical_use}"
+            f"\tlabels={_labels_column(m)}\t{_domain_lines(m)[0]}\t{_ood_line(m)}"
+            f"\t{m.clinical_use}"
         )
     for why in refused:
         print(f"error: {why}", file=sys.stderr)
@@ -269,15 +283,18 @@ def _list_models(args: argparse.Namespace) -> int:
 
 def _add_model(args: argparse.Namespace) -> int:
     from cad_node.config import load_settings
-    from cad_node.models.site.install import add_model
+    from cad_node.models.site.install import add_model, read_domain
 
     models_dir = load_settings(args.config).resolved_models_dir
     task = None if args.task is None else Task(args.task)
-    m = add_model(args.path, args.name, models_dir, args.labels, task)
+    domain = None if args.domain is None else read_domain(args.domain)
+    m = add_model(args.path, args.name, models_dir, args.labels, task, domain=domain)
     print(
         f"added {m.name}: {m.format}, {m.task}, labels {_labels_column(m)}, "
         f"{len(m.files)} files hashed, in {models_dir / m.name}"
     )
+    for line in _domain_lines(m):
+        print(line)
     print(f"a routing rule runs it with `model: {m.name}`; a running node picks it up")
     return 0
 
@@ -291,9 +308,97 @@ def _remove_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _domain_lines(manifest: Manifest) -> list[str]:
+    """The validated domain in words: its description, then each declared constraint."""
+    domain = manifest.domain()
+    if domain is None:
+        return ["validated domain: not declared - every input accepted"]
+    lines = [f"validated domain: {domain.description}"]
+    for key, value in domain.to_mapping().items():
+        if key != "description":
+            shown = getattr(domain, key).describe() if isinstance(value, dict) else value
+            lines.append(f"  {key}: {shown if isinstance(shown, str) else ', '.join(shown)}")
+    return lines
+
+
+def _ood_line(manifest: Manifest) -> str:
+    """Whether an OOD score is fitted: its method and threshold, or none."""
+    entry = manifest.ood
+    if not entry:
+        return "OOD score: not fitted - no input is scored"
+    line = f"OOD score: {entry.get('method', '?')}, threshold {entry.get('threshold', '?')}"
+    if "percentile" in entry:
+        line += f" (percentile {entry['percentile']})"
+    if "false_abstention_rate" in entry:
+        line += f", false abstention rate {entry['false_abstention_rate']}"
+    return line
+
+
+def _calibration_line(manifest: Manifest) -> str:
+    entry = manifest.calibration
+    if not entry:
+        return "calibration: none - probabilities as the model gives them"
+    shown = ", ".join(
+        f"{key} {value}" for key, value in entry.items() if isinstance(value, str | int | float)
+    )
+    return f"calibration: {shown}"
+
+
+def _show_model(args: argparse.Namespace) -> int:
+    """``models show NAME``: one model's manifest in words; status 1 when its files fail."""
+    from cad_node.models.registry import ModelRegistry
+
+    entry = (
+        ModelRegistry(extra_dirs=_models_dirs(args), device=args.device).entries().get(args.name)
+    )
+    if entry is None:
+        raise ModelError(f"no model named {args.name}")
+    m = entry.manifest
+    state, why = _weights_state(entry.folder, m)
+    print(f"{m.name} {m.version} ({m.family}, {m.format}) in {entry.folder}")
+    print(f"modality: {m.modality}; task: {m.task or '-'}; input: {m.input_kind}")
+    print(f"labels: {_labels_column(m)}")
+    print(f"files: {state} (sha256 {m.sha256[:SHORT_SHA]} of {m.weights_file})")
+    print(f"intended use: {m.intended_use}")
+    print(f"model card: {m.model_card or '-'}")
+    for line in (*_domain_lines(m), _ood_line(m), _calibration_line(m)):
+        print(line)
+    print(m.clinical_use)
+    if why is not None:
+        print(f"error: {why}", file=sys.stderr)
+    return 0 if why is None else 1
+
+
+def _calibrate_model(args: argparse.Namespace) -> int:
+    from cad_node.config import load_settings
+    from cad_node.models.registry import default_device
+    from cad_node.models.site.calibrate import calibrate_model
+    from cad_node.models.site.ood import DEFAULT_PERCENTILE
+
+    models_dir = load_settings(args.config).resolved_models_dir
+    device = args.device or default_device()
+    percentile = DEFAULT_PERCENTILE if args.percentile is None else args.percentile
+    done = calibrate_model(args.name, models_dir, args.data, percentile, device=device)
+    for skipped in done.skipped:
+        print(f"skipped {skipped}", file=sys.stderr)
+    fit = done.calibration
+    print(
+        f"calibrated {args.name} on {len(done.cases)} cases: {_ood_line(done.manifest)}; "
+        f"leave-one-out scores {fit.leave_one_out.min():.2f} to {fit.leave_one_out.max():.2f}"
+    )
+    print(f"a running node picks it up: inputs scoring over {fit.threshold:.4g} are not assessed")
+    return 0
+
+
 def _models(args: argparse.Namespace) -> int:
-    """``models``: list; ``models add``, ``models remove``: change the site models."""
-    action = {"add": _add_model, "remove": _remove_model}.get(args.models_action, _list_models)
+    """``models``: list; ``models add``, ``models remove``: change the site models; ``models
+    show``: one model; ``models calibrate``: a site model's OOD score."""
+    action = {
+        "add": _add_model,
+        "remove": _remove_model,
+        "show": _show_model,
+        "calibrate": _calibrate_model,
+    }.get(args.models_action, _list_models)
     return action(args)
 
 
@@ -345,6 +450,7 @@ def _add_train_lung(kinds: Subparsers) -> None:
     lung.add_argument("--max-minutes", type=float, default=21.0)
     lung.add_argument("--seed", type=int, default=0)
     lung.add_argument("--threads", type=int, default=2)
+    _add_refit_options(lung)
     lung.set_defaults(func=_guarded(lab_command("train", _train_lung)))
 
 
@@ -361,7 +467,19 @@ def _add_train_planar(kinds: Subparsers, kind: str) -> None:
     planar.add_argument(
         "--samples-per-epoch", type=int, default=None, help="where the family has it"
     )
+    _add_refit_options(planar)
     planar.set_defaults(func=_guarded(lab_command("train", _train_planar)))
+
+
+def _add_refit_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--refit-only",
+        action="store_true",
+        help="keep the weights in --out; fit only the OOD score and the calibration",
+    )
+    parser.add_argument(
+        "--ood-percentile", type=float, default=None, help="OOD threshold: validation percentile"
+    )
 
 
 def _add_train(subparsers: Subparsers) -> None:
@@ -427,10 +545,46 @@ def _add_models(subparsers: Subparsers) -> None:
         default=None,
         help="where configs/metadata.json does not say it",
     )
+    add.add_argument(
+        "--domain",
+        type=Path,
+        default=None,
+        metavar="DOMAIN.yaml",
+        help="the validated domain (YAML or JSON); without it every input is accepted",
+    )
     _config_option(add, argparse.SUPPRESS)  # given before `add`, it is not reset
     remove = actions.add_parser("remove", help="remove a model added with `models add`")
     remove.add_argument("name", metavar="NAME")
     _config_option(remove, argparse.SUPPRESS)
+    show = actions.add_parser(
+        "show", help="one model: its manifest, validated domain, OOD score and calibration"
+    )
+    show.add_argument("name", metavar="NAME")
+    _config_option(show, argparse.SUPPRESS)
+    _add_calibrate(actions)
+
+
+def _add_calibrate(actions: Subparsers) -> None:
+    calibrate = actions.add_parser(
+        "calibrate",
+        help="fit a site model's OOD score on the site's own cases",
+        description="Runs site model NAME on every series (or study, for planar images) "
+        "under DIR and fits its out-of-distribution score (a Mahalanobis distance of a "
+        "descriptor of the input and the output, docs/models.md); inputs scoring over the "
+        "threshold are then not assessed. 4 cases at least; a few dozen give a steadier "
+        "threshold.",
+    )
+    calibrate.add_argument("name", metavar="NAME")
+    calibrate.add_argument(
+        "--data", type=Path, required=True, metavar="DIR", help="folders of DICOM series"
+    )
+    calibrate.add_argument(
+        "--percentile",
+        type=float,
+        default=None,
+        help="the threshold: this percentile of the cases' leave-one-out scores (default 99)",
+    )
+    _config_option(calibrate, argparse.SUPPRESS)
 
 
 def add_commands(subparsers: Subparsers) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cad_node import NOT_FOR_CLINICAL_USE
+from cad_node.domain.abstention import OodScore
 from cad_node.domain.findings import FindingType, ModelIdentity
 from cad_node.domain.image_sets import (
     ICDR_GRADES,
@@ -26,6 +27,7 @@ from cad_node.domain.image_sets import (
     PlanarResult,
 )
 from cad_node.evaluation import metrics
+from cad_node.evaluation.honesty import add_abstentions, add_calibration
 from cad_node.evaluation.report import Report, RocSummary
 from cad_node.imaging.image_set_loading import load_image_set
 from cad_node.synth.fundus import LESION_MASKS, EyeTruth, load_truth, study_folders
@@ -62,6 +64,7 @@ class EyeOutcome:
     referable_probability: float
     expected_grade: float
     lesion_dice: dict[str, float]
+    grade_probabilities: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -79,6 +82,10 @@ class FundusEvaluation:
     """Per lesion type: mean image-level Dice and the number of images it is averaged over."""
     seconds_per_study: float
     report_path: Path
+    abstention_rate: float = math.nan
+    """Held-out exams over the OOD threshold (false abstentions); NaN: no OOD score fitted."""
+    ece_uncalibrated: float = math.nan
+    ece_calibrated: float = math.nan
 
 
 def _dice_per_type(findings: list[PlanarFinding], eye: EyeTruth) -> dict[str, float]:
@@ -113,6 +120,7 @@ def _eye_outcomes(folder: Path, result: PlanarResult) -> list[EyeOutcome]:
                 referable_probability=float(sum(probabilities[REFERABLE_ICDR_GRADE:])),
                 expected_grade=assessment.score,
                 lesion_dice=_dice_per_type(findings, eye),
+                grade_probabilities=tuple(probabilities),
             )
         )
     return outcomes
@@ -158,10 +166,12 @@ def evaluate_fundus(model: GradingModel, data_dir: Path, report_dir: Path) -> Fu
     if not folders:
         raise ValueError(f"{data_dir} holds no fundus exams with truth.json")
     eyes: list[EyeOutcome] = []
+    ood: list[OodScore | None] = []
     started = time.perf_counter()
     for folder in folders:
         result = model.predict(load_image_set(sorted(folder.glob("*.dcm"))))
         eyes += _eye_outcomes(folder, result)
+        ood.append(result.ood)
     seconds = (time.perf_counter() - started) / len(folders)
     report, roc, kappa = _report(model, eyes, len(folders), seconds)
     truth = np.array([e.true_grade for e in eyes])
@@ -180,6 +190,8 @@ def evaluate_fundus(model: GradingModel, data_dir: Path, report_dir: Path) -> Fu
         ["Lesion type", "Images", "Mean Dice"],
         [[name, count, value] for name, (value, count) in dice.items()],
     )
+    abstention_rate = add_abstentions(report, ood, "exams")
+    calibration = _add_calibration(report, eyes, float(getattr(model, "temperature", 1.0)))
     return FundusEvaluation(
         model=model.identity,
         eyes=tuple(eyes),
@@ -191,7 +203,32 @@ def evaluate_fundus(model: GradingModel, data_dir: Path, report_dir: Path) -> Fu
         lesion_dice=dice,
         seconds_per_study=seconds,
         report_path=report.write(report_dir),
+        abstention_rate=abstention_rate,
+        ece_uncalibrated=calibration[0],
+        ece_calibrated=calibration[1],
     )
+
+
+def _add_calibration(
+    report: Report, eyes: list[EyeOutcome], temperature: float
+) -> tuple[float, float]:
+    """ECE of the top grade's probability, as reported (temperature-scaled) and raw (the
+    network's softmax, recovered exactly: softmax(T * log p))."""
+    calibrated = np.array([e.grade_probabilities for e in eyes], dtype=np.float64)
+    if calibrated.size == 0:
+        return math.nan, math.nan
+    logits = temperature * np.log(np.clip(calibrated, 1e-300, 1.0))
+    raw = np.exp(logits - logits.max(axis=1, keepdims=True))
+    raw /= raw.sum(axis=1, keepdims=True)
+    correct = calibrated.argmax(axis=1) == np.array([e.true_grade for e in eyes])
+    summary = add_calibration(
+        report,
+        f"ICDR grade, top-label probability (T = {temperature:.3f})",
+        calibrated.max(axis=1),
+        raw.max(axis=1),
+        correct,
+    )
+    return summary.ece_uncalibrated, summary.ece_calibrated
 
 
 __all__ = ["EyeOutcome", "FundusEvaluation", "evaluate_fundus"]

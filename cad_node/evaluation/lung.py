@@ -9,6 +9,7 @@ from typing import Protocol
 
 import numpy as np
 
+from cad_node.domain.abstention import OodScore
 from cad_node.domain.findings import Finding, ModelIdentity
 from cad_node.domain.imaging import ImageVolume
 from cad_node.evaluation.froc import (
@@ -19,9 +20,11 @@ from cad_node.evaluation.froc import (
     froc,
     match_scan,
 )
+from cad_node.evaluation.honesty import add_abstentions, summarise_abstentions
 from cad_node.evaluation.plot import froc_svg
 from cad_node.evaluation.report import Cell, Report
 from cad_node.imaging.volume import load_volume
+from cad_node.models.lung.detector import LungNoduleModel
 from cad_node.models.lung.train import series_folders
 from cad_node.synth.ct import GroundTruth, NoduleTruth, load_ground_truth
 
@@ -59,6 +62,10 @@ class LungEvaluation:
     nodules: tuple[NoduleOutcome, ...]
     false_positives_at_threshold: int
     seconds_per_scan: float
+    ood_scores: tuple[OodScore | None, ...] = ()
+    """Each scan's OOD score (None: the model has none, or the scan no candidate)."""
+    abstention_rate: float = math.nan
+    """Held-out scans over the OOD threshold (false abstentions); NaN: no OOD score."""
 
     @property
     def sensitivity_at_threshold(self) -> float:
@@ -124,12 +131,14 @@ def evaluate_lung(model: DetectingModel, data_dir: Path, report_dir: Path) -> Lu
     outcomes: list[NoduleOutcome] = []
     false_positives = 0
     seconds = 0.0
+    ood: list[OodScore | None] = []
     for folder in folders:
         volume = load_volume(sorted(folder.glob("*.dcm")))
         truth = load_ground_truth(folder)
         started = time.perf_counter()
-        findings = model.detect(volume, FROC_THRESHOLD)
+        findings, score = _detect(model, volume)
         seconds += time.perf_counter() - started
+        ood.append(score)
         detections = [
             Detection(_mm(f.centre_index, truth.spacing_mm), f.probability) for f in findings
         ]
@@ -145,9 +154,19 @@ def evaluate_lung(model: DetectingModel, data_dir: Path, report_dir: Path) -> Lu
         nodules=tuple(outcomes),
         false_positives_at_threshold=false_positives,
         seconds_per_scan=seconds / max(len(folders), 1),
+        ood_scores=tuple(ood),
+        abstention_rate=summarise_abstentions(ood).rate,
     )
     write_report(result, data_dir, report_dir)
     return result
+
+
+def _detect(model: DetectingModel, volume: ImageVolume) -> tuple[list[Finding], OodScore | None]:
+    """Findings at the FROC threshold and, where the model computes one, the OOD score."""
+    if isinstance(model, LungNoduleModel):
+        scored = model.score(volume)
+        return model.findings(scored, volume, FROC_THRESHOLD), model.ood_score(scored)
+    return model.detect(volume, FROC_THRESHOLD), None
 
 
 def _size_rows(result: LungEvaluation) -> list[list[Cell]]:
@@ -200,6 +219,8 @@ def build_report(result: LungEvaluation, data_dir: Path) -> Report:
     columns = ["Nodules", "Found", "Sensitivity"]
     report.add_table("Sensitivity by size", ["Size", *columns], _size_rows(result))
     report.add_table("Sensitivity by type", ["Type", *columns], _type_rows(result))
+    if result.ood_scores:
+        add_abstentions(report, result.ood_scores, "scans")
     return report
 
 

@@ -12,6 +12,8 @@ Two questions, on a folder of studies written by :func:`cad_node.synth.mammo.wri
   is counted once per view it shows in (twice per lesion).
 """
 
+import dataclasses
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cad_node.domain.abstention import OodScore
 from cad_node.domain.findings import ModelIdentity
 from cad_node.domain.image_sets import PlanarFinding
 from cad_node.evaluation.froc import (
@@ -29,8 +32,10 @@ from cad_node.evaluation.froc import (
     froc,
     match_scan,
 )
+from cad_node.evaluation.honesty import add_abstentions, add_calibration
 from cad_node.evaluation.report import Cell, ConfusionSummary, Report, RocSummary
 from cad_node.imaging.image_set_loading import load_image_set
+from cad_node.models.calibration import calibrated_probability
 from cad_node.models.mammo.model import MammoModel, ViewOutput
 from cad_node.models.mammo.scoring import BREAST_COMBINATION
 from cad_node.synth.mammo import MammoTruth, ViewTruth, load_truth, study_folders
@@ -72,6 +77,10 @@ class MammoEvaluation:
     report_path: Path
     cam_distances_mm: tuple[float, ...] = ()
     """Per malignant breast: its Grad-CAM peak's distance to the nearest lesion centre."""
+    abstention_rate: float = math.nan
+    """Held-out studies over the OOD threshold (false abstentions); NaN: no OOD score."""
+    ece_uncalibrated: float = math.nan
+    ece_calibrated: float = math.nan
 
     @property
     def lesion_sensitivity(self) -> float:
@@ -105,6 +114,7 @@ class _Tally:
     outcomes: list[LesionOutcome]
     false_positives: int = 0
     cam_distances_mm: list[float] = field(default_factory=list)
+    ood: list[OodScore | None] = field(default_factory=list)
 
 
 def _cam_distances(model: MammoModel, outputs: list[ViewOutput], truth: MammoTruth) -> list[float]:
@@ -175,6 +185,7 @@ def evaluate_mammo(model: MammoModel, data_dir: Path, report_dir: Path) -> Mammo
         for view in truth.views:
             _score_view(truth, view, findings, model.lesion_threshold, tally)
         tally.cam_distances_mm.extend(_cam_distances(model, outputs, truth))
+        tally.ood.append(model.ood_score(outputs))
     return _finish(
         model,
         folders,
@@ -226,8 +237,19 @@ def _finish(
         cam_distances_mm=tuple(tally.cam_distances_mm),
     )
     _lesion_tables(report, result)
+    abstention_rate = add_abstentions(report, tally.ood, "studies")
+    # the raw breast score from the reported one: its log-odds times the temperature
+    raw = [calibrated_probability(s, 1.0 / model.temperature) for s in scores]
+    calibration = add_calibration(
+        report, f"breast suspicion score (T = {model.temperature:.3f})", scores, raw, labels
+    )
     report.write(report_dir)
-    return result
+    return dataclasses.replace(
+        result,
+        abstention_rate=abstention_rate,
+        ece_uncalibrated=calibration.ece_uncalibrated,
+        ece_calibrated=calibration.ece_calibrated,
+    )
 
 
 def _intro(

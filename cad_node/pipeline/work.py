@@ -8,13 +8,21 @@ produces byte-identical objects and a destination never sees two versions.
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
 from pydicom import Dataset, dcmread
 from sqlalchemy.orm import Session, sessionmaker
 
+from cad_node.domain.abstention import Abstention, OutOfDomainAction
+from cad_node.domain.domain_check import (
+    abstention_record,
+    check_domain,
+    ood_abstention,
+    with_ood,
+)
+from cad_node.domain.findings import ModelIdentity
 from cad_node.domain.image_sets import ImageSet
 from cad_node.domain.imaging import ImageVolume
 from cad_node.domain.results import (
@@ -27,6 +35,7 @@ from cad_node.domain.results import (
 )
 from cad_node.domain.states import JobState, ResultKind
 from cad_node.errors import CadNodeError, InvalidSeriesError, ModelError
+from cad_node.imaging.acquisition import image_datasets, image_headers
 from cad_node.imaging.image_set_loading import load_image_set
 from cad_node.imaging.isolation import DecodingAbortedError, IsolatedDecoder
 from cad_node.imaging.volume import load_volume
@@ -35,6 +44,7 @@ from cad_node.models.base import CadModel, reads_image_sets, reads_volumes, repo
 from cad_node.models.registry import ModelRegistry
 from cad_node.models.remote import behind_deidentification
 from cad_node.pipeline.files import read_datasets, read_headers, write_dataset_atomically
+from cad_node.results.abstention import build_abstention_objects
 from cad_node.results.build import ResultObjects, build_result_objects, study_of
 from cad_node.results.options import ResultOptions
 from cad_node.results.uids import result_uids
@@ -72,6 +82,8 @@ class JobInput:
     """Every series the job reads (a study model); empty: its own series only."""
     purged: Mapping[str, datetime] = field(default_factory=dict)
     """When retention removed the files of the series read, of those it did."""
+    on_out_of_domain: OutOfDomainAction = OutOfDomainAction.REPORT
+    """The rule's choice, as queued, when the input is outside the model's domain."""
 
     @property
     def job_key(self) -> str:
@@ -98,6 +110,8 @@ class JobRun:
     timings: JobTimings
     warnings: tuple[str, ...] = ()
     """What was derived or left out on the way (UIDs only), shown to the admin."""
+    abstention: Abstention | None = None
+    """Why the model did not assess the input (or, under ``run_anyway``, the caveat)."""
 
 
 @dataclass
@@ -151,6 +165,7 @@ class Worker:
                 self.clock(),
                 stage_seconds=asdict(run.timings),
                 warnings=run.warnings,
+                abstention=abstention_record(run.abstention) if run.abstention else None,
             )
         _log_done(job_input, run)
         return True
@@ -182,6 +197,9 @@ class Worker:
                 result_kinds=self._result_kinds(session),
                 series_group=tuple(job.series_group or ()),
                 purged=purged_series(session, series_read),
+                on_out_of_domain=OutOfDomainAction(
+                    job.on_out_of_domain or OutOfDomainAction.REPORT
+                ),
             )
 
     def _result_kinds(self, session: Session) -> Mapping[str, Sequence[ResultKind]]:
@@ -241,6 +259,10 @@ class Worker:
             datasets = read_headers(paths, self.limits)
         else:
             datasets = read_datasets(paths, self.limits)
+        outside = self._outside_domain(job_input, datasets)
+        if outside is not None and job_input.on_out_of_domain != OutOfDomainAction.RUN_ANYWAY:
+            identity = self.registry.entries()[job_input.model_name].manifest.identity()
+            return self._abstain(job_input, datasets, identity, outside, started)
         model = self.registry.get(job_input.model_name)
         model = behind_deidentification(  # a remote model sees de-identified data only
             self.registry, model, datasets, self.storage_dir, job_input.job_id
@@ -264,6 +286,11 @@ class Worker:
         else:
             raise _unknown_input_kind(model)
         inferred = time.perf_counter()
+        abstention = _abstention_after(report, outside)
+        if abstention is not None and job_input.on_out_of_domain != OutOfDomainAction.RUN_ANYWAY:
+            return self._abstain(job_input, datasets, report.model, abstention, started)
+        if abstention is not None:
+            report = replace(report, out_of_domain=abstention)
         built_objects = self._build(job_input, datasets, report)
         objects = _by_stem(built_objects)
         warnings = (*warnings, *built_objects.warnings)
@@ -275,7 +302,68 @@ class Worker:
             build=built - inferred,
             write=time.perf_counter() - built,
         )
-        return JobRun(stored, len(report.findings), timings, warnings)
+        return JobRun(stored, len(report.findings), timings, warnings, abstention)
+
+    def _outside_domain(
+        self, job_input: JobInput, datasets: Sequence[Dataset]
+    ) -> Abstention | None:
+        """Why the job's images lie outside its model's validated domain (headers only);
+        None when inside, or when the model declares no domain."""
+        entry = self.registry.entries().get(job_input.model_name)
+        domain = entry.manifest.domain() if entry is not None else None
+        if domain is None:
+            return None
+        return check_domain(domain, [image_headers(ds) for ds in image_datasets(datasets)])
+
+    def _abstain(
+        self,
+        job_input: JobInput,
+        datasets: Sequence[Dataset],
+        model: ModelIdentity,
+        abstention: Abstention,
+        started: float,
+    ) -> JobRun:
+        """The job's outcome when its model does not assess the input: under ``report`` the
+        SR saying it was not assessed and why (no findings, SEG or marks); under ``skip``
+        nothing. Pixels are not needed: the SR references the images by their headers."""
+        _drop_pixel_data(datasets)
+        logger.info(
+            "job %d: model %s abstains (%s); %s",
+            job_input.job_id,
+            job_input.model_name,
+            abstention.reason.value,
+            job_input.on_out_of_domain.value,
+        )
+        checked = time.perf_counter()
+        stored: list[StoredResult] = []
+        warnings: tuple[str, ...] = ()
+        if job_input.on_out_of_domain == OutOfDomainAction.REPORT:
+            objects = self._build_abstention(job_input, datasets, model, abstention)
+            warnings = objects.warnings
+            built = time.perf_counter()
+            stored = self._write(job_input, _by_stem(objects))
+        else:
+            built = time.perf_counter()
+        timings = JobTimings(
+            load=checked - started,
+            inference=0.0,
+            build=built - checked,
+            write=time.perf_counter() - built,
+        )
+        return JobRun(stored, 0, timings, warnings, abstention)
+
+    def _build_abstention(
+        self,
+        job_input: JobInput,
+        datasets: Sequence[Dataset],
+        model: ModelIdentity,
+        abstention: Abstention,
+    ) -> ResultObjects:
+        """The abstention SR (PS3.16 TID 1500, "not assessed" with the reason)."""
+        predecessors = [dcmread(path) for path in job_input.predecessor_paths if path.exists()]
+        options = self.result_options.at(job_input.created_at).for_model(job_input.model_name)
+        uids = result_uids(job_input.job_key)
+        return build_abstention_objects(datasets, model, abstention, uids, options, predecessors)
 
     def _grid(
         self, job_input: JobInput, datasets: Sequence[Dataset], model: CadModel
@@ -389,11 +477,21 @@ def left_out_notes(
     ]
 
 
+def _abstention_after(report: ModelReport, outside: Abstention | None) -> Abstention | None:
+    """The job's abstention once the model ran: ``outside`` (the domain check's, under
+    ``run_anyway``) noting an OOD score over its threshold, else the OOD score's own."""
+    if report.ood is None or not report.ood.outside:
+        return outside
+    if outside is not None:
+        return with_ood(outside, report.ood)
+    return ood_abstention(report.ood)
+
+
 def _log_done(job_input: JobInput, run: JobRun) -> None:
     timings = run.timings
     logger.info(
         "job %d done: series %s, %d findings, %d objects, %d warnings; load %.1fs "
-        "inference %.1fs build %.2fs write %.2fs",
+        "inference %.1fs build %.2fs write %.2fs%s",
         job_input.job_id,
         job_input.series_instance_uid,
         run.finding_count,
@@ -403,6 +501,7 @@ def _log_done(job_input: JobInput, run: JobRun) -> None:
         timings.inference,
         timings.build,
         timings.write,
+        f"; abstention: {run.abstention.reason.value}" if run.abstention else "",
     )
 
 

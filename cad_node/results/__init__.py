@@ -16,7 +16,9 @@ comes from it, the same for a CT volume and a 2D image set (as the worker does,
   Parametric Maps of explanation maps (:mod:`~cad_node.results.pmap`), the Key Object
   Selection of the images with findings (:mod:`~cad_node.results.kos`);
 - for viewers that show none of those: burned-in Secondary Captures
-  (:mod:`~cad_node.results.overlay`) and presentation states (:mod:`~cad_node.results.gsps`).
+  (:mod:`~cad_node.results.overlay`) and presentation states (:mod:`~cad_node.results.gsps`);
+- when the model abstained (its input outside its validated domain or out of distribution),
+  the NOT ASSESSED SR alone (:func:`build_abstention_objects`, :mod:`~cad_node.results.abstention`).
 
 Each carries IHE AI Results' Evidence Creator content: the algorithm's Contributing
 Equipment item and TID 4019 (:mod:`~cad_node.results.algorithm`), public codes
@@ -26,6 +28,7 @@ on inputs they cannot use.  A core package: imports highdicom, pydicom, numpy, P
 scikit-image, never a network, database or deep-learning library.
 """
 
+from cad_node.results.abstention import build_abstention_objects
 from cad_node.results.build import (
     ResultObjects,
     build_planar_objects,
@@ -39,6 +42,7 @@ __all__ = [
     "ResultObjects",
     "ResultOptions",
     "ResultUids",
+    "build_abstention_objects",
     "build_planar_objects",
     "build_result_objects",
     "build_volume_objects",

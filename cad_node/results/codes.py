@@ -396,3 +396,26 @@ def measurement_concept(kind: MeasurementKind) -> tuple[Code, Code]:
 def measurement_method(kind: MeasurementKind) -> Code | None:
     """The Measurement Method (PS3.16 TID 300 row 3) saying what a measurement is, or None."""
     return MEASUREMENT_METHODS.get(kind)
+
+
+# Abstention and the validated domain (TID 1500 "Qualitative Evaluations", docs/conformance.md).
+QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
+"""UMLS C0034375, the TID 1500 container (row 12) of evaluations of the whole image set."""
+IMAGE_SET_ASSESSMENT: Code = _private("IMAGESETASSESS", "Image set assessment")
+"""99CADNODE: whether the model assessed the image set, valued :data:`NOT_EVALUATED` or
+:data:`ASSESSED_OUTSIDE_DOMAIN`.  No public concept names an algorithm's assessment of its
+input as such."""
+NOT_EVALUATED: Code = codes.SCT.NotEvaluated
+"""SCT 373121007 "Not Evaluated" (PS3.16 CID 3703): the model withheld its answer."""
+ASSESSED_OUTSIDE_DOMAIN: Code = _private("ASSESSEDOUTSIDE", "Assessed outside its validated domain")
+"""99CADNODE: the model answered although the input was outside its domain (a rule's
+``run_anyway``); its findings may not hold."""
+OUT_OF_DOMAIN_REASON: Code = _private("DOMAINREASON", "Reason input is out of domain")
+"""99CADNODE: why the input was outside the model's domain; no public "reason" concept fits."""
+OUTSIDE_VALIDATED_DOMAIN: Code = _private("OUTSIDEDOMAIN", "Outside the model's validated domain")
+"""99CADNODE: a header attribute is outside the domain the model's manifest declares."""
+OUT_OF_DISTRIBUTION: Code = _private("OUTOFDISTRIB", "Out of the model's training distribution")
+"""99CADNODE: the model's learned out-of-distribution score exceeds its threshold."""
+OOD_SCORE: Code = _private("OODSCORE", "Out-of-distribution score")
+"""99CADNODE: the model's out-of-distribution score of the input (UCUM "1"); the input is
+out of distribution when it exceeds the :data:`THRESHOLD_VALUE` under it."""

@@ -31,7 +31,11 @@ views, fundus photographs):
   (SCT 278201002 "Classification") valued with the predicted class's concept and one NUM per
   class, named by its concept, its probability (UCUM "1");
 - without findings, assessments and classifications, one TID 1501 group answering
-  "Finding: Absent".
+  "Finding: Absent";
+- when the model computed an out-of-distribution score, or a rule ran it although its input
+  was outside its validated domain, a TID 1500 "Qualitative Evaluations" container saying so
+  (:mod:`cad_node.results.evaluations`; a model that abstained gets the SR of
+  :mod:`cad_node.results.abstention` instead).
 
 A frame of a multi-frame image is referenced with its Referenced Frame Number (PS3.3
 C.18.4) wherever the report names it.
@@ -47,6 +51,8 @@ import numpy.typing as npt
 from pydicom import Dataset
 from pydicom.sr.coding import Code
 
+from cad_node.domain.abstention import OodScore
+from cad_node.domain.findings import ModelIdentity
 from cad_node.domain.image_sets import (
     ICDR_GRADES,
     Assessment,
@@ -57,6 +63,7 @@ from cad_node.domain.image_sets import (
 )
 from cad_node.domain.results import ClassScores, Measurement, ModelReport, RegionFinding
 from cad_node.results import algorithm, codes
+from cad_node.results.evaluations import domain_evaluations
 from cad_node.results.options import ResultOptions
 from cad_node.results.outlines import polygon_outline
 from cad_node.results.sources import (
@@ -671,7 +678,8 @@ def image_library(report: ModelReport, headers: Sequence[Dataset]) -> list[Datas
     return [frame_header(headers[slices[0]], volume, slices[0])]
 
 
-def _uses_private_codes(dataset: Dataset) -> bool:
+def uses_private_codes(dataset: Dataset) -> bool:
+    """Whether ``dataset`` holds a ``99CADNODE`` code (and must declare the scheme)."""
     return any(
         element.keyword == "CodingSchemeDesignator"
         and element.value == codes.PRIVATE_SCHEME_DESIGNATOR
@@ -727,28 +735,40 @@ def build_sr(  # noqa: PLR0917  # positional order agreed with build_result_obje
             imaging_measurements=_report_groups(tracking, segs, explanations, context),
             referenced_images=image_library(report, headers),
         )
+        evaluations = domain_evaluations(
+            report.model, report.out_of_domain, _ood_of(report), assessed=True
+        )
+        if evaluations is not None:
+            content[0].ContentSequence.append(evaluations)
         evidence = [
             *distinct_sources(headers),
             *(header_copy(seg) for seg in segs),
             *(header_copy(e.parametric_map) for e in explanations),
             *(header_copy(e.image) for e in explanations if e.image is not None),
         ]
-        return _comprehensive_3d_sr(
-            content, evidence, procedure, report, uids, options, predecessors
+        return comprehensive_3d_sr(
+            content, evidence, procedure, report.model, uids, options, predecessors
         )
 
 
-def _comprehensive_3d_sr(  # noqa: PLR0917  # the parts of one report, in reading order
-    content: hd.sr.MeasurementReport,
+def _ood_of(report: ModelReport) -> OodScore | None:
+    """The OOD score a report shows: the model's, else the one its abstention names."""
+    if report.ood is not None:
+        return report.ood
+    return report.out_of_domain.ood if report.out_of_domain is not None else None
+
+
+def comprehensive_3d_sr(  # noqa: PLR0917  # the parts of one report, in reading order
+    content: Dataset | hd.sr.MeasurementReport,
     evidence: Sequence[Dataset],
     procedure: Code,
-    report: ModelReport,
+    model: ModelIdentity,
     uids: ResultUids,
     options: ResultOptions,
     predecessors: Sequence[Dataset],
 ) -> hd.sr.Comprehensive3DSR:
-    """The Comprehensive 3D SR holding ``content``, with the job's UIDs, equipment and date,
-    and the algorithm's Contributing Equipment item (IHE AIR)."""
+    """The Comprehensive 3D SR holding ``content`` (a TID 1500 root), with the job's UIDs,
+    equipment and date, and the algorithm's Contributing Equipment item (IHE AIR)."""
     when = resolve_content_datetime(options.content_datetime)
     with patient_names_kept_out_of_logs():
         sr = hd.sr.Comprehensive3DSR(
@@ -768,8 +788,8 @@ def _comprehensive_3d_sr(  # noqa: PLR0917  # the parts of one report, in readin
             series_date=when.date(),
             series_time=when.time(),
         )
-    algorithm.add_algorithm_equipment(sr, report.model, options.manufacturer, when)
-    if _uses_private_codes(sr):
+    algorithm.add_algorithm_equipment(sr, model, options.manufacturer, when)
+    if uses_private_codes(sr):
         codes.declare_private_coding_scheme(sr)
     pin_creation_datetime(sr, when)
     return sr

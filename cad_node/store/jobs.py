@@ -5,14 +5,17 @@ on several hosts never take the same job; SQLite ignores the locking clause and
 relies on its single writer, with the state checked again in the UPDATE.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from cad_node.domain.priority import DEFAULT_CLASS, PriorityClass
 from cad_node.domain.states import DeliveryState, JobState, ResultKind
+from cad_node.store.lanes import LANE_FILTER, ClaimFilter
 from cad_node.store.schema import Delivery, Job, Result
 
 
@@ -39,8 +42,10 @@ def queue_job(
     destinations: Sequence[str],
     now: datetime,
     series_group: Sequence[str] | None = None,
+    priority_class: PriorityClass | None = None,
 ) -> Job:
-    """Queue a job on a series; ``series_group``: every series it reads (a study group)."""
+    """Queue a job on a series; ``series_group``: every series it reads (a study group);
+    ``priority_class``: its clinical priority (None: routine)."""
     job = Job(
         series_instance_uid=series_instance_uid,
         series_revision=series_revision,
@@ -51,6 +56,8 @@ def queue_job(
         attempts=0,
         created_at=now,
         series_group=list(series_group) if series_group else None,
+        priority_class=priority_class.value if priority_class is not None else None,
+        priority_rank=(priority_class or DEFAULT_CLASS).rank,
     )
     session.add(job)
     session.flush()
@@ -58,13 +65,27 @@ def queue_job(
 
 
 def claim_next_job(
-    session: Session, worker_id: str, now: datetime, lease_seconds: float
+    session: Session,
+    worker_id: str,
+    now: datetime,
+    lease_seconds: float,
+    *,
+    models: Collection[str] | None = None,
 ) -> Job | None:
-    """Take the oldest queued job and hold it under a lease; None when the queue is empty."""
+    """Take the most urgent queued job (lowest ``priority_rank``, oldest first within it) and
+    hold it under a lease; None when the queue is empty.
+
+    ``models``: only jobs of these models; None: those the lane this thread claims for lets
+    through (:func:`cad_node.store.lanes.claiming_for`), else any.
+    """
+    lane = LANE_FILTER.get() if models is None else ClaimFilter(frozenset(models))
+    statement = select(Job).where(Job.state == JobState.QUEUED)
+    if lane is not None and lane.include is not None:
+        statement = statement.where(Job.model_name.in_(sorted(lane.include)))
+    if lane is not None and lane.exclude:
+        statement = statement.where(Job.model_name.not_in(sorted(lane.exclude)))
     statement = (
-        select(Job)
-        .where(Job.state == JobState.QUEUED)
-        .order_by(Job.id)
+        statement.order_by(Job.priority_rank, Job.created_at, Job.id)
         .limit(1)
         .with_for_update(skip_locked=True)
     )
@@ -127,9 +148,11 @@ def complete_job(
     *,
     stage_seconds: Mapping[str, float] | None = None,
     warnings: Sequence[str] = (),
+    abstention: Mapping[str, Any] | None = None,
 ) -> None:
     """Journal the results, one pending delivery per (result, destination), and close the job
-    with the ``warnings`` of its run (what was derived or left out; UIDs only)."""
+    with the ``warnings`` of its run (what was derived or left out; UIDs only) and its
+    ``abstention`` (:func:`cad_node.domain.domain_check.abstention_record`; None: none)."""
     for stored in results:
         result = Result(
             job_id=job.id,
@@ -157,6 +180,7 @@ def complete_job(
     job.finding_count = finding_count
     job.stage_seconds = dict(stage_seconds) if stage_seconds is not None else None
     job.warnings = list(warnings) or None
+    job.abstention = dict(abstention) if abstention is not None else None
     job.lease_expires_at = None
     job.error = None
 

@@ -44,6 +44,16 @@ def write_config(folder: Path, **overrides: Any) -> Path:
     return path
 
 
+def shipped_rules_run_anyway(folder: Path) -> Path:
+    """config/rules.yaml with ``on_out_of_domain: run_anyway`` on every rule, written in
+    ``folder``: for a test whose input lies outside a shipped model's validated domain (a
+    real image, a SOP class the model was not validated on) and expects its findings."""
+    rules = yaml.safe_load((Path(__file__).parents[2] / "config" / "rules.yaml").read_text())
+    path = folder / "rules-run-anyway.yaml"
+    path.write_text(yaml.safe_dump([{**rule, "on_out_of_domain": "run_anyway"} for rule in rules]))
+    return path
+
+
 class NodeProcess:
     """``cad-node serve`` in a child process; ``kill()`` is a real SIGKILL."""
 

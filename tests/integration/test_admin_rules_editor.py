@@ -48,6 +48,8 @@ FORM_RULE: dict[str, Any] = {
         ]
     },
 }
+STORED_DEFAULTS: dict[str, Any] = {"include_own_results": False, "on_out_of_domain": "report"}
+"""What the API adds to a rule saved without them: the fields' defaults."""
 
 
 EVERY_OPERATOR: list[dict[str, Any]] = [
@@ -201,7 +203,7 @@ def test_admin_writes_a_rule_with_the_form_and_confirms_a_rollback_from_its_diff
     assert not by_id(browser, "rollback").is_displayed()
     assert by_id(browser, "rule-version").text == "4"
     wait_value(browser, "rf-priority", "30")  # the rule as now in force, not the 99 draft
-    assert json_shown(browser) == {**FORM_RULE, "include_own_results": False}  # as stored
+    assert json_shown(browser) == {**FORM_RULE, **STORED_DEFAULTS}  # as stored
     assert_no_csp_violation(browser)
 
     headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

@@ -22,7 +22,14 @@ from cad_node.domain.states import JobState
 from cad_node.store.schema import Job
 from tests.dcmtk import storescu
 from tests.dicom_validation import assert_valid_dicom
-from tests.integration.peers import query, running_node, storescp, wait_for, write_config
+from tests.integration.peers import (
+    query,
+    running_node,
+    shipped_rules_run_anyway,
+    storescp,
+    wait_for,
+    write_config,
+)
 from tests.integration.test_spine import MAX_FALSE_POSITIVES, MIN_HITS, delivered, received
 from tests.synthetic import SyntheticSeries
 
@@ -55,7 +62,8 @@ def test_enhanced_ct_in_seg_and_sr_on_its_frames_out(
     tmp_path: Path, chest_ct: SyntheticSeries
 ) -> None:
     enhanced = write_enhanced_ct(chest_ct, tmp_path / "enhanced.dcm")
-    config_path = write_config(tmp_path)
+    # Legacy Converted Enhanced CT is not among the lung model's validated SOP classes.
+    config_path = write_config(tmp_path, rules=str(shipped_rules_run_anyway(tmp_path)))
     pacs_dir = tmp_path / "pacs"
     with running_node(config_path, tmp_path / "node.log") as node:
         pacs_port = node.config["destinations"]["pacs"]["port"]

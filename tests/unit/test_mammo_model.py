@@ -180,6 +180,7 @@ def test_a_torchscript_copy_gives_the_same_scores_without_explanations(
         format=WeightsFormat.TORCHSCRIPT,
         weights_file="model.ts",
         sha256=sha256_of(tmp_path / "model.ts"),
+        ood={},  # a TorchScript network gives no OOD features
     )
     copy = MammoModel(tmp_path, manifest)
     copy.load("cpu")

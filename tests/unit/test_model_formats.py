@@ -60,6 +60,7 @@ def _write_manifest(folder: Path, name: str, fmt: WeightsFormat, weights_file: s
         format=fmt,
         weights_file=weights_file,
         sha256=sha256_of(folder / weights_file),
+        ood={},  # the formats' test folders hold no OOD statistics
     )
     (folder / MANIFEST_NAME).write_text(manifest.to_json())
     return manifest

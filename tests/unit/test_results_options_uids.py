@@ -90,7 +90,7 @@ def test_every_finding_type_has_a_code() -> None:
 
 
 CONFORMANCE_STATEMENT = Path(__file__).parents[2] / "docs" / "conformance.md"
-KNOWN_SCHEMES = {"SCT", "DCM", "LN", "UCUM", codes.PRIVATE_SCHEME_DESIGNATOR, "99IHE"}
+KNOWN_SCHEMES = {"SCT", "DCM", "LN", "UCUM", "UMLS", codes.PRIVATE_SCHEME_DESIGNATOR, "99IHE"}
 
 
 def _every_code() -> dict[str, Code]:
@@ -126,6 +126,7 @@ def test_every_code_has_a_known_scheme_and_a_short_meaning() -> None:
     for name, code in _every_code().items():
         assert code.scheme_designator in KNOWN_SCHEMES, name
         assert 0 < len(code.meaning) <= 64, name  # Code Meaning is LO (PS3.3 8.3)
+        assert 0 < len(code.value) <= 16, name  # Code Value is SH (else Long Code Value)
 
 
 @pytest.mark.parametrize(

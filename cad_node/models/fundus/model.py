@@ -29,6 +29,7 @@ the right for OD).
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from monai.visualize.class_activation_maps import GradCAMpp
 from scipy import ndimage
 from torch import nn
 
+from cad_node.domain.abstention import OodScore
 from cad_node.domain.findings import FindingType, ModelIdentity
 from cad_node.domain.image_sets import (
     ICDR_GRADES,
@@ -56,10 +58,12 @@ from cad_node.domain.image_sets import (
 )
 from cad_node.errors import InvalidSeriesError, ModelError
 from cad_node.models.base import InputKind
+from cad_node.models.calibration import temperature_of
 from cad_node.models.formats import is_torchscript, load_network
 from cad_node.models.fundus.network import GRADCAM_LAYER, FundusNet, GradeLogits
 from cad_node.models.fundus.preprocess import INPUT_CHANNELS, Prepared, prepare, to_source
 from cad_node.models.manifest import Manifest
+from cad_node.models.ood import OodScorer, load_ood_scorer
 from cad_node.models.runtime import inference
 
 log = logging.getLogger(__name__)
@@ -96,6 +100,8 @@ class PhotoOutput:
     grade_probabilities: npt.NDArray[np.float64]
     lesions: npt.NDArray[np.float32]
     """(4, 256, 256) lesion probabilities on the network grid."""
+    features: npt.NDArray[np.float32] | None = None
+    """The grading head's input (what the OOD score reads); None for a TorchScript network."""
 
     @property
     def referable_probability(self) -> float:
@@ -162,6 +168,9 @@ class FundusModel:
             float(thresholds[c]) if c < len(thresholds) else DEFAULT_LESION_THRESHOLD
             for c in range(len(FINDING_TYPES))
         )
+        self.temperature = temperature_of(manifest.calibration)
+        """Grade logits are divided by it (temperature scaling fitted on validation eyes)."""
+        self._ood: OodScorer | None = None
         self._net: nn.Module | None = None
         self._cam: GradCAMpp | None = None
         self._device = "cpu"
@@ -176,6 +185,7 @@ class FundusModel:
             device,
             build=lambda: FundusNet(in_channels=channels, width=width),
         )
+        self._ood = load_ood_scorer(self.folder, self.manifest)
         self._net, self._device = net, device
         if is_torchscript(net):
             log.info("model %s: TorchScript network, no Grad-CAM++ maps", self.identity.name)
@@ -202,19 +212,37 @@ class FundusModel:
         for image, laterality in photographs(images):
             prepared = prepare(image.pixels, mirror=laterality is Laterality.LEFT)
             with inference(self._device):
-                grade_logits, lesion_logits = self.net(self._tensor(prepared))
-            probabilities = torch.softmax(grade_logits.float(), dim=1)[0].cpu().numpy()
+                grade_logits, lesion_logits, features = self._forward(self._tensor(prepared))
+            probabilities = torch.softmax(grade_logits.float() / self.temperature, dim=1)
             lesions = torch.sigmoid(lesion_logits.float())[0, : len(FINDING_TYPES)]
             outputs.append(
                 PhotoOutput(
                     image=image,
                     laterality=laterality,
                     prepared=prepared,
-                    grade_probabilities=probabilities.astype(np.float64),
+                    grade_probabilities=probabilities[0].cpu().numpy().astype(np.float64),
                     lesions=lesions.cpu().numpy(),
+                    features=None if features is None else features[0].float().cpu().numpy(),
                 )
             )
         return outputs
+
+    def _forward(
+        self, batch: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Grade logits, lesion logits and (a native network only) the OOD features."""
+        if isinstance(self.net, FundusNet):
+            out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] = self.net.forward_features(batch)
+            return out
+        grade_logits, lesion_logits = self.net(batch)
+        return grade_logits, lesion_logits, None
+
+    def ood_score(self, outputs: list[PhotoOutput]) -> OodScore | None:
+        """The set's OOD score (its least typical photograph's); None without a fitted one."""
+        rows = [o.features for o in outputs if o.features is not None]
+        if self._ood is None or len(rows) != len(outputs) or not rows:
+            return None
+        return self._ood.score(np.stack(rows))
 
     def lesions(self, outputs: list[PhotoOutput]) -> list[PlanarFinding]:
         """One finding per lesion type present on each photograph."""
@@ -296,6 +324,59 @@ class FundusModel:
             assessments=tuple(assessments),
             explanations=tuple(self.explanations(outputs, assessments)),
             inference_seconds=time.perf_counter() - started,
+            ood=self.ood_score(outputs),
+        )
+
+    def predict_batch(self, image_sets: Sequence[ImageSet]) -> list[PlanarResult]:
+        """:meth:`predict` of several studies, every photograph of them through one forward
+        pass (a lane's batch, ``queue.lanes.*.batch_size``); each study's inference time is
+        its share of the batch's."""
+        started = time.perf_counter()
+        studies = [
+            [
+                (image, laterality, prepare(image.pixels, mirror=laterality is Laterality.LEFT))
+                for image, laterality in photographs(images)
+            ]
+            for images in image_sets
+        ]
+        flat = [prepared.image for study in studies for _, _, prepared in study]
+        with inference(self._device):
+            grade_logits, lesion_logits, features = self._forward(
+                torch.from_numpy(np.stack(flat)).to(self._device)
+            )
+        grades = torch.softmax(grade_logits.float() / self.temperature, dim=1).cpu().numpy()
+        lesions = torch.sigmoid(lesion_logits.float())[:, : len(FINDING_TYPES)].cpu().numpy()
+        rows = None if features is None else features.float().cpu().numpy()
+        outputs: list[list[PhotoOutput]] = []
+        for study in studies:
+            first = sum(len(done) for done in outputs)
+            outputs.append(
+                [
+                    PhotoOutput(
+                        image=image,
+                        laterality=laterality,
+                        prepared=prepared,
+                        grade_probabilities=grades[first + n].astype(np.float64),
+                        lesions=lesions[first + n],
+                        features=None if rows is None else rows[first + n],
+                    )
+                    for n, (image, laterality, prepared) in enumerate(study)
+                ]
+            )
+        share = (time.perf_counter() - started) / max(len(image_sets), 1)
+        return [self._result(s, out, share) for s, out in zip(image_sets, outputs, strict=True)]
+
+    def _result(self, images: ImageSet, outputs: list[PhotoOutput], seconds: float) -> PlanarResult:
+        """:meth:`predict`'s result from the network's ``outputs`` for ``images``."""
+        assessments = self.assessments(outputs)
+        return PlanarResult(
+            model=self.identity,
+            study_instance_uid=images.study_instance_uid,
+            findings=tuple(self.lesions(outputs)),
+            assessments=tuple(assessments),
+            explanations=tuple(self.explanations(outputs, assessments)),
+            inference_seconds=seconds,
+            ood=self.ood_score(outputs),
         )
 
 

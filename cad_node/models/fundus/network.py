@@ -85,6 +85,12 @@ class FundusNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(grade_logits (B, 5), lesion_logits (B, C, H, W))``."""
+        grade_logits, lesion_logits, _ = self.forward_features(x)
+        return grade_logits, lesion_logits
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``forward``'s outputs and the grading head's input ``(B, 16 * width + 25)``: the
+        pooled bottleneck and the lesion summary, the features the OOD score reads."""
         s0 = self.enc0(x)
         s1 = self.enc1(functional.max_pool2d(s0, 2))
         s2 = self.enc2(functional.max_pool2d(s1, 2))
@@ -92,7 +98,8 @@ class FundusNet(nn.Module):
         b = self.bottleneck(functional.max_pool2d(s3, 2))
         d = self.up0(self.up1(self.up2(self.up3(b, s3), s2), s1), s0)
         lesion_logits = self.lesions(d)
-        return self.grade(self._summary(b, lesion_logits)), lesion_logits
+        summary = self._summary(b, lesion_logits)
+        return self.grade(summary), lesion_logits, summary
 
     def _summary(self, bottleneck: torch.Tensor, lesion_logits: torch.Tensor) -> torch.Tensor:
         pooled = torch.cat([bottleneck.mean(dim=(2, 3)), bottleneck.amax(dim=(2, 3))], dim=1)

@@ -22,6 +22,7 @@ referable-DR threshold on P(grade >= 2) (Youden's J) and a probability threshold
 per lesion channel (best Dice) are chosen and written to the manifest.
 """
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from cad_node.domain.image_sets import REFERABLE_ICDR_GRADE, Laterality
 from cad_node.evaluation import metrics
 from cad_node.imaging.image_set_loading import load_image_set
 from cad_node.models import training
+from cad_node.models.calibration import calibrate, softmax
 from cad_node.models.fundus.network import GRADES, FundusNet, parameter_count
 from cad_node.models.fundus.preprocess import (
     INPUT_CHANNELS,
@@ -45,7 +47,9 @@ from cad_node.models.fundus.preprocess import (
     prepare,
     prepare_mask,
 )
-from cad_node.models.manifest import Manifest, sha256_of
+from cad_node.models.manifest import Manifest, sha256_of, verified_weights
+from cad_node.models.ood import DEFAULT_PERCENTILE
+from cad_node.models.post_training import fit_ood, write_post_training
 from cad_node.models.training import EpochRecord, Fitted, Schedule, Validation, finite_or_none
 from cad_node.synth.fundus import ALL_MASKS, load_truth, study_folders
 
@@ -79,6 +83,7 @@ class TrainConfig:
     width: int = 12
     validation_fraction: float = 0.15
     lesion_loss_weight: float = 1.0
+    ood_percentile: float = DEFAULT_PERCENTILE
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -468,6 +473,87 @@ def _manifest(
     )
 
 
+# ----------------------------------------------------------------------------- post-training
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class HeadOutputs:
+    """Grade logits and the grading head's input (the OOD features), one row per eye."""
+
+    grade_logits: npt.NDArray[np.float64]
+    features: npt.NDArray[np.float32]
+
+
+def head_outputs(net: FundusNet, eyes: EyeSet) -> HeadOutputs:
+    net.eval()
+    logits, features = [], []
+    with torch.inference_mode():
+        for start in range(0, len(eyes), 16):
+            idx = np.arange(start, min(start + 16, len(eyes)))
+            grade_logits, _, summary = net.forward_features(batch_tensors(eyes, idx)[0])
+            logits.append(grade_logits.double().numpy())
+            features.append(summary.float().numpy())
+    return HeadOutputs(np.concatenate(logits), np.concatenate(features))
+
+
+def post_training(
+    net: FundusNet,
+    train_set: EyeSet,
+    validation: EyeSet,
+    manifest: Manifest,
+    *,
+    out_dir: Path,
+    percentile: float,
+) -> Manifest:
+    """Fit the OOD score (training eyes; threshold on validation exams) and the grade
+    temperature (validation eyes); the referable threshold moves to the calibrated scale
+    (Youden's J on the calibrated validation P(grade >= 2), the rule ``train`` uses)."""
+    trained, held = head_outputs(net, train_set), head_outputs(net, validation)
+    ood = fit_ood(trained.features, held.features, validation.study.tolist(), percentile)
+    fit = calibrate(held.grade_logits, validation.grades)
+    calibrated = softmax(held.grade_logits, fit.temperature).astype(np.float32)
+    threshold = youden_threshold(validation.grades, calibrated)
+    calibration = fit.entry(
+        f"{len(validation)} validation eyes",
+        "ICDR grade softmax (ECE of the top-label confidence)",
+        {"uncalibrated_operating_threshold": manifest.operating_threshold},
+    )
+    return write_post_training(
+        out_dir,
+        manifest,
+        ood,
+        (
+            f"{len(train_set)} training eyes: the grading head's input "
+            f"({ood.stats.dimensions} features: pooled bottleneck + lesion summary)",
+            f"{len(np.unique(validation.study))} validation exams (score of an exam: its "
+            "highest-scoring photograph)",
+        ),
+        calibration,
+        operating_threshold=round(threshold, 4),
+    )
+
+
+def refit(data_dir: Path, out_dir: Path, config: TrainConfig) -> Manifest:
+    """The post-training fit alone, on the weights already in ``out_dir`` (unchanged):
+    the same exams and split as ``train`` (same data and seed)."""
+    torch.set_num_threads(config.threads)
+    manifest = Manifest.read(out_dir)
+    weights = verified_weights(out_dir, manifest)
+    net = FundusNet(
+        in_channels=int(manifest.architecture.get("in_channels", INPUT_CHANNELS)),
+        width=int(manifest.architecture.get("width", config.width)),
+    )
+    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    uncalibrated = float(
+        manifest.calibration.get("uncalibrated_operating_threshold", manifest.operating_threshold)
+    )
+    manifest = dataclasses.replace(manifest, operating_threshold=uncalibrated)
+    train_set, validation = split_by_study(load_eyes(study_folders(data_dir)), config)
+    return post_training(
+        net, train_set, validation, manifest, out_dir=out_dir, percentile=config.ood_percentile
+    )
+
+
 def train(data_dir: Path, out_dir: Path, config: TrainConfig) -> Manifest:
     """Train on every exam under ``data_dir``; write model.pt and manifest.json to ``out_dir``."""
     torch.manual_seed(config.seed)
@@ -499,7 +585,9 @@ def train(data_dir: Path, out_dir: Path, config: TrainConfig) -> Manifest:
         train_grades=train_set.grades,
     )
     (out_dir / "manifest.json").write_text(manifest.to_json())
-    return manifest
+    return post_training(
+        net, train_set, validation, manifest, out_dir=out_dir, percentile=config.ood_percentile
+    )
 
 
-__all__ = ["FAMILY", "MODEL_NAME", "TrainConfig", "train"]
+__all__ = ["FAMILY", "MODEL_NAME", "TrainConfig", "refit", "train"]

@@ -12,10 +12,12 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from cad_node.domain.abstention import OodScore
 from cad_node.domain.findings import Finding, FindingType, MaskBox, ModelIdentity, ModelResult
 from cad_node.domain.imaging import ImageVolume
 from cad_node.errors import InvalidSeriesError, ModelError
 from cad_node.models.base import InputKind
+from cad_node.models.calibration import temperature_of
 from cad_node.models.formats import load_network
 from cad_node.models.lung.candidates import find_candidates
 from cad_node.models.lung.network import NoduleNet
@@ -26,6 +28,7 @@ from cad_node.models.lung.patches import (
     sample_patch,
 )
 from cad_node.models.manifest import Manifest
+from cad_node.models.ood import OodScorer, load_ood_scorer
 from cad_node.models.runtime import inference, is_cuda
 
 CPU_BATCH = 8
@@ -42,6 +45,8 @@ class Scored:
     geometry: PatchGeometry
     probability: float
     mask: npt.NDArray[np.float32]
+    features: npt.NDArray[np.float32] | None = None
+    """The classification head's input (the OOD features); None for a TorchScript network."""
 
 
 def patch_batch(
@@ -65,21 +70,39 @@ def batch_size(device: str) -> int:
     return GPU_BATCH if is_cuda(device) else CPU_BATCH
 
 
+def _forward(
+    net: nn.Module, images: torch.Tensor, scale: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Logits, mask logits and (a native NoduleNet only) the OOD features."""
+    if isinstance(net, NoduleNet):
+        out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] = net.forward_features(images, scale)
+        return out
+    logits, masks = net(images, scale)
+    return logits, masks, None
+
+
 def score_patches(
-    net: nn.Module, voxels: npt.NDArray[np.float32], geometries: list[PatchGeometry], device: str
+    net: nn.Module,
+    voxels: npt.NDArray[np.float32],
+    geometries: list[PatchGeometry],
+    device: str,
+    temperature: float = 1.0,
 ) -> list[Scored]:
-    """Run the network (a NoduleNet, or its TorchScript) on every patch, in batches."""
+    """Run the network (a NoduleNet, or its TorchScript) on every patch, in batches; the
+    probabilities are ``sigmoid(logit / temperature)``."""
     out: list[Scored] = []
     batch = batch_size(device)
     with inference(device), ThreadPoolExecutor(torch.get_num_threads()) as pool:
         for start in range(0, len(geometries), batch):
             chunk = geometries[start : start + batch]
             images, scale = patch_batch(voxels, chunk, pool)
-            logits, masks = net(images.to(device), scale.to(device))
-            probs = torch.sigmoid(logits.float()).cpu().numpy()
+            logits, masks, features = _forward(net, images.to(device), scale.to(device))
+            probs = torch.sigmoid(logits.float() / temperature).cpu().numpy()
             mask_probs = torch.sigmoid(masks[:, 0].float()).cpu().numpy()
+            rows = [None] * len(chunk) if features is None else list(features.float().cpu().numpy())
             out += [
-                Scored(g, float(p), m) for g, p, m in zip(chunk, probs, mask_probs, strict=True)
+                Scored(g, float(p), m, f)
+                for g, p, m, f in zip(chunk, probs, mask_probs, rows, strict=True)
             ]
     return out
 
@@ -133,6 +156,9 @@ class LungNoduleModel:
         self.manifest = manifest
         self.identity: ModelIdentity = manifest.identity()
         self.threshold = manifest.operating_threshold
+        self.temperature = temperature_of(manifest.calibration)
+        """Patch logits are divided by it (temperature scaling fitted on validation patches)."""
+        self._ood: OodScorer | None = None
         self._net: nn.Module | None = None
         self._device = "cpu"
 
@@ -142,6 +168,7 @@ class LungNoduleModel:
         self._net = load_network(
             self.folder, self.manifest, device, build=lambda: NoduleNet(width=width)
         )
+        self._ood = load_ood_scorer(self.folder, self.manifest)
         self._device = device
 
     def score(self, volume: ImageVolume) -> list[Scored]:
@@ -156,21 +183,41 @@ class LungNoduleModel:
         geometries = [
             candidate_geometry(c.centre_index, c.radius_mm, volume.spacing_mm) for c in candidates
         ]
-        return score_patches(self._net, volume.voxels, geometries, self._device)
+        return score_patches(self._net, volume.voxels, geometries, self._device, self.temperature)
 
     def detect(self, volume: ImageVolume, threshold: float) -> list[Finding]:
         """Findings at or above ``threshold``, strongest first (for FROC: a low one)."""
-        kept = _suppress(self.score(volume), threshold)
+        return self.findings(self.score(volume), volume, threshold)
+
+    def findings(
+        self, scored: list[Scored], volume: ImageVolume, threshold: float
+    ) -> list[Finding]:
+        """Findings of scored candidates at or above ``threshold``, strongest first."""
+        kept = _suppress(scored, threshold)
         findings = [to_finding(volume, item) for item in kept]
         return [f for f in findings if f is not None]
+
+    def ood_score(self, scored: list[Scored]) -> OodScore | None:
+        """The volume's OOD score from its candidate patches; None without a fitted score
+        (or a TorchScript network).  A volume without a single candidate is unlike every
+        training scan (each had dozens): its score is infinite."""
+        if self._ood is None:
+            return None
+        if not scored:
+            return OodScore(self._ood.method, math.inf, self._ood.threshold)
+        rows = [s.features for s in scored if s.features is not None]
+        if len(rows) != len(scored):
+            return None
+        return self._ood.score(np.stack(rows))
 
     def predict(self, volume: ImageVolume) -> ModelResult:
         """Nodules above the manifest's operating threshold."""
         started = time.perf_counter()
-        findings = self.detect(volume, self.threshold)
+        scored = self.score(volume)
         return ModelResult(
             model=self.identity,
-            findings=tuple(findings),
+            findings=tuple(self.findings(scored, volume, self.threshold)),
             series_instance_uid=volume.series_instance_uid,
             inference_seconds=time.perf_counter() - started,
+            ood=self.ood_score(scored),
         )

@@ -43,12 +43,21 @@ class NoduleNet(nn.Module):
     def forward(
         self, x: torch.Tensor, log_voxel_mm: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        logit, seg, _ = self.forward_features(x, log_voxel_mm)
+        return logit, seg
+
+    def forward_features(
+        self, x: torch.Tensor, log_voxel_mm: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``forward``'s outputs and the classification head's input ``(n, 8 * width + 1)``
+        (the bottleneck's centre mean and maximum, the log voxel size): the OOD features."""
         e1 = self.enc1(x)
         e2 = self.enc2(self.pool(e1))
         e3 = self.enc3(self.pool(e2))
         centre = e3[:, :, 2:6, 2:6, 2:6].mean(dim=(2, 3, 4))
         pooled = e3.amax(dim=(2, 3, 4))
-        logit = self.cls(torch.cat([centre, pooled, log_voxel_mm], dim=1)).squeeze(1)
+        features = torch.cat([centre, pooled, log_voxel_mm], dim=1)
+        logit = self.cls(features).squeeze(1)
         d2 = self.dec2(torch.cat([self.up2(e3), e2], dim=1))
         d1 = self.dec1(torch.cat([self.up1(d2), e1], dim=1))
-        return logit, self.seg(d1)
+        return logit, self.seg(d1), features

@@ -8,6 +8,7 @@ patches are positive).  Augmentations: flips on the three axes, 90° rotations
 in the axial plane, intensity scale/shift jitter and Gaussian noise.
 """
 
+import dataclasses
 import logging
 import math
 import os
@@ -23,6 +24,7 @@ from tqdm import tqdm
 from cad_node import NOT_FOR_CLINICAL_USE, __version__
 from cad_node.imaging.volume import load_volume
 from cad_node.models import training
+from cad_node.models.calibration import calibrate, calibrated_threshold
 from cad_node.models.lung.candidates import find_candidates
 from cad_node.models.lung.network import PATCH, NoduleNet
 from cad_node.models.lung.patches import (
@@ -31,7 +33,9 @@ from cad_node.models.lung.patches import (
     sample_labels,
     sample_patch,
 )
-from cad_node.models.manifest import Manifest, sha256_of
+from cad_node.models.manifest import Manifest, sha256_of, verified_weights
+from cad_node.models.ood import DEFAULT_PERCENTILE
+from cad_node.models.post_training import fit_ood, write_post_training
 from cad_node.models.training import (
     Fitted,
     Schedule,
@@ -64,6 +68,7 @@ class TrainConfig:
     width: int = 12
     seed: int = 0
     threads: int = 2
+    ood_percentile: float = DEFAULT_PERCENTILE
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -337,6 +342,75 @@ def _manifest(
     )
 
 
+def head_outputs(
+    net: NoduleNet, patches: PatchSet
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float32]]:
+    """Logits and classification-head inputs (the OOD features) of every patch."""
+    net.eval()
+    logits, features = [], []
+    with torch.inference_mode():
+        for start in range(0, len(patches), 64):
+            idx = np.arange(start, min(start + 64, len(patches)))
+            images, _, scales, _ = _tensors(patches, idx)
+            logit, _, feature = net.forward_features(images, scales)
+            logits.append(logit.double().numpy())
+            features.append(feature.float().numpy())
+    return np.concatenate(logits), np.concatenate(features)
+
+
+def post_training(
+    net: NoduleNet, split: Split, manifest: Manifest, *, out_dir: Path, percentile: float
+) -> Manifest:
+    """Fit the OOD score on the training candidates (what inference sees; a scan's score is
+    the mean over its candidates), threshold it on the validation scans, and the patch
+    temperature on the validation candidates; the operating threshold moves to the
+    calibrated scale (the same decisions: the map is monotonic)."""
+    train = _subset(split.train, split.train.from_candidates)
+    validation = _subset(split.validation, split.validation.from_candidates)
+    _, train_features = head_outputs(net, train)
+    logits, features = head_outputs(net, validation)
+    ood = fit_ood(train_features, features, validation.scan.tolist(), percentile, "mean")
+    fit = calibrate(logits, validation.labels)
+    calibration = fit.entry(
+        f"{len(validation)} validation candidate patches",
+        "nodule probability of a candidate (sigmoid of logit / T)",
+        {"uncalibrated_operating_threshold": manifest.operating_threshold},
+    )
+    return write_post_training(
+        out_dir,
+        manifest,
+        ood,
+        (
+            f"{len(train)} training candidate patches: the classification head's input "
+            f"({ood.stats.dimensions} features)",
+            f"{split.validation_scans} validation scans (score of a scan: the mean over its "
+            "candidates)",
+        ),
+        calibration,
+        operating_threshold=round(
+            calibrated_threshold(manifest.operating_threshold, fit.temperature), 4
+        ),
+    )
+
+
+def refit(data_dir: Path, out_dir: Path, config: TrainConfig) -> Manifest:
+    """The post-training fit alone, on the weights already in ``out_dir`` (unchanged):
+    the same series and split as ``train`` (same data and seed)."""
+    torch.set_num_threads(config.threads)
+    manifest = Manifest.read(out_dir)
+    weights = verified_weights(out_dir, manifest)
+    net = NoduleNet(width=int(manifest.architecture.get("width", config.width)))
+    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    uncalibrated = float(
+        manifest.calibration.get("uncalibrated_operating_threshold", manifest.operating_threshold)
+    )
+    manifest = dataclasses.replace(manifest, operating_threshold=uncalibrated)
+    folders = series_folders(data_dir)
+    rng = np.random.default_rng(config.seed)
+    split = split_by_scan(extract_patches(folders, config.seed), len(folders), config, rng)
+    return post_training(net, split, manifest, out_dir=out_dir, percentile=config.ood_percentile)
+
+
 def train(data_dir: Path, out_dir: Path, config: TrainConfig) -> Manifest:
     """Train on every series under ``data_dir``; write model.pt and manifest.json."""
     torch.manual_seed(config.seed)
@@ -364,4 +438,4 @@ def train(data_dir: Path, out_dir: Path, config: TrainConfig) -> Manifest:
         weights_path, threshold, config=config, split=split, fitted=fitted, scans=len(folders)
     )
     (out_dir / "manifest.json").write_text(manifest.to_json())
-    return manifest
+    return post_training(net, split, manifest, out_dir=out_dir, percentile=config.ood_percentile)

@@ -21,6 +21,7 @@ its view with the highest probability.
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from monai.visualize.class_activation_maps import GradCAM
 from scipy import ndimage
 from torch import nn
 
+from cad_node.domain.abstention import OodScore
 from cad_node.domain.findings import FindingType, ModelIdentity
 from cad_node.domain.image_sets import (
     Assessment,
@@ -45,11 +47,13 @@ from cad_node.domain.image_sets import (
 )
 from cad_node.errors import InvalidSeriesError, ModelError
 from cad_node.models.base import InputKind
+from cad_node.models.calibration import calibrated_probability, temperature_of
 from cad_node.models.formats import is_torchscript, load_network
 from cad_node.models.mammo.network import MammoNet, SuspicionLogit
 from cad_node.models.mammo.preprocess import StandardisedView, standardise
 from cad_node.models.mammo.scoring import LESION_THRESHOLD, breast_scores, regions
 from cad_node.models.manifest import Manifest
+from cad_node.models.ood import OodScorer, load_ood_scorer
 from cad_node.models.runtime import inference
 
 log = logging.getLogger(__name__)
@@ -72,6 +76,8 @@ class ViewOutput:
     probability: float
     segmentation: npt.NDArray[np.float32]
     """(2, H, W) probabilities: mass, calcification cluster."""
+    features: npt.NDArray[np.float32] | None = None
+    """The pooled bottleneck (what the OOD score reads); None for a TorchScript network."""
 
 
 def largest_extent_mm(mask: npt.NDArray[np.bool_], spacing: tuple[float, float]) -> float:
@@ -154,6 +160,9 @@ class MammoModel:
         self.identity: ModelIdentity = manifest.identity()
         self.threshold = manifest.operating_threshold
         self.lesion_threshold = float(manifest.input_spec.get("lesion_threshold", LESION_THRESHOLD))
+        self.temperature = temperature_of(manifest.calibration)
+        """The breast score's log-odds are divided by it (fitted on validation breasts)."""
+        self._ood: OodScorer | None = None
         self._net: nn.Module | None = None
         self._cam: GradCAM | None = None
         self._device = "cpu"
@@ -162,6 +171,7 @@ class MammoModel:
         """Check the weights' sha256, build the network and keep it on ``device``."""
         width = int(self.manifest.architecture.get("width", 12))
         net = load_network(self.folder, self.manifest, device, build=lambda: MammoNet(width=width))
+        self._ood = load_ood_scorer(self.folder, self.manifest)
         self._net, self._device = net, device
         if is_torchscript(net):
             log.info("model %s: TorchScript network, no Grad-CAM explanations", self.identity.name)
@@ -187,16 +197,34 @@ class MammoModel:
             view = standardise(image)
             tensor = torch.from_numpy(view.pixels)[None, None].to(self._device)
             with inference(self._device):
-                logit, seg = self.net(tensor)
+                logit, seg, features = self._forward(tensor)
             outputs.append(
                 ViewOutput(
                     image=image,
                     view=view,
                     probability=float(torch.sigmoid(logit.float())[0]),
                     segmentation=torch.sigmoid(seg.float())[0].cpu().numpy(),
+                    features=None if features is None else features[0].float().cpu().numpy(),
                 )
             )
         return outputs
+
+    def _forward(
+        self, batch: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Suspicion logits, segmentation logits and (a native network only) OOD features."""
+        if isinstance(self.net, MammoNet):
+            out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] = self.net.forward_features(batch)
+            return out
+        logit, seg = self.net(batch)
+        return logit, seg, None
+
+    def ood_score(self, outputs: list[ViewOutput]) -> OodScore | None:
+        """The study's OOD score (its least typical view's); None without a fitted one."""
+        rows = [o.features for o in outputs if o.features is not None]
+        if self._ood is None or len(rows) != len(outputs) or not rows:
+            return None
+        return self._ood.score(np.stack(rows))
 
     def lesions(self, outputs: list[ViewOutput], threshold: float) -> list[PlanarFinding]:
         """Lesion marks at or above ``threshold`` on every view (for FROC: a low one)."""
@@ -216,7 +244,9 @@ class MammoModel:
                     Assessment(
                         kind=AssessmentKind.BREAST_SUSPICION,
                         laterality=laterality,
-                        score=breast_scores([o.probability for o in views]),
+                        score=calibrated_probability(
+                            breast_scores([o.probability for o in views]), self.temperature
+                        ),
                         sop_instance_uids=tuple(o.image.sop_instance_uid for o in views),
                         threshold=self.threshold,
                     )
@@ -263,6 +293,51 @@ class MammoModel:
             assessments=tuple(assessments),
             explanations=tuple(self.explanations(outputs, assessments)),
             inference_seconds=time.perf_counter() - started,
+            ood=self.ood_score(outputs),
+        )
+
+    def predict_batch(self, image_sets: Sequence[ImageSet]) -> list[PlanarResult]:
+        """:meth:`predict` of several studies, every view of them through one forward pass
+        (a lane's batch, ``queue.lanes.*.batch_size``); each study's inference time is its
+        share of the batch's."""
+        started = time.perf_counter()
+        studies = [[(image, standardise(image)) for image in mammograms(s)] for s in image_sets]
+        views = [view for study in studies for _, view in study]
+        tensor = torch.from_numpy(np.stack([view.pixels for view in views]))[:, None]
+        with inference(self._device):
+            logits, segs, features = self._forward(tensor.to(self._device))
+        probabilities = torch.sigmoid(logits.float()).reshape(len(views), -1)[:, 0].cpu()
+        maps = torch.sigmoid(segs.float()).cpu().numpy()
+        rows = None if features is None else features.float().cpu().numpy()
+        outputs: list[list[ViewOutput]] = []
+        for study in studies:
+            first = sum(len(done) for done in outputs)
+            outputs.append(
+                [
+                    ViewOutput(
+                        image=image,
+                        view=view,
+                        probability=float(probabilities[first + n]),
+                        segmentation=maps[first + n],
+                        features=None if rows is None else rows[first + n],
+                    )
+                    for n, (image, view) in enumerate(study)
+                ]
+            )
+        share = (time.perf_counter() - started) / max(len(image_sets), 1)
+        return [self._result(s, out, share) for s, out in zip(image_sets, outputs, strict=True)]
+
+    def _result(self, images: ImageSet, outputs: list[ViewOutput], seconds: float) -> PlanarResult:
+        """:meth:`predict`'s result from the network's ``outputs`` for ``images``."""
+        assessments = self.assessments(outputs)
+        return PlanarResult(
+            model=self.identity,
+            study_instance_uid=images.study_instance_uid,
+            findings=tuple(self.lesions(outputs, self.lesion_threshold)),
+            assessments=tuple(assessments),
+            explanations=tuple(self.explanations(outputs, assessments)),
+            inference_seconds=seconds,
+            ood=self.ood_score(outputs),
         )
 
 

@@ -61,6 +61,12 @@ class MammoNet(nn.Module):
         self.sharpness = POOL_SHARPNESS
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logit, seg, _ = self.forward_features(x)
+        return logit, seg
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``forward``'s outputs and the features the OOD score reads, ``(n, 16 * width)``:
+        the bottleneck ``enc4`` (what the suspicion head reads) pooled by mean and max."""
         e1 = self.enc1(self.stem(x))
         e2 = self.enc2(self.pool(e1))
         e3 = self.enc3(self.pool(e2))
@@ -74,7 +80,8 @@ class MammoNet(nn.Module):
         seg = nn.functional.interpolate(
             self.seg(d1), size=(x.shape[2], x.shape[3]), mode="bilinear", align_corners=False
         )
-        return logit, seg
+        features = torch.cat([e4.mean(dim=(2, 3)), e4.amax(dim=(2, 3))], dim=1)
+        return logit, seg, features
 
 
 class SuspicionLogit(nn.Module):

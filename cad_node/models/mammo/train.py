@@ -19,6 +19,7 @@ calcification cluster).  A view's suspicion label is its breast's label
   marks per validation image (:func:`~cad_node.models.mammo.scoring.lesion_threshold`).
 """
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from cad_node.domain.image_sets import Laterality
 from cad_node.evaluation.metrics import sensitivity_at_specificity
 from cad_node.imaging.image_set_loading import load_image_set
 from cad_node.models import training
+from cad_node.models.calibration import calibrate, calibrated_threshold, logit
 from cad_node.models.mammo.network import SEGMENTATION_CLASSES, MammoNet
 from cad_node.models.mammo.preprocess import INPUT_SHAPE, standardise
 from cad_node.models.mammo.scoring import (
@@ -49,7 +51,9 @@ from cad_node.models.mammo.scoring import (
     lesion_threshold,
     regions,
 )
-from cad_node.models.manifest import Manifest, sha256_of
+from cad_node.models.manifest import Manifest, sha256_of, verified_weights
+from cad_node.models.ood import DEFAULT_PERCENTILE
+from cad_node.models.post_training import fit_ood, write_post_training
 from cad_node.models.training import (
     Fitted,
     Schedule,
@@ -86,6 +90,7 @@ class TrainConfig:
     width: int = 12
     seed: int = 0
     threads: int = 1
+    ood_percentile: float = DEFAULT_PERCENTILE
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -392,6 +397,72 @@ def _manifest(
     )
 
 
+def view_features(net: MammoNet, views: ViewSet) -> npt.NDArray[np.float32]:
+    """The pooled bottleneck of every view (what the OOD score reads)."""
+    net.eval()
+    features = []
+    with torch.inference_mode():
+        for start in range(0, len(views), 16):
+            idx = np.arange(start, min(start + 16, len(views)))
+            features.append(net.forward_features(_tensors(views, idx)[0])[2].float().numpy())
+    return np.concatenate(features)
+
+
+def post_training(
+    net: MammoNet, split: Split, manifest: Manifest, *, out_dir: Path, percentile: float
+) -> Manifest:
+    """Fit the OOD score (training views; threshold on validation studies) and the breast
+    score's temperature (validation breasts); the operating threshold moves to the
+    calibrated scale (the same decisions: the map is monotonic)."""
+    ood = fit_ood(
+        view_features(net, split.train),
+        view_features(net, split.validation),
+        split.validation.study.tolist(),
+        percentile,
+    )
+    labels, scores = breast_level(split.validation, predict_views(net, split.validation)[0])
+    logits = np.array([logit(float(score)) for score in scores])
+    fit = calibrate(logits, labels)
+    calibration = fit.entry(
+        f"{len(labels)} validation breasts",
+        "breast suspicion score (log-odds / T); lesion mark probabilities are not rescaled",
+        {"uncalibrated_operating_threshold": manifest.operating_threshold},
+    )
+    return write_post_training(
+        out_dir,
+        manifest,
+        ood,
+        (
+            f"{len(split.train)} training views: the suspicion head's input pooled "
+            f"({ood.stats.dimensions} features: mean and max of the bottleneck)",
+            f"{split.validation_studies} validation studies (score of a study: its "
+            "highest-scoring view)",
+        ),
+        calibration,
+        operating_threshold=round(
+            calibrated_threshold(manifest.operating_threshold, fit.temperature), 4
+        ),
+    )
+
+
+def refit(data_dir: Path, out_dir: Path, config: TrainConfig) -> Manifest:
+    """The post-training fit alone, on the weights already in ``out_dir`` (unchanged):
+    the same studies and split as ``train`` (same data and seed)."""
+    torch.set_num_threads(config.threads)
+    manifest = Manifest.read(out_dir)
+    weights = verified_weights(out_dir, manifest)
+    net = MammoNet(width=int(manifest.architecture.get("width", config.width)))
+    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    uncalibrated = float(
+        manifest.calibration.get("uncalibrated_operating_threshold", manifest.operating_threshold)
+    )
+    manifest = dataclasses.replace(manifest, operating_threshold=uncalibrated)
+    folders = study_folders(data_dir)
+    rng = np.random.default_rng(config.seed)
+    split = split_by_study(load_views(folders), len(folders), config, rng)
+    return post_training(net, split, manifest, out_dir=out_dir, percentile=config.ood_percentile)
+
+
 def train(data_dir: Path, out_dir: Path, config: TrainConfig) -> Manifest:
     """Train on every study under ``data_dir``; write model.pt and manifest.json."""
     torch.manual_seed(config.seed)
@@ -427,4 +498,4 @@ def train(data_dir: Path, out_dir: Path, config: TrainConfig) -> Manifest:
         studies=len(folders),
     )
     (out_dir / "manifest.json").write_text(manifest.to_json())
-    return manifest
+    return post_training(net, split, manifest, out_dir=out_dir, percentile=config.ood_percentile)

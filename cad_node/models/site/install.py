@@ -11,11 +11,15 @@ import json
 import shutil
 import tempfile
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from cad_node import NOT_FOR_CLINICAL_USE
 from cad_node.domain.results import LabelConcept
+from cad_node.domain.validated_domain import ValidatedDomain
 from cad_node.errors import ModelError
 from cad_node.models.manifest import MANIFEST_NAME, SITE_FAMILY, Manifest, Task, WeightsFormat
 from cad_node.models.registry import ModelRegistry
@@ -64,11 +68,14 @@ def add_model(
     task: Task | None = None,
     *,
     device: str = "cpu",
+    domain: ValidatedDomain | None = None,
 ) -> Manifest:
     """Check the site model in ``path`` and install it as ``models_dir/NAME``.
 
     ``labels``: a LABELS.yaml (default: the model's own output names, generic concepts);
-    ``task``: needed where the model does not say it; ``device``: where it is test-built.
+    ``task``: needed where the model does not say it; ``device``: where it is test-built;
+    ``domain``: what the site validated it on (:func:`read_domain`); None: not declared,
+    every input is accepted.
 
     Raises
     ------
@@ -89,6 +96,8 @@ def add_model(
         manifest = _manifest(
             copy, site, name=name, description=description, task=chosen, labels=concepts
         )
+        if domain is not None:
+            manifest = replace(manifest, validated_domain=domain.to_mapping())
         _build(copy, manifest, device)
         (copy / MANIFEST_NAME).write_text(manifest.to_json())
         _move(copy, models_dir / name)
@@ -121,6 +130,29 @@ def remove_model(name: str, models_dir: Path) -> Path:
     folder.rename(staging / name)  # gone for the registry at once, then deleted
     shutil.rmtree(staging)
     return folder
+
+
+def read_domain(path: Path) -> ValidatedDomain:
+    """The validated domain in the YAML or JSON file ``path`` (``validated_domain``'s form:
+    docs/models.md).
+
+    Raises
+    ------
+    ModelError
+        The file cannot be read, is not a mapping, or a key or value is wrong (named).
+    """
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))  # JSON is YAML too
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path}: cannot read: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ModelError(f"{path}: not YAML or JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ModelError(f"{path}: must hold a mapping (description:, modalities:, ...)")
+    try:
+        return ValidatedDomain.from_mapping(data)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"{path}: {exc}") from exc
 
 
 # -- checks -------------------------------------------------------------------------------
@@ -316,4 +348,4 @@ def _move(copy: Path, target: Path) -> None:
     copy.rename(target)
 
 
-__all__ = ["DEFAULT_TIMEOUT_SECONDS", "add_model", "declared_task", "remove_model"]
+__all__ = ["DEFAULT_TIMEOUT_SECONDS", "add_model", "declared_task", "read_domain", "remove_model"]

@@ -48,6 +48,7 @@ from cad_node.errors import ModelError
 from cad_node.models.base import InputKind
 from cad_node.models.manifest import Manifest
 from cad_node.models.site.folder import verify_files
+from cad_node.models.site.ood import SiteOodScorer, scorer_of
 from cad_node.models.site.runner import SiteRunner, make_runner
 
 logger = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ class SiteModel:
         self._load_timeout = load_timeout_seconds
         self._device: str | None = None
         self._child: _Child | None = None
+        self._scorer: SiteOodScorer | None = None
         self._lock = threading.Lock()
 
     @property
@@ -112,15 +114,18 @@ class SiteModel:
         WeightsIntegrityError
             A file differs from the manifest's hash, is missing, or is not in the manifest.
         ModelError
-            The runner cannot be built (the runner's message), or the child did not start.
+            The runner cannot be built (the runner's message), or the child did not start,
+            or its OOD statistics (``cad-node models calibrate``) cannot be read.
         """
         with self._lock:
             self._stop()
             self._device = device
             self._child = self._start()
+            self._scorer = scorer_of(self.folder, self.manifest)
 
     def report(self, grid: ResultGrid) -> ModelReport:
-        """The model's findings and classifications on ``grid``, within the manifest's timeout.
+        """The model's findings and classifications on ``grid``, within the manifest's timeout,
+        with its OOD score where the site calibrated it (:mod:`cad_node.models.site.ood`).
 
         After a failure that stopped the child, this starts a fresh one first (its files
         checked again).
@@ -136,6 +141,8 @@ class SiteModel:
             started = time.perf_counter()
             answer = self._answer(grid)
             report = self._report_of(answer, grid)
+            if self._scorer is not None:
+                report = replace(report, ood=self._scorer.score(report))
         logger.info(
             "model %s: %d findings, %d classifications in %.1f s",
             self.manifest.name,
