@@ -1,7 +1,8 @@
-"""Bearer-token authentication with two roles: ``read`` and ``admin``.
+"""Bearer-token authentication with three roles: ``read``, ``admin`` and ``send``.
 
 Tokens are configured as their sha256 (``admin.tokens``), so the config file
 holds no secret. Missing or unknown token: 401; a read token on a write: 403.
+A ``send`` token may only store images by STOW-RS (``/dicomweb``): 403 elsewhere.
 """
 
 import hashlib
@@ -27,6 +28,15 @@ class Principal:
     @property
     def can_write(self) -> bool:
         return self.role == "admin"
+
+    @property
+    def can_read(self) -> bool:
+        return self.role in ("read", "admin")
+
+    @property
+    def can_send(self) -> bool:
+        """May store images by STOW-RS."""
+        return self.role in ("send", "admin")
 
 
 def token_sha256(token: str) -> str:
@@ -66,6 +76,20 @@ def principal(
     return found
 
 
+def reader(caller: Annotated[Principal, Depends(principal)]) -> Principal:
+    """The caller, if it holds a read or admin token; 403 for a send token."""
+    if not caller.can_read:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="this token may only send images")
+    return caller
+
+
+def sender(caller: Annotated[Principal, Depends(principal)]) -> Principal:
+    """The caller, if it may store images by STOW-RS (send or admin token); 403 otherwise."""
+    if not caller.can_send:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="this token may not send images")
+    return caller
+
+
 def writer(caller: Annotated[Principal, Depends(principal)]) -> Principal:
     """The caller, if it holds an admin token; 403 for a read token."""
     if not caller.can_write:
@@ -73,5 +97,6 @@ def writer(caller: Annotated[Principal, Depends(principal)]) -> Principal:
     return caller
 
 
-Reader = Annotated[Principal, Depends(principal)]
+Reader = Annotated[Principal, Depends(reader)]
+Sender = Annotated[Principal, Depends(sender)]
 Writer = Annotated[Principal, Depends(writer)]

@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cad_node.config import Settings
 from cad_node.export.health import DestinationHealth
+from cad_node.ingest.incoming import StoreService
 from cad_node.models.registry import ModelRegistry
 from cad_node.store.rulesets import RuleBook
 
@@ -27,3 +28,6 @@ class AdminContext:
     """Tell the worker a job was queued (retry), so it does not wait for the next sweep."""
     destination_health: Callable[[], Mapping[str, DestinationHealth]] = lambda: {}
     """The last C-ECHO of each destination (the node's health sweep)."""
+    stow_service: StoreService | None = None
+    """Where STOW-RS instances go (the Storage SCP's spool and journal); ``None``: the
+    STOW-RS endpoint answers 503."""

@@ -1,4 +1,8 @@
-"""C-ECHO to a configured destination (PS3.7 9.3.5), to test it from the admin page."""
+"""C-ECHO to a configured destination (PS3.7 9.3.5), to test it from the admin page.
+
+A DICOMweb destination has no C-ECHO: it is asked a QIDO-RS search instead
+(:func:`~cad_node.export.stow.probe`).
+"""
 
 import time
 from dataclasses import dataclass
@@ -6,9 +10,10 @@ from dataclasses import dataclass
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated names
 
-from cad_node.config import DestinationSettings, TimeoutSettings
+from cad_node.config import AnyDestinationSettings, DicomWebDestinationSettings, TimeoutSettings
 from cad_node.errors import ConfigError
 from cad_node.export.scu import associate, association_failure
+from cad_node.export.stow import probe
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,10 +28,14 @@ class EchoOutcome:
 
 
 def echo(
-    destination: DestinationSettings, calling_ae_title: str, timeouts: TimeoutSettings
+    destination: AnyDestinationSettings, calling_ae_title: str, timeouts: TimeoutSettings
 ) -> EchoOutcome:
-    """One association with ``destination`` carrying one C-ECHO, released afterwards."""
+    """One association with ``destination`` carrying one C-ECHO, released afterwards
+    (for a DICOMweb destination: one HTTP request, :func:`~cad_node.export.stow.probe`)."""
     started = time.monotonic()
+    if isinstance(destination, DicomWebDestinationSettings):
+        ok, http_status, detail = probe(destination)
+        return EchoOutcome(ok, http_status, detail, _since(started))
     contexts = [build_context(Verification)]
     try:
         assoc, connected = associate(destination, calling_ae_title, contexts, timeouts)

@@ -51,24 +51,39 @@ class SecurityHeaders:
 class BodyTooLarge(HTTPException):
     """A request body over the limit: answered 413 by FastAPI's own exception handling."""
 
-    def __init__(self, max_bytes: int) -> None:
-        detail = f"request body over {max_bytes} bytes (admin.max_body_bytes)"
+    def __init__(self, max_bytes: int, setting: str = "admin.max_body_bytes") -> None:
+        detail = f"request body over {max_bytes} bytes ({setting})"
         super().__init__(status.HTTP_413_CONTENT_TOO_LARGE, detail=detail)
 
 
 class BodyLimit:
-    """Refuses a request body over ``max_bytes`` with 413, reading no more than the limit."""
+    """Refuses a request body over ``max_bytes`` with 413, reading no more than the limit.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    ``path_limits`` maps a path prefix to its own limit and the setting that names it
+    (STOW-RS bodies under ``/dicomweb/`` carry whole studies).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        path_limits: dict[str, tuple[int, str]] | None = None,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.path_limits = path_limits or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if self._declared_too_large(scope):
-            await self._refuse(scope, receive, send)
+        limit = next(
+            (v for prefix, v in self.path_limits.items() if scope["path"].startswith(prefix)),
+            (self.max_bytes, "admin.max_body_bytes"),
+        )
+        too_large = BodyTooLarge(*limit)
+        if self._declared_too_large(scope, limit[0]):
+            await self._refuse(too_large, scope, receive, send)
             return
         received = 0
 
@@ -76,8 +91,8 @@ class BodyLimit:
             nonlocal received
             message = await receive()
             received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                raise BodyTooLarge(self.max_bytes)
+            if received > limit[0]:
+                raise too_large
             return message
 
         started = False
@@ -92,13 +107,14 @@ class BodyLimit:
         except BodyTooLarge:
             if started:
                 raise
-            await self._refuse(scope, receive, send)
+            await self._refuse(too_large, scope, receive, send)
 
-    def _declared_too_large(self, scope: Scope) -> bool:
+    def _declared_too_large(self, scope: Scope, max_bytes: int) -> bool:
         declared = Headers(scope=scope).get("content-length", "")
-        return declared.isdigit() and int(declared) > self.max_bytes
+        return declared.isdigit() and int(declared) > max_bytes
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        detail = BodyTooLarge(self.max_bytes).detail
-        response = JSONResponse({"detail": detail}, status.HTTP_413_CONTENT_TOO_LARGE)
+    async def _refuse(
+        self, too_large: BodyTooLarge, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        response = JSONResponse({"detail": too_large.detail}, status.HTTP_413_CONTENT_TOO_LARGE)
         await response(scope, receive, send)

@@ -106,7 +106,7 @@ def health(node: Context, session: Journal, _caller: Reader) -> HealthOut:
         rows.append(
             DestinationHealthOut(
                 name=name,
-                ae_title=destination.ae_title if destination else "",
+                ae_title=getattr(destination, "ae_title", ""),  # none for DICOMweb
                 host=destination.host if destination else "",
                 port=destination.port if destination else 0,
                 up=echoed.ok if echoed else None,

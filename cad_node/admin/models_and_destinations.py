@@ -17,10 +17,10 @@ from sqlalchemy.orm import Session
 from cad_node.admin.auth import Writer
 from cad_node.admin.context import AdminContext
 from cad_node.admin.deps import Context
-from cad_node.config import DestinationSettings
+from cad_node.config import AnyDestinationSettings
 from cad_node.errors import ConfigError
+from cad_node.export.dispatch import check_destination
 from cad_node.routing.rules import RuleMode
-from cad_node.security.tls import client_context
 from cad_node.store.model_modes_and_destinations import (
     current_destinations,
     delete_destination,
@@ -51,7 +51,7 @@ def seed(context: AdminContext) -> None:
         seed_destinations(session, context.settings.destinations, context.clock())
 
 
-def destinations_in_force(node: AdminContext) -> dict[str, DestinationSettings]:
+def destinations_in_force(node: AdminContext) -> dict[str, AnyDestinationSettings]:
     """The destinations in force, from the journal."""
     with node.sessions() as session:
         return current_destinations(session)
@@ -91,11 +91,10 @@ def switch_model(name: str, request: ModeRequest, node: Context, caller: Writer)
     return ModelModeOut(model_name=name, mode=request.mode, previous=before)
 
 
-def _check_destination(data: dict[str, Any]) -> DestinationSettings:
+def _check_destination(data: dict[str, Any]) -> AnyDestinationSettings:
     try:
         destination = parse_destination(data, "destination")
-        if destination.tls is not None:
-            client_context(destination.tls)
+        check_destination(destination)
     except ConfigError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from exc
     return destination

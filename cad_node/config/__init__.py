@@ -5,6 +5,11 @@ config/node.yaml documents each key), :mod:`~cad_node.config.loading` reads it f
 YAML and words its errors. Import either from here.
 """
 
+from cad_node.config.dicomweb import (
+    DicomWebAuthSettings,
+    DicomWebDestinationSettings,
+    DicomWebSettings,
+)
 from cad_node.config.loading import (
     DEFAULT_CONFIG,
     format_location,
@@ -20,6 +25,7 @@ from cad_node.config.settings import (
     AdminSettings,
     AdminToken,
     AETitle,
+    AnyDestinationSettings,
     DecodingSettings,
     DestinationSettings,
     DestinationTlsSettings,
@@ -45,9 +51,13 @@ __all__ = [
     "AETitle",
     "AdminSettings",
     "AdminToken",
+    "AnyDestinationSettings",
     "DecodingSettings",
     "DestinationSettings",
     "DestinationTlsSettings",
+    "DicomWebAuthSettings",
+    "DicomWebDestinationSettings",
+    "DicomWebSettings",
     "ExportSettings",
     "HealthSettings",
     "IngestLimitSettings",

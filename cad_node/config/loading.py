@@ -20,7 +20,12 @@ import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
-from cad_node.config.settings import DestinationSettings, PeerSettings, Settings
+from cad_node.config.settings import (
+    DESTINATION_TAG_PREFIX,
+    DestinationSettings,
+    PeerSettings,
+    Settings,
+)
 from cad_node.errors import ConfigError
 from cad_node.routing.rules import TAG_PREFIX, Rule, check_rule_set
 
@@ -151,7 +156,8 @@ def format_validation_error(
 
 
 def _format_error(error: ErrorDetails, source: str, root: yaml.Node | None) -> str:
-    loc = [part for part in error["loc"] if not str(part).startswith(TAG_PREFIX)]
+    tags = (TAG_PREFIX, DESTINATION_TAG_PREFIX)
+    loc = [part for part in error["loc"] if not str(part).startswith(tags)]
     where = format_location(loc) or "(top level)"
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":

@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session
 from cad_node.config import Settings
 from cad_node.configdiff.diff import FILE_LABEL, ConfigDiff, compare
 from cad_node.errors import RuleError
+from cad_node.export.dispatch import check_destination
 from cad_node.routing.rules import check_rule_set, unknown_references
-from cad_node.security.tls import client_context
 from cad_node.store.model_modes_and_destinations import (
     current_destinations,
     delete_destination,
@@ -77,8 +77,7 @@ def check_applicable(settings: Settings, installed_models: Collection[str]) -> N
     if problems:
         raise RuleError("; ".join(problems))
     for destination in settings.destinations.values():
-        if destination.tls is not None:
-            client_context(destination.tls)
+        check_destination(destination)
 
 
 def apply_to_journal(

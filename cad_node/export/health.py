@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from cad_node.admin.echo import EchoOutcome, echo
-from cad_node.config import DestinationSettings, TimeoutSettings
+from cad_node.config import AnyDestinationSettings, TimeoutSettings
 
 logger = logging.getLogger(__name__)
 
-Echo = Callable[[DestinationSettings, str, TimeoutSettings], EchoOutcome]
+Echo = Callable[[AnyDestinationSettings, str, TimeoutSettings], EchoOutcome]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +46,7 @@ class DestinationMonitor:
 
     def __init__(
         self,
-        destinations: Callable[[], Mapping[str, DestinationSettings]],
+        destinations: Callable[[], Mapping[str, AnyDestinationSettings]],
         calling_ae_title: str,
         timeouts: TimeoutSettings,
         clock: Callable[[], datetime],
@@ -75,7 +75,7 @@ class DestinationMonitor:
                 del self._health[name]
         return checked
 
-    def check(self, name: str, destination: DestinationSettings) -> DestinationHealth:
+    def check(self, name: str, destination: AnyDestinationSettings) -> DestinationHealth:
         """One C-ECHO to ``destination``, kept as its health; a change of state is logged."""
         outcome = self._echo(destination, self._calling_ae_title, self._timeouts)
         health = DestinationHealth(

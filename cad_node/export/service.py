@@ -14,10 +14,11 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from cad_node.config import DestinationSettings, ExportSettings, Settings
+from cad_node.config import AnyDestinationSettings, ExportSettings, Settings
 from cad_node.domain.states import DeliveryState
+from cad_node.export.commitment_service import awaiting_commitment
+from cad_node.export.dispatch import send_batch
 from cad_node.export.policy import DeliveryUpdate, RetryPolicy, decide, failed
-from cad_node.export.scu import send_files
 from cad_node.store.deliveries import DueDelivery, claim_due, due_destinations, record_update
 from cad_node.store.rulesets import record_audit
 
@@ -71,7 +72,7 @@ class DeliveryReport:
 
 def deliver_due(
     sessions: sessionmaker[Session],
-    settings_or_destinations: Settings | Mapping[str, DestinationSettings],
+    settings_or_destinations: Settings | Mapping[str, AnyDestinationSettings],
     storage_dir: Path,
     calling_ae_title: str,
     now: datetime,
@@ -107,9 +108,9 @@ def deliver_due(
 
 
 def _destinations_and_export(
-    settings_or_destinations: Settings | Mapping[str, DestinationSettings],
+    settings_or_destinations: Settings | Mapping[str, AnyDestinationSettings],
     export: ExportSettings | None,
-) -> tuple[Mapping[str, DestinationSettings], ExportSettings]:
+) -> tuple[Mapping[str, AnyDestinationSettings], ExportSettings]:
     if isinstance(settings_or_destinations, Settings):
         return settings_or_destinations.destinations, export or settings_or_destinations.export
     return settings_or_destinations, export or ExportSettings()
@@ -127,7 +128,7 @@ class _Run:
     policy: RetryPolicy
 
     def deliver_to(
-        self, name: str, destination: DestinationSettings | None
+        self, name: str, destination: AnyDestinationSettings | None
     ) -> list[DeliveryOutcome]:
         """Batches to one destination until none is due, or until one needs a retry."""
         outcomes: list[DeliveryOutcome] = []
@@ -148,20 +149,23 @@ class _Run:
         return outcomes
 
     def _attempt(
-        self, due: list[DueDelivery], name: str, destination: DestinationSettings | None
+        self, due: list[DueDelivery], name: str, destination: AnyDestinationSettings | None
     ) -> list[DeliveryUpdate]:
         if destination is None:
             error = f"destination {name!r} is not configured (removed from the config?)"
             return [failed(error, item.attempts, self.now) for item in due]
         paths = [self.storage_dir / item.path for item in due]
-        sent = send_files(destination, self.calling_ae_title, paths, self.export.timeouts)
-        return [
+        sent = send_batch(destination, self.calling_ae_title, paths, self.export.timeouts)
+        updates = [
             decide(outcome, item.attempts, self.policy, self.now)
             for item, outcome in zip(due, sent, strict=True)
         ]
+        return awaiting_commitment(updates, destination, self.now)
 
 
-SENT_STATES = frozenset({DeliveryState.DELIVERED, DeliveryState.DELIVERED_WITH_WARNING})
+SENT_STATES = frozenset(
+    {DeliveryState.DELIVERED, DeliveryState.DELIVERED_WITH_WARNING, DeliveryState.SENT}
+)
 
 
 def _audit(session: Session, item: DueDelivery, update: DeliveryUpdate, now: datetime) -> None:
@@ -199,12 +203,15 @@ def _outcome(item: DueDelivery, update: DeliveryUpdate) -> DeliveryOutcome:
 def _log_batch(name: str, batch: list[DeliveryOutcome]) -> None:
     counts = {state: sum(1 for o in batch if o.state is state) for state in DeliveryState}
     logger.info(
-        "export to %s: %d delivered, %d with warning, %d to retry, %d failed",
+        "export to %s: %d delivered, %d with warning, %d to retry, %d failed%s",
         name,
         counts[DeliveryState.DELIVERED],
         counts[DeliveryState.DELIVERED_WITH_WARNING],
         counts[DeliveryState.PENDING],
         counts[DeliveryState.FAILED],
+        f", {counts[DeliveryState.SENT]} stored, commitment awaited"
+        if counts[DeliveryState.SENT]
+        else "",
     )
     _log_retries(name, [o for o in batch if o.state is DeliveryState.PENDING])
     for outcome in batch:

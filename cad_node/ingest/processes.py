@@ -147,6 +147,7 @@ def run_ingest_process(settings: Settings, listening_fd: int, journal_fd: int) -
     """The ``cad-node ingest`` process: a Storage SCP accepting on the inherited socket
     ``listening_fd`` until SIGTERM or SIGINT, its journal rows committed by the node's
     process at the other end of ``journal_fd``."""
+    from cad_node.export.commitment_service import CommitmentReports
     from cad_node.ingest.scp import StorageSCP
     from cad_node.store.db import make_engine, session_factory
 
@@ -163,13 +164,17 @@ def run_ingest_process(settings: Settings, listening_fd: int, journal_fd: int) -
     signal.signal(signal.SIGINT, _stop)
     engine = make_engine(settings.resolved_database_url)
     journal = LinkedJournal(socket.socket(fileno=journal_fd))
+    sessions = session_factory(engine)
     scp = StorageSCP.from_settings(
         settings,
-        session_factory(engine),
+        sessions,
         utc_now,
         port=0,  # unused: the inherited socket is bound already
         listening_fd=listening_fd,
         journal=journal,
+        # a PACS's storage commitment report may land here: journaled directly (the node's
+        # export sweep sends again what it reports failed within a second)
+        on_commitment_report=CommitmentReports(sessions, utc_now, settings.export.max_attempts),
     )
     try:
         scp.start()

@@ -26,6 +26,12 @@ from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.orm import Session, sessionmaker
 
 from cad_node.config import Settings
+from cad_node.export.commitment import (
+    REPORT_NOT_RECORDED,
+    STORAGE_COMMITMENT_PUSH_MODEL,
+    RecordReport,
+    answer_report,
+)
 from cad_node.ingest.bounds import DataSetLimits
 from cad_node.ingest.connections import ConnectionLimits, ConnectionsPerAddress
 from cad_node.ingest.incoming import (
@@ -133,6 +139,10 @@ class StorageSCP:
         What one peer's connections may cost: PDU lengths, timeouts, connections per
         address (:class:`~cad_node.ingest.connections.ConnectionLimits`); ``None``: the
         defaults.
+    on_commitment_report
+        Journals a Storage Commitment report (N-EVENT-REPORT) a destination sends on an
+        association of its own, the node in the SCU role (PS3.4 J.3.3); ``None``: the
+        Storage Commitment Push Model is not offered.
     """
 
     def __init__(
@@ -154,6 +164,7 @@ class StorageSCP:
         journal: GroupCommitter | None = None,
         limits: DataSetLimits | None = None,
         connection_limits: ConnectionLimits | None = None,
+        on_commitment_report: RecordReport | None = None,
     ) -> None:
         self._receive_path = configure_pynetdicom()
         shares_socket = shares_socket or listening_fd is not None
@@ -180,6 +191,12 @@ class StorageSCP:
         )
         self._maximum_associations = maximum_associations
         self._ae = _make_ae(ae_title, self._connection_limits)
+        self._on_commitment_report = on_commitment_report
+        if on_commitment_report is not None:
+            # the destination reports in the SCP role: accept its proposal (PS3.7 D.3.3.4)
+            self._ae.add_supported_context(
+                STORAGE_COMMITMENT_PUSH_MODEL, scu_role=False, scp_role=True
+            )
         self._server: ThreadedAssociationServer | None = None
         self._ssl_context = ssl_context
 
@@ -194,6 +211,7 @@ class StorageSCP:
         on_instance: OnInstance | None = None,
         listening_fd: int | None = None,
         journal: GroupCommitter | None = None,
+        on_commitment_report: RecordReport | None = None,
     ) -> "StorageSCP":
         """The node's SCP as ``settings`` describe it, on ``port`` (``cad-node serve``'s own,
         or that of an extra ``cad-node ingest`` process, on serve's listening socket)."""
@@ -213,6 +231,7 @@ class StorageSCP:
             journal=journal,
             limits=DataSetLimits.from_settings(settings.limits),
             connection_limits=ConnectionLimits.from_settings(settings.limits),
+            on_commitment_report=on_commitment_report,
         )
 
     @property
@@ -242,6 +261,7 @@ class StorageSCP:
             (evt.EVT_REQUESTED, self.check_association),
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_C_STORE, self.handle_store),
+            (evt.EVT_N_EVENT_REPORT, self.handle_event_report),
             (evt.EVT_REJECTED, _log_rejection),
         ]
         server = self._ae.make_server(
@@ -352,6 +372,22 @@ class StorageSCP:
                 type(exc).__name__,
             )
             return STATUS_PROCESSING_FAILURE
+
+    def handle_event_report(self, event: Event) -> tuple[int, Dataset | None]:
+        """EVT_N_EVENT_REPORT: a Storage Commitment report, journaled before it is answered
+        (PS3.4 J.3.3); 0x0110 when it could not be recorded, so the sender may send it again."""
+        status, report = answer_report(event)
+        if report is None or self._on_commitment_report is None:
+            return (status if report is None else REPORT_NOT_RECORDED), None
+        try:
+            return self._on_commitment_report(report), None
+        except Exception as exc:  # top of the SCP handler: any failure is a status
+            logger.error(
+                "storage commitment report %s failed: %s",
+                report.transaction_uid,
+                type(exc).__name__,
+            )
+            return REPORT_NOT_RECORDED, None
 
 
 def _store_request(event: Event) -> StoreRequest:

@@ -83,6 +83,11 @@ def record_update(session: Session, delivery_id: int, update: DeliveryUpdate) ->
     delivery.last_status = update.last_status
     delivery.last_error = update.last_error
     delivery.delivered_at = update.delivered_at
+    if update.state == DeliveryState.SENT:  # stored anew: its commitment is asked afresh
+        delivery.commitment_transaction_uid = None
+        delivery.commitment_requested_at = None
+        delivery.commitment_attempts = 0
+        delivery.committed_at = None
 
 
 def counts_by_state(session: Session) -> dict[DeliveryState, int]:

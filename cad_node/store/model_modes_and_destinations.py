@@ -11,11 +11,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from cad_node.config import DestinationSettings, format_validation_error
+from cad_node.config import AnyDestinationSettings, format_validation_error
 from cad_node.domain.states import ResultKind
 from cad_node.errors import ConfigError
 from cad_node.routing.rules import RuleMode
@@ -24,6 +24,9 @@ from cad_node.store.schema import DestinationRow, ModelSetting
 logger = logging.getLogger(__name__)
 
 SEED_AUTHOR = "config"
+
+_DESTINATION: TypeAdapter[AnyDestinationSettings] = TypeAdapter(AnyDestinationSettings)
+"""Checks a destination of either type (C-STORE or STOW-RS) as the config does."""
 
 
 # -- model switches -----------------------------------------------------------------------
@@ -58,20 +61,20 @@ def set_model_mode(
 # -- destinations -------------------------------------------------------------------------
 
 
-def destination_data(destination: DestinationSettings) -> dict[str, object]:
+def destination_data(destination: AnyDestinationSettings) -> dict[str, object]:
     """``destination`` as a JSON-ready mapping, in the shape the YAML config takes."""
     return destination.model_dump(mode="json", exclude_none=True)
 
 
-def parse_destination(data: Mapping[str, object], where: str) -> DestinationSettings:
+def parse_destination(data: Mapping[str, object], where: str) -> AnyDestinationSettings:
     """``data`` checked by the config's own model; ConfigError naming the field otherwise."""
     try:
-        return DestinationSettings.model_validate(data)
+        return _DESTINATION.validate_python(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, where)) from exc
 
 
-def current_destinations(session: Session) -> dict[str, DestinationSettings]:
+def current_destinations(session: Session) -> dict[str, AnyDestinationSettings]:
     """The destinations in force (not deleted), by name."""
     query = select(DestinationRow).where(DestinationRow.deleted_at.is_(None))
     return {
@@ -81,7 +84,7 @@ def current_destinations(session: Session) -> dict[str, DestinationSettings]:
 
 
 def seed_destinations(
-    session: Session, destinations: Mapping[str, DestinationSettings], now: datetime
+    session: Session, destinations: Mapping[str, AnyDestinationSettings], now: datetime
 ) -> bool:
     """Write the config's destinations when the journal has never held any; whether it did."""
     if session.scalars(select(DestinationRow.name).limit(1)).first() is not None:
@@ -101,7 +104,7 @@ def seed_destinations(
 
 
 def save_destination(
-    session: Session, name: str, destination: DestinationSettings, changed_by: str, now: datetime
+    session: Session, name: str, destination: AnyDestinationSettings, changed_by: str, now: datetime
 ) -> bool:
     """Add or replace the destination ``name`` (the caller commits); whether it is new."""
     row = session.get(DestinationRow, name)
@@ -128,7 +131,7 @@ def delete_destination(session: Session, name: str, changed_by: str, now: dateti
 
 
 def result_kinds_of(
-    destinations: Mapping[str, DestinationSettings],
+    destinations: Mapping[str, AnyDestinationSettings],
 ) -> dict[str, tuple[ResultKind, ...]]:
     """For each destination, the kinds of result it receives."""
     return {name: tuple(ResultKind(k) for k in d.results) for name, d in destinations.items()}
@@ -141,7 +144,7 @@ class DestinationBook:
     sessions: sessionmaker[Session]
     clock: Callable[[], datetime]
 
-    def seed(self, destinations: Mapping[str, DestinationSettings]) -> None:
+    def seed(self, destinations: Mapping[str, AnyDestinationSettings]) -> None:
         """Seed the config's destinations on the journal's first start."""
         with self.sessions.begin() as session:
             if seed_destinations(session, destinations, self.clock()):
@@ -154,6 +157,6 @@ class DestinationBook:
                     "through the admin API"
                 )
 
-    def current(self) -> dict[str, DestinationSettings]:
+    def current(self) -> dict[str, AnyDestinationSettings]:
         with self.sessions() as session:
             return current_destinations(session)

@@ -41,7 +41,11 @@ from cad_node.store.schema import Delivery, Instance, Job, Result, Series
 logger = logging.getLogger(__name__)
 
 ENDED_JOBS = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
-ENDED_DELIVERIES = frozenset({DeliveryState.DELIVERED, DeliveryState.DELIVERED_WITH_WARNING})
+ENDED_DELIVERIES = frozenset(
+    {DeliveryState.DELIVERED, DeliveryState.DELIVERED_WITH_WARNING, DeliveryState.COMMITTED}
+)
+"""Deliveries done with their files; ``sent`` still awaits its destination's commitment and
+may be sent again."""
 SETTLED_STATES = (SeriesState.ROUTED, SeriesState.UNROUTED, SeriesState.QUARANTINED)
 """Series states retention looks at; a receiving or complete series is on its way."""
 KEPT_KINDS = frozenset({ResultKind.SR})

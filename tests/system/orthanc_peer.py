@@ -7,6 +7,7 @@ storage, ``StableAge`` 2 s, the plugin loaded, ``cad-node`` in
 ``TCP_NODELAY=1`` and ``--logdir``, waits for its REST API, and stops it afterwards.
 """
 
+import base64
 import json
 import os
 import shutil
@@ -66,16 +67,25 @@ class OrthancProcess:
     http_port: int
     dicom_port: int
     log_dir: Path
+    user: tuple[str, str] | None = None
+    """HTTP basic credentials, when its authentication is on (``running_orthanc(users=...)``)."""
 
     def get(self, uri: str) -> Any:
         """GET ``uri`` on the REST API, JSON decoded."""
-        with urllib.request.urlopen(self._url(uri), timeout=30) as answer:
+        with urllib.request.urlopen(self._request(uri), timeout=30) as answer:
             return json.loads(answer.read())
 
     def get_bytes(self, uri: str) -> bytes:
-        with urllib.request.urlopen(self._url(uri), timeout=60) as answer:
+        with urllib.request.urlopen(self._request(uri), timeout=60) as answer:
             data: bytes = answer.read()
             return data
+
+    def _request(self, uri: str) -> urllib.request.Request:
+        request = urllib.request.Request(self._url(uri))
+        if self.user is not None:
+            token = base64.b64encode(":".join(self.user).encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        return request
 
     def _url(self, uri: str) -> str:
         return f"http://127.0.0.1:{self.http_port}{uri}"
@@ -105,6 +115,8 @@ def orthanc_configuration(
     plugin_settings: dict[str, Any] | None = None,
     dicom_port: int | None = None,
     dicomweb: bool = False,
+    http_port: int | None = None,
+    users: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """A configuration for a throw-away Orthanc on loopback with the plugin loaded.
 
@@ -116,7 +128,7 @@ def orthanc_configuration(
         "IndexDirectory": str(folder / "storage"),
         "DicomAet": ORTHANC_AET,
         "DicomPort": dicom_port or free_port(),
-        "HttpPort": free_port(),
+        "HttpPort": http_port or free_port(),
         "RemoteAccessAllowed": False,
         "AuthenticationEnabled": False,
         "StableAge": 2,
@@ -128,6 +140,9 @@ def orthanc_configuration(
         "DicomModalities": {"cad-node": [CAD_NODE_AET, "127.0.0.1", cad_node_port]},
         "CadNode": plugin_settings or {"Modality": "cad-node", "Filter": {"Modality": ["CT"]}},
     }
+    if users:
+        configuration["AuthenticationEnabled"] = True
+        configuration["RegisteredUsers"] = users
     if dicomweb:
         configuration["Plugins"] = [str(PYTHON_PLUGIN), str(DICOMWEB_PLUGIN)]
         configuration["DicomWeb"] = {"Enable": True, "Root": DICOMWEB_ROOT}
@@ -142,6 +157,8 @@ def running_orthanc(
     plugin_settings: dict[str, Any] | None = None,
     dicom_port: int | None = None,
     dicomweb: bool = False,
+    http_port: int | None = None,
+    users: dict[str, str] | None = None,
 ) -> Iterator[OrthancProcess]:
     """Start Orthanc with the plugin; on a failure inside, Orthanc's log joins the report."""
     executable = require_orthanc(dicomweb=dicomweb)
@@ -152,6 +169,8 @@ def running_orthanc(
         plugin_settings=plugin_settings,
         dicom_port=dicom_port,
         dicomweb=dicomweb,
+        http_port=http_port,
+        users=users,
     )
     config_path = folder / "orthanc.json"
     config_path.write_text(json.dumps(configuration, indent=2))
@@ -164,7 +183,11 @@ def running_orthanc(
         stderr=subprocess.DEVNULL,
     )
     orthanc = OrthancProcess(
-        process, configuration["HttpPort"], configuration["DicomPort"], log_dir
+        process,
+        configuration["HttpPort"],
+        configuration["DicomPort"],
+        log_dir,
+        next(iter(users.items())) if users else None,
     )
     try:
         wait_for(orthanc.answers, 60, "Orthanc's REST API")

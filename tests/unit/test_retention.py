@@ -158,7 +158,7 @@ def _result_row(job_id: int, kind: ResultKind, path: str, at: datetime, uid: str
 
 
 def _delivery_row(result_id: int, name: str, state: DeliveryState, at: datetime) -> Delivery:
-    delivered = state in (DeliveryState.DELIVERED, DeliveryState.DELIVERED_WITH_WARNING)
+    delivered = state not in (DeliveryState.PENDING, DeliveryState.FAILED)  # stored there
     return Delivery(
         result_id=result_id,
         destination=name,
@@ -197,7 +197,14 @@ def test_the_keep_time_counts_from_the_last_delivery(storage: Storage) -> None:
     assert storage.candidates(AFTER + timedelta(hours=10)) == ["1.1"]
 
 
-@pytest.mark.parametrize("state", [DeliveryState.PENDING, DeliveryState.FAILED])
+def test_a_series_whose_results_were_committed_goes_after_the_keep_time(storage: Storage) -> None:
+    storage.series("1.1")
+    storage.job("1.1", deliveries=(DeliveryState.COMMITTED, DeliveryState.DELIVERED))
+    assert storage.candidates(BEFORE) == []
+    assert storage.candidates(AFTER) == ["1.1"]
+
+
+@pytest.mark.parametrize("state", [DeliveryState.PENDING, DeliveryState.FAILED, DeliveryState.SENT])
 def test_a_delivery_not_delivered_keeps_the_series(storage: Storage, state: DeliveryState) -> None:
     storage.series("1.1")
     storage.job("1.1", deliveries=(DeliveryState.DELIVERED, state))
