@@ -35,7 +35,7 @@ from typing import Any
 
 from pydicom import dcmread
 
-from bench import _peers, _report
+from bench import _peers, _report, priority
 from bench._cli import (
     add_common_arguments,
     benchmark_session,
@@ -59,8 +59,12 @@ SLOWER = "cad-node throughput is more than 25% below the last recorded run"
 FAMILIES = ("lung_ct", "mammography", "fundus")
 FUNDUS_GRADES = (2, 3)
 PHASES = ("one at a time", "stream")
+SCENARIOS = ("lanes", "stat")
 
-_JOB_DONE = re.compile(r"job (\d+) done: series (\S+), (\d+) findings, (\d+) objects?;")
+_JOB_DONE = re.compile(
+    r"job (\d+) done: series (\S+), (\d+) findings, (\d+) objects?(?:, \d+ warnings?)?;"
+)
+"""The node's ``job N done`` log line (:func:`cad_node.pipeline.work._log_done`)."""
 
 
 # --- the studies ---
@@ -229,7 +233,7 @@ class Bench:
     timeout: float
     log_offset: int = 0
 
-    def send(self, study: Study) -> tuple[float, float]:
+    def send(self, study: Study, calling_ae: str = "SCANNER") -> tuple[float, float]:
         """Send one study with one storescu; (started, last ACK) as Unix times."""
         started = time.time()
         _peers.send(
@@ -237,7 +241,7 @@ class Bench:
             "CADNODE",
             [list(study.series.files)],
             self.scratch / "senders" / study.name,
-            calling_ae="SCANNER",
+            calling_ae=calling_ae,
         )
         return started, time.time()
 
@@ -460,13 +464,11 @@ def study_table(reference: PhaseResult, streamed: PhaseResult) -> str:
 
 
 GPU_NOTE = (
-    "With a GPU: the node runs one job at a time per worker, so the 2D models see one "
-    "study per forward pass. Batching across studies would put the views of several "
-    "queued MG/OP jobs into one forward pass (claim up to k queued jobs of one model, "
-    "stack their images, split the outputs per job, complete each job on its own so a "
-    "failure stays one job's). On this CPU it would gain little: the 2D networks take "
-    "under 0.1 s of a study's time (bench:inference), the rest is DICOM I/O and result "
-    "building. It is not implemented; no GPU was lent to measure it."
+    "With a GPU: a lane with `batch_size` over 1 puts the views of several queued MG/OP "
+    "jobs of one model into one forward pass (each job completed or failed on its own). "
+    "On this CPU it gains little: the 2D networks take under 0.1 s of a study's time "
+    "(bench:inference), the rest is DICOM I/O and result building. No GPU was lent to "
+    "measure it."
 )
 
 
@@ -504,6 +506,7 @@ def section(
         "waits for it: its latency is mostly the CT's.",
         "",
         study_table(*phases),
+        *priority.section_lines(args, current),
         GPU_NOTE,
         "",
         *_report.conditions(environment, args.nice, comparison),
@@ -535,6 +538,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=11, help="seed of the synthetic studies")
     parser.add_argument("--quiet-seconds", type=float, default=3.0, help="the node's quiet_seconds")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait per phase")
+    parser.add_argument(
+        "--scenarios",
+        nargs="*",
+        choices=SCENARIOS,
+        default=list(SCENARIOS),
+        help="priority scenarios after the reference: lanes (a), stat (b); none: only it",
+    )
+    parser.add_argument("--routine-cts", type=int, default=5, help="routine CTs before the stat")
+    parser.add_argument("--batch-size", type=int, default=4, help="the 2D lane's batch_size")
+    parser.add_argument("--ct-threads", type=int, default=1, help="the CT lane's torch threads")
     add_common_arguments(parser)
     args = parser.parse_args(argv)
     args.rules, args.models_dir = DEFAULT_RULES, None  # what node_config reads
@@ -561,6 +574,25 @@ def run_phases(
         return reference, streamed
 
 
+def run_scenarios(
+    args: argparse.Namespace,
+    bases: Mapping[str, SeriesFiles],
+    scratch: Path,
+    current: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The priority scenarios asked for (:mod:`bench.priority`), each on a node of its own."""
+    extra: dict[str, Any] = {}
+    if "lanes" in args.scenarios:
+        mix = make_mix(bases, args.studies, "lanes", scratch)
+        laned = phase_figures(priority.run_lanes(args, mix, scratch, Bench))
+        extra["lanes"] = priority.lanes_figures(current["one_at_a_time"], laned)
+    if "stat" in args.scenarios:
+        cts = priority.ct_copies(bases["lung_ct"], args.routine_cts + 1, scratch)
+        ct_alone = current["one_at_a_time"]["families"]["lung_ct"]["latency_median_s"]
+        extra["stat"] = priority.run_stat(args, cts, scratch, Bench, ct_alone).figures()
+    return extra
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     environment: dict[str, Any] = {
@@ -577,8 +609,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         bases = write_base_studies(scratch, args)
         environment["mix_text"] = mix_text(bases, args.studies)
         reference, streamed = run_phases(args, bases, scratch)
+        current = figures(reference, streamed)
+        current |= run_scenarios(args, bases, scratch, current)
     environment["load_after"] = _report.load_average()
-    current = figures(reference, streamed)
     shape = mix_shape(args)
     last = _report.load_last(KEY)
     comparison, regressed = compare_with_last(last, current, shape, environment["machine"])

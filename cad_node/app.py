@@ -15,17 +15,21 @@ from cad_node.admin.context import AdminContext
 from cad_node.admin.server import AdminServer
 from cad_node.clock import Clock, utc_now, wait_until_set
 from cad_node.config import Settings, listens_everywhere
+from cad_node.domain.states import DeliveryState
 from cad_node.errors import CadNodeError, ModelError
+from cad_node.export.commitment_service import CommitmentReports, request_due_commitments
+from cad_node.export.dispatch import check_destination
 from cad_node.export.health import DestinationMonitor
 from cad_node.export.service import deliver_due
 from cad_node.ingest.bounds import DataSetLimits
 from cad_node.ingest.processes import IngestProcesses
 from cad_node.ingest.recovery import reindex_spool
 from cad_node.ingest.scp import StorageSCP
+from cad_node.ingest.stow import stow_store_service
 from cad_node.models.registry import ModelRegistry
 from cad_node.pipeline.assemble import Assembler, OwnEquipment
 from cad_node.pipeline.work import Worker
-from cad_node.security.tls import client_context
+from cad_node.queueing import Lane, make_lanes, models_without_lane, promote, start_lanes
 from cad_node.store.db import create_schema, make_engine, session_factory
 from cad_node.store.instances import RecordOutcome
 from cad_node.store.jobs import requeue_all_running, requeue_expired
@@ -68,6 +72,8 @@ class Node:
     worker: Worker = field(init=False)
     """The first worker (``settings.workers`` threads run jobs; 0: none, workers run apart)."""
     workers: list[LeasedWorker] = field(init=False, default_factory=list)
+    lanes: list[Lane] = field(init=False, default_factory=list)
+    """The ``queue.lanes`` workers; when set they run instead of ``workers``' threads."""
     rule_book: RuleBook = field(init=False)
     destination_book: DestinationBook = field(init=False)
     """The destinations in force (journal; changed through the admin API without restart)."""
@@ -75,9 +81,13 @@ class Node:
     _scheduler: BackgroundScheduler = field(init=False)
     _assembly: Sweep | None = field(init=False, default=None)
     _exports: Sweep | None = field(init=False, default=None)
+    _commitments: Sweep | None = field(init=False, default=None)
+    """Asks destinations with ``commitment: true`` to commit what they stored."""
+    _commitment_reports: CommitmentReports = field(init=False)
     _monitor: DestinationMonitor = field(init=False)
     _health: Sweep | None = field(init=False, default=None)
     _retention: Sweep | None = field(init=False, default=None)
+    _promotion: Sweep | None = field(init=False, default=None)
     _extra_ingest: IngestProcesses | None = field(init=False, default=None)
     _stopping: threading.Event = field(init=False, default_factory=threading.Event)
     _work_available: threading.Event = field(init=False, default_factory=threading.Event)
@@ -114,15 +124,24 @@ class Node:
         self.registry = model_registry(self.settings)
         try:
             self._check_rule_references()
+            if self.settings.workers:  # workers: 0: `cad-node worker` processes run the lanes
+                self.lanes = make_lanes(self.settings, self.sessions, self.registry, self.clock)
+            ruled = {rule.model for rule in self.rule_book.current()}
+            for model in models_without_lane(self.settings.queue.lanes, ruled):
+                logger.warning("model %s is in no lane (queue.lanes): its jobs wait", model)
         except BaseException:
             self.engine.dispose()
             raise
+        self._commitment_reports = CommitmentReports(
+            self.sessions, self.clock, self.settings.export.max_attempts, self._kick_exports
+        )
         self.scp = StorageSCP.from_settings(
             self.settings,
             self.sessions,
             self.clock,
             port=self.settings.port,
             on_instance=self._on_instance,
+            on_commitment_report=self._commitment_reports,
         )
         self.assembler = Assembler(
             sessions=self.sessions,
@@ -130,6 +149,7 @@ class Node:
             quiet_seconds=self.settings.quiet_seconds,
             study_groups=self.settings.study_groups,
             clock=self.clock,
+            calling_ae_classes=self.settings.queue.calling_ae_classes,
             own_equipment=OwnEquipment(
                 manufacturer=self.settings.results.manufacturer,
                 manufacturer_model_name=self.settings.results.manufacturer_model_name,
@@ -154,10 +174,10 @@ class Node:
         )
 
     def _check_destination_tls(self) -> None:
-        """Load every destination's TLS files now: a bad path stops start-up, not an export."""
+        """Load every destination's TLS files (and a DICOMweb one's CA and secret) now: a bad
+        path stops start-up, not an export."""
         for destination in self.settings.destinations.values():
-            if destination.tls is not None:
-                client_context(destination.tls)
+            check_destination(destination)
 
     def start(self) -> None:
         """Recover what a crash left, then start receiving, assembling, working, exporting.
@@ -172,8 +192,12 @@ class Node:
         self._scheduler = BackgroundScheduler(timezone="UTC")
         self._assembly = Sweep(self._scheduler, "assembly-sweep", self._assemble, SWEEP_SECONDS)
         self._exports = Sweep(self._scheduler, "export-sweep", self._export, SWEEP_SECONDS)
+        self._commitments = Sweep(
+            self._scheduler, "commitment-sweep", self._request_commitments, SWEEP_SECONDS
+        )
         self._start_health_sweep()
         self._start_retention_sweep()
+        self._start_promotion_sweep()
         self._scheduler.start()
         if self._health is not None:
             self._health.kick()  # the first C-ECHOes now, not an interval later
@@ -203,6 +227,11 @@ class Node:
             self._extra_ingest.start()
 
     def _start_workers(self) -> None:
+        if self.lanes:  # a thread per lane, each with its models and budgets
+            self._worker_threads += start_lanes(
+                self.lanes, self._stopping, self._work_available, self._job_done
+            )
+            return
         for index, worker in enumerate(self.workers[: self.settings.workers]):
             thread = threading.Thread(
                 target=work_loop,
@@ -225,6 +254,7 @@ class Node:
             ready=self._receiving,
             wake_worker=self._work_available.set,
             destination_health=self._monitor.current,
+            stow_service=stow_store_service(self.scp.store_service),
         )
         self.admin = AdminServer(create_app(context), self.settings.admin)
         self.admin.start()
@@ -271,7 +301,7 @@ class Node:
             self._scheduler.shutdown(wait=True)
         for thread in self._worker_threads:
             thread.join(timeout=600)
-        for worker in self.workers:
+        for worker in [*self.workers, *(lane.worker for lane in self.lanes)]:
             worker.close()  # its decoder process
         self.registry.close()  # site models' child processes
         self.engine.dispose()
@@ -326,6 +356,10 @@ class Node:
 
     def _job_done(self) -> None:
         """A job has written its results: deliver them now."""
+        self._kick_exports()
+
+    def _kick_exports(self) -> None:
+        """Deliver what is due now (results written, or objects a PACS did not commit)."""
         if self._exports is not None:
             self._exports.kick()
 
@@ -337,7 +371,7 @@ class Node:
             self._work_available.set()
 
     def _export(self) -> None:
-        deliver_due(
+        report = deliver_due(
             self.sessions,
             self.destination_book.current(),
             export=self.settings.export,
@@ -345,6 +379,32 @@ class Node:
             calling_ae_title=self.settings.ae_title,
             now=self.clock(),
         )
+        if report.count(DeliveryState.SENT) and self._commitments is not None:
+            self._commitments.kick()  # stored where commitment is asked for: ask now
+
+    def _request_commitments(self) -> None:
+        """Ask for the commitment of what committing destinations stored (Storage Commitment)."""
+        request_due_commitments(
+            self.sessions,
+            self.destination_book.current(),
+            self.settings.ae_title,
+            self.clock(),
+            export=self.settings.export,
+            record=self._commitment_reports,
+        )
+
+    def _start_promotion_sweep(self) -> None:
+        """Promote queued jobs waiting past their class's age limit (``queue``), if any is set."""
+        if self.settings.queue.age_limit_minutes:
+            self._promotion = Sweep(
+                self._scheduler,
+                "promotion-sweep",
+                self._promote,
+                self.settings.queue.promotion_interval_seconds,
+            )
+
+    def _promote(self) -> None:
+        promote(self.settings, self.sessions, self.clock)
 
     def _start_retention_sweep(self) -> None:
         """Remove delivered series' files every ``retention.interval_seconds`` (if enabled)."""

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from cad_node.clock import Clock, utc_now
 from cad_node.config import Settings
 from cad_node.domain.states import ResultKind
-from cad_node.errors import ModelError, RuleError
+from cad_node.errors import CadNodeError, ModelError, RuleError
 from cad_node.imaging.isolation import SCRATCH_DIR, DecodingLimits, IsolatedDecoder
 from cad_node.ingest.bounds import DataSetLimits
 from cad_node.models.registry import ModelRegistry
@@ -223,6 +223,9 @@ class WorkerProcess:
             except RuleError:
                 registry.close()
                 raise
+            if self.settings.queue.lanes:
+                self._run_lanes(sessions, registry)
+                return
             worker = make_worker(self.settings, sessions, registry, self.clock)
             _warm(registry, model_names(sessions))
             logger.info("cad-node worker %s started", worker.worker_id)
@@ -232,6 +235,24 @@ class WorkerProcess:
             registry.close()
         finally:
             engine.dispose()
+
+    def _run_lanes(self, sessions: sessionmaker[Session], registry: ModelRegistry) -> None:
+        """``queue.lanes``: a thread per lane (:mod:`cad_node.queueing`) until stopped."""
+        from cad_node.queueing import make_lanes, start_lanes  # it builds on this module
+
+        try:
+            lanes = make_lanes(self.settings, sessions, registry, self.clock)
+        except CadNodeError:
+            registry.close()
+            raise
+        threads = start_lanes(lanes, self.stopping, threading.Event(), lambda: None)
+        logger.info("cad-node worker started: lanes %s", ", ".join(lane.name for lane in lanes))
+        for thread in threads:
+            thread.join()
+        logger.info("cad-node worker stopped")
+        for lane in lanes:
+            lane.worker.close()
+        registry.close()
 
     def request_stop(self) -> None:
         """Stop after the current job; safe to call from a signal handler."""

@@ -9,9 +9,18 @@ bounded by ``admin.max_body_bytes``.
 from fastapi import FastAPI, Response
 
 from cad_node import __version__
-from cad_node.admin import browser, flow, models_and_destinations, rule_editing, system, web
+from cad_node.admin import (
+    browser,
+    dicomweb,
+    flow,
+    models_and_destinations,
+    rule_editing,
+    system,
+    web,
+)
 from cad_node.admin import health as health_api
 from cad_node.admin import storage as storage_api
+from cad_node.admin import time_to_result as time_to_result_api
 from cad_node.admin.auth import Reader
 from cad_node.admin.context import AdminContext
 from cad_node.admin.guard import BodyLimit, SecurityHeaders
@@ -30,7 +39,12 @@ def create_app(context: AdminContext) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
-    app.add_middleware(BodyLimit, max_bytes=context.settings.admin.max_body_bytes)
+    stow_limit = (context.settings.dicomweb.max_request_bytes, "dicomweb.max_request_bytes")
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=context.settings.admin.max_body_bytes,
+        path_limits={"/dicomweb/": stow_limit},
+    )
     app.add_middleware(SecurityHeaders)  # added last: outermost, so the 413 carries them too
     app.state.context = context
     models_and_destinations.seed(context)
@@ -41,6 +55,9 @@ def create_app(context: AdminContext) -> FastAPI:
     app.include_router(rule_editing.router)
     app.include_router(models_and_destinations.router)
     app.include_router(browser.router)
+    if context.settings.dicomweb.enabled:
+        app.include_router(dicomweb.router)
+    app.include_router(time_to_result_api.router)
     app.include_router(web.router)
     app.mount("/static", web.static_files, name="static")
     registry = metrics_registry(context.sessions, context)

@@ -31,6 +31,7 @@ from cad_node.admin.flow import (
     SeriesOut,
     delivery_out,
 )
+from cad_node.domain.abstention import OutOfDomainAction
 from cad_node.domain.states import DeliveryState, JobState, ResultKind, SeriesState
 from cad_node.pipeline.assemble import Assembler, OwnEquipment
 from cad_node.store.jobs import queue_job
@@ -424,17 +425,35 @@ def _job_events(job: Job) -> list[TimelineEvent]:
         if job.finding_count is not None:
             details.append(f"findings: {job.finding_count}")
         details += [f"warning: {warning}" for warning in job.warnings or ()]
+        details += _abstention_details(job)
         events.append(
             TimelineEvent(
                 at=job.finished_at,
                 kind="job",
-                summary=f"job {job.id} {job.state}",
+                summary=f"job {job.id} {job.state}{_abstention_note(job)}",
                 details=details,
                 job_id=job.id,
                 state=job.state,
             )
         )
     return events
+
+
+def _abstention_note(job: Job) -> str:
+    """After "job N done": whether the model abstained, and what the rule chose."""
+    reason = (job.abstention or {}).get("reason")
+    if not reason:
+        return ""
+    choice = job.on_out_of_domain or OutOfDomainAction.REPORT.value
+    if choice == OutOfDomainAction.RUN_ANYWAY.value:
+        return f": assessed anyway, outside its domain ({reason}, rule said run_anyway)"
+    sent = "nothing sent" if choice == OutOfDomainAction.SKIP.value else "SR sent saying so"
+    return f": not assessed ({reason}, rule said {choice}: {sent})"
+
+
+def _abstention_details(job: Job) -> list[str]:
+    abstention = job.abstention or {}
+    return [f"abstention: {detail}" for detail in abstention.get("details") or ()]
 
 
 def _result_event(result: Result) -> TimelineEvent:
@@ -454,6 +473,7 @@ def _delivery_event(delivery: Delivery, result: Result) -> TimelineEvent:
         details.append(f"next attempt at {_utc(delivery.next_attempt_at)}")
     if delivery.last_status is not None:
         details.append(f"last status: 0x{delivery.last_status:04X}")
+    details += _commitment_details(delivery)
     if delivery.last_error:
         details.append(f"last error: {delivery.last_error}")
     return TimelineEvent(
@@ -466,6 +486,21 @@ def _delivery_event(delivery: Delivery, result: Result) -> TimelineEvent:
         delivery_id=delivery.id,
         state=delivery.state,
     )
+
+
+def _commitment_details(delivery: Delivery) -> list[str]:
+    """Storage Commitment: when the destination committed it, or since when it is awaited."""
+    if delivery.committed_at is not None:
+        return [f"committed at {_utc(delivery.committed_at)}"]
+    if delivery.state != DeliveryState.SENT:
+        return []
+    if delivery.commitment_requested_at is None:
+        return [f"commitment to be asked at {_utc(delivery.next_attempt_at)}"]
+    return [
+        f"commitment awaited since {_utc(delivery.commitment_requested_at)} "
+        f"(request {delivery.commitment_attempts}, transaction "
+        f"{delivery.commitment_transaction_uid})"
+    ]
 
 
 def _audit_event(event: AuditEvent, series_target: str) -> TimelineEvent:
@@ -518,6 +553,7 @@ def assembler_of(node: AdminContext) -> Assembler:
         quiet_seconds=node.settings.quiet_seconds,
         study_groups=node.settings.study_groups,
         clock=node.clock,
+        calling_ae_classes=node.settings.queue.calling_ae_classes,
         own_equipment=OwnEquipment(
             manufacturer=results.manufacturer,
             manufacturer_model_name=results.manufacturer_model_name,
@@ -652,18 +688,18 @@ def _queue_again(session: Session, jobs: Sequence[Job], now: datetime) -> list[J
         if carrier.series_instance_uid not in raised:
             carrier.revision += 1
             raised.add(carrier.series_instance_uid)
-        queued.append(
-            queue_job(
-                session,
-                series_instance_uid=carrier.series_instance_uid,
-                series_revision=carrier.revision,
-                rule_name=job.rule_name,
-                model_name=job.model_name,
-                destinations=list(job.destinations),
-                now=now,
-                series_group=job.series_group,
-            )
+        again = queue_job(
+            session,
+            series_instance_uid=carrier.series_instance_uid,
+            series_revision=carrier.revision,
+            rule_name=job.rule_name,
+            model_name=job.model_name,
+            destinations=list(job.destinations),
+            now=now,
+            series_group=job.series_group,
         )
+        again.on_out_of_domain = job.on_out_of_domain  # the rule's choice, as first queued
+        queued.append(again)
     return queued
 
 

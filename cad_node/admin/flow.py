@@ -13,6 +13,7 @@ from cad_node.admin.auth import Principal, Reader, Writer
 from cad_node.admin.context import AdminContext
 from cad_node.admin.deps import MAX_ID, Context, Journal, Page, Paging, RowId, as_utc
 from cad_node.domain.states import DeliveryState, JobState, SeriesState
+from cad_node.store.abstentions import abstention_counts
 from cad_node.store.rulesets import record_audit
 from cad_node.store.schema import Delivery, Job, Result, Series
 from cad_node.store.series import release_from_quarantine
@@ -72,6 +73,15 @@ class JobOut(_Row):
     finding_count: int | None
     warnings: list[str] | None
     """What the run derived or left out (UIDs only); null: none."""
+    on_out_of_domain: str | None = None
+    """The rule's choice when the input is outside the model's domain; null: report."""
+    abstention: dict[str, Any] | None = None
+    """Why the model did not assess the input: ``reason``, ``details``, ``ood`` (score,
+    threshold, method); under run_anyway the caveat of the findings. Null: none."""
+    priority_class: str | None = None
+    """Its clinical priority as queued: stat, urgent, routine, screening; null: routine."""
+    promoted_at: datetime | None = None
+    """When it waited past its class's age limit and moved up the queue; null: never."""
 
 
 class DeliveryOut(_Row):
@@ -86,6 +96,13 @@ class DeliveryOut(_Row):
     delivered_at: datetime | None
     sop_instance_uid: str | None = None
     job_id: int | None = None
+    commitment_transaction_uid: str | None = None
+    """Storage Commitment: the Transaction UID of the request awaited or answered."""
+    commitment_requested_at: datetime | None = None
+    commitment_attempts: int = 0
+    """Commitment requests made since it was last stored."""
+    committed_at: datetime | None = None
+    """When the destination reported it committed (state ``committed``)."""
 
 
 def _page(session: Session, query: Select[*tuple[Any, ...]], page: Paging) -> tuple[list[Any], int]:
@@ -362,6 +379,15 @@ def retry_delivery(delivery_id: RowId, node: Context, caller: Writer) -> Deliver
         return delivery_out(delivery, result)
 
 
+class AbstentionCountOut(_Row):
+    """Done jobs of one model that abstained for one reason under one rule choice."""
+
+    model_name: str
+    reason: str
+    on_out_of_domain: str
+    count: int
+
+
 class Summary(BaseModel):
     """The dashboard's figures: counts per state, the last jobs, the failures."""
 
@@ -371,6 +397,8 @@ class Summary(BaseModel):
     last_jobs: list[JobOut]
     failed_jobs: list[JobOut]
     failed_deliveries: list[DeliveryOut]
+    abstentions: list[AbstentionCountOut] = []
+    """Done jobs whose model abstained, per model, reason and the rule's choice."""
 
 
 def _count_by(session: Session, column: Any, states: type[StrEnum]) -> dict[str, int]:
@@ -402,4 +430,5 @@ def summary(session: Journal, _caller: Reader) -> Summary:
             delivery_out(delivery, result)
             for delivery, result in session.execute(failed_deliveries).all()
         ],
+        abstentions=[AbstentionCountOut.model_validate(c) for c in abstention_counts(session)],
     )

@@ -20,7 +20,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cad_node.admin.context import AdminContext
 from cad_node.admin.health import backlog
+from cad_node.admin.time_to_result import TimeToResultCollector
 from cad_node.domain.states import DeliveryState, JobState, SeriesState
+from cad_node.store.abstentions import abstention_counts
 from cad_node.store.disk import disk_space
 from cad_node.store.model_modes_and_destinations import current_destinations
 from cad_node.store.schema import Delivery, Instance, Job, Series
@@ -43,6 +45,7 @@ class JournalCollector(Collector):
             yield self._job_seconds(session)
             yield self._stage_seconds(session)
             yield self._deliveries(session)
+            yield self._abstentions(session)
 
     def _instances(self, session: Session) -> Metric:
         count = session.scalar(select(func.count()).select_from(Instance)) or 0
@@ -117,6 +120,19 @@ class JournalCollector(Collector):
         counts = _counts(session, query)
         for state in DeliveryState:
             metric.add_metric([state.value], float(counts.get(state, 0)))
+        return metric
+
+    def _abstentions(self, session: Session) -> Metric:
+        """Done jobs whose model abstained, per model, reason and the rule's choice."""
+        metric = CounterMetricFamily(
+            "cad_node_abstentions",
+            "Jobs whose model did not assess the input (outside its validated domain or "
+            "out of distribution), per model, reason and the rule's on_out_of_domain",
+            labels=["model", "reason", "on_out_of_domain"],
+        )
+        for count in abstention_counts(session):
+            labels = [count.model_name, count.reason, count.on_out_of_domain]
+            metric.add_metric(labels, float(count.count))
         return metric
 
 
@@ -205,11 +221,14 @@ def metrics_registry(
     sessions: sessionmaker[Session], context: AdminContext | None = None
 ) -> CollectorRegistry:
     """A registry of the node's metrics only (no process metrics of the test runner):
-    the journal's, and with ``context`` destination health, backlog and disk space."""
+    the journal's, and with ``context`` destination health, backlog, disk space and time to
+    result per priority class (:mod:`cad_node.admin.time_to_result`)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(JournalCollector(sessions))
     if context is not None:
         registry.register(HealthCollector(context))
+        targets = context.settings.queue.target_seconds
+        registry.register(TimeToResultCollector(sessions, context.clock, targets))
     return registry
 
 

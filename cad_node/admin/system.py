@@ -1,7 +1,7 @@
 """Health, models, destinations (with C-ECHO) and the audit log."""
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.concurrency import run_in_threadpool
@@ -15,6 +15,7 @@ from cad_node.admin.deps import Context, Journal, Page
 from cad_node.admin.echo import echo
 from cad_node.admin.flow import Listing, _page
 from cad_node.admin.models_and_destinations import destinations_in_force
+from cad_node.config import AnyDestinationSettings, DicomWebDestinationSettings
 from cad_node.domain.states import ResultKind
 from cad_node.models.manifest import Manifest
 from cad_node.routing.rules import RuleMode
@@ -54,6 +55,31 @@ def _journal_answers(node: AdminContext) -> bool:
     return True
 
 
+class OodOut(BaseModel):
+    method: str
+    threshold: float
+    percentile: float | None = None
+    false_abstention_rate: float | None = None
+    """As measured where the score was fitted (held-out data, or the site's cases left out)."""
+
+
+def ood_out(manifest: Manifest) -> OodOut | None:
+    """The manifest's ``ood`` for the API; None where none is fitted."""
+    entry = manifest.ood
+    if not entry or "threshold" not in entry:
+        return None
+    return OodOut(
+        method=str(entry.get("method", "")),
+        threshold=float(entry["threshold"]),
+        percentile=_number(entry.get("percentile")),
+        false_abstention_rate=_number(entry.get("false_abstention_rate")),
+    )
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
 class ModelOut(BaseModel):
     name: str
     version: str
@@ -72,6 +98,11 @@ class ModelOut(BaseModel):
     model_card: str
     mode: RuleMode = RuleMode.ACTIVE
     """The admin's switch: active, shadow (run, record, send nothing) or off (no job)."""
+    validated_domain: dict[str, Any] | None = None
+    """What the model was validated on (the manifest's ``validated_domain``); None: not
+    declared, every input accepted."""
+    ood: OodOut | None = None
+    """The fitted out-of-distribution score; None: none fitted, no input is scored."""
 
 
 @router.get("/api/models", response_model=list[ModelOut])
@@ -94,6 +125,8 @@ def list_models(node: Context, session: Journal, _caller: Reader) -> list[ModelO
             clinical_use=entry.manifest.clinical_use,
             model_card=entry.manifest.model_card,
             mode=modes.get(name, RuleMode.ACTIVE),
+            validated_domain=entry.manifest.validated_domain or None,
+            ood=ood_out(entry.manifest),
         )
         for name, entry in sorted(registry.entries().items())
     ]
@@ -112,7 +145,11 @@ class DestinationOut(BaseModel):
     host: str
     port: int
     ae_title: str
+    """Empty for a DICOMweb destination."""
     results: list[ResultKind]
+    type: Literal["dimse", "dicomweb"] = "dimse"
+    """``dimse``: C-STORE; ``dicomweb``: STOW-RS to ``url``."""
+    url: str | None = None
 
 
 class EchoOut(BaseModel):
@@ -125,12 +162,23 @@ class EchoOut(BaseModel):
 
 @router.get("/api/destinations", response_model=list[DestinationOut])
 def list_destinations(node: Context, _caller: Reader) -> list[DestinationOut]:
-    return [
-        DestinationOut(
-            name=name, host=d.host, port=d.port, ae_title=d.ae_title, results=list(d.results)
+    return [_destination_out(name, d) for name, d in sorted(destinations_in_force(node).items())]
+
+
+def _destination_out(name: str, d: AnyDestinationSettings) -> DestinationOut:
+    if isinstance(d, DicomWebDestinationSettings):
+        return DestinationOut(
+            name=name,
+            host=d.host,
+            port=d.port,
+            ae_title="",
+            results=list(d.results),
+            type="dicomweb",
+            url=d.url,
         )
-        for name, d in sorted(destinations_in_force(node).items())
-    ]
+    return DestinationOut(
+        name=name, host=d.host, port=d.port, ae_title=d.ae_title, results=list(d.results)
+    )
 
 
 @router.post("/api/destinations/{name}/echo", response_model=EchoOut)

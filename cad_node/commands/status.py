@@ -10,8 +10,9 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import Session
 
 from cad_node.config import Settings
-from cad_node.domain.states import SeriesState
+from cad_node.domain.states import DeliveryState, SeriesState
 from cad_node.errors import StorageError
+from cad_node.store.abstentions import abstention_counts
 from cad_node.store.db import make_engine, session_factory
 from cad_node.store.disk import storage_use
 from cad_node.store.retention import purged_series_count
@@ -113,7 +114,17 @@ def _counts(session: Session) -> str:
         rows = session.execute(select(column, func.count()).group_by(column)).all()
         summary = ", ".join(f"{state} {count}" for state, count in sorted(rows)) or "none"
         lines.append(f"{label}: {summary}")
+    lines.append(_abstentions_line(session))
     return "\n".join(lines)
+
+
+def _abstentions_line(session: Session) -> str:
+    """Done jobs whose model abstained, per model, reason and the rule's choice."""
+    counts = abstention_counts(session)
+    summary = ", ".join(
+        f"{c.model_name} {c.reason} {c.count} ({c.on_out_of_domain})" for c in counts
+    )
+    return f"abstentions: {summary or 'none'}"
 
 
 def _when(moment: datetime | None) -> str:
@@ -173,7 +184,19 @@ def _jobs_table(session: Session, limit: int) -> str:
         for j in jobs
     ]
     header = ("Job", "SeriesInstanceUID", "Rev", "Model", "State", "Findings", "Warnings", "Error")
-    return "\n\n".join(filter(None, [_table("Jobs", header, rows), _job_warnings(jobs)]))
+    notes = [_table("Jobs", header, rows), _job_warnings(jobs), _job_abstentions(jobs)]
+    return "\n\n".join(filter(None, notes))
+
+
+def _job_abstentions(jobs: Sequence[Job]) -> str:
+    """Why each job of the table was not assessed (or assessed under ``run_anyway``)."""
+    lines = [
+        f"job {j.id}: {j.abstention.get('reason')} ({j.on_out_of_domain or 'report'}): "
+        + "; ".join(map(str, j.abstention.get("details") or ()))
+        for j in jobs
+        if j.abstention
+    ]
+    return "\n".join(["Job abstentions", *lines]) if lines else ""
 
 
 def _job_warnings(jobs: Sequence[Job]) -> str:
@@ -198,6 +221,7 @@ def _deliveries_table(session: Session, limit: int) -> str:
             d.state,
             d.attempts,
             "-" if d.last_status is None else f"0x{d.last_status:04X}",
+            _commitment(d),
             d.last_error or "",
         )
         for d, r in session.execute(statement).tuples()
@@ -210,6 +234,21 @@ def _deliveries_table(session: Session, limit: int) -> str:
         "State",
         "Tries",
         "Status",
+        "Commitment",
         "Error",
     )
     return _table("Deliveries", header, rows)
+
+
+def _commitment(delivery: Delivery) -> str:
+    """Storage Commitment: when committed, or since when awaited and after how many requests."""
+    if delivery.committed_at is not None:
+        return f"committed {_when(delivery.committed_at)}"
+    if delivery.state != DeliveryState.SENT:
+        return "-"
+    if delivery.commitment_requested_at is None:
+        return "to be asked"
+    return (
+        f"awaited since {_when(delivery.commitment_requested_at)} "
+        f"(request {delivery.commitment_attempts})"
+    )

@@ -18,8 +18,10 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     IPvAnyNetwork,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -27,6 +29,8 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from cad_node.assembly.completion import StudyGrouping
+from cad_node.config.dicomweb import DicomWebDestinationSettings, DicomWebSettings
+from cad_node.config.queue import QueueSettings
 from cad_node.domain.states import ResultKind
 from cad_node.domain.values import check_ae_title, check_code_string
 from cad_node.results.options import ResultOptions, ResultSettings
@@ -102,6 +106,18 @@ class DestinationSettings(_Settings):
     """DICOM TLS to this destination; ``None``: plain TCP."""
     results: tuple[ResultKind, ...] = (ResultKind.SEG, ResultKind.SR)
     """The kinds of result object this destination receives."""
+    commitment: bool = False
+    """Ask it to commit what it stored (Storage Commitment Push Model, PS3.4 Annex J): a
+    delivery ends ``committed`` when it says so, and is sent again when it reports a failure."""
+    commitment_delay_seconds: float = Field(default=0.0, ge=0.0, le=86400.0)
+    """Wait this long after storing before asking (a PACS that archives before it commits)."""
+    commitment_timeout_seconds: float = Field(default=300.0, gt=0.0, le=604800.0)
+    """No N-EVENT-REPORT this long after the N-ACTION: the node asks again."""
+    commitment_max_requests: int = Field(default=5, ge=1, le=1000)
+    """Requests without an answer before the delivery is given up (failed: a dead letter)."""
+    commitment_report_wait_seconds: float = Field(default=2.0, ge=0.0, le=60.0)
+    """How long the N-ACTION's association stays open for an N-EVENT-REPORT on it; a report
+    the PACS sends on an association of its own is taken at any time."""
 
     @field_validator("results")
     @classmethod
@@ -109,6 +125,28 @@ class DestinationSettings(_Settings):
         if not results:
             raise ValueError("name at least one result kind (seg, sr)")
         return tuple(dict.fromkeys(results))
+
+
+DESTINATION_TAG_PREFIX = "destination:"
+"""Of the union's tags, which error messages leave out of the key path."""
+
+
+def _destination_type(value: object) -> str:
+    """A destination's ``type``: ``dicomweb``, else ``dimse`` (C-STORE, written without type)."""
+    found = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return DESTINATION_TAG_PREFIX + ("dimse" if found is None else str(found))
+
+
+AnyDestinationSettings = Annotated[
+    Annotated[DestinationSettings, Tag(DESTINATION_TAG_PREFIX + "dimse")]
+    | Annotated[DicomWebDestinationSettings, Tag(DESTINATION_TAG_PREFIX + "dicomweb")],
+    Discriminator(
+        _destination_type,
+        custom_error_type="destination_type",
+        custom_error_message="type must be dicomweb (STOW-RS), or left out for C-STORE",
+    ),
+]
+"""A destination: C-STORE (no ``type``) or STOW-RS (``type: dicomweb``)."""
 
 
 def _check_network(value: object) -> object:
@@ -260,7 +298,8 @@ class AdminToken(_Settings):
     """Who holds it: the actor the audit log records."""
     sha256: str = Field(pattern=_SHA256_HEX)
     """Lower-case hex sha256 of the token, e.g. ``printf %s TOKEN | sha256sum``."""
-    role: Literal["read", "admin"] = "read"
+    role: Literal["read", "admin", "send"] = "read"
+    """``send``: only stores images by STOW-RS (``POST /dicomweb/studies``)."""
 
     @model_validator(mode="after")
     def _not_a_well_known_token(self) -> "AdminToken":
@@ -346,7 +385,7 @@ class Settings(_Settings):
         default_factory=lambda: dict(DEFAULT_STUDY_GROUPS)
     )
     """Modalities whose series are read per study (four mammography views, both eyes)."""
-    destinations: dict[str, DestinationSettings] = Field(default_factory=dict)
+    destinations: dict[str, AnyDestinationSettings] = Field(default_factory=dict)
     rules: tuple[Rule, ...] = ()
     """The routing rules; in the YAML file a path to a rules file may stand instead, read
     relative to the config file by :func:`~cad_node.config.loading.load_settings`."""
@@ -360,9 +399,13 @@ class Settings(_Settings):
     """Processes accepting on ``port``'s listening socket; over 1 uses more cores for ingest."""
     lease_seconds: float = Field(default=300.0, gt=0)
     """How long a worker holds a job without a heartbeat before another may reclaim it."""
+    queue: QueueSettings = QueueSettings()
+    """Clinical priority classes (age limits, time-to-result targets), lanes, batching."""
     decoding: DecodingSettings = DecodingSettings()
     limits: IngestLimitSettings = IngestLimitSettings()
     admin: AdminSettings = AdminSettings()
+    dicomweb: DicomWebSettings = DicomWebSettings()
+    """The STOW-RS endpoint on the admin port."""
     health: HealthSettings = HealthSettings()
     retention: RetentionSettings = RetentionSettings()
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -375,8 +418,8 @@ class Settings(_Settings):
     @field_validator("destinations")
     @classmethod
     def _destination_names(
-        cls, destinations: dict[str, DestinationSettings]
-    ) -> dict[str, DestinationSettings]:
+        cls, destinations: dict[str, AnyDestinationSettings]
+    ) -> dict[str, AnyDestinationSettings]:
         for name in destinations:
             if not name or len(name) > 64:
                 raise ValueError(f"destination name {name!r} must have 1 to 64 characters")

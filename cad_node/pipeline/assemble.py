@@ -19,6 +19,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cad_node.assembly.completion import StudyGrouping
+from cad_node.domain.priority import PriorityClass, resolve_priority
 from cad_node.domain.states import SeriesState
 from cad_node.routing.match import route
 from cad_node.routing.rules import Rule, RuleMode
@@ -88,6 +89,8 @@ class Assembler:
     own_equipment: OwnEquipment | None = None
     """The node's own equipment: series carrying it are routed only by rules that include
     own results; None: no series is taken for the node's own."""
+    calling_ae_classes: Mapping[str, PriorityClass] = field(default_factory=dict)
+    """Priority classes of sending AE titles (``queue.calling_ae_classes``)."""
 
     def sweep(self) -> list[RoutedSeries]:
         """Complete and route every due series in one transaction; [] when none is due.
@@ -173,13 +176,31 @@ class Assembler:
             _mark_model_off(series, rule, explanation)
         else:
             members = group.member_uids if group is not None else None
-            job_id = _queue(session, series, rule, mode, now, series_group=members)
+            job_id = _queue(
+                session,
+                series,
+                rule,
+                mode,
+                now,
+                series_group=members,
+                priority_class=self._priority_class(rule, series),
+            )
             mark_routed(series, rule.name, explanation)
         self._audit(
             session, series, now=now, rule=rule, mode=mode, job_id=job_id, received=received
         )
         return RoutedSeries(
             series.series_instance_uid, series.revision, rule.name if rule else None, job_id
+        )
+
+    def _priority_class(self, rule: Rule, series: Series) -> PriorityClass:
+        """The job's clinical priority: the rule's, or read where the rule says."""
+        return resolve_priority(
+            rule.priority_class,
+            rule.priority_from,
+            series.attributes,
+            self.calling_ae_classes,
+            series.calling_ae_title or "",
         )
 
     def _is_own_result(self, series: Series) -> bool:
@@ -289,6 +310,7 @@ def _queue(
     now: datetime,
     *,
     series_group: Sequence[str] | None,
+    priority_class: PriorityClass | None = None,
 ) -> int:
     """Queue the rule's job; a shadow rule or a shadow model runs it with no destination.
 
@@ -306,7 +328,9 @@ def _queue(
         destinations=list(rule.destinations) if sends else [],
         now=now,
         series_group=series_group,
+        priority_class=priority_class,
     )
+    job.on_out_of_domain = rule.on_out_of_domain.value  # the rule's choice, as queued
     return job.id
 
 

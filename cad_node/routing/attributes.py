@@ -54,6 +54,8 @@ ROUTING_KEYWORDS: tuple[str, ...] = (
     "BitsAllocated",
     "PresentationIntentType",
     "PatientPosition",
+    "RequestedProcedurePriority",
+    "StudyPriorityID",
 )
 """Keywords copied from the instances of a series (no patient identifiers); which instance
 speaks for the series: :func:`series_attributes`."""

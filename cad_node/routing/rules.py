@@ -74,6 +74,7 @@ from pydantic import (
 from pydicom.datadict import dictionary_has_tag, tag_for_keyword
 
 from cad_node.domain.abstention import OutOfDomainAction
+from cad_node.domain.priority import PriorityClass, PriorityFrom
 from cad_node.routing.attributes import CALLING_AE_TITLE
 from cad_node.routing.patterns import PatternError, compile_pattern
 
@@ -392,6 +393,12 @@ class Rule(_Frozen):
     """When the series is outside the model's validated domain, or its out-of-distribution
     score is over the model's threshold: ``report`` sends an SR saying it was not assessed
     and why, ``skip`` sends nothing, ``run_anyway`` reports the findings with that caveat."""
+    priority_class: PriorityClass | None = None
+    """The clinical priority of its jobs (stat, urgent, routine, screening; none: routine);
+    not ``priority``, the order rules are tried in."""
+    priority_from: PriorityFrom | None = None
+    """Take the class from the series' DICOM (``dicom``) or its sender (``calling_ae``, the
+    ``queue.calling_ae_classes`` settings); ``priority_class`` where they say none."""
 
     @model_validator(mode="before")
     @classmethod

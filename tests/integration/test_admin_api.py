@@ -328,6 +328,8 @@ def test_models_listed_with_hash_and_device(reader: httpx.Client) -> None:
     assert (lung["format"], lung["task"], lung["labels"]) == ("native", None, [])
     site = models[UNLOADABLE_MODEL]
     assert (site["task"], site["labels"]) == ("segmentation", ["spleen", "liver"])
+    assert lung["validated_domain"]["modalities"] == ["CT"]  # shipped: declared
+    assert (site["validated_domain"], site["ood"]) == (None, None)  # added without either
 
 
 def test_destination_echo_is_a_real_c_echo(

@@ -94,6 +94,8 @@ def test_admin_switches_a_model_adds_a_destination_and_reads_the_audit(
     WebDriverWait(browser, 20).until(ec.element_to_be_clickable(switch))
     Select(browser.find_element(*switch)).select_by_value("shadow")
     wait_text(browser, "message", "model lung_nodule_ct is now shadow")
+    wait_text(browser, "models", "Synthetic chest CT series from `cad-node synth ct` only")
+    wait_text(browser, "models", "modalities: CT")  # each constraint of the validated domain
     shoot(browser, screenshots / "models.png", "lung_nodule_ct", "shadow")
 
     browser.get(f"{base_url(node)}/ui/destinations")

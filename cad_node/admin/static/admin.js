@@ -81,8 +81,8 @@ const when = (iso) => (iso ? `${iso.replace("T", " ").slice(0, 19)} UTC` : "");
 const isAdmin = () => me && me.role === "admin";
 
 function jobRow(row, job, actions) {
-  for (const v of [job.id, job.state, job.rule_name, job.model_name, seriesLink(job.series_instance_uid),
-    when(job.created_at), job.finding_count, (job.warnings || []).join("; "), job.error]) cell(row, v);
+  for (const v of [job.id, job.state, priorityText(job), job.rule_name, job.model_name, seriesLink(job.series_instance_uid),
+    when(job.created_at), job.finding_count, abstentionText(job), (job.warnings || []).join("; "), job.error]) cell(row, v);
   if (actions) {
     const span = document.createElement("span");
     span.append(
@@ -93,16 +93,36 @@ function jobRow(row, job, actions) {
     cell(row, span);
   }
 }
-const JOB_HEADINGS = ["id", "state", "rule", "model", "series", "created", "findings", "warnings", "error"];
+// The job's clinical priority class as queued, and whether a long wait promoted it.
+function priorityText(job) {
+  return `${job.priority_class || "routine"}${job.promoted_at ? ` (promoted ${when(job.promoted_at)})` : ""}`;
+}
+const JOB_HEADINGS = ["id", "state", "priority", "rule", "model", "series", "created", "findings", "abstention", "warnings", "error"];
 
+// Why the model did not assess the job's input (or, under run_anyway, the findings' caveat).
+function abstentionText(job) {
+  const a = job.abstention;
+  if (!a || !a.reason) return "";
+  const choice = job.on_out_of_domain || "report";
+  const what = choice === "run_anyway" ? "assessed anyway" : (choice === "skip" ? "not assessed, nothing sent" : "not assessed");
+  return `${what} (${a.reason}): ${(a.details || []).join("; ")}`;
+}
+
+// Storage Commitment (destinations with commitment: true): committed, or awaited since the request.
+function commitmentState(d) {
+  if (d.committed_at) return `committed ${when(d.committed_at)}`;
+  if (d.state !== "sent") return "";
+  if (!d.commitment_requested_at) return "to be asked";
+  return `awaited since ${when(d.commitment_requested_at)} (request ${d.commitment_attempts})`;
+}
 function deliveryRow(row, d, actions) {
   for (const v of [d.id, d.state, d.destination, d.job_id ? jobLink(d.job_id) : "", d.sop_instance_uid,
-    d.attempts, when(d.next_attempt_at), d.last_error]) cell(row, v);
+    d.attempts, when(d.next_attempt_at), commitmentState(d), d.last_error]) cell(row, v);
   if (actions) cell(row, button("Retry now", async () => {
     await api("POST", `/api/deliveries/${d.id}/retry`); say(`delivery ${d.id} will be sent now`); await load();
   }, isAdmin() && ["failed", "pending"].includes(d.state)));
 }
-const DELIVERY_HEADINGS = ["id", "state", "destination", "job", "object", "attempts", "next attempt", "error"];
+const DELIVERY_HEADINGS = ["id", "state", "destination", "job", "object", "attempts", "next attempt", "commitment", "error"];
 
 // Links into the study and series browser (studies page, browser.js).
 function seriesLink(uid) {
@@ -128,6 +148,9 @@ const pages = {
     counts("delivery-counts", s.deliveries);
     table("last-jobs", JOB_HEADINGS, s.last_jobs, (r, j) => jobRow(r, j, false));
     table("failed-jobs", JOB_HEADINGS, s.failed_jobs, (r, j) => jobRow(r, j, false));
+    table("abstentions", ["model", "reason", "on_out_of_domain", "jobs"], s.abstentions || [], (r, c) => {
+      for (const v of [c.model_name, c.reason, c.on_out_of_domain, c.count]) cell(r, v);
+    });
     table("failed-deliveries", DELIVERY_HEADINGS, s.failed_deliveries, (r, d) => deliveryRow(r, d, false));
     await dashboardHealth(); // dashboard.js: destination health, pending deliveries, disk
   },
@@ -137,10 +160,11 @@ const pages = {
   },
   async models() {
     const models = await api("GET", "/api/models");
-    const headings = ["name", "version", "family", "format", "task", "labels", "modality", "device", "sha256", "use", "mode"];
+    const headings = ["name", "version", "family", "format", "task", "labels", "modality", "device", "sha256", "use",
+      "validated domain", "OOD score", "mode"];
     table("models", headings, models, (row, m) => {
       for (const v of [m.name, m.version, m.family, m.format, m.task || "", m.labels.join(", "), m.modality,
-        m.device, m.sha256.slice(0, 16) + "…", m.clinical_use]) cell(row, v);
+        m.device, m.sha256.slice(0, 16) + "…", m.clinical_use, domainText(m.validated_domain), oodText(m.ood)]) cell(row, v);
       const select = document.createElement("select");
       select.id = `mode-${m.name}`;
       for (const mode of MODEL_MODES) select.add(new Option(mode, mode, false, mode === m.mode));
@@ -158,7 +182,7 @@ const pages = {
   async destinations() {
     const destinations = await api("GET", "/api/destinations");
     table("destinations", ["name", "AE title", "host", "port", "results", "C-ECHO", ""], destinations, (row, d) => {
-      for (const v of [d.name, d.ae_title, d.host, d.port, d.results.join(", ")]) cell(row, v);
+      for (const v of [d.name, d.ae_title || "STOW-RS", d.host, d.port, d.results.join(", ")]) cell(row, v);
       const outcome = cell(row, "");
       outcome.className = "echo";
       const span = document.createElement("span");
@@ -216,7 +240,20 @@ function auditDetail(detail) {
 }
 
 const MODEL_MODES = ["active", "shadow", "off"];
-const AUDIT_ACTIONS = ["series.received", "series.routed", "delivery.sent", "delivery.failed",
+
+// A model's validated domain (manifest validated_domain): its description and each constraint.
+function domainText(domain) {
+  if (!domain) return "not declared - every input accepted";
+  const parts = Object.entries(domain).filter(([k]) => k !== "description").map(([k, v]) =>
+    `${k}: ${Array.isArray(v) ? v.join(", ") : `${v.min ?? "-inf"} to ${v.max ?? "inf"}`}`);
+  return [domain.description, ...parts].join("; ");
+}
+function oodText(ood) {
+  if (!ood) return "not fitted";
+  const rate = ood.false_abstention_rate == null ? "" : `, false abstention rate ${ood.false_abstention_rate}`;
+  return `${ood.method}, threshold ${ood.threshold}${rate}`;
+}
+const AUDIT_ACTIONS = ["series.received", "series.routed", "delivery.sent", "delivery.committed", "delivery.failed",
   "model.mode", "destination.create", "destination.update", "destination.delete",
   "rule.create", "rule.update", "rule.delete", "rules.rollback", "job.retry", "job.cancel",
   "delivery.retry", "series.reroute", "series.rerun", "destination.retry"];
@@ -248,7 +285,7 @@ async function listing(id, path, headings, render) {
   if (filter.options.length === 1) {
     const states = id === "jobs" ? ["queued", "running", "done", "failed", "cancelled"]
       : id === "audit" ? AUDIT_ACTIONS
-      : ["pending", "delivered", "delivered_with_warning", "failed"];
+      : ["pending", "sent", "committed", "delivered", "delivered_with_warning", "failed"];
     for (const s of states) filter.add(new Option(s, s));
     filter.addEventListener("change", () => { paging.offset = 0; load(); });
     $("prev").addEventListener("click", () => { paging.offset = Math.max(0, paging.offset - paging.limit); load(); });

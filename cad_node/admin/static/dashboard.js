@@ -72,9 +72,25 @@ async function diskCard(health) {
     : "";
 }
 
+// Time to result per priority class (p90 against its target) and per class and model.
+async function timeToResult() {
+  const t = await api("GET", "/api/time-to-result");
+  table("time-to-result-classes", ["class", "jobs", "p90", "target", ""], t.by_class, (row, c) => {
+    for (const v of [c.priority_class, c.count, `${c.p90_seconds} s`,
+      c.target_seconds === null ? "none" : `${c.target_seconds} s`]) cell(row, v);
+    const flag = cell(row, c.missed ? "target missed" : "");
+    flag.className = c.missed ? "error" : "ok";
+  });
+  table("time-to-result", ["class", "model", "jobs", "median", "p90"], t.by_model, (row, m) => {
+    for (const v of [m.priority_class, m.model_name, m.count, `${m.median_seconds} s`,
+      `${m.p90_seconds} s`]) cell(row, v);
+  });
+}
+
 async function dashboardHealth() {
   const health = await api("GET", "/api/health");
   destinationHealth(health);
   pendingDeliveries(health);
   await diskCard(health);
+  await timeToResult();
 }

@@ -131,6 +131,9 @@ function renderForm(rule) {
   $("rf-description").value = rule.description ?? "";
   $("rf-priority").value = rule.priority ?? 0;
   $("rf-mode").value = rule.mode ?? "active";
+  $("rf-ood").value = rule.on_out_of_domain ?? "report";
+  $("rf-priority-class").value = rule.priority_class ?? "";
+  $("rf-priority-from").value = rule.priority_from ?? "";
   const model = $("rf-model");
   model.replaceChildren();
   for (const name of choices.models) option(model, name);
@@ -202,6 +205,11 @@ function formRule() {
   rule.priority = bound($("rf-priority").value || "0");
   rule.mode = $("rf-mode").value;
   rule.model = $("rf-model").value;
+  if ($("rf-ood").value === "report") delete rule.on_out_of_domain; // the default
+  else rule.on_out_of_domain = $("rf-ood").value;
+  for (const [field, id] of [["priority_class", "rf-priority-class"], ["priority_from", "rf-priority-from"]]) {
+    if ($(id).value) rule[field] = $(id).value; else delete rule[field]; // none: the default
+  }
   rule.destinations = [...$("rf-destinations").querySelectorAll("input[type=checkbox]")]
     .filter((b) => b.checked).map((b) => b.value);
   if (!nestedWhen) {
