@@ -6,15 +6,17 @@ calibration, fitted on the training and validation data and written beside the w
 """
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
+import torch
+from torch import nn
 
-from cad_node.models.manifest import MANIFEST_NAME, Manifest
+from cad_node.models.manifest import MANIFEST_NAME, Manifest, verified_weights
 from cad_node.models.ood import (
     OOD_FILE,
     MahalanobisStats,
@@ -23,6 +25,24 @@ from cad_node.models.ood import (
     ood_entry,
     percentile_threshold,
 )
+
+Network = TypeVar("Network", bound=nn.Module)
+
+
+def trained_network(
+    out_dir: Path, build: Callable[[Manifest], Network]
+) -> tuple[Network, Manifest]:
+    """For ``refit``: the network ``build`` makes from the manifest in ``out_dir``, with the
+    folder's weights (their sha256 checked), and the manifest with its operating threshold
+    back on the uncalibrated scale the post-training fit starts from."""
+    manifest = Manifest.read(out_dir)
+    weights = verified_weights(out_dir, manifest)
+    net = build(manifest)
+    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    uncalibrated = float(
+        manifest.calibration.get("uncalibrated_operating_threshold", manifest.operating_threshold)
+    )
+    return net, dataclasses.replace(manifest, operating_threshold=uncalibrated)
 
 
 @dataclass(frozen=True, slots=True, eq=False)

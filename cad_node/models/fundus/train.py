@@ -22,7 +22,6 @@ referable-DR threshold on P(grade >= 2) (Youden's J) and a probability threshold
 per lesion channel (best Dice) are chosen and written to the manifest.
 """
 
-import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
@@ -47,9 +46,9 @@ from cad_node.models.fundus.preprocess import (
     prepare,
     prepare_mask,
 )
-from cad_node.models.manifest import Manifest, sha256_of, verified_weights
+from cad_node.models.manifest import Manifest, sha256_of
 from cad_node.models.ood import DEFAULT_PERCENTILE
-from cad_node.models.post_training import fit_ood, write_post_training
+from cad_node.models.post_training import fit_ood, trained_network, write_post_training
 from cad_node.models.training import EpochRecord, Fitted, Schedule, Validation, finite_or_none
 from cad_node.synth.fundus import ALL_MASKS, load_truth, study_folders
 
@@ -537,17 +536,13 @@ def refit(data_dir: Path, out_dir: Path, config: TrainConfig) -> Manifest:
     """The post-training fit alone, on the weights already in ``out_dir`` (unchanged):
     the same exams and split as ``train`` (same data and seed)."""
     torch.set_num_threads(config.threads)
-    manifest = Manifest.read(out_dir)
-    weights = verified_weights(out_dir, manifest)
-    net = FundusNet(
-        in_channels=int(manifest.architecture.get("in_channels", INPUT_CHANNELS)),
-        width=int(manifest.architecture.get("width", config.width)),
+    net, manifest = trained_network(
+        out_dir,
+        lambda m: FundusNet(
+            in_channels=int(m.architecture.get("in_channels", INPUT_CHANNELS)),
+            width=int(m.architecture.get("width", config.width)),
+        ),
     )
-    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    uncalibrated = float(
-        manifest.calibration.get("uncalibrated_operating_threshold", manifest.operating_threshold)
-    )
-    manifest = dataclasses.replace(manifest, operating_threshold=uncalibrated)
     train_set, validation = split_by_study(load_eyes(study_folders(data_dir)), config)
     return post_training(
         net, train_set, validation, manifest, out_dir=out_dir, percentile=config.ood_percentile

@@ -8,7 +8,6 @@ patches are positive).  Augmentations: flips on the three axes, 90° rotations
 in the axial plane, intensity scale/shift jitter and Gaussian noise.
 """
 
-import dataclasses
 import logging
 import math
 import os
@@ -33,9 +32,9 @@ from cad_node.models.lung.patches import (
     sample_labels,
     sample_patch,
 )
-from cad_node.models.manifest import Manifest, sha256_of, verified_weights
+from cad_node.models.manifest import Manifest, sha256_of
 from cad_node.models.ood import DEFAULT_PERCENTILE
-from cad_node.models.post_training import fit_ood, write_post_training
+from cad_node.models.post_training import fit_ood, trained_network, write_post_training
 from cad_node.models.training import (
     Fitted,
     Schedule,
@@ -397,14 +396,9 @@ def refit(data_dir: Path, out_dir: Path, config: TrainConfig) -> Manifest:
     """The post-training fit alone, on the weights already in ``out_dir`` (unchanged):
     the same series and split as ``train`` (same data and seed)."""
     torch.set_num_threads(config.threads)
-    manifest = Manifest.read(out_dir)
-    weights = verified_weights(out_dir, manifest)
-    net = NoduleNet(width=int(manifest.architecture.get("width", config.width)))
-    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    uncalibrated = float(
-        manifest.calibration.get("uncalibrated_operating_threshold", manifest.operating_threshold)
+    net, manifest = trained_network(
+        out_dir, lambda m: NoduleNet(width=int(m.architecture.get("width", config.width)))
     )
-    manifest = dataclasses.replace(manifest, operating_threshold=uncalibrated)
     folders = series_folders(data_dir)
     rng = np.random.default_rng(config.seed)
     split = split_by_scan(extract_patches(folders, config.seed), len(folders), config, rng)

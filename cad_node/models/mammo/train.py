@@ -19,7 +19,6 @@ calcification cluster).  A view's suspicion label is its breast's label
   marks per validation image (:func:`~cad_node.models.mammo.scoring.lesion_threshold`).
 """
 
-import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -51,9 +50,9 @@ from cad_node.models.mammo.scoring import (
     lesion_threshold,
     regions,
 )
-from cad_node.models.manifest import Manifest, sha256_of, verified_weights
+from cad_node.models.manifest import Manifest, sha256_of
 from cad_node.models.ood import DEFAULT_PERCENTILE
-from cad_node.models.post_training import fit_ood, write_post_training
+from cad_node.models.post_training import fit_ood, trained_network, write_post_training
 from cad_node.models.training import (
     Fitted,
     Schedule,
@@ -449,14 +448,9 @@ def refit(data_dir: Path, out_dir: Path, config: TrainConfig) -> Manifest:
     """The post-training fit alone, on the weights already in ``out_dir`` (unchanged):
     the same studies and split as ``train`` (same data and seed)."""
     torch.set_num_threads(config.threads)
-    manifest = Manifest.read(out_dir)
-    weights = verified_weights(out_dir, manifest)
-    net = MammoNet(width=int(manifest.architecture.get("width", config.width)))
-    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    uncalibrated = float(
-        manifest.calibration.get("uncalibrated_operating_threshold", manifest.operating_threshold)
+    net, manifest = trained_network(
+        out_dir, lambda m: MammoNet(width=int(m.architecture.get("width", config.width)))
     )
-    manifest = dataclasses.replace(manifest, operating_threshold=uncalibrated)
     folders = study_folders(data_dir)
     rng = np.random.default_rng(config.seed)
     split = split_by_study(load_views(folders), len(folders), config, rng)
