@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from cad_node.domain.commitment import CommitmentReport, FailedSopReference
 from cad_node.domain.states import DeliveryState
+from cad_node.store.deliveries import claim_in_state
 from cad_node.store.rulesets import record_audit
 from cad_node.store.schema import Delivery, Result
 
@@ -65,18 +66,7 @@ def claim_awaiting(
     session: Session, destination: str, now: datetime, limit: int
 ) -> list[AwaitingCommitment]:
     """Up to ``limit`` sent deliveries to ``destination`` due at ``now``, oldest first, locked."""
-    query = (
-        select(Delivery, Result)
-        .join(Result, Result.id == Delivery.result_id)
-        .where(
-            Delivery.destination == destination,
-            Delivery.state == DeliveryState.SENT,
-            Delivery.next_attempt_at <= now,
-        )
-        .order_by(Delivery.next_attempt_at, Delivery.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True, of=Delivery)
-    )
+    rows = claim_in_state(session, destination, DeliveryState.SENT, now, limit)
     return [
         AwaitingCommitment(
             delivery.id,
@@ -85,7 +75,7 @@ def claim_awaiting(
             result.sop_instance_uid,
             delivery.commitment_attempts,
         )
-        for delivery, result in session.execute(query).all()
+        for delivery, result in rows
     ]
 
 

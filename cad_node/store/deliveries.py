@@ -48,19 +48,28 @@ def claim_due(session: Session, destination: str, now: datetime, limit: int) -> 
 
     The caller sends them and records every outcome in the same transaction.
     """
+    rows = claim_in_state(session, destination, DeliveryState.PENDING, now, limit)
+    return [_due(delivery, result) for delivery, result in rows]
+
+
+def claim_in_state(
+    session: Session, destination: str, state: DeliveryState, now: datetime, limit: int
+) -> list[tuple[Delivery, Result]]:
+    """Up to ``limit`` deliveries to ``destination`` in ``state`` and due at ``now``, with
+    their results, oldest due first, locked (SKIP LOCKED: another node takes the rest)."""
     query = (
         select(Delivery, Result)
         .join(Result, Result.id == Delivery.result_id)
         .where(
             Delivery.destination == destination,
-            Delivery.state == DeliveryState.PENDING,
+            Delivery.state == state,
             Delivery.next_attempt_at <= now,
         )
         .order_by(Delivery.next_attempt_at, Delivery.id)
         .limit(limit)
         .with_for_update(skip_locked=True, of=Delivery)
     )
-    return [_due(delivery, result) for delivery, result in session.execute(query).all()]
+    return [(delivery, result) for delivery, result in session.execute(query).all()]
 
 
 def _due(delivery: Delivery, result: Result) -> DueDelivery:
