@@ -3,7 +3,17 @@
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -244,3 +254,76 @@ class DestinationRow(Base):
     deleted_at: Mapped[datetime | None] = mapped_column(
         comment="set when deleted; the row stays so that a deleted seed is not seeded again"
     )
+
+
+class JobOutput(Base):
+    """What a finished job said (:class:`~cad_node.domain.monitoring.JobOutputs`), kept for
+    monitoring: no patient data, and not purged with the job's files."""
+
+    __tablename__ = "job_outputs"
+
+    job_id: Mapped[int] = mapped_column(Integer, ForeignKey("jobs.id"), primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(64), index=True)
+    model_version: Mapped[str] = mapped_column(String(64))
+    weights_sha256: Mapped[str] = mapped_column(String(64))
+    mode: Mapped[str] = mapped_column(CS, comment="active | shadow")
+    study_instance_uid: Mapped[str] = mapped_column(UI, index=True, comment="(0020,000D) UI")
+    sr_sop_instance_uid: Mapped[str | None] = mapped_column(
+        UI, index=True, comment="(0008,0018) UI of the job's SR"
+    )
+    recorded_at: Mapped[datetime] = mapped_column(index=True)
+    score: Mapped[float | None] = mapped_column(Float, comment="the study-level score")
+    finding_count: Mapped[int] = mapped_column(Integer, default=0)
+    abstained: Mapped[bool] = mapped_column(Boolean, default=False)
+    ood_score: Mapped[float | None] = mapped_column(Float)
+    assessments: Mapped[list[dict[str, Any]] | None] = mapped_column(
+        JSON, comment="AssessmentOutput rows: kind, laterality, score, value"
+    )
+
+
+class FindingOutputRow(Base):
+    """One finding of a job's SR (:class:`~cad_node.domain.monitoring.FindingOutput`)."""
+
+    __tablename__ = "finding_outputs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(Integer, ForeignKey("jobs.id"), index=True)
+    tracking_uid: Mapped[str] = mapped_column(UI, index=True, comment="(0062,0021) UI")
+    tracking_identifier: Mapped[str] = mapped_column(String(64), comment="(0062,0020) UT")
+    finding_type: Mapped[str] = mapped_column(String(64))
+    probability: Mapped[float | None] = mapped_column(Float)
+    sop_instance_uid: Mapped[str] = mapped_column(UI, comment="the image it is drawn on")
+    frame_number: Mapped[int | None] = mapped_column(Integer)
+    row: Mapped[float] = mapped_column(Float, comment="centre, pixels")
+    column: Mapped[float] = mapped_column(Float, comment="centre, pixels")
+    laterality: Mapped[str | None] = mapped_column(CS)
+    diameter_mm: Mapped[float | None] = mapped_column(Float)
+
+
+class FeedbackRow(Base):
+    """One verdict (:class:`~cad_node.domain.monitoring.FeedbackItem`), matched to a job."""
+
+    __tablename__ = "feedback"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    received_at: Mapped[datetime] = mapped_column(index=True)
+    source: Mapped[str] = mapped_column(CS, comment="review | api | csv | dicom")
+    reviewer: Mapped[str] = mapped_column(String(64), comment="token name or calling AE title")
+    study_instance_uid: Mapped[str] = mapped_column(UI, index=True, comment="(0020,000D) UI")
+    verdict: Mapped[str] = mapped_column(CS, comment="agree | disagree | missed | outcome")
+    job_id: Mapped[int | None] = mapped_column(Integer, ForeignKey("jobs.id"), index=True)
+    model_name: Mapped[str | None] = mapped_column(String(64), index=True)
+    finding_output_id: Mapped[int | None] = mapped_column(
+        Integer, ForeignKey("finding_outputs.id"), index=True
+    )
+    tracking_uid: Mapped[str | None] = mapped_column(UI, comment="(0062,0021) UI")
+    laterality: Mapped[str | None] = mapped_column(CS)
+    truth: Mapped[str | None] = mapped_column(String(64))
+    location: Mapped[dict[str, Any] | None] = mapped_column(
+        JSON, comment="ImagePoint: sop_instance_uid, row, column, frame_number"
+    )
+    source_sop_instance_uid: Mapped[str | None] = mapped_column(
+        UI, index=True, comment="(0008,0018) UI of the feedback SR"
+    )
+    referenced_sr_uid: Mapped[str | None] = mapped_column(UI)
+    note: Mapped[str | None] = mapped_column(Text)

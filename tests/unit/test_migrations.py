@@ -34,7 +34,7 @@ from cad_node.store.migrations import (
 from cad_node.store.migrations.runner import RELEASE_TABLES, migration_transaction
 from cad_node.store.schema import Base, Instance, Job, Result, Series, Study
 
-HEAD = "0006"
+HEAD = "0007"
 NEW_COLUMNS = {
     ("instances", "image_laterality"),
     ("instances", "view_position"),
@@ -56,9 +56,11 @@ NEW_COLUMNS = {
     ("deliveries", "commitment_attempts"),
     ("deliveries", "committed_at"),
 }
-"""What revisions 0002 to 0006 add to the journal of 0.1.0 (revision 0001)."""
+"""What revisions 0002 to 0007 add to the journal of 0.1.0 (revision 0001)."""
 NEW_INDEXES = {"ix_deliveries_commitment_transaction_uid"}
 """The indexes they add (of the new columns)."""
+NEW_TABLES = {"job_outputs", "finding_outputs", "feedback"}
+"""The tables they add (0007: monitoring)."""
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 STUDY_UID = "1.2.826.0.1.3680043.8.498.10"
@@ -106,6 +108,14 @@ def differences(engine: Engine) -> list[Any]:
 def added_columns(diffs: list[Any]) -> set[tuple[str, str]]:
     """(table, column) of each ``add_column`` difference; raises on any other kind, and on
     an index other than those of the new columns."""
+    new_tables = {diff[1].name for diff in diffs if diff[0] == "add_table"}
+    assert new_tables == NEW_TABLES, diffs
+    diffs = [
+        diff
+        for diff in diffs
+        if diff[0] != "add_table"
+        and not (diff[0] == "add_index" and diff[1].table.name in NEW_TABLES)
+    ]
     kinds = {diff[0] for diff in diffs}
     assert kinds <= {"add_column", "add_index"}, diffs
     assert {diff[1].name for diff in diffs if diff[0] == "add_index"} <= NEW_INDEXES, diffs
@@ -338,6 +348,23 @@ def test_0006_adds_abstentions_and_commitments_and_its_downgrade_keeps_rows(
     downgrade_journal(empty_engine, "0005")
     assert "abstention" not in column_names(empty_engine, "jobs")
     assert "committed_at" not in column_names(empty_engine, "deliveries")
+    assert row_counts(empty_engine, "jobs") == {"jobs": 1}
+
+
+def test_0007_adds_the_monitoring_tables_and_its_downgrade_drops_only_them(
+    empty_engine: Engine,
+) -> None:
+    upgrade_to(empty_engine, "0006")
+    insert_release_rows(empty_engine)
+    upgrade_to(empty_engine, "0007")
+    with empty_engine.connect() as connection:
+        tables = set(inspect(connection).get_table_names())
+    assert tables >= NEW_TABLES
+
+    downgrade_journal(empty_engine, "0006")
+    with empty_engine.connect() as connection:
+        tables = set(inspect(connection).get_table_names())
+    assert tables.isdisjoint(NEW_TABLES)
     assert row_counts(empty_engine, "jobs") == {"jobs": 1}
 
 
