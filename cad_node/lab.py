@@ -18,11 +18,13 @@ LAB_EXTRA = "pip install 'cad-node[lab]'"
 """What to run where a lab command finds its packages missing."""
 
 LAB_MODULES = {
-    "matplotlib": "matplotlib",
     "sklearn": "scikit-learn",
     "markdown_it": "markdown-it-py",
 }
-"""Module -> the distribution that brings it (the ``lab`` extra in pyproject.toml)."""
+"""Module -> the distribution that brings it (the ``lab`` extra in pyproject.toml).
+
+matplotlib is a dependency of every install since the monitoring page and ``cad-node
+report`` draw plots (issue 22); it is imported only when a figure is drawn."""
 
 Command = Callable[[argparse.Namespace], int]
 """A subcommand: parsed arguments in, exit status out."""

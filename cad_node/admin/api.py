@@ -14,6 +14,8 @@ from cad_node.admin import (
     dicomweb,
     flow,
     models_and_destinations,
+    monitoring,
+    review,
     rule_editing,
     system,
     web,
@@ -58,6 +60,8 @@ def create_app(context: AdminContext) -> FastAPI:
     if context.settings.dicomweb.enabled:
         app.include_router(dicomweb.router)
     app.include_router(time_to_result_api.router)
+    app.include_router(review.router)
+    app.include_router(monitoring.router)
     app.include_router(web.router)
     app.mount("/static", web.static_files, name="static")
     registry = metrics_registry(context.sessions, context)

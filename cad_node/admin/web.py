@@ -29,6 +29,8 @@ PAGES: dict[str, str] = {
     "deliveries": "Deliveries",
     "models": "Models",
     "destinations": "Destinations",
+    "review": "Review",
+    "monitoring": "Monitoring",
     "audit": "Audit",
 }
 """Template name -> title, in the order of the navigation bar."""

@@ -1,6 +1,6 @@
 """A production node runs without the lab (issue 23, item 1).
 
-``pip install cad-node`` leaves out the ``lab`` extra (matplotlib, scikit-learn,
+``pip install cad-node`` leaves out the ``lab`` extra (scikit-learn,
 markdown-it-py: what ``synth``, ``train``, ``evaluate`` and ``demo`` need). Each test runs
 a fresh interpreter whose import system refuses those packages, as an install without
 them would, and checks what it ran (the CLI's help, ``serve``, a shipped model's
