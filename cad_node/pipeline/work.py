@@ -25,6 +25,7 @@ from cad_node.domain.domain_check import (
 from cad_node.domain.findings import ModelIdentity
 from cad_node.domain.image_sets import ImageSet
 from cad_node.domain.imaging import ImageVolume
+from cad_node.domain.monitoring import JobOutputs
 from cad_node.domain.results import (
     ModelReport,
     ResultGrid,
@@ -43,6 +44,7 @@ from cad_node.ingest.bounds import DataSetLimits, DataSetTooLargeError
 from cad_node.models.base import CadModel, reads_image_sets, reads_volumes, reports_directly
 from cad_node.models.registry import ModelRegistry
 from cad_node.models.remote import behind_deidentification
+from cad_node.monitoring.outputs import abstained_outputs, job_mode, job_outputs
 from cad_node.pipeline.files import read_datasets, read_headers, write_dataset_atomically
 from cad_node.results.abstention import build_abstention_objects
 from cad_node.results.build import ResultObjects, build_result_objects, study_of
@@ -57,6 +59,7 @@ from cad_node.store.jobs import (
     fail_job,
 )
 from cad_node.store.model_modes_and_destinations import current_destinations, result_kinds_of
+from cad_node.store.outputs import record_outputs
 from cad_node.store.retention import purged_inputs_error, purged_series
 from cad_node.store.schema import Job
 from cad_node.store.series import instance_paths, quarantine
@@ -112,6 +115,8 @@ class JobRun:
     """What was derived or left out on the way (UIDs only), shown to the admin."""
     abstention: Abstention | None = None
     """Why the model did not assess the input (or, under ``run_anyway``, the caveat)."""
+    outputs: JobOutputs | None = None
+    """What the model said, for monitoring (journaled with the job's completion)."""
 
 
 @dataclass
@@ -157,16 +162,19 @@ class Worker:
             job = self._held_job(session, job_input.job_id)
             if job is None:
                 return True
+            now = self.clock()
             complete_job(
                 session,
                 job,
                 run.stored,
                 run.finding_count,
-                self.clock(),
+                now,
                 stage_seconds=asdict(run.timings),
                 warnings=run.warnings,
                 abstention=abstention_record(run.abstention) if run.abstention else None,
             )
+            if run.outputs is not None:
+                record_outputs(session, job.id, run.outputs, now)
         _log_done(job_input, run)
         return True
 
@@ -302,7 +310,14 @@ class Worker:
             build=built - inferred,
             write=time.perf_counter() - built,
         )
-        return JobRun(stored, len(report.findings), timings, warnings, abstention)
+        outputs = job_outputs(
+            report,
+            built_objects.tracking,
+            sr_sop_instance_uid=str(built_objects.sr.SOPInstanceUID),
+            study_instance_uid=report.grid.study_instance_uid,
+            mode=job_mode(job_input.destinations),
+        )
+        return JobRun(stored, len(report.findings), timings, warnings, abstention, outputs)
 
     def _outside_domain(
         self, job_input: JobInput, datasets: Sequence[Dataset]
@@ -337,9 +352,11 @@ class Worker:
         checked = time.perf_counter()
         stored: list[StoredResult] = []
         warnings: tuple[str, ...] = ()
+        sr_uid: str | None = None
         if job_input.on_out_of_domain == OutOfDomainAction.REPORT:
             objects = self._build_abstention(job_input, datasets, model, abstention)
             warnings = objects.warnings
+            sr_uid = str(objects.sr.SOPInstanceUID)
             built = time.perf_counter()
             stored = self._write(job_input, _by_stem(objects))
         else:
@@ -350,7 +367,14 @@ class Worker:
             build=built - checked,
             write=time.perf_counter() - built,
         )
-        return JobRun(stored, 0, timings, warnings, abstention)
+        outputs = abstained_outputs(
+            model,
+            study_instance_uid=_study_uid(datasets),
+            mode=job_mode(job_input.destinations),
+            sr_sop_instance_uid=sr_uid,
+            ood_score=abstention.ood.score if abstention.ood is not None else None,
+        )
+        return JobRun(stored, 0, timings, warnings, abstention, outputs)
 
     def _build_abstention(
         self,
@@ -503,6 +527,15 @@ def _log_done(job_input: JobInput, run: JobRun) -> None:
         timings.write,
         f"; abstention: {run.abstention.reason.value}" if run.abstention else "",
     )
+
+
+def _study_uid(datasets: Sequence[Dataset]) -> str:
+    """The Study Instance UID of the job's images (one study per job)."""
+    for dataset in datasets:
+        uid = str(dataset.get("StudyInstanceUID", "") or "")
+        if uid:
+            return uid
+    return ""
 
 
 def _unknown_input_kind(model: CadModel) -> ModelError:

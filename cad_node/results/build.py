@@ -33,7 +33,7 @@ from cad_node.results.sources import (
     prepared_headers,
 )
 from cad_node.results.sr import Explanation, build_sr
-from cad_node.results.tracking import finding_tracking
+from cad_node.results.tracking import Tracking, finding_tracking
 from cad_node.results.uids import ResultUids
 
 
@@ -57,6 +57,8 @@ class ResultObjects:
     """Presentation states drawing the findings on the source images (when asked for)."""
     warnings: tuple[str, ...] = ()
     """What the objects derived from the sources because their senders left it out."""
+    tracking: tuple[Tracking, ...] = ()
+    """The Tracking UID and identifier the SR (and SEG) gave each finding, in report order."""
 
 
 def build_result_objects(  # positional order agreed with the worker
@@ -121,6 +123,7 @@ def build_result_objects(  # positional order agreed with the worker
         overlays=list(overlays),
         states=list(states),
         warnings=tuple(derivation_notes(datasets, distinct_sources(headers))),
+        tracking=tuple(tracking),
     )
     for built in _all(objects):
         keep_character_set(built, datasets)
