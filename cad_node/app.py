@@ -27,6 +27,7 @@ from cad_node.ingest.recovery import reindex_spool
 from cad_node.ingest.scp import StorageSCP
 from cad_node.ingest.stow import stow_store_service
 from cad_node.models.registry import ModelRegistry
+from cad_node.monitoring.feedback_intake import FeedbackIntake
 from cad_node.pipeline.assemble import Assembler, OwnEquipment
 from cad_node.pipeline.work import Worker
 from cad_node.queueing import Lane, make_lanes, models_without_lane, promote, start_lanes
@@ -154,6 +155,9 @@ class Node:
                 manufacturer=self.settings.results.manufacturer,
                 manufacturer_model_name=self.settings.results.manufacturer_model_name,
                 device_serial_number=self.settings.results.device_serial_number,
+            ),
+            feedback=FeedbackIntake(
+                self.settings.storage_dir, DataSetLimits.from_settings(self.settings.limits)
             ),
         )
         self.workers = [

@@ -40,6 +40,10 @@ logger = logging.getLogger(__name__)
 NODE_ACTOR = "node"
 """The actor of the data-flow audit events (received, routed, sent)."""
 
+FeedbackReader = Callable[[Session, Series, datetime], str | None]
+"""Journals the feedback a completed series holds (viewers' feedback SRs); a line for its
+routing explanation, or None (:class:`cad_node.monitoring.feedback_intake.FeedbackIntake`)."""
+
 OWN_RESULT = "own result: not routed"
 """Why a series the node made itself has no job (the admin's routing explanation)."""
 OWN_RESULT_EXPLANATION = (
@@ -91,6 +95,9 @@ class Assembler:
     own results; None: no series is taken for the node's own."""
     calling_ae_classes: Mapping[str, PriorityClass] = field(default_factory=dict)
     """Priority classes of sending AE titles (``queue.calling_ae_classes``)."""
+    feedback: FeedbackReader | None = None
+    """Reads and journals the feedback SRs a completed series holds (not the node's own
+    results); what it returns heads the routing explanation."""
 
     def sweep(self) -> list[RoutedSeries]:
         """Complete and route every due series in one transaction; [] when none is due.
@@ -168,6 +175,9 @@ class Assembler:
         if own_result and rule is None:
             explanation = f"{OWN_RESULT_EXPLANATION}\n{explanation}"
             logger.info("series %s: %s", series.series_instance_uid, OWN_RESULT)
+        if received and not own_result and self.feedback is not None:
+            feedback = self.feedback(session, series, now)
+            explanation = f"{feedback}\n{explanation}" if feedback else explanation
         mode = RuleMode.ACTIVE if rule is None else model_mode(session, rule.model)
         job_id = None
         if rule is None:
