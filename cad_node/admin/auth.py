@@ -1,8 +1,12 @@
-"""Bearer-token authentication with three roles: ``read``, ``admin`` and ``send``.
+"""Bearer-token authentication with four roles: ``read``, ``admin``, ``send`` and ``review``.
 
 Tokens are configured as their sha256 (``admin.tokens``), so the config file
 holds no secret. Missing or unknown token: 401; a read token on a write: 403.
 A ``send`` token may only store images by STOW-RS (``/dicomweb``): 403 elsewhere.
+A ``review`` token (a radiologist) reads what a ``read`` token reads (no patient names,
+IDs or accession numbers: those are the admin's) and posts feedback on the models'
+findings (``POST /api/feedback``); it changes nothing of the node (rules, destinations,
+models, jobs): 403 there.
 """
 
 import hashlib
@@ -31,7 +35,12 @@ class Principal:
 
     @property
     def can_read(self) -> bool:
-        return self.role in ("read", "admin")
+        return self.role in ("read", "admin", "review")
+
+    @property
+    def can_review(self) -> bool:
+        """May post feedback on the models' findings (review page, API, CSV)."""
+        return self.role in ("review", "admin")
 
     @property
     def can_send(self) -> bool:
@@ -90,6 +99,15 @@ def sender(caller: Annotated[Principal, Depends(principal)]) -> Principal:
     return caller
 
 
+def reviewer(caller: Annotated[Principal, Depends(principal)]) -> Principal:
+    """The caller, if it may post feedback (review or admin token); 403 otherwise."""
+    if not caller.can_review:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, detail="this token may not post feedback (review role)"
+        )
+    return caller
+
+
 def writer(caller: Annotated[Principal, Depends(principal)]) -> Principal:
     """The caller, if it holds an admin token; 403 for a read token."""
     if not caller.can_write:
@@ -100,3 +118,4 @@ def writer(caller: Annotated[Principal, Depends(principal)]) -> Principal:
 Reader = Annotated[Principal, Depends(reader)]
 Sender = Annotated[Principal, Depends(sender)]
 Writer = Annotated[Principal, Depends(writer)]
+Reviewer = Annotated[Principal, Depends(reviewer)]
