@@ -3,6 +3,7 @@
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -10,6 +11,7 @@ from cad_node.config import Settings
 from cad_node.export.health import DestinationHealth
 from cad_node.ingest.incoming import StoreService
 from cad_node.models.registry import ModelRegistry
+from cad_node.monitoring.drift import DriftWatch
 from cad_node.store.rulesets import RuleBook
 
 
@@ -31,3 +33,9 @@ class AdminContext:
     stow_service: StoreService | None = None
     """Where STOW-RS instances go (the Storage SCP's spool and journal); ``None``: the
     STOW-RS endpoint answers 503."""
+
+    @cached_property
+    def model_drift(self) -> DriftWatch:
+        """Each model's drift for /metrics and the banner, recomputed in the background
+        every ``monitoring.check_interval_seconds`` (:class:`DriftWatch`)."""
+        return DriftWatch(self.sessions, self.clock, self.settings.monitoring)

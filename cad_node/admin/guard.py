@@ -4,7 +4,9 @@ Both are plain ASGI middleware, so they hold whatever FastAPI version serves the
 
 - The page loads its one script and one stylesheet from ``/static`` and nothing else, so
   the Content-Security-Policy allows only the node's own origin, no inline script or
-  style, and no framing (with X-Frame-Options for older browsers).
+  style, and no framing (with X-Frame-Options for older browsers). Images the API serves
+  to a bearer token only (the monitoring figures) are fetched by script and shown from
+  ``blob:`` URLs.
 - A body is refused with 413 before it is read when its Content-Length is over the
   limit, and as soon as the bytes streamed in pass the limit otherwise (chunked).
 """
@@ -15,7 +17,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
     "form-action 'self'"
 )

@@ -213,6 +213,37 @@ class HealthCollector(Collector):
             yield metric
 
 
+class ModelDriftCollector(Collector):
+    """Each model's drift (:class:`~cad_node.monitoring.drift.DriftWatch`'s last result, so a
+    scrape does not wait for the journal): PSI per feature, and per model (every model a rule
+    names, too) 1 when any feature is at alert."""
+
+    def __init__(self, context: AdminContext) -> None:
+        self._context = context
+
+    def collect(self) -> Iterator[Metric]:
+        psi = GaugeMetricFamily(
+            "cad_node_model_drift_psi",
+            "Population stability index of a model's input or output feature, the last "
+            "monitoring.current_days against its baseline (absent: too few jobs)",
+            labels=["model", "feature"],
+        )
+        alert = GaugeMetricFamily(
+            "cad_node_model_drift_alert",
+            "1 when any feature of the model has PSI >= monitoring.psi_alert",
+            labels=["model"],
+        )
+        alerting = {rule.model: False for rule in self._context.rule_book.current()}
+        for drift in self._context.model_drift.current():
+            for feature in drift.features:
+                if feature.psi is not None:
+                    psi.add_metric([drift.model_name, feature.feature], feature.psi)
+            alerting[drift.model_name] = drift.alert
+        for model_name, drifted in sorted(alerting.items()):
+            alert.add_metric([model_name], 1.0 if drifted else 0.0)
+        yield from (psi, alert)
+
+
 def _by_destination(name: str, documentation: str) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, labels=["destination"])
 
@@ -222,13 +253,14 @@ def metrics_registry(
 ) -> CollectorRegistry:
     """A registry of the node's metrics only (no process metrics of the test runner):
     the journal's, and with ``context`` destination health, backlog, disk space and time to
-    result per priority class (:mod:`cad_node.admin.time_to_result`)."""
+    result per priority class (:mod:`cad_node.admin.time_to_result`) and model drift."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(JournalCollector(sessions))
     if context is not None:
         registry.register(HealthCollector(context))
         targets = context.settings.queue.target_seconds
         registry.register(TimeToResultCollector(sessions, context.clock, targets))
+        registry.register(ModelDriftCollector(context))
     return registry
 
 

@@ -30,6 +30,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from cad_node.assembly.completion import StudyGrouping
 from cad_node.config.dicomweb import DicomWebDestinationSettings, DicomWebSettings
+from cad_node.config.monitoring import MonitoringSettings
 from cad_node.config.queue import QueueSettings
 from cad_node.domain.states import ResultKind
 from cad_node.domain.values import check_ae_title, check_code_string
@@ -298,8 +299,9 @@ class AdminToken(_Settings):
     """Who holds it: the actor the audit log records."""
     sha256: str = Field(pattern=_SHA256_HEX)
     """Lower-case hex sha256 of the token, e.g. ``printf %s TOKEN | sha256sum``."""
-    role: Literal["read", "admin", "send"] = "read"
-    """``send``: only stores images by STOW-RS (``POST /dicomweb/studies``)."""
+    role: Literal["read", "admin", "send", "review"] = "read"
+    """``send``: only stores images by STOW-RS (``POST /dicomweb/studies``); ``review``: reads
+    as ``read`` does and posts radiologists' feedback (``POST /api/feedback``)."""
 
     @model_validator(mode="after")
     def _not_a_well_known_token(self) -> "AdminToken":
@@ -408,6 +410,8 @@ class Settings(_Settings):
     """The STOW-RS endpoint on the admin port."""
     health: HealthSettings = HealthSettings()
     retention: RetentionSettings = RetentionSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
+    """Model drift: baseline window, PSI thresholds, features (issue 22)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int | None = Field(default=None, ge=1, le=256)
     """CPU threads per torch operator; ``None``: torch's default (one per core)."""

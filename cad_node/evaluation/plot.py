@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from cad_node import NOT_FOR_CLINICAL_USE
 from cad_node.evaluation.froc import FrocResult
-from cad_node.evaluation.metrics import RocCurve
+from cad_node.monitoring.stats import RocCurve  # numpy only: the node draws these too
 
 FIGURE_SIZE_IN = (5.0, 4.0)
 DPI = 120

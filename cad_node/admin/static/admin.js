@@ -256,7 +256,7 @@ function oodText(ood) {
 const AUDIT_ACTIONS = ["series.received", "series.routed", "delivery.sent", "delivery.committed", "delivery.failed",
   "model.mode", "destination.create", "destination.update", "destination.delete",
   "rule.create", "rule.update", "rule.delete", "rules.rollback", "job.retry", "job.cancel",
-  "delivery.retry", "series.reroute", "series.rerun", "destination.retry"];
+  "delivery.retry", "series.reroute", "series.rerun", "destination.retry", "feedback.record", "feedback.import"];
 const TEMPLATE_DESTINATION = { host: "127.0.0.1", port: 104, ae_title: "PACS", results: ["seg", "sr"] };
 
 function wireDestinationEditor() {
@@ -303,6 +303,28 @@ async function listing(id, path, headings, render) {
 
 // -- rules: in rules.js, loaded by the rules page (rulesPage, wireRulesEditor) -------------
 
+// -- model drift banner (GET /api/monitoring/alerts) -------------------------------------
+
+const DRIFT_SHOWN = 3;
+
+async function showModelDrift() {
+  const banner = $("model-drift-banner");
+  if (!banner) return;
+  let found = null;
+  try { found = await api("GET", "/api/monitoring/alerts"); } catch (_) { found = null; }
+  const alerts = found ? found.alerts : [];
+  banner.replaceChildren();
+  banner.hidden = alerts.length === 0;
+  if (!alerts.length) return;
+  const shown = alerts.slice(0, DRIFT_SHOWN).map((a) => a.message).join("; ");
+  const more = alerts.length > DRIFT_SHOWN ? ` and ${alerts.length - DRIFT_SHOWN} more` : "";
+  banner.append(`Model drift: ${shown}${more} `);
+  const link = document.createElement("a");
+  link.href = "/ui/monitoring";
+  link.textContent = "see Monitoring";
+  banner.append(link);
+}
+
 // -- start -------------------------------------------------------------------------------
 
 async function load() {
@@ -324,6 +346,7 @@ async function signIn() {
   $("main").hidden = false;
   $("logout").hidden = false;
   $("who").textContent = `${me.name} (${me.role})`;
+  if (me.role !== "send") showModelDrift();
   if (document.body.dataset.page === "rules") wireRulesEditor();
   await load();
 }
