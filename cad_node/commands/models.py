@@ -105,6 +105,8 @@ def _synth_planar(args: argparse.Namespace) -> int:
 def _train_lung(args: argparse.Namespace) -> int:
     from cad_node.models.lung.train import TrainConfig, refit, train
 
+    if args.validation_data is not None:
+        raise CadNodeError("`train lung` has no --validation-data option")
     percentile = {} if args.ood_percentile is None else {"ood_percentile": args.ood_percentile}
     config = TrainConfig(
         epochs=args.epochs,
@@ -125,7 +127,7 @@ def _train_lung(args: argparse.Namespace) -> int:
 TRAIN_OPTIONS = ("epochs", "patience", "max_minutes", "seed", "threads", "batch_size")
 """TrainConfig fields every planar family has; an option left out keeps the family default."""
 
-OPTIONAL_TRAIN_OPTIONS = ("samples_per_epoch", "ood_percentile")
+OPTIONAL_TRAIN_OPTIONS = ("samples_per_epoch", "ood_percentile", "validation_data")
 """TrainConfig fields some families have; asking one of the others for it is an error."""
 
 
@@ -479,6 +481,13 @@ def _add_refit_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--ood-percentile", type=float, default=None, help="OOD threshold: validation percentile"
+    )
+    parser.add_argument(
+        "--validation-data",
+        type=Path,
+        default=None,
+        help="more studies never trained on, added to the validation set of the OOD threshold "
+        "and the calibration (where the family has it)",
     )
 
 

@@ -19,6 +19,7 @@ from torch import nn
 from cad_node.models.manifest import MANIFEST_NAME, Manifest, verified_weights
 from cad_node.models.ood import (
     OOD_FILE,
+    OOD_METHOD,
     MahalanobisStats,
     abstention_rate,
     aggregate_distances,
@@ -96,10 +97,13 @@ def write_post_training(
     ood: OodFit,
     ood_described: tuple[str, str],
     calibration: dict[str, Any],
+    *,
+    method: str = OOD_METHOD,
     **changes: Any,
 ) -> Manifest:
     """Save the OOD statistics in ``out_dir`` and the manifest with its ``ood`` and
-    ``calibration`` entries (and ``changes``, e.g. a threshold in the calibrated scale)."""
+    ``calibration`` entries (and ``changes``, e.g. a threshold in the calibrated scale);
+    ``method`` names what the statistics were fitted on."""
     sha = ood.stats.save(out_dir / OOD_FILE)
     fitted_on, thresholded_on = ood_described
     entry = ood_entry(
@@ -110,6 +114,7 @@ def write_post_training(
         fitted_on=fitted_on,
         thresholded_on=thresholded_on,
         extra={
+            "method": method,
             "aggregate": ood.aggregate,
             "validation_abstention_rate": round(ood.validation_abstention_rate, 4),
         },

@@ -65,10 +65,32 @@ def test_fundus_real_photograph_over_threshold_fresh_synthetic_under(
     real = model.predict(_single_image_set(retina)).ood
     assert real is not None
     assert real.outside, f"skimage retina scored {real.score:.2f} <= {real.threshold:.2f}"
+    # a margin, not a hair: the card measured 1.84 x the threshold
+    assert real.score > 1.5 * real.threshold, f"retina {real.score:.2f} is too close"
     (folder,) = write_dataset(tmp_path / "synthetic", 1, seed=990_300)
     fresh = model.predict(load_image_set(sorted(folder.glob("*.dcm")))).ood
     assert fresh is not None
     assert not fresh.outside, f"fresh synthetic exam scored {fresh.score:.2f}"
+
+
+@pytest.mark.parametrize(
+    ("seed", "grades"),
+    [(11, (2, 3)), (990_311, (4, 4)), (990_312, (1, 0))],
+    ids=["benchmark-seed-11", "proliferative", "mild"],
+)
+def test_fundus_synthetic_exams_of_every_grade_under_threshold(
+    registry: ModelRegistry, tmp_path: Path, seed: int, grades: tuple[int, int]
+) -> None:
+    """The benchmark's exam (bench.throughput / bench.priority: seed 11, grades 2 and 3) and
+    rare grades are inside the validated domain: no false abstention."""
+    from cad_node.synth.fundus import FundusSpec, generate_fundus, write_study
+
+    model = registry.get("fundus_dr")
+    assert isinstance(model, FundusModel)
+    files = write_study(generate_fundus(FundusSpec(seed=seed, grades=grades)), tmp_path)
+    score = model.predict(load_image_set(sorted(files))).ood
+    assert score is not None
+    assert not score.outside, f"synthetic exam (grades {grades}) scored {score.score:.2f}"
 
 
 def _as_mammogram_views(path: Path) -> ImageSet:
@@ -132,3 +154,27 @@ def test_refit_only_fits_ood_and_calibration_and_keeps_the_weights(tmp_path: Pat
         shipped.calibration["uncalibrated_operating_threshold"]
     )
     assert refitted.training == shipped.training
+
+
+def test_fundus_refit_adds_validation_data_and_keeps_the_weights(tmp_path: Path) -> None:
+    import shutil
+
+    from tests.conftest import models_command
+
+    data, more, out = tmp_path / "data", tmp_path / "more", tmp_path / "model"
+    assert models_command(["synth", "fundus", "--out", str(data), "--count", "4"]) == 0
+    argv = ["synth", "fundus", "--out", str(more), "--count", "2", "--seed", "990400"]
+    assert models_command(argv) == 0
+    shutil.copytree(SHIPPED_DIR / "fundus_dr", out)
+    shipped = Manifest.read(out)
+    argv = ["train", "fundus", "--data", str(data), "--out", str(out), "--refit-only"]
+    assert models_command([*argv, "--validation-data", str(more)]) == 0
+    refitted = Manifest.read(out)
+    assert sha256_of(out / "model.pt") == shipped.sha256 == refitted.sha256
+    assert refitted.ood["method"] == "mahalanobis-encoder-statistics"
+    assert refitted.ood["sha256"] == sha256_of(out / "ood.npz")
+    # 1 of the 4 exams is held out by the split, the 2 more join it
+    assert refitted.ood["thresholded_on"].startswith("3 validation exams (1 held out")
+    assert refitted.calibration["samples"] == 6
+    argv = ["train", "mammo", "--data", str(data), "--out", str(out), "--refit-only"]
+    assert models_command([*argv, "--validation-data", str(more)]) != 0

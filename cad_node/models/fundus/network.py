@@ -89,8 +89,8 @@ class FundusNet(nn.Module):
         return grade_logits, lesion_logits
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``forward``'s outputs and the grading head's input ``(B, 16 * width + 25)``: the
-        pooled bottleneck and the lesion summary, the features the OOD score reads."""
+        """``forward``'s outputs and the features the OOD score reads ``(B, 30 * width)``:
+        :func:`encoder_statistics` of the four encoder levels."""
         s0 = self.enc0(x)
         s1 = self.enc1(functional.max_pool2d(s0, 2))
         s2 = self.enc2(functional.max_pool2d(s1, 2))
@@ -99,7 +99,7 @@ class FundusNet(nn.Module):
         d = self.up0(self.up1(self.up2(self.up3(b, s3), s2), s1), s0)
         lesion_logits = self.lesions(d)
         summary = self._summary(b, lesion_logits)
-        return self.grade(summary), lesion_logits, summary
+        return self.grade(summary), lesion_logits, encoder_statistics((s0, s1, s2, s3))
 
     def _summary(self, bottleneck: torch.Tensor, lesion_logits: torch.Tensor) -> torch.Tensor:
         pooled = torch.cat([bottleneck.mean(dim=(2, 3)), bottleneck.amax(dim=(2, 3))], dim=1)
@@ -108,6 +108,19 @@ class FundusNet(nn.Module):
         peak = probs.amax(dim=(2, 3))
         lesion_features = torch.log(torch.cat([quadrants * 100.0, peak], dim=1) + 0.01)
         return torch.cat([pooled, lesion_features], dim=1)
+
+
+def encoder_statistics(levels: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Each channel's spatial mean and standard deviation on every level ``(B, C, H, W)``.
+
+    What the OOD score reads: the grading head's own input (pooled bottleneck + lesion
+    summary) moves with the lesion load, so eyes of a rare severe grade scored as unlike the
+    training data as a real photograph; the statistics of the encoder's texture and colour
+    channels separate the real photograph by about twice as much (docs/model-cards/fundus-dr.md).
+    """
+    return torch.cat(
+        [torch.cat([s.mean(dim=(2, 3)), s.std(dim=(2, 3))], dim=1) for s in levels], dim=1
+    )
 
 
 class GradeLogits(nn.Module):

@@ -65,6 +65,8 @@ AUGMENTATIONS = (
     "vertical flip (p=0.5); rotation +-15 deg with scale 0.92-1.08; per-channel gain 0.9-1.1 "
     "and offset +-0.1 (normalised units); Gaussian noise sd <= 0.05"
 )
+OOD_METHOD = "mahalanobis-encoder-statistics"
+"""The fundus OOD score: Mahalanobis distance of the encoder statistics (network.py)."""
 THRESHOLD_CHOICES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 
 
@@ -83,6 +85,9 @@ class TrainConfig:
     validation_fraction: float = 0.15
     lesion_loss_weight: float = 1.0
     ood_percentile: float = DEFAULT_PERCENTILE
+    validation_data: Path | None = None
+    """More exams the network never saw (``synth fundus`` with other seeds), added to the
+    held-out validation exams for the OOD threshold and the calibration only."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -103,6 +108,17 @@ class EyeSet:
     def subset(self, keep: npt.NDArray[np.bool_]) -> "EyeSet":
         return EyeSet(
             self.images[keep], self.masks[keep], self.fov[keep], self.grades[keep], self.study[keep]
+        )
+
+    def joined(self, other: "EyeSet") -> "EyeSet":
+        """Both sets' eyes; ``other``'s exams numbered after this set's."""
+        offset = int(self.study.max()) + 1 if len(self) else 0
+        return EyeSet(
+            np.concatenate([self.images, other.images]),
+            np.concatenate([self.masks, other.masks]),
+            np.concatenate([self.fov, other.fov]),
+            np.concatenate([self.grades, other.grades]),
+            np.concatenate([self.study, other.study + offset]),
         )
 
 
@@ -477,7 +493,7 @@ def _manifest(
 
 @dataclass(frozen=True, slots=True, eq=False)
 class HeadOutputs:
-    """Grade logits and the grading head's input (the OOD features), one row per eye."""
+    """Grade logits and the OOD features (encoder statistics), one row per eye."""
 
     grade_logits: npt.NDArray[np.float64]
     features: npt.NDArray[np.float32]
@@ -489,9 +505,9 @@ def head_outputs(net: FundusNet, eyes: EyeSet) -> HeadOutputs:
     with torch.inference_mode():
         for start in range(0, len(eyes), 16):
             idx = np.arange(start, min(start + 16, len(eyes)))
-            grade_logits, _, summary = net.forward_features(batch_tensors(eyes, idx)[0])
+            grade_logits, _, ood_features = net.forward_features(batch_tensors(eyes, idx)[0])
             logits.append(grade_logits.double().numpy())
-            features.append(summary.float().numpy())
+            features.append(ood_features.float().numpy())
     return HeadOutputs(np.concatenate(logits), np.concatenate(features))
 
 
@@ -503,17 +519,22 @@ def post_training(
     *,
     out_dir: Path,
     percentile: float,
+    more: EyeSet | None = None,
 ) -> Manifest:
     """Fit the OOD score (training eyes; threshold on validation exams) and the grade
-    temperature (validation eyes); the referable threshold moves to the calibrated scale
-    (Youden's J on the calibrated validation P(grade >= 2), the rule ``train`` uses)."""
-    trained, held = head_outputs(net, train_set), head_outputs(net, validation)
-    ood = fit_ood(trained.features, held.features, validation.study.tolist(), percentile)
-    fit = calibrate(held.grade_logits, validation.grades)
-    calibrated = softmax(held.grade_logits, fit.temperature).astype(np.float32)
+    temperature (validation eyes, with ``more``: exams never trained on, from
+    ``validation_data``); the referable threshold moves to the calibrated scale (Youden's J
+    on the calibrated P(grade >= 2) of the split's validation eyes, the rule ``train`` uses
+    for its uncalibrated threshold, so the operating point does not move with ``more``)."""
+    trained, split = head_outputs(net, train_set), head_outputs(net, validation)
+    everything = validation if more is None else validation.joined(more)
+    held = split if more is None else head_outputs(net, everything)
+    ood = fit_ood(trained.features, held.features, everything.study.tolist(), percentile)
+    fit = calibrate(held.grade_logits, everything.grades)
+    calibrated = softmax(split.grade_logits, fit.temperature).astype(np.float32)
     threshold = youden_threshold(validation.grades, calibrated)
     calibration = fit.entry(
-        f"{len(validation)} validation eyes",
+        _validation_described(validation, more, "eyes"),
         "ICDR grade softmax (ECE of the top-label confidence)",
         {"uncalibrated_operating_threshold": manifest.operating_threshold},
     )
@@ -522,14 +543,37 @@ def post_training(
         manifest,
         ood,
         (
-            f"{len(train_set)} training eyes: the grading head's input "
-            f"({ood.stats.dimensions} features: pooled bottleneck + lesion summary)",
-            f"{len(np.unique(validation.study))} validation exams (score of an exam: its "
+            f"{len(train_set)} training eyes: each channel's mean and standard deviation on "
+            f"the four encoder levels ({ood.stats.dimensions} features)",
+            f"{_validation_described(validation, more, 'exams')} (score of an exam: its "
             "highest-scoring photograph)",
         ),
         calibration,
         operating_threshold=round(threshold, 4),
+        method=OOD_METHOD,
     )
+
+
+def _validation_described(validation: EyeSet, more: EyeSet | None, unit: str) -> str:
+    def count(eyes: EyeSet) -> int:
+        return len(eyes) if unit == "eyes" else len(np.unique(eyes.study))
+
+    if more is None:
+        return f"{count(validation)} validation {unit}"
+    return (
+        f"{count(validation) + count(more)} validation {unit} ({count(validation)} held out "
+        f"of the training data + {count(more)} from --validation-data)"
+    )
+
+
+def more_validation(config: TrainConfig) -> EyeSet | None:
+    """The eyes of ``config.validation_data`` (exams never trained on), if given."""
+    if config.validation_data is None:
+        return None
+    folders = study_folders(config.validation_data)
+    if not folders:
+        raise ValueError(f"{config.validation_data} holds no fundus exams with truth")
+    return load_eyes(folders)
 
 
 def refit(data_dir: Path, out_dir: Path, config: TrainConfig) -> Manifest:
@@ -545,7 +589,13 @@ def refit(data_dir: Path, out_dir: Path, config: TrainConfig) -> Manifest:
     )
     train_set, validation = split_by_study(load_eyes(study_folders(data_dir)), config)
     return post_training(
-        net, train_set, validation, manifest, out_dir=out_dir, percentile=config.ood_percentile
+        net,
+        train_set,
+        validation,
+        manifest,
+        out_dir=out_dir,
+        percentile=config.ood_percentile,
+        more=more_validation(config),
     )
 
 
@@ -581,7 +631,13 @@ def train(data_dir: Path, out_dir: Path, config: TrainConfig) -> Manifest:
     )
     (out_dir / "manifest.json").write_text(manifest.to_json())
     return post_training(
-        net, train_set, validation, manifest, out_dir=out_dir, percentile=config.ood_percentile
+        net,
+        train_set,
+        validation,
+        manifest,
+        out_dir=out_dir,
+        percentile=config.ood_percentile,
+        more=more_validation(config),
     )
 
 
