@@ -2,6 +2,7 @@
 Storage SCP with a fake clock, and real SCUs (pynetdicom, DCMTK)."""
 
 import argparse
+import logging
 import os
 import subprocess
 import uuid
@@ -141,6 +142,29 @@ class FakeClock:
 def clock() -> FakeClock:
     """A FakeClock at 2026-03-04 10:00 UTC, advanced only by the test."""
     return FakeClock()
+
+
+CONFIGURED_LOGGERS = ("", "cad_node", "pynetdicom", "apscheduler", "alembic")
+"""The loggers whose level ``cad_node.cli.configure_logging`` sets ("" is the root)."""
+
+
+@pytest.fixture(autouse=True)
+def logging_as_before() -> Iterator[None]:
+    """Undo what an in-process ``cad_node.cli.main`` does to logging for the whole process.
+
+    ``configure_logging`` replaces the root's handlers with one writing to the test's
+    captured stderr (closed after the test) and lowers the levels: later tests would log
+    INFO records and write to a closed stream.
+    """
+    root = logging.getLogger()
+    handlers = set(root.handlers)
+    levels = {name: logging.getLogger(name).level for name in CONFIGURED_LOGGERS}
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers and type(handler) is logging.StreamHandler:
+            root.removeHandler(handler)
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
 
 
 @pytest.fixture(scope="module")
