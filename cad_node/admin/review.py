@@ -13,6 +13,7 @@ recorded (422 naming the item and why; 400 naming the CSV's lines), journaled wi
 """
 
 import logging
+import math
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -367,6 +368,11 @@ class FindingOut(BaseModel):
     """The newest agree / disagree on this finding, if any."""
 
 
+def _json_number(value: float | None) -> float | None:
+    """``value``, or None where JSON has no number for it (an infinite OOD score)."""
+    return value if value is None or math.isfinite(value) else None
+
+
 class JobOutputOut(BaseModel):
     job_id: int
     model_name: str
@@ -451,7 +457,7 @@ def _job_output_out(
         recorded_at=output.recorded_at,
         score=output.score,
         abstained=output.abstained,
-        ood_score=output.ood_score,
+        ood_score=_json_number(output.ood_score),
         sr_sop_instance_uid=output.sr_sop_instance_uid,
         assessments=list(output.assessments or ()),
         findings=[finding_out(finding) for finding in findings],

@@ -38,6 +38,8 @@ class OodScore:
     """A model's out-of-distribution score of one input, and the threshold it is held to.
 
     ``score > threshold`` means the input does not look like the model's training data.
+    The score may be infinite: an input the model finds nothing in to score (a CT volume
+    without a single nodule candidate) is unlike every training input.
     """
 
     method: str
@@ -52,6 +54,11 @@ class OodScore:
     @property
     def outside(self) -> bool:
         return self.score > self.threshold
+
+    @property
+    def score_text(self) -> str:
+        """The score in words: four significant digits, or "infinite"."""
+        return f"{self.score:.4g}" if math.isfinite(self.score) else "infinite"
 
 
 @dataclass(frozen=True, slots=True)

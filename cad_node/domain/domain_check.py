@@ -13,6 +13,7 @@ Examined, Manufacturer ...), never patient data; each value is cut to
 :data:`MAX_QUOTED` characters, since a sender writes what it likes into a header.
 """
 
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -222,7 +223,7 @@ def ood_abstention(ood: OodScore) -> Abstention | None:
     if not ood.outside:
         return None
     detail = (
-        f"out-of-distribution score {ood.score:.4g} ({ood.method}) is over the model's "
+        f"out-of-distribution score {ood.score_text} ({ood.method}) is over the model's "
         f"threshold {ood.threshold:.4g}: the images do not look like its training data"
     )
     return Abstention(AbstentionReason.OUT_OF_DISTRIBUTION, (detail,), ood)
@@ -236,14 +237,19 @@ def with_ood(abstention: Abstention, ood: OodScore) -> Abstention:
 
 
 def abstention_record(abstention: Abstention) -> dict[str, Any]:
-    """The journal's form of ``abstention`` (``Job.abstention``)."""
+    """The journal's form of ``abstention`` (``Job.abstention``): JSON, so an infinite OOD
+    score is written as null (JSON has no infinity)."""
     ood = abstention.ood
     return {
         "reason": abstention.reason.value,
         "details": list(abstention.details),
         "ood": None
         if ood is None
-        else {"method": ood.method, "score": ood.score, "threshold": ood.threshold},
+        else {
+            "method": ood.method,
+            "score": ood.score if math.isfinite(ood.score) else None,
+            "threshold": ood.threshold,
+        },
     }
 
 
@@ -255,5 +261,9 @@ def abstention_of_record(record: Mapping[str, Any]) -> Abstention:
         tuple(str(detail) for detail in record.get("details") or ()),
         None
         if not ood
-        else OodScore(str(ood["method"]), float(ood["score"]), float(ood["threshold"])),
+        else OodScore(str(ood["method"]), _score_of_record(ood["score"]), float(ood["threshold"])),
     )
+
+
+def _score_of_record(value: float | None) -> float:
+    return math.inf if value is None else float(value)

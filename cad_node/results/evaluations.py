@@ -14,6 +14,8 @@ Every SR whose model said something about its input as a whole carries one conta
 The TEXT items make the reason readable in any SR viewer; the codes make it searchable.
 """
 
+import math
+
 import highdicom as hd
 from pydicom.sr.coding import Code
 
@@ -69,7 +71,7 @@ def ood_text(ood: OodScore) -> str:
         else "within the threshold"
     )
     return (
-        f"Out-of-distribution score {ood.score:.4g} ({ood.method}), "
+        f"Out-of-distribution score {ood.score_text} ({ood.method}), "
         f"threshold {ood.threshold:.4g}: {verdict}."
     )
 
@@ -83,7 +85,14 @@ def _comment(text: str) -> hd.sr.TextContentItem:
 
 
 def ood_items(ood: OodScore) -> list[hd.sr.ContentItem]:
-    """The OOD score (NUM) with its threshold under it, and the comment saying what it means."""
+    """The OOD score (NUM) with its threshold under it, and the comment saying what it means.
+
+    An infinite score (an input with nothing to score) has the comment only: no DS value
+    holds infinity, and a NUM without a measured value (PS3.3 C.18.1.1, qualified "Positive
+    Infinity") is valid DICOM that highdicom 0.28 and other readers cannot read back.
+    """
+    if not math.isfinite(ood.score):
+        return [_comment(ood_text(ood))]
     score = hd.sr.NumContentItem(
         name=codes.OOD_SCORE,
         value=_number(ood.score),

@@ -1,5 +1,7 @@
 """The validated-domain check: each attribute, absent values, the details' words, the records."""
 
+import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -224,6 +226,17 @@ def test_the_journal_record_reads_back(abstention: Abstention) -> None:
     record = abstention_record(abstention)
     assert set(record) == {"reason", "details", "ood"}
     assert abstention_of_record(record) == abstention
+
+
+def test_an_infinite_ood_score_is_said_in_words_and_journaled_as_json() -> None:
+    """A CT volume without a single nodule candidate scores infinitely far; JSON (the journal,
+    PostgreSQL's json type, the API) has no infinity."""
+    abstention = ood_abstention(OodScore("mahalanobis-penultimate", math.inf, 9.5))
+    assert abstention is not None
+    assert "out-of-distribution score infinite (mahalanobis-penultimate)" in abstention.summary
+    record = abstention_record(abstention)
+    assert record["ood"]["score"] is None
+    assert abstention_of_record(json.loads(json.dumps(record, allow_nan=False))) == abstention
 
 
 # -- headers read from DICOM -------------------------------------------------------------------

@@ -11,6 +11,7 @@ made outside its model's domain (a rule's ``run_anyway``) and carries the OOD sc
 import copy
 import dataclasses
 import datetime
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -66,7 +67,18 @@ OUT_OF_DISTRIBUTION = Abstention(
     ("out-of-distribution score 412.5 exceeds the threshold 87.25 (mahalanobis-penultimate)",),
     OOD,
 )
-ABSTENTIONS = {"outside-domain": OUTSIDE_DOMAIN, "out-of-distribution": OUT_OF_DISTRIBUTION}
+INFINITE = OodScore("mahalanobis-penultimate", math.inf, 9.5)
+NOTHING_TO_SCORE = Abstention(
+    AbstentionReason.OUT_OF_DISTRIBUTION,
+    ("out-of-distribution score infinite (mahalanobis-penultimate) is over the threshold",),
+    INFINITE,
+)
+"""A CT volume without a single nodule candidate."""
+ABSTENTIONS = {
+    "outside-domain": OUTSIDE_DOMAIN,
+    "out-of-distribution": OUT_OF_DISTRIBUTION,
+    "nothing-to-score": NOTHING_TO_SCORE,
+}
 
 # Concept names (PS3.16 Annex D, UMLS, 99CADNODE) the tests look for.
 QUALITATIVE_EVALUATIONS = "C0034375"
@@ -171,13 +183,16 @@ def assert_not_assessed(sr: Dataset, abstention: Abstention, model: ModelIdentit
 
 def assert_ood(container: Dataset, ood: OodScore) -> None:
     """The OOD score as a NUM with its threshold under it, and a comment naming the method."""
+    assert any(ood.method in text and ood.score_text in text for text in texts(container))
+    if not math.isfinite(ood.score):  # no DS value holds it: the comment alone says it
+        assert codes.OOD_SCORE.value not in content.numbers(container)
+        return
     score = content.item(container, codes.OOD_SCORE.value)
     assert float(score.MeasuredValueSequence[0].NumericValue) == pytest.approx(ood.score)
     (threshold,) = score.ContentSequence
     assert content.code(threshold) == THRESHOLD_VALUE
     assert threshold.RelationshipType == "HAS PROPERTIES"
     assert float(threshold.MeasuredValueSequence[0].NumericValue) == pytest.approx(ood.threshold)
-    assert any(ood.method in text and f"{ood.score:.4g}" in text for text in texts(container))
 
 
 def assert_report_context(sr: Dataset, model: ModelIdentity, procedure: Code) -> None:
