@@ -105,8 +105,6 @@ def _synth_planar(args: argparse.Namespace) -> int:
 def _train_lung(args: argparse.Namespace) -> int:
     from cad_node.models.lung.train import TrainConfig, refit, train
 
-    if args.validation_data is not None:
-        raise CadNodeError("`train lung` has no --validation-data option")
     percentile = {} if args.ood_percentile is None else {"ood_percentile": args.ood_percentile}
     config = TrainConfig(
         epochs=args.epochs,
@@ -117,6 +115,7 @@ def _train_lung(args: argparse.Namespace) -> int:
         max_minutes=args.max_minutes,
         seed=args.seed,
         threads=args.threads,
+        validation_data=args.validation_data,
         **percentile,
     )
     manifest = (refit if args.refit_only else train)(args.data, args.out, config)

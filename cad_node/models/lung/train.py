@@ -68,6 +68,9 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2
     ood_percentile: float = DEFAULT_PERCENTILE
+    validation_data: Path | None = None
+    """More series never trained on (``--validation-data``): the OOD threshold is placed on
+    their scores too (eight held-out scans cannot place a 99.5th percentile)."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -151,6 +154,19 @@ def extract_patches(folders: list[Path], seed: int) -> PatchSet:
         labels=np.array(labels, dtype=np.float32),
         scan=np.array(scans, dtype=np.int32),
         from_candidates=np.array(from_cand, dtype=np.bool_),
+    )
+
+
+def _joined(first: PatchSet, second: PatchSet) -> PatchSet:
+    """Both sets' patches; ``second``'s scan indices follow ``first``'s."""
+    offset = int(first.scan.max()) + 1 if len(first) else 0
+    return PatchSet(
+        images=np.concatenate([first.images, second.images]),
+        masks=np.concatenate([first.masks, second.masks]),
+        log_voxel_mm=np.concatenate([first.log_voxel_mm, second.log_voxel_mm]),
+        labels=np.concatenate([first.labels, second.labels]),
+        scan=np.concatenate([first.scan, second.scan + offset]),
+        from_candidates=np.concatenate([first.from_candidates, second.from_candidates]),
     )
 
 
@@ -358,17 +374,26 @@ def head_outputs(
 
 
 def post_training(
-    net: NoduleNet, split: Split, manifest: Manifest, *, out_dir: Path, percentile: float
+    net: NoduleNet,
+    split: Split,
+    manifest: Manifest,
+    *,
+    out_dir: Path,
+    percentile: float,
+    more: PatchSet | None = None,
 ) -> Manifest:
     """Fit the OOD score on the training candidates (what inference sees; a scan's score is
-    the mean over its candidates), threshold it on the validation scans, and the patch
-    temperature on the validation candidates; the operating threshold moves to the
+    the mean over its candidates), threshold it on the validation scans (with ``more``: the
+    candidates of scans never trained on, from ``validation_data``), and the patch
+    temperature on the split's validation candidates; the operating threshold moves to the
     calibrated scale (the same decisions: the map is monotonic)."""
     train = _subset(split.train, split.train.from_candidates)
     validation = _subset(split.validation, split.validation.from_candidates)
+    held = validation if more is None else _joined(validation, _subset(more, more.from_candidates))
     _, train_features = head_outputs(net, train)
     logits, features = head_outputs(net, validation)
-    ood = fit_ood(train_features, features, validation.scan.tolist(), percentile, "mean")
+    held_features = features if more is None else head_outputs(net, held)[1]
+    ood = fit_ood(train_features, held_features, held.scan.tolist(), percentile, "mean")
     fit = calibrate(logits, validation.labels)
     calibration = fit.entry(
         f"{len(validation)} validation candidate patches",
@@ -382,14 +407,33 @@ def post_training(
         (
             f"{len(train)} training candidate patches: the classification head's input "
             f"({ood.stats.dimensions} features)",
-            f"{split.validation_scans} validation scans (score of a scan: the mean over its "
-            "candidates)",
+            f"{_scans_described(split, more)} (score of a scan: the mean over its candidates)",
         ),
         calibration,
         operating_threshold=round(
             calibrated_threshold(manifest.operating_threshold, fit.temperature), 4
         ),
     )
+
+
+def _scans_described(split: Split, more: PatchSet | None) -> str:
+    if more is None:
+        return f"{split.validation_scans} validation scans"
+    extra = len(np.unique(more.scan))
+    return (
+        f"{split.validation_scans + extra} validation scans ({split.validation_scans} held "
+        f"out of the training data + {extra} from --validation-data)"
+    )
+
+
+def more_validation(config: TrainConfig) -> PatchSet | None:
+    """The patches of ``config.validation_data`` (series never trained on), if given."""
+    if config.validation_data is None:
+        return None
+    folders = series_folders(config.validation_data)
+    if not folders:
+        raise ValueError(f"{config.validation_data} holds no CT series with ground truth")
+    return extract_patches(folders, config.seed)
 
 
 def refit(data_dir: Path, out_dir: Path, config: TrainConfig) -> Manifest:
@@ -402,7 +446,14 @@ def refit(data_dir: Path, out_dir: Path, config: TrainConfig) -> Manifest:
     folders = series_folders(data_dir)
     rng = np.random.default_rng(config.seed)
     split = split_by_scan(extract_patches(folders, config.seed), len(folders), config, rng)
-    return post_training(net, split, manifest, out_dir=out_dir, percentile=config.ood_percentile)
+    return post_training(
+        net,
+        split,
+        manifest,
+        out_dir=out_dir,
+        percentile=config.ood_percentile,
+        more=more_validation(config),
+    )
 
 
 def train(data_dir: Path, out_dir: Path, config: TrainConfig) -> Manifest:
@@ -432,4 +483,11 @@ def train(data_dir: Path, out_dir: Path, config: TrainConfig) -> Manifest:
         weights_path, threshold, config=config, split=split, fitted=fitted, scans=len(folders)
     )
     (out_dir / "manifest.json").write_text(manifest.to_json())
-    return post_training(net, split, manifest, out_dir=out_dir, percentile=config.ood_percentile)
+    return post_training(
+        net,
+        split,
+        manifest,
+        out_dir=out_dir,
+        percentile=config.ood_percentile,
+        more=more_validation(config),
+    )
