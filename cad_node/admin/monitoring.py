@@ -27,6 +27,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from cad_node.admin.auth import reader
+from cad_node.admin.context import AdminContext
 from cad_node.admin.deps import Context, Journal
 from cad_node.config.monitoring import MonitoringSettings
 from cad_node.monitoring.drift import model_drift
@@ -153,24 +154,32 @@ class MonitoredModelsOut(BaseModel):
 @router.get("/models", response_model=MonitoredModelsOut)
 def monitored_models(session: Journal, node: Context, period: Asked) -> MonitoredModelsOut:
     """Every model with outputs: versions, mode, studies read, abstentions and feedback in
-    the period, its model-drift level now, and its shadow or active partners."""
-    now = node.clock()
+    the period, its model-drift level as last checked, and its shadow or active partners."""
     names = session.scalars(select(JobOutput.model_name).distinct().order_by(JobOutput.model_name))
     newest = _newest_jobs(session, period)
-    settings = node.settings.monitoring
+    level = _drift_levels(session, node)
     models = [
-        _monitored(
-            session,
-            name,
-            period,
-            newest.get(name, {}),
-            model_drift(session, name, now, settings).level.value,
-        )
-        for name in names
+        _monitored(session, name, period, newest.get(name, {}), level(name)) for name in names
     ]
     for model in models:
         model.partners = _partners(model.name, newest)
     return MonitoredModelsOut(since=period.since, until=period.until, models=models)
+
+
+def _drift_levels(session: Session, node: AdminContext) -> Callable[[str], str]:
+    """Model -> its drift level as kept by the node's
+    :class:`~cad_node.monitoring.drift.DriftWatch` (what /metrics and the banner show); a
+    model it has not computed yet (outputs since its last check) is computed here."""
+    kept = {drift.model_name: drift for drift in node.model_drift.current()}
+    now, settings = node.clock(), node.settings.monitoring
+
+    def level(name: str) -> str:
+        drift = kept.get(name)
+        if drift is None:
+            drift = model_drift(session, name, now, settings)
+        return drift.level.value
+
+    return level
 
 
 def _in_period(query: Any, period: Period) -> Any:

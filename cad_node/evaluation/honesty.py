@@ -14,17 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from matplotlib.figure import Figure
 
 from cad_node.domain.abstention import OodScore
-from cad_node.evaluation.plot import _figure
+from cad_node.evaluation.plot import reliability_figure
 from cad_node.evaluation.report import Report
-from cad_node.models.calibration import (
-    DEFAULT_BINS,
-    ReliabilityBin,
-    expected_calibration_error,
-    reliability,
-)
+from cad_node.models.calibration import DEFAULT_BINS, expected_calibration_error, reliability
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,30 +79,6 @@ class CalibrationSummary:
     samples: int
 
 
-def reliability_figure(
-    tables: dict[str, list[ReliabilityBin]], title: str = "Reliability diagram"
-) -> Figure:
-    """Observed frequency against mean predicted probability per bin, one line per table."""
-    figure, axes = _figure(title)
-    axes.plot([0, 1], [0, 1], color="#999", linestyle="--", linewidth=1, label="perfect")
-    for (label, table), colour in zip(tables.items(), ("#c60", "#06c"), strict=False):
-        points = [
-            (b.mean_probability, b.observed_frequency)
-            for b in table
-            if b.mean_probability is not None and b.observed_frequency is not None
-        ]
-        x, y = zip(*points, strict=True) if points else ((), ())
-        axes.plot(x, y, "o-", color=colour, linewidth=1.5, markersize=4, label=label)
-    axes.set_xlim(0, 1)
-    axes.set_ylim(0, 1)
-    axes.set_xlabel("mean predicted probability (bin)")
-    axes.set_ylabel("observed frequency")
-    axes.set_aspect("equal")
-    axes.grid(alpha=0.3)
-    axes.legend(loc="upper left", fontsize=8)
-    return figure
-
-
 def add_calibration(
     report: Report,
     name: str,
@@ -140,6 +110,7 @@ def add_calibration(
                 f"calibrated (ECE {summary.ece_calibrated:.3f})": reliability(after, y, bins),
             },
             f"Reliability: {name}",
+            colours=("#c60", "#06c"),
         ),
     )
     return summary

@@ -1,4 +1,4 @@
-"""Evaluation plots drawn with matplotlib: ROC, FROC and confusion matrix.
+"""Evaluation plots drawn with matplotlib: ROC, FROC, reliability and confusion matrix.
 
 Figures are built with :class:`matplotlib.figure.Figure` directly, never
 through ``pyplot``: no global figure registry, no interactive backend, no
@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 
 from cad_node import NOT_FOR_CLINICAL_USE
 from cad_node.evaluation.froc import FrocResult
+from cad_node.models.calibration import ReliabilityBin  # numpy only, like RocCurve
 from cad_node.monitoring.stats import RocCurve  # numpy only: the node draws these too
 
 FIGURE_SIZE_IN = (5.0, 4.0)
@@ -59,6 +60,43 @@ def roc_figure(
     axes.set_aspect("equal")
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right", fontsize=8)
+    return figure
+
+
+def reliability_figure(
+    tables: Mapping[str, Sequence[ReliabilityBin]],
+    title: str = "Reliability diagram",
+    *,
+    xlabel: str = "mean predicted probability (bin)",
+    ylabel: str = "observed frequency",
+    colours: Sequence[str] = ("#06c", "#c60", "#080"),
+    show_counts: bool = False,
+) -> Figure:
+    """Observed frequency against mean predicted probability per bin, one line per table.
+
+    Empty bins are left out; ``show_counts`` writes each point's case count beside it.
+    The evaluation reports (:mod:`cad_node.evaluation.honesty`) and the monitoring page
+    (:mod:`cad_node.monitoring.figures`) both draw theirs here.
+    """
+    figure, axes = _figure(title)
+    axes.plot([0, 1], [0, 1], color="#999", linestyle="--", linewidth=1, label="perfect")
+    for (label, table), colour in zip(tables.items(), colours, strict=False):
+        shown = [b for b in table if b.count]  # a bin with cases has both means
+        x = [b.mean_probability or 0.0 for b in shown]
+        y = [b.observed_frequency or 0.0 for b in shown]
+        axes.plot(x, y, "o-", color=colour, linewidth=1.5, markersize=4, label=label)
+        if show_counts:
+            for b, point in zip(shown, zip(x, y, strict=True), strict=True):
+                axes.annotate(
+                    str(b.count), point, textcoords="offset points", xytext=(4, -10), fontsize=7
+                )
+    axes.set_xlim(-0.01, 1.01)
+    axes.set_ylim(-0.01, 1.01)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_aspect("equal")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="upper left", fontsize=8)
     return figure
 
 

@@ -10,10 +10,10 @@ import io
 from typing import TYPE_CHECKING
 
 from cad_node import NOT_FOR_CLINICAL_USE
+from cad_node.models.calibration import ReliabilityBin
 from cad_node.monitoring.performance import Estimate, ModelPerformance
 
 if TYPE_CHECKING:
-    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 FIGURE_NAMES = ("roc", "reliability", "confusion", "weekly")
@@ -92,44 +92,20 @@ def _roc(perf: ModelPerformance) -> "Figure":
     )
 
 
-def _axes_figure(title: str) -> tuple["Figure", "Axes"]:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from cad_node.evaluation.plot import DPI, FIGURE_SIZE_IN
-
-    figure = Figure(figsize=FIGURE_SIZE_IN, dpi=DPI, layout="constrained")
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    axes.set_title(title, fontsize=10)
-    figure.supxlabel(NOT_FOR_CLINICAL_USE.lower(), fontsize=7, color="#a00")
-    return figure, axes
-
-
 def _reliability(perf: ModelPerformance) -> "Figure":
-    bins = [b for b in perf.reliability if b.count]
-    cases = sum(b.count for b in perf.reliability)
-    predicted = [b.mean_predicted or 0.0 for b in bins]
-    observed = [b.observed_frequency or 0.0 for b in bins]
-    figure, axes = _axes_figure(figure_title(perf, "Reliability", cases))
-    axes.plot([0, 1], [0, 1], color="#999", linestyle="--", linewidth=1, label="perfect")
-    axes.plot(predicted, observed, "o-", color="#06c", label="observed")
-    for b, x, y in zip(bins, predicted, observed, strict=True):
-        axes.annotate(
-            str(b.count),
-            (x, y),
-            textcoords="offset points",
-            xytext=(4, -10),
-            fontsize=7,
-        )
-    axes.set_xlim(-0.01, 1.01)
-    axes.set_ylim(-0.01, 1.01)
-    axes.set_xlabel("predicted probability (bin mean)")
-    axes.set_ylabel("observed frequency of positives")
-    axes.set_aspect("equal")
-    axes.grid(alpha=0.3)
-    axes.legend(loc="upper left", fontsize=8)
-    return figure
+    from cad_node.evaluation.plot import reliability_figure
+
+    bins = [
+        ReliabilityBin(b.low, b.high, b.count, b.mean_predicted, b.observed_frequency)
+        for b in perf.reliability
+    ]
+    return reliability_figure(
+        {"observed": bins},
+        figure_title(perf, "Reliability", sum(b.count for b in bins)),
+        xlabel="predicted probability (bin mean)",
+        ylabel="observed frequency of positives",
+        show_counts=True,
+    )
 
 
 def _confusion(perf: ModelPerformance) -> "Figure":
