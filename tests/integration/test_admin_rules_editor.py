@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
@@ -116,9 +117,17 @@ def write_rule_with_the_form(browser: WebDriver) -> None:
 
 
 def roll_back_to(browser: WebDriver, version: int) -> None:
-    """Click the versions table's rollback button of ``version``: the diff opens."""
-    row = browser.find_element(By.XPATH, f"//table[@id='versions']//tr[td[1][text()='{version}']]")
-    row.find_element(By.TAG_NAME, "button").click()
+    """Click the versions table's rollback button of ``version``: the diff opens.
+
+    The table is drawn again when a save's reload ends; a row found just before that is
+    stale, so the lookup and click are tried again until one lands."""
+    row = f"//table[@id='versions']//tr[td[1][text()='{version}']]"
+
+    def clicked(b: WebDriver) -> bool:
+        b.find_element(By.XPATH, row).find_element(By.TAG_NAME, "button").click()
+        return True
+
+    WebDriverWait(browser, 20, ignored_exceptions=(StaleElementReferenceException,)).until(clicked)
     WebDriverWait(browser, 20).until(lambda b: by_id(b, "rollback").is_displayed())
 
 
