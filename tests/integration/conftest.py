@@ -62,7 +62,9 @@ def screenshots(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def one_nodule_ct(tmp_path_factory: pytest.TempPathFactory) -> SyntheticSeries:
     """A small CT (16 slices of 128 x 128) with one nodule large enough that the lung model
-    finds it at this resolution; read only."""
+    finds it at this resolution; read only. Outside the model's validated resolution and
+    length (its OOD score is over the threshold): a test that wants its findings runs the
+    shipped rules anyway (:func:`tests.integration.peers.shipped_rules_run_anyway`)."""
     return write_ct_series(
         tmp_path_factory.mktemp("one-nodule-ct"),
         seed=7,

@@ -26,7 +26,11 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 def write_config(folder: Path, **overrides: Any) -> Path:
-    """A node config in ``folder`` with the shipped lung rule; ``overrides`` replace keys."""
+    """A node config in ``folder`` with the shipped rules, run anyway outside a model's
+    validated domain (the tests' synthetic CTs are small: 128 x 128 or less and a few dozen
+    slices, outside the lung model's validated resolution and length, which its OOD score
+    flags); ``overrides`` replace keys (a test of abstention gives its own rules)."""
+    folder.mkdir(parents=True, exist_ok=True)
     config = {
         "ae_title": "CADNODE",
         "port": free_port(),
@@ -34,7 +38,7 @@ def write_config(folder: Path, **overrides: Any) -> Path:
         "storage_dir": str(folder / "storage"),
         "quiet_seconds": 2,
         "destinations": {"pacs": {"host": "127.0.0.1", "port": free_port(), "ae_title": "PACS"}},
-        "rules": str(Path(__file__).parents[2] / "config" / "rules.yaml"),
+        "rules": str(shipped_rules_run_anyway(folder)),
         "export": {"initial_backoff_seconds": 1, "max_backoff_seconds": 2},
         "admin": {"enabled": False},
     }

@@ -61,10 +61,11 @@ PACS_DOWN = "cannot connect (down or unreachable)"
 
 
 def lung_rule() -> dict[str, Any]:
-    """The shipped lung CT rule (model lung_nodule_ct), sending to ``pacs``."""
+    """The shipped lung CT rule (model lung_nodule_ct), sending to ``pacs``, run anyway
+    outside the model's domain (the small test CTs are)."""
     shipped = yaml.safe_load((REPOSITORY / "config" / "rules.yaml").read_text())
     (lung,) = [rule for rule in shipped if rule["model"] == "lung_nodule_ct"]
-    return {**lung, "destinations": ["pacs"]}
+    return {**lung, "destinations": ["pacs"], "on_out_of_domain": "run_anyway"}
 
 
 def health_settings(tmp_path: Path, pacs_port: int, **health: float) -> Settings:

@@ -21,7 +21,14 @@ from sqlalchemy import func, select
 from cad_node.store.schema import Delivery, Instance
 from tests.dcmtk import free_port, storescu
 from tests.dicom_validation import assert_valid_dicom
-from tests.integration.peers import NodeProcess, query, running_node, wait_for, write_config
+from tests.integration.peers import (
+    NodeProcess,
+    query,
+    running_node,
+    shipped_rules_run_anyway,
+    wait_for,
+    write_config,
+)
 from tests.integration.peers import storescp as running_storescp
 from tests.synthetic import SyntheticSeries
 
@@ -275,7 +282,9 @@ def test_results_go_by_stow_rs_with_a_bearer_token_to_another_node(
 
 
 def _rules_sending_to(folder: Path, destination: str) -> Path:
-    rules = yaml.safe_load((Path(__file__).parents[2] / "config" / "rules.yaml").read_text())
+    """The shipped rules sending to ``destination``, run anyway outside the model's domain
+    (``one_nodule_ct``'s 128 x 128 slices)."""
+    rules = yaml.safe_load(shipped_rules_run_anyway(folder).read_text())
     path = folder / "rules.yaml"
     path.write_text(yaml.safe_dump([{**rule, "destinations": [destination]} for rule in rules]))
     return path
