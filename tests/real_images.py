@@ -4,6 +4,9 @@
   ``pydicom-data`` package (``RG1_UNCI.dcm``, a Philips CR chest radiograph; ``RG3_UNCI.dcm``,
   a Fuji CR of an extremity; ``MR2_UNCI.dcm``, a Philips MR): read from disk, never
   downloaded (:func:`real_file`);
+- a real CT slice (pydicom-data's ``explicit_VR-UN.dcm``, an abdominal CT) repeated into a
+  volume, its pixels as the scanner made them, under the synthetic generator's headers
+  (:func:`real_ct_series`);
 - scikit-image's ``skimage.data.retina()``, a real colour fundus photograph (public
   domain, from Wikimedia Commons), wrapped in an Ophthalmic Photography 8 Bit Image
   (:func:`retina_photograph`).
@@ -15,6 +18,7 @@ so one file can go to several rules in one test.
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 from pydicom import Dataset, dcmread
 from pydicom.data import data_manager, get_testdata_file
 from pydicom.uid import generate_uid
@@ -82,3 +86,35 @@ def retina_photograph(series_description: str, manufacturer: str | None = None) 
     else:
         dataset.Manufacturer = manufacturer
     return dataset
+
+
+def real_ct_slices_hu(name: str) -> tuple[npt.NDArray[np.int16], tuple[float, float]]:
+    """The Hounsfield units and pixel spacing (mm) of a real single-slice CT file."""
+    dataset = dcmread(real_file(name))
+    pixels = dataset.pixel_array.astype(np.float32)
+    slope = float(dataset.get("RescaleSlope", 1))
+    hu = pixels * slope + float(dataset.get("RescaleIntercept", 0))
+    row, column = (float(v) for v in dataset.PixelSpacing)
+    return np.clip(np.rint(hu), -1024, 3071).astype(np.int16), (row, column)
+
+
+def real_ct_series(
+    name: str, out_dir: Path, series_description: str, *, slices: int = 64, seed: int = 990_500
+) -> list[Path]:
+    """The real CT slice in ``name`` repeated ``slices`` times 2.5 mm apart, written as a CT
+    series under the synthetic generator's headers (Manufacturer, body part CHEST), so it
+    passes a header-only domain check: only a learned score can tell it apart."""
+    from cad_node.synth.dicom_ct import SeriesInfo, write_slices
+    from cad_node.synth.lesions import Grid
+
+    hu, (row, column) = real_ct_slices_hu(name)
+    volume = np.repeat(hu[None], slices, axis=0)
+    grid = Grid((slices, hu.shape[0], hu.shape[1]), (2.5, row, column), (0.0, 0.0, 0.0))
+    info = SeriesInfo.from_seed(
+        seed,
+        series_description=series_description,
+        patient_id=f"REAL-CT-{seed}",
+        images_in_acquisition=False,
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return write_slices(volume, grid, info, out_dir)

@@ -34,7 +34,7 @@ from tests.dcmtk import NODE_AE_TITLE, free_port
 from tests.dicom_validation import assert_valid_dicom, sr_validator_errors
 from tests.integration.conftest import ADMIN_TOKEN, admin_tokens, api_client, in_process_node
 from tests.integration.peers import storescp, wait_for
-from tests.real_images import as_new_series, real_file, retina_photograph
+from tests.real_images import as_new_series, real_ct_series, real_file, retina_photograph
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -337,3 +337,44 @@ def test_an_image_inside_the_domain_by_its_headers_abstains_out_of_distribution(
     assert "NOT ASSESSED" in words
     assert "out-of-distribution score" in words
     assert_valid_sr(next(pacs_dir.glob("*")))
+
+
+def test_real_ct_under_the_phantom_headers_abstains_out_of_distribution(
+    tmp_path: Path, pacs_dir: Path
+) -> None:
+    """Real CT pixels under the synthetic generator's headers, so the header check passes:
+    an abdominal slice repeated into 64 slices gives the lung model 150 candidates whose
+    score is over its threshold; pydicom's small CT repeated into 16 gives none, infinitely
+    far (said in words: the SR's NUM and the journal's JSON hold no infinity)."""
+    abdomen = real_ct_series("explicit_VR-UN.dcm", tmp_path / "abdomen", f"to {LUNG}", seed=1)
+    small = real_ct_series("CT_small.dcm", tmp_path / "small", f"to {LUNG}", slices=16, seed=2)
+    with start(tmp_path, pacs_dir, "report") as node:
+        for paths in (abdomen, small):
+            series = [dcmread(path) for path in paths]
+            assert send(node.scp.port, series) == [0x0000] * len(series)
+        wait_for(lambda: all_done(node, 2), 300, "the two lung jobs to end")
+        wait_for(lambda: all_delivered(node, 2), 60, "two SRs at the PACS")
+        done = {job.series_instance_uid: job for job in jobs(node)}
+        with api_client(node, ADMIN_TOKEN) as api:
+            listed = api.get("/api/jobs").json()["items"]
+
+    scores = {}
+    for paths in (abdomen, small):
+        header = dcmread(paths[0], stop_before_pixels=True)
+        job = done[header.SeriesInstanceUID]
+        assert job.state == JobState.DONE, job.error
+        assert job.finding_count == 0
+        assert job.abstention is not None
+        assert job.abstention["reason"] == AbstentionReason.OUT_OF_DISTRIBUTION
+        scores[len(paths)] = job.abstention["ood"]
+        (sr,) = [ds for ds in received(pacs_dir) if ds.StudyInstanceUID == header.StudyInstanceUID]
+        words = " ".join(texts(sr))
+        assert "NOT ASSESSED" in words
+        assert "Out-of-distribution score" in words
+    assert scores[64]["score"] > scores[64]["threshold"]
+    assert scores[16]["score"] is None  # infinite: JSON has no number for it
+    assert {job["abstention"]["reason"] for job in listed} == {"out_of_distribution"}
+    for path in sorted(pacs_dir.glob("*")):
+        assert_valid_sr(path)
+    infinite = [ds for ds in received(pacs_dir) if "score infinite" in " ".join(texts(ds))]
+    assert len(infinite) == 1

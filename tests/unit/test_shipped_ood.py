@@ -2,6 +2,7 @@
 ones their manifests hash, real images no one here made score over the threshold and fresh
 synthetic data under it.  Real images are test inputs only (tests/real_images.py)."""
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -10,17 +11,17 @@ from pydicom import dcmread
 
 from cad_node.domain.image_sets import ImageSet, Laterality, PlanarImage
 from cad_node.imaging.image_set_loading import load_image_set
+from cad_node.imaging.volume import load_volume
 from cad_node.models.fundus.model import FundusModel
+from cad_node.models.lung.detector import LungNoduleModel
 from cad_node.models.mammo.model import MammoModel
 from cad_node.models.manifest import Manifest, sha256_of
 from cad_node.models.ood import load_ood_scorer
 from cad_node.models.registry import SHIPPED_DIR, ModelRegistry
-from tests.real_images import real_file, retina_photograph
+from tests.real_images import real_ct_series, real_file, retina_photograph
 
 SHIPPED = sorted(p.name for p in SHIPPED_DIR.iterdir() if (p / "manifest.json").is_file())
-WITH_OOD = ("fundus_dr", "mammo_screening")
-"""lung_nodule_ct ships calibrated but without an OOD score: the one fitted abstained on 2
-of 24 held-out synthetic scans (see its model card)."""
+WITH_OOD = ("fundus_dr", "lung_nodule_ct", "mammo_screening")
 MAX_STATS_BYTES = 1_000_000
 
 
@@ -132,6 +133,36 @@ def test_mammo_fresh_synthetic_under_threshold(registry: ModelRegistry, tmp_path
     score = model.predict(load_image_set(sorted(folder.glob("*.dcm")))).ood
     assert score is not None
     assert not score.outside, f"fresh synthetic study scored {score.score:.2f}"
+
+
+@pytest.mark.parametrize(
+    ("name", "slices", "finite"),
+    [("explicit_VR-UN.dcm", 64, True), ("CT_small.dcm", 16, False)],
+    ids=["abdominal-ct-with-candidates", "small-ct-without-candidates"],
+)
+def test_lung_real_ct_over_threshold(
+    registry: ModelRegistry, tmp_path: Path, name: str, slices: int, finite: bool
+) -> None:
+    """A real slice repeated into a volume: one gives the candidate generator 150 blobs to
+    score, the other none (infinitely far: every training scan had dozens)."""
+    model = registry.get("lung_nodule_ct")
+    assert isinstance(model, LungNoduleModel)
+    volume = load_volume(real_ct_series(name, tmp_path, "real", slices=slices))
+    score = model.predict(volume).ood
+    assert score is not None
+    assert score.outside, f"{name} scored {score.score:.2f} <= {score.threshold:.2f}"
+    assert math.isfinite(score.score) == finite
+
+
+def test_lung_fresh_synthetic_under_threshold(registry: ModelRegistry, tmp_path: Path) -> None:
+    from cad_node.synth.dataset import write_dataset
+
+    model = registry.get("lung_nodule_ct")
+    assert isinstance(model, LungNoduleModel)
+    (folder,) = write_dataset(tmp_path, 1, seed=990_300)
+    score = model.predict(load_volume(sorted(folder.glob("*.dcm")))).ood
+    assert score is not None
+    assert not score.outside, f"fresh synthetic scan scored {score.score:.2f}"
 
 
 def test_refit_only_fits_ood_and_calibration_and_keeps_the_weights(tmp_path: Path) -> None:
