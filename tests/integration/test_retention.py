@@ -68,6 +68,8 @@ def rule(name: str, description: str, destination: str) -> dict[str, Any]:
         "mode": "active",
         "model": "lung_nodule_ct",
         "destinations": [destination],
+        # the suite's 128 x 128 CTs lie outside the lung model's validated domain
+        "on_out_of_domain": "run_anyway",
         "when": {
             "all": [
                 {"keyword": "Modality", "equals": "CT"},
