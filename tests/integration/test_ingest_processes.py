@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from pynetdicom import AE
@@ -34,20 +35,33 @@ VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
 SLICES = 12
 
 
-def _ingest_children(node_pid: int) -> list[int]:
+class Child(NamedTuple):
+    """A process by its pid and start time: the pid alone may name a newer process once
+    this one has gone (pids wrap at 32768 on many kernels, and a busy machine reuses them)."""
+
+    pid: int
+    started: str
+
+
+def _stat(pid: int) -> list[str]:
+    """/proc/PID/stat from its state on (the third field); empty once the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return []
+
+
+def _ingest_children(node_pid: int) -> list[Child]:
     return [
-        pid
+        Child(pid, _stat(pid)[19])
         for pid in descendants(node_pid)
         if b"ingest" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     ]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
+def _alive(child: Child) -> bool:
+    stat = _stat(child.pid)
+    return bool(stat) and stat[0] != "Z" and stat[19] == child.started
 
 
 def _counts(database: Path) -> tuple[int, int]:
@@ -70,12 +84,12 @@ def test_extra_ingest_processes_share_the_port_and_the_journal(tmp_path: Path) -
     with running_node(config, tmp_path / "node.log") as node:
         children = _ingest_children(node.process.pid)
         assert len(children) == 2, node.log()[-3000:]
-        busy_before = sum(cpu_seconds(pid) for pid in children)
+        busy_before = sum(cpu_seconds(child.pid) for child in children)
         with ThreadPoolExecutor(SENDERS) as senders:
             results = list(senders.map(lambda files: storescu(node.port, files), sent))
         for result in results:
             assert result.returncode == 0, result.stderr[-2000:]
-        assert sum(cpu_seconds(pid) for pid in children) - busy_before > 0.05, (
+        assert sum(cpu_seconds(child.pid) for child in children) - busy_before > 0.05, (
             "the extra ingest processes received nothing"
         )
         assert _counts(tmp_path / "storage" / "journal.sqlite") == (SENDERS * SLICES, SENDERS)
@@ -101,7 +115,7 @@ def _established_to(port: int, pid: int) -> int:
 
 
 @contextmanager
-def _node_with_one_extra_process(tmp_path: Path) -> Iterator[tuple[NodeProcess, int]]:
+def _node_with_one_extra_process(tmp_path: Path) -> Iterator[tuple[NodeProcess, Child]]:
     """``ingest_processes: 2``: the node and the pid of its extra ingest process."""
     config = write_config(tmp_path, ingest_processes=2, rules=[])
     with running_node(config, tmp_path / "node.log") as node:
@@ -124,7 +138,7 @@ def test_associations_spread_evenly_over_the_processes(tmp_path: Path) -> None:
                 associations.append(requestor.associate("127.0.0.1", node.port, ae_title="CADNODE"))
                 assert associations[-1].is_established
             time.sleep(0.2)
-            held = [_established_to(node.port, pid) for pid in (node.process.pid, child)]
+            held = [_established_to(node.port, pid) for pid in (node.process.pid, child.pid)]
         finally:
             for association in associations:
                 association.release()
@@ -135,7 +149,7 @@ def test_associations_spread_evenly_over_the_processes(tmp_path: Path) -> None:
 def test_the_node_still_accepts_after_an_extra_process_stops(tmp_path: Path) -> None:
     requestor = _verification_requestor("AFTER")
     with _node_with_one_extra_process(tmp_path) as (node, child):
-        os.kill(child, signal.SIGTERM)  # it closes its SCP: not the listening socket they share
+        os.kill(child.pid, signal.SIGTERM)  # it closes its SCP: not the listening socket they share
         wait_for(lambda: not _alive(child), 30, "the ingest process to stop")
         for _ in range(4):
             association = requestor.associate("127.0.0.1", node.port, ae_title="CADNODE")
