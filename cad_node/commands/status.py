@@ -224,7 +224,7 @@ def _deliveries_table(session: Session, limit: int) -> str:
             _commitment(d),
             d.last_error or "",
         )
-        for d, r in session.execute(statement).tuples()
+        for d, r in session.execute(statement)
     ]
     header = (
         "Delivery",
