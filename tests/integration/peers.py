@@ -48,13 +48,18 @@ def write_config(folder: Path, **overrides: Any) -> Path:
     return path
 
 
-def shipped_rules_run_anyway(folder: Path) -> Path:
-    """config/rules.yaml with ``on_out_of_domain: run_anyway`` on every rule, written in
-    ``folder``: for a test whose input lies outside a shipped model's validated domain (a
-    real image, a SOP class the model was not validated on) and expects its findings."""
+def shipped_rules_anyway() -> list[dict[str, Any]]:
+    """config/rules.yaml's rules with ``on_out_of_domain: run_anyway``: for a test whose
+    input lies outside a shipped model's validated domain (a small synthetic CT, a real
+    image, a SOP class the model was not validated on) and expects its findings."""
     rules = yaml.safe_load((Path(__file__).parents[2] / "config" / "rules.yaml").read_text())
+    return [{**rule, "on_out_of_domain": "run_anyway"} for rule in rules]
+
+
+def shipped_rules_run_anyway(folder: Path) -> Path:
+    """:func:`shipped_rules_anyway` written in ``folder``."""
     path = folder / "rules-run-anyway.yaml"
-    path.write_text(yaml.safe_dump([{**rule, "on_out_of_domain": "run_anyway"} for rule in rules]))
+    path.write_text(yaml.safe_dump(shipped_rules_anyway()))
     return path
 
 

@@ -49,6 +49,7 @@ from tests.integration.peers import (
     NodeProcess,
     cad_node_status,
     running_node,
+    shipped_rules_anyway,
     wait_for,
     write_config,
 )
@@ -346,11 +347,9 @@ def sop_instance_uid(path: Path) -> str:
 def rules_to(folder: Path, destinations: list[str]) -> Path:
     """The shipped lung CT rule, sending to ``destinations``, run anyway outside the model's
     domain (the small test CTs are: their findings are what the faults delay)."""
-    shipped = yaml.safe_load((REPOSITORY / "config" / "rules.yaml").read_text())
-    (lung,) = [rule for rule in shipped if rule["model"] == "lung_nodule_ct"]
+    (lung,) = [rule for rule in shipped_rules_anyway() if rule["model"] == "lung_nodule_ct"]
     path = folder / "rules.yaml"
-    anyway = {**lung, "destinations": destinations, "on_out_of_domain": "run_anyway"}
-    path.write_text(yaml.safe_dump([anyway]))
+    path.write_text(yaml.safe_dump([{**lung, "destinations": destinations}]))
     return path
 
 

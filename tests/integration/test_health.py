@@ -49,7 +49,7 @@ from tests.integration.conftest import (
     api_client,
     in_process_node,
 )
-from tests.integration.peers import storescp, wait_for
+from tests.integration.peers import shipped_rules_anyway, storescp, wait_for
 from tests.integration.test_export import T0, add_results, ct_copies, destination
 from tests.integration.test_tls import Pki, _export, make_pki, tls_storescp
 from tests.synthetic import SyntheticSeries, write_ct_series
@@ -63,9 +63,8 @@ PACS_DOWN = "cannot connect (down or unreachable)"
 def lung_rule() -> dict[str, Any]:
     """The shipped lung CT rule (model lung_nodule_ct), sending to ``pacs``, run anyway
     outside the model's domain (the small test CTs are)."""
-    shipped = yaml.safe_load((REPOSITORY / "config" / "rules.yaml").read_text())
-    (lung,) = [rule for rule in shipped if rule["model"] == "lung_nodule_ct"]
-    return {**lung, "destinations": ["pacs"], "on_out_of_domain": "run_anyway"}
+    (lung,) = [rule for rule in shipped_rules_anyway() if rule["model"] == "lung_nodule_ct"]
+    return {**lung, "destinations": ["pacs"]}
 
 
 def health_settings(tmp_path: Path, pacs_port: int, **health: float) -> Settings:

@@ -25,7 +25,6 @@ from tests.dicom_validation import assert_valid_dicom
 from tests.integration.peers import (
     query,
     running_node,
-    shipped_rules_run_anyway,
     storescp,
     wait_for,
     write_config,
@@ -63,7 +62,7 @@ def test_enhanced_ct_in_seg_and_sr_on_its_frames_out(
 ) -> None:
     enhanced = write_enhanced_ct(chest_ct, tmp_path / "enhanced.dcm")
     # Legacy Converted Enhanced CT is not among the lung model's validated SOP classes.
-    config_path = write_config(tmp_path, rules=str(shipped_rules_run_anyway(tmp_path)))
+    config_path = write_config(tmp_path)
     pacs_dir = tmp_path / "pacs"
     with running_node(config_path, tmp_path / "node.log") as node:
         pacs_port = node.config["destinations"]["pacs"]["port"]

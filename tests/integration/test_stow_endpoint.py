@@ -25,7 +25,7 @@ from tests.integration.peers import (
     NodeProcess,
     query,
     running_node,
-    shipped_rules_run_anyway,
+    shipped_rules_anyway,
     wait_for,
     write_config,
 )
@@ -284,7 +284,7 @@ def test_results_go_by_stow_rs_with_a_bearer_token_to_another_node(
 def _rules_sending_to(folder: Path, destination: str) -> Path:
     """The shipped rules sending to ``destination``, run anyway outside the model's domain
     (``one_nodule_ct``'s 128 x 128 slices)."""
-    rules = yaml.safe_load(shipped_rules_run_anyway(folder).read_text())
+    rules = shipped_rules_anyway()
     path = folder / "rules.yaml"
     path.write_text(yaml.safe_dump([{**rule, "destinations": [destination]} for rule in rules]))
     return path
