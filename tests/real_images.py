@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 from pydicom import Dataset, dcmread
 from pydicom.data import data_manager, get_testdata_file
+from pydicom.pixels.processing import apply_modality_lut
 from pydicom.uid import generate_uid
 
 from cad_node.synth.dicom_planar import StudyInfo, fundus_dataset
@@ -91,9 +92,7 @@ def retina_photograph(series_description: str, manufacturer: str | None = None) 
 def real_ct_slices_hu(name: str) -> tuple[npt.NDArray[np.int16], tuple[float, float]]:
     """The Hounsfield units and pixel spacing (mm) of a real single-slice CT file."""
     dataset = dcmread(real_file(name))
-    pixels = dataset.pixel_array.astype(np.float32)
-    slope = float(dataset.get("RescaleSlope", 1))
-    hu = pixels * slope + float(dataset.get("RescaleIntercept", 0))
+    hu = apply_modality_lut(dataset.pixel_array, dataset)
     row, column = (float(v) for v in dataset.PixelSpacing)
     return np.clip(np.rint(hu), -1024, 3071).astype(np.int16), (row, column)
 
